@@ -1,0 +1,234 @@
+"""The ``clipadapt`` command: parse arguments, build a config, call the library, print the result.
+
+Nothing in here does real work; every command is a thin shell over a library function.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from clipadapt.errors import ClipAdaptError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Zero-shot evaluation and adaptation of CLIP-style models, with honest comparisons.",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True)
+    logging.getLogger("clipadapt").setLevel(logging.INFO)
+    for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def user_errors(func):
+    """Turn a ClipAdaptError into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ClipAdaptError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+# -- listings -------------------------------------------------------------------------------------------------
+
+
+@app.command("models")
+@user_errors
+def models_command(pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'ViT-*'")] = None):
+    """List named models and the other accepted model specs."""
+    from clipadapt.models import MODELS, SCHEMES
+
+    table = Table("model", "what it is", title="named models")
+    for name in MODELS.names(pattern):
+        table.add_row(name, MODELS.help(name))
+    out.print(table)
+    out.print("Also accepted: any transformers CLIP/SigLIP hub id (org/name), a local model folder, "
+              + ", ".join(f"{s}:..." for s in SCHEMES.names()) + " (optional extra).")
+
+
+@app.command("datasets")
+@user_errors
+def datasets_command():
+    """List registered datasets."""
+    from clipadapt.data import DATASETS
+
+    table = Table("dataset", "what it is")
+    for name, entry in DATASETS.items():
+        table.add_row(entry.usage, DATASETS.help(name))
+    out.print(table)
+
+
+@app.command("templates")
+@user_errors
+def templates_command(name: Annotated[str | None, typer.Argument(help="show the templates of one set")] = None):
+    """List prompt template sets, or the templates of one set."""
+    from clipadapt.data.prompts import TEMPLATE_SETS
+
+    if name:
+        template_set = TEMPLATE_SETS.get(name)
+        for template in template_set.as_strings():
+            out.print(template, highlight=False)
+        return
+    table = Table("template set", "templates", "description")
+    for set_name, template_set in TEMPLATE_SETS.items():
+        table.add_row(set_name, str(len(template_set.templates)), template_set.description)
+    out.print(table)
+
+
+# -- zero-shot ------------------------------------------------------------------------------------------------
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="model spec (see `clipadapt models`)")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="dataset spec (see `clipadapt datasets`)")]
+
+
+def _split_classes(classes: str | None) -> list[str] | None:
+    if classes is None:
+        return None
+    names = [c.strip() for c in classes.split(",")]
+    if not any(names):
+        raise ClipAdaptError("--classes is empty: give comma-separated class names, e.g. red,green,blue")
+    return names
+
+
+def zero_shot_results_table(record: dict) -> Table:
+    selected_on = record.get("selected_on")
+    table = Table(title=f"zero-shot: {record['model']} on {record['dataset']} ({record['split']}, "
+                        f"n={record['metrics']['n']})")
+    table.add_column("template set")
+    table.add_column("prompts", justify="right")
+    table.add_column("acc1", justify="right")
+    table.add_column("acc5", justify="right")
+    table.add_column("mean per-class", justify="right")
+    show_selection = any(t.get("selection_metrics") for t in record["templates"].values())
+    if show_selection:
+        table.add_column(f"{selected_on} acc1", justify="right")
+    for name, entry in record["templates"].items():
+        m = entry["metrics"]
+        marker = " *" if name == record["best_template_set"] else ""
+        row = [name[:50] + marker, str(len(entry["templates"])), f"{m['acc1']:.4f}", f"{m['acc5']:.4f}",
+               f"{m['mean_per_class_acc']:.4f}"]
+        if show_selection:
+            row.append(f"{entry['selection_metrics']['acc1']:.4f}")
+        table.add_row(*row)
+    return table
+
+
+@app.command("zeroshot")
+@user_errors
+def zeroshot_command(
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    split: Annotated[str | None, typer.Option(help="split to evaluate: train, val, test")] = None,
+    templates: Annotated[list[str] | None, typer.Option(
+        "--templates", "-t", help="template set name, file of templates, or a template with {}; repeatable")] = None,
+    classes: Annotated[str | None, typer.Option(help="comma-separated class names replacing the dataset's")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    config: Annotated[Path | None, typer.Option(help="YAML config (e.g. a run's config.yaml)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value")] = None,
+    data_root: Annotated[str | None, typer.Option(help="local copy of a hub dataset")] = None,
+    image_column: Annotated[str | None, typer.Option(help="image column (hf: datasets)")] = None,
+    label_column: Annotated[str | None, typer.Option(help="label column (hf: datasets)")] = None,
+    shots: Annotated[int | None, typer.Option(help="K training images per class")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="images per batch")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps")] = None,
+    strict: Annotated[bool | None, typer.Option("--strict/--skip-bad-images",
+                                                help="abort on unreadable images")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Zero-shot accuracy of a model on a dataset, one row per template set."""
+    _setup_logging(verbose)
+    from clipadapt.config import load_config
+    from clipadapt.runs import ZeroShotExperiment, run_zero_shot
+
+    overrides = list(set_ or [])
+    flags = {
+        "model.spec": model, "model.device": device, "data.dataset": dataset, "data.split": split,
+        "data.root": data_root, "data.image_column": image_column, "data.label_column": label_column,
+        "data.shots": shots, "data.batch_size": batch_size, "data.strict": strict, "data.seed": seed,
+        "run.seed": seed, "run.out": str(out_dir) if out_dir else None, "run.overwrite": overwrite or None,
+    }
+    experiment = load_config(ZeroShotExperiment, config, overrides)
+    experiment = _apply_flags(experiment, flags)
+    if templates:
+        experiment.zeroshot.templates = list(templates)
+    if classes is not None:
+        experiment.data.classes = _split_classes(classes)
+    result = run_zero_shot(experiment)
+    out.print(zero_shot_results_table(result.record))
+    skipped = result.record["skipped_images"]["count"]
+    if skipped:
+        err.print(f"[yellow]{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
+    out.print(f"run directory: {result.run_dir}", highlight=False)
+
+
+def _apply_flags(experiment, flags: dict):
+    """Command-line flags win over the config file; unset flags leave it alone."""
+    from clipadapt.config import apply_overrides
+
+    items = []
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            items.append(f"{key}={_yaml_quote(value)}")
+        else:
+            items.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return apply_overrides(experiment, items)
+
+
+def _yaml_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# -- demo -----------------------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes its runs")] = Path("runs/demo"),
+):
+    """Offline demo: zero-shot with several template sets on real handwritten digits."""
+    _setup_logging()
+    from clipadapt.demo import run_demo
+
+    output = run_demo(out_dir)
+    out.print(zero_shot_results_table(output.record))
+    out.print(f"run directory: {output.run_dir}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as e:
+        sys.exit(e.code)
+
+
+if __name__ == "__main__":
+    main()

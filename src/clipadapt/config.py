@@ -1,0 +1,159 @@
+"""Dataclass configs: YAML in, dotted ``--set section.key=value`` overrides, resolved YAML out.
+
+Every component owns a dataclass config whose fields carry help text (``metadata["help"]``) and whose
+``__post_init__`` validates values, so an invalid override fails with a clear message whatever its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from clipadapt.errors import ConfigError
+from clipadapt.io import atomic_write_text
+
+C = TypeVar("C")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with help text; mutable defaults are wrapped in a factory."""
+    metadata = {"help": help}
+    if isinstance(default, list | dict):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def field_help(cls: type) -> dict[str, tuple[Any, str]]:
+    """``{name: (default, help)}`` for a config class, for listings."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        out[f.name] = (default, f.metadata.get("help", ""))
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Turn a YAML-parsed value into the field's declared type, or say why not."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=where)
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, item_tp, where) for v in value]
+    if origin is dict or tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
+    """Build ``cls`` from a (possibly nested) dict; unknown keys are an error that lists the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in (data or {}).items():
+        where = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}'; valid keys: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def apply_overrides(cfg: C, overrides: list[str] | None) -> C:
+    """Apply ``["section.key=value", ...]``; values are parsed as YAML scalars (``1e-3``, ``true``, ``[a, b]``)."""
+    if not overrides:
+        return cfg
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node, cls = data, type(cfg)
+        for depth, key in enumerate(keys):
+            names = [f.name for f in dataclasses.fields(cls)]
+            if key not in names:
+                where = ".".join(keys[:depth]) or "top level"
+                raise ConfigError(f"unknown config key '{dotted}' ({where} has: {', '.join(names)})")
+            if depth == len(keys) - 1:
+                node[key] = yaml.safe_load(raw) if raw.strip() else ""
+            else:
+                sub = typing.get_type_hints(cls)[key]
+                if not dataclasses.is_dataclass(sub):
+                    raise ConfigError(f"'{'.'.join(keys[: depth + 1])}' is a value, not a section")
+                node, cls = node[key], sub
+    return from_dict(type(cfg), data)
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Defaults, then a YAML file, then dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping")
+    base = from_dict(cls, data)
+    return apply_overrides(base, overrides)
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    atomic_write_text(path, dump_config(cfg))

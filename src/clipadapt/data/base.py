@@ -1,0 +1,166 @@
+"""Datasets as train/val/test splits of (image, label) with class names and recommended templates."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from clipadapt.data.images import load_image
+from clipadapt.errors import DataError, UnknownNameError
+
+
+class ImageSource(Protocol):
+    """Indexable images with integer labels. ``load`` raises ``ImageLoadError`` for unreadable items."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> Image.Image: ...
+
+    def describe(self, index: int) -> str: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@dataclass
+class InMemorySource:
+    """Images held as arrays or PIL images (digits, generated data)."""
+
+    images: list[Any]
+    labels: np.ndarray
+    name: str
+    version: str = "1"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> Image.Image:
+        return load_image(self.images[index])
+
+    def describe(self, index: int) -> str:
+        return f"{self.name}[{index}]"
+
+    def fingerprint(self) -> str:
+        return f"{self.name}:v{self.version}:n{len(self)}"
+
+
+@dataclass
+class Split:
+    """A view of an image source through an index array (subsets never copy images)."""
+
+    source: ImageSource
+    indices: np.ndarray
+    name: str
+
+    def __post_init__(self) -> None:
+        self.indices = np.asarray(self.indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels)[self.indices]
+
+    def load(self, i: int) -> Image.Image:
+        return self.source.load(int(self.indices[i]))
+
+    def describe(self, i: int) -> str:
+        return self.source.describe(int(self.indices[i]))
+
+    def subset(self, positions: np.ndarray, name: str | None = None) -> Split:
+        return Split(self.source, self.indices[np.asarray(positions, dtype=np.int64)], name or self.name)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.source.fingerprint().encode())
+        digest.update(self.name.encode())
+        digest.update(self.indices.tobytes())
+        return digest.hexdigest()[:16]
+
+
+@dataclass
+class ClassificationDataset:
+    """What every dataset loader returns."""
+
+    name: str
+    classnames: list[str]
+    splits: dict[str, Split]
+    templates: list[str] = field(default_factory=lambda: ["simple"])
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.classnames:
+            raise DataError(f"dataset '{self.name}' has no classes")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise UnknownNameError(
+                f"dataset '{self.name}' has no split '{name}'; valid choices: {', '.join(self.splits)}"
+            )
+        return self.splits[name]
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified partition of positions into (keep, held_out) with ``fraction`` held out per class.
+
+    Every class with at least two items keeps at least one and holds out at least one.
+    """
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for cls in np.unique(labels):
+        positions = np.flatnonzero(labels == cls)
+        positions = positions[rng.permutation(len(positions))]
+        n_held = int(round(fraction * len(positions)))
+        if len(positions) >= 2:
+            n_held = min(max(n_held, 1), len(positions) - 1)
+        else:
+            n_held = 0
+        held.append(positions[:n_held])
+        keep.append(positions[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Seeded, stratified ``shots``-per-class subset (all items of classes that have fewer)."""
+    if shots <= 0:
+        raise ValueError(f"shots must be positive, got {shots}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(labels):
+        positions = np.flatnonzero(labels == cls)
+        chosen.append(np.sort(rng.choice(positions, size=min(shots, len(positions)), replace=False)))
+    return np.sort(np.concatenate(chosen))
+
+
+def make_splits(
+    name: str,
+    train: Split | None,
+    test: Split | None,
+    val: Split | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict[str, Split]:
+    """Official splits where they exist; otherwise a seeded, stratified val carved out of train (never test)."""
+    splits: dict[str, Split] = {}
+    if train is not None:
+        if val is None and val_fraction > 0:
+            keep, held = stratified_split(train.labels, val_fraction, seed)
+            val = train.subset(held, "val")
+            train = train.subset(keep, "train")
+        splits["train"] = train
+    if val is not None:
+        splits["val"] = Split(val.source, val.indices, "val")
+    if test is not None:
+        splits["test"] = test
+    if not splits:
+        raise DataError(f"dataset '{name}' has no splits")
+    return splits

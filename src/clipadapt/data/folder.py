@@ -1,0 +1,105 @@
+"""``imagefolder:PATH``: one folder per class, with optional train/val/test subfolders."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clipadapt.data.base import ClassificationDataset, Split, make_splits, stratified_split
+from clipadapt.data.images import IMAGE_EXTENSIONS, load_image
+from clipadapt.data.registry import DataConfig, clean_classname, register_dataset
+from clipadapt.errors import DataError
+
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+FOLDER_TEST_FRACTION = 0.2
+FOLDER_TEST_SEED = 0
+
+
+@dataclass
+class FileSource:
+    """Image files with labels."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    max_pixels: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> Image.Image:
+        return load_image(self.paths[index], max_pixels=self.max_pixels)
+
+    def describe(self, index: int) -> str:
+        return str(self.paths[index])
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels, strict=True):
+            try:
+                stat = path.stat()
+                digest.update(f"{path}:{label}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}:{label}:missing\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+                paths.append(path)
+                labels.append(label)
+    return paths, labels
+
+
+@register_dataset("imagefolder", takes_argument=True, usage="imagefolder:PATH")
+def load_image_folder(config: DataConfig, argument: str | None) -> ClassificationDataset:
+    """Your own images: PATH/<class>/*.jpg, or PATH/{train,val,test}/<class>/*.jpg."""
+    root = Path(argument or "").expanduser()
+    if not root.exists():
+        raise DataError(f"image folder '{root}' does not exist")
+    if not root.is_dir():
+        raise DataError(f"image folder '{root}' is not a directory")
+    present = {
+        split: root / alias for split, aliases in SPLIT_FOLDERS.items() for alias in aliases if (root / alias).is_dir()
+    }
+    class_roots = list(present.values()) or [root]
+    raw_classes = sorted({name for folder in class_roots for name in _class_folders(folder)})
+    if not raw_classes:
+        raise DataError(f"no class folders in '{root}': expected PATH/<class>/<image> "
+                        f"(or PATH/train/<class>/<image>)")
+    max_pixels = config.max_image_pixels
+    splits: dict[str, Split] = {}
+    for split, folder in present.items() or [("all", root)]:
+        paths, labels = _scan(folder, raw_classes)
+        if paths:
+            source = FileSource(paths, np.asarray(labels, dtype=np.int64), max_pixels)
+            splits[split] = Split(source, np.arange(len(paths)), split)
+    if not splits:
+        raise DataError(f"no images found in '{root}' (looked for {', '.join(IMAGE_EXTENSIONS)} files "
+                        f"inside the class folders {', '.join(raw_classes[:5])})")
+    if "all" in splits:  # no split folders: fixed stratified test split, then val out of train
+        pool = splits.pop("all")
+        train_pos, test_pos = stratified_split(pool.labels, FOLDER_TEST_FRACTION, FOLDER_TEST_SEED)
+        splits = make_splits(str(root), pool.subset(train_pos, "train"), pool.subset(test_pos, "test"),
+                             val_fraction=config.val_fraction, seed=config.seed)
+        splits["all"] = pool
+    elif "train" in splits:
+        splits = make_splits(str(root), splits.get("train"), splits.get("test"), splits.get("val"),
+                             val_fraction=config.val_fraction, seed=config.seed)
+    return ClassificationDataset(
+        name=f"imagefolder:{root}", classnames=[clean_classname(c) for c in raw_classes], splits=splits,
+        templates=["simple"], info={"root": str(root.resolve()), "folders": raw_classes},
+    )

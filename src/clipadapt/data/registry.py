@@ -1,0 +1,148 @@
+"""Dataset registry, the data config, and ``load_dataset(config)``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clipadapt.config import option
+from clipadapt.data.base import ClassificationDataset, Split, few_shot
+from clipadapt.errors import ConfigError, DataError, UnknownNameError
+from clipadapt.registry import Registry
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("digits", help="dataset spec: a registered name, imagefolder:PATH or hf:ORG/NAME")
+    split: str = option("test", help="split to evaluate: train, val or test")
+    root: str | None = option(None, help="local copy of a hub dataset (save_to_disk folder or parquet files)")
+    image_column: str | None = option(None, help="image column of a hub dataset (default: auto-detect)")
+    label_column: str | None = option(None, help="label column of a hub dataset (default: auto-detect)")
+    classes: list[str] | None = option(None, help="class names to use instead of the dataset's own")
+    shots: int | None = option(None, help="K training images per class (seeded, stratified)")
+    val_fraction: float = option(0.1, help="share of train held out as val when there is no val split")
+    seed: int = option(0, help="seed for val carving and few-shot sampling")
+    batch_size: int = option(64, help="images per batch when encoding")
+    num_workers: int = option(-1, help="image decoding processes (-1: one per spare CPU core, at most 4)")
+    strict: bool = option(False, help="abort on the first unreadable image instead of skipping it")
+    max_image_pixels: int | None = option(None, help="refuse images with more pixels (default: PIL's limit)")
+
+    def __post_init__(self) -> None:
+        if self.shots is not None and self.shots <= 0:
+            raise ConfigError(f"data.shots must be positive, got {self.shots}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"data.batch_size must be positive, got {self.batch_size}")
+        if self.classes is not None and len(self.classes) == 0:
+            raise ConfigError("data.classes is empty: give at least one class name")
+
+
+@dataclass
+class DatasetEntry:
+    factory: Callable[[DataConfig, str | None], ClassificationDataset]
+    takes_argument: bool = False
+    usage: str = ""
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def register_dataset(name: str, takes_argument: bool = False, usage: str = "", help: str = ""):
+    """Decorator: ``@register_dataset("cifar10")`` or ``@register_dataset("imagefolder", takes_argument=True)``."""
+
+    def wrap(factory):
+        MISSING_DOC = (factory.__doc__ or "").strip().splitlines()
+        DATASETS.register(name, DatasetEntry(factory, takes_argument, usage or name),
+                          help=help or (MISSING_DOC[0] if MISSING_DOC else ""))
+        return factory
+
+    return wrap
+
+
+def dataset_usages() -> list[str]:
+    return [entry.usage for _, entry in DATASETS.items()]
+
+
+def _resolve(spec: str) -> tuple[DatasetEntry, str | None]:
+    if spec in DATASETS and not DATASETS.get(spec).takes_argument:
+        return DATASETS.get(spec), None
+    scheme, sep, argument = spec.partition(":")
+    if sep and scheme in DATASETS and DATASETS.get(scheme).takes_argument:
+        if not argument:
+            raise ConfigError(f"dataset '{spec}' needs an argument: {DATASETS.get(scheme).usage}")
+        return DATASETS.get(scheme), argument
+    raise UnknownNameError(f"unknown dataset '{spec}'; valid choices: {', '.join(dataset_usages())}")
+
+
+def load_dataset(config: DataConfig) -> ClassificationDataset:
+    """Build the dataset named by ``config.dataset``, apply class-name overrides and few-shot sampling."""
+    entry, argument = _resolve(config.dataset)
+    dataset = entry.factory(config, argument)
+    if config.classes is not None:
+        dataset = _with_classes(dataset, [c.strip() for c in config.classes])
+    if config.shots is not None:
+        train = dataset.split("train")
+        chosen = few_shot(train.labels, config.shots, config.seed)
+        dataset.splits["train"] = train.subset(chosen, "train")
+        dataset.info["shots"] = config.shots
+    return dataset
+
+
+def _with_classes(dataset: ClassificationDataset, classes: list[str]) -> ClassificationDataset:
+    """Rename classes in order, or reorder them when the same names are given in another order."""
+    if any(not c for c in classes):
+        raise ConfigError("class names must not be empty")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"class names must be unique, got {', '.join(classes)}")
+    if len(classes) != dataset.num_classes:
+        raise ConfigError(
+            f"--classes gives {len(classes)} names but dataset '{dataset.name}' has {dataset.num_classes} "
+            f"classes: {', '.join(dataset.classnames[:20])}{' ...' if dataset.num_classes > 20 else ''}"
+        )
+    lowered = [c.lower() for c in dataset.classnames]
+    if sorted(c.lower() for c in classes) == sorted(lowered) and [c.lower() for c in classes] != lowered:
+        import numpy as np
+
+        new_index = {c.lower(): i for i, c in enumerate(classes)}
+        mapping = np.array([new_index[c] for c in lowered])
+        for name, split in dataset.splits.items():
+            dataset.splits[name] = Split(_Relabelled(split.source, mapping), split.indices, split.name)
+    dataset.classnames = list(classes)
+    return dataset
+
+
+class _Relabelled:
+    """A source whose labels go through a permutation (for reordered class lists)."""
+
+    def __init__(self, source, mapping) -> None:
+        self._source, self._mapping = source, mapping
+        self.labels = mapping[source.labels]
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def load(self, index: int):
+        return self._source.load(index)
+
+    def describe(self, index: int) -> str:
+        return self._source.describe(index)
+
+    def fingerprint(self) -> str:
+        return self._source.fingerprint() + ":relabelled:" + ",".join(map(str, self._mapping))
+
+
+_PREFIX = re.compile(r"^\d+[._\- ]+")
+
+
+def clean_classname(raw: str) -> str:
+    """'001.Black_footed_Albatross' -> 'Black-footed Albatross'; 'aquarium_fish' -> 'aquarium fish'."""
+    name = _PREFIX.sub("", raw.strip())
+    name = re.sub(r"_(?=[a-z])", "-", name) if re.search(r"[A-Z]", name) else name.replace("_", " ")
+    return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise DataError(message)

@@ -1,0 +1,204 @@
+"""Batched image encoding with skipped-image accounting and an on-disk feature cache.
+
+Features are cached under ``$CLIPADAPT_HOME/features`` keyed by the model's fingerprint, the split's
+fingerprint (source and exact indices) and the preprocessing, so trying ten template sets, or a linear
+probe after zero-shot, encodes the images once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+
+from clipadapt.data.base import Split
+from clipadapt.data.images import ImageLoadError
+from clipadapt.errors import DataError
+from clipadapt.io import atomic_path
+from clipadapt.models.bundle import ClipBundle
+from clipadapt.paths import feature_cache_dir
+from clipadapt.progress import progress_bar
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+class SplitImages(Dataset):
+    """Decodes and resizes images of a split into uint8 tensors; failures are returned, not raised."""
+
+    def __init__(self, split: Split, transform) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, position: int):
+        try:
+            image = self.split.load(position)
+            return self.transform.to_uint8(image), int(self.split.labels[position]), position, None
+        except ImageLoadError as e:
+            return None, -1, position, str(e)
+
+
+def collate_images(items):
+    good = [it for it in items if it[0] is not None]
+    skipped = [(it[2], it[3]) for it in items if it[0] is None]
+    if good:
+        images = torch.stack([it[0] for it in good])
+        labels = torch.tensor([it[1] for it in good], dtype=torch.long)
+        positions = torch.tensor([it[2] for it in good], dtype=torch.long)
+    else:
+        images, labels, positions = None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return {"images": images, "labels": labels, "positions": positions, "skipped": skipped}
+
+
+def default_num_workers(requested: int = -1) -> int:
+    if requested >= 0:
+        return requested
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def image_loader(split: Split, transform, batch_size: int, num_workers: int = -1, shuffle: bool = False,
+                 generator: torch.Generator | None = None) -> DataLoader:
+    workers = default_num_workers(num_workers)
+    return DataLoader(
+        SplitImages(split, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        collate_fn=collate_images, generator=generator, persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+@dataclass
+class SkippedImage:
+    position: int
+    item: str
+    reason: str
+
+
+@dataclass
+class EncodedSplit:
+    """Normalised image features of the readable images of a split."""
+
+    features: torch.Tensor  # (N, D) float32, L2-normalised
+    labels: np.ndarray  # (N,)
+    positions: np.ndarray  # (N,) positions in the split
+    skipped: list[SkippedImage] = field(default_factory=list)
+    encode_time_s: float = 0.0
+    from_cache: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.labels) / self.encode_time_s if self.encode_time_s > 0 else float("nan")
+
+
+def report_skipped(skipped: list[SkippedImage], strict: bool, split_name: str) -> None:
+    if not skipped:
+        return
+    if strict:
+        first = skipped[0]
+        raise DataError(f"unreadable image {first.item}: {first.reason} (--strict)")
+    log.warning("skipped %d unreadable image(s) in split '%s', e.g. %s: %s",
+                len(skipped), split_name, skipped[0].item, skipped[0].reason)
+
+
+@torch.inference_mode()
+def encode_images(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
+                  strict: bool = False, description: str = "encoding") -> EncodedSplit:
+    """Encode every readable image of ``split`` with the bundle's image tower."""
+    loader = image_loader(split, bundle.preprocess, batch_size, num_workers)
+    features, labels, positions, skipped = [], [], [], []
+    start = time.perf_counter()
+    with progress_bar(description, total=len(split)) as advance:
+        for batch in loader:
+            for position, reason in batch["skipped"]:
+                skipped.append(SkippedImage(position, split.describe(position), reason))
+                if strict:
+                    report_skipped(skipped, strict=True, split_name=split.name)
+            if batch["images"] is not None:
+                pixels = bundle.preprocess.normalize(batch["images"])
+                features.append(bundle.encode_image(pixels).float().cpu())
+                labels.append(batch["labels"].numpy())
+                positions.append(batch["positions"].numpy())
+            advance(len(batch["labels"]) + len(batch["skipped"]))
+    elapsed = time.perf_counter() - start
+    report_skipped(skipped, strict, split.name)
+    if not features:
+        raise DataError(f"no readable images in split '{split.name}' ({len(skipped)} skipped)")
+    return EncodedSplit(torch.cat(features), np.concatenate(labels), np.concatenate(positions), skipped, elapsed)
+
+
+class FeatureCache:
+    """safetensors files of encoded splits, written atomically, keyed by model x split x preprocessing."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else feature_cache_dir()
+
+    @staticmethod
+    def key(bundle: ClipBundle, split: Split) -> str:
+        identity = {
+            "version": CACHE_VERSION,
+            "model": bundle.fingerprint,
+            "split": split.fingerprint(),
+            "preprocess": bundle.preprocess.config.to_dict(),
+            "dtype": str(bundle.dtype),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+    def path(self, bundle: ClipBundle, split: Split) -> Path:
+        return self.root / f"{self.key(bundle, split)}.safetensors"
+
+    def load(self, bundle: ClipBundle, split: Split) -> EncodedSplit | None:
+        path = self.path(bundle, split)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(str(path))
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # a corrupt cache entry is recomputed, never trusted
+            log.warning("ignoring unreadable feature cache entry %s", path)
+            return None
+        skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
+        return EncodedSplit(tensors["features"], tensors["labels"].numpy(), tensors["positions"].numpy(),
+                            skipped, float(meta.get("encode_time_s", 0.0)), from_cache=True)
+
+    def save(self, bundle: ClipBundle, split: Split, encoded: EncodedSplit) -> Path:
+        path = self.path(bundle, split)
+        tensors = {
+            "features": encoded.features.contiguous(),
+            "labels": torch.from_numpy(np.ascontiguousarray(encoded.labels)),
+            "positions": torch.from_numpy(np.ascontiguousarray(encoded.positions)),
+        }
+        meta = {
+            "model": bundle.spec, "fingerprint": bundle.fingerprint, "split": split.name,
+            "skipped": json.dumps([s.__dict__ for s in encoded.skipped]),
+            "encode_time_s": f"{encoded.encode_time_s:.6f}",
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+
+def encode_split(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
+                 strict: bool = False, cache: FeatureCache | None = None) -> EncodedSplit:
+    """Cached ``encode_images``: a second call with the same model, split and preprocessing reads the file."""
+    if cache is not None:
+        hit = cache.load(bundle, split)
+        if hit is not None:
+            report_skipped(hit.skipped, strict, split.name)
+            return hit
+    encoded = encode_images(bundle, split, batch_size, num_workers, strict, description=f"encoding {split.name}")
+    if cache is not None:
+        cache.save(bundle, split, encoded)
+    return encoded

@@ -1,0 +1,43 @@
+"""Classification metrics, in CLIP_benchmark's vocabulary: acc1, acc5, mean per-class accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    return float((top == labels.view(-1, 1)).any(dim=1).float().mean())
+
+
+def classification_metrics(scores: torch.Tensor, labels: np.ndarray | torch.Tensor) -> dict[str, float | int]:
+    """``{"acc1", "acc5", "mean_per_class_acc", "n"}``; acc5 is top-min(5, classes)."""
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    predictions = scores.argmax(dim=1).numpy()
+    return {
+        "acc1": topk_accuracy(scores, labels_t, 1),
+        "acc5": topk_accuracy(scores, labels_t, 5),
+        "mean_per_class_acc": float(balanced_accuracy_score(labels_t.numpy(), predictions)),
+        "n": int(len(labels_t)),
+    }
+
+
+def confusion(scores: torch.Tensor, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return confusion_matrix(np.asarray(labels), scores.argmax(dim=1).numpy(), labels=list(range(num_classes)))
+
+
+def per_class_rows(scores: torch.Tensor, labels: np.ndarray, classnames: list[str]) -> list[dict]:
+    """One row per class: precision, recall (= per-class accuracy), f1, support."""
+    report = classification_report(
+        np.asarray(labels), scores.argmax(dim=1).numpy(), labels=list(range(len(classnames))),
+        target_names=[f"{i}" for i in range(len(classnames))], output_dict=True, zero_division=0,
+    )
+    rows = []
+    for index, name in enumerate(classnames):
+        entry = report[str(index)]
+        rows.append({"class_index": index, "class": name, "precision": entry["precision"],
+                     "recall": entry["recall"], "f1": entry["f1-score"], "support": int(entry["support"])})
+    return rows

@@ -1,0 +1,126 @@
+"""transformers backend: CLIP (and SigLIP) checkpoints from the hub or a local directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
+from clipadapt.errors import ClipAdaptError
+from clipadapt.models.bundle import ClipBundle
+
+SUPPORTED_MODEL_TYPES = ("clip", "siglip")
+
+
+def _pooled(output) -> torch.Tensor:
+    # transformers 5 returns an output object whose pooler_output is the projected embedding
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def fingerprint_local(path: Path) -> str:
+    """Content-ish identity of a local checkpoint: config text plus weight files' names, sizes and mtimes."""
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        stat = weights.stat()
+        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _offline_hint(model_id: str) -> str:
+    return (
+        f"could not load '{model_id}' from the Hugging Face hub (no network access, or no such model). "
+        f"To work offline, download it where the hub is reachable "
+        f"(`hf download {model_id} --local-dir ./models/{model_id.split('/')[-1]}`), copy the folder here "
+        f"and pass its path: --model ./models/{model_id.split('/')[-1]}"
+    )
+
+
+def load_transformers(
+    source: str,
+    spec: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> ClipBundle:
+    """Load a transformers CLIP-style model, its tokenizer and its preprocessing from a hub id or directory."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    local = Path(source).expanduser()
+    is_local = local.is_dir()
+    if is_local and not (local / "config.json").is_file():
+        raise ClipAdaptError(f"'{source}' is a directory but not a transformers model (no config.json in it)")
+    location = str(local) if is_local else source
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(location, **kwargs)
+    except OSError:
+        if is_local:
+            raise ClipAdaptError(f"'{source}' has an unreadable config.json") from None
+        raise ClipAdaptError(_offline_hint(source)) from None
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ClipAdaptError(
+            f"'{source}' is a '{model_type}' model, not a CLIP-style model; supported types: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    try:
+        model = AutoModel.from_pretrained(location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        image_processor = AutoImageProcessor.from_pretrained(location, **kwargs)
+    except OSError as e:
+        if is_local:
+            raise ClipAdaptError(f"'{source}' is incomplete: {str(e).splitlines()[0]}") from None
+        raise ClipAdaptError(_offline_hint(source)) from None
+    model.eval()
+
+    text_config = config.text_config
+    max_length = min(int(getattr(tokenizer, "model_max_length", 77) or 77),
+                     int(text_config.max_position_embeddings))
+    siglip = model_type == "siglip"
+
+    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+        if siglip:  # SigLIP was trained with max-length padding and has no attention mask
+            out = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
+                            return_tensors="pt")
+            return {"input_ids": out["input_ids"]}
+        return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+    if is_local:
+        fingerprint = f"local:{fingerprint_local(local)}"
+    else:
+        fingerprint = f"hub:{source}@{getattr(config, '_commit_hash', None) or revision or 'main'}"
+    projection = getattr(config, "projection_dim", None) or text_config.hidden_size
+    return ClipBundle(
+        model=model,
+        preprocess=ClipPreprocess(PreprocessConfig.from_image_processor(image_processor)),
+        tokenizer=tokenize,
+        spec=spec or source,
+        name=str(local.resolve()) if is_local else source,
+        backend="transformers",
+        fingerprint=fingerprint,
+        image_features_fn=lambda m, x: _pooled(m.get_image_features(pixel_values=x)),
+        text_features_fn=lambda m, t: _pooled(m.get_text_features(**t)),
+        vision_tower_fn=lambda m: m.vision_model,
+        text_tower_fn=lambda m: m.text_model,
+        logit_scale_fn=lambda m: m.logit_scale.exp(),
+        logit_bias_fn=(lambda m: m.logit_bias) if siglip else (lambda m: None),
+        info={"model_type": model_type, "embed_dim": int(projection),
+              "image_size": int(config.vision_config.image_size)},
+    )
+
+
+def hub_available() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True")
+
+
+def describe_checkpoint(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text())

@@ -1,0 +1,87 @@
+"""Figures written with matplotlib (Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clipadapt.io import atomic_save  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, classnames: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix; class names on the axes up to 40 classes."""
+    counts = matrix.astype(float)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    n = len(classnames)
+    size = min(4 + 0.28 * n, 18)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    if n <= 40:
+        ax.set_xticks(range(n), [c[:18] for c in classnames], rotation=90, fontsize=7)
+        ax.set_yticks(range(n), [c[:18] for c in classnames], fontsize=7)
+        if n <= 12:
+            for i in range(n):
+                for j in range(n):
+                    if matrix[i, j]:
+                        colour = "white" if normalised[i, j] > 0.5 else "black"
+                        ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    _save(fig, path)
+
+
+def plot_prediction_grid(images: list[Image.Image], true_labels: list[str], top_classes: list[list[str]],
+                         top_probs: list[list[float]], path: str | Path, title: str = "") -> None:
+    """Each sample: the image, its true label, and a bar chart of the top-k probabilities."""
+    n = len(images)
+    cols = min(4, n) or 1
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 5.2, rows * 2.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.4] * cols})
+    for k in range(rows * cols):
+        ax_img, ax_bar = axes[k // cols][2 * (k % cols)], axes[k // cols][2 * (k % cols) + 1]
+        ax_img.axis("off")
+        if k >= n:
+            ax_bar.axis("off")
+            continue
+        ax_img.imshow(images[k])
+        correct = top_classes[k][0] == true_labels[k]
+        ax_img.set_title(f"true: {true_labels[k][:22]}", fontsize=8, color="green" if correct else "red")
+        y = np.arange(len(top_classes[k]))[::-1]
+        colours = ["tab:green" if c == true_labels[k] else "tab:gray" for c in top_classes[k]]
+        ax_bar.barh(y, top_probs[k], color=colours)
+        ax_bar.set_yticks(y, [c[:20] for c in top_classes[k]], fontsize=7)
+        ax_bar.set_xlim(0, 1)
+        ax_bar.tick_params(axis="x", labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_template_sets(names: list[str], acc1: list[float], path: str | Path, title: str = "") -> None:
+    """Horizontal bars of acc1 per template set."""
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(names)))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, acc1, color="tab:blue")
+    ax.set_yticks(y, [n[:40] for n in names], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("top-1 accuracy")
+    for yi, a in zip(y, acc1, strict=True):
+        ax.text(min(a + 0.01, 0.9), yi, f"{a:.3f}", va="center", fontsize=8)
+    ax.set_title(title or "zero-shot accuracy by template set")
+    _save(fig, path)
