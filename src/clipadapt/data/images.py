@@ -98,4 +98,6 @@ def _reason(error: BaseException) -> str:
         return f"decompression bomb: {text}"
     if isinstance(error, UnidentifiedImageError):
         return "not an image (unrecognised format)"
-    return text
+    if "truncated" in text.lower():
+        return f"truncated image data ({text})"
+    return f"corrupt image data ({text})"

@@ -123,7 +123,10 @@ def load_model(
     elif "/" in spec:
         from clipadapt.models.hf import load_transformers
 
-        bundle = load_transformers(spec, spec=spec, **kwargs)
+        try:
+            bundle = load_transformers(spec, spec=spec, **kwargs)
+        except ClipAdaptError as e:
+            raise ClipAdaptError(f"{e}. Named models: {', '.join(MODELS.names())}") from None
     else:
         raise UnknownNameError(
             f"unknown model '{spec}'; valid choices: {', '.join(MODELS.names())}, a hub id (org/name), "

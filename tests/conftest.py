@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated cache, offline hub access, and a tiny random CLIP saved to disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["CLIPADAPT_PROGRESS"] = "0"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own $CLIPADAPT_HOME, so caches never leak between tests."""
+    home = tmp_path_factory.mktemp("clipadapt-home")
+    monkeypatch.setenv("CLIPADAPT_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random transformers CLIP (hidden 64, 2 layers, hand-written char tokenizer) saved to disk."""
+    from clipadapt.models.random_init import save_random_clip
+
+    return save_random_clip(tmp_path_factory.mktemp("models") / "tiny-clip", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_clip_dir):
+    from clipadapt.models import load_model
+
+    return load_model(str(tiny_clip_dir))
+
+
+@pytest.fixture(scope="session")
+def colour_folder(tmp_path_factory) -> Path:
+    from tests.helpers import make_image_folder
+
+    return make_image_folder(tmp_path_factory.mktemp("data") / "colours", per_class=8)

@@ -1,0 +1,80 @@
+"""Image and dataset builders shared by the tests."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
+
+
+def coloured_image(colour: tuple[int, int, int], size=(40, 30), seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.array(colour, dtype=np.int16)[None, None, :]
+    noise = rng.integers(-25, 25, size=(size[1], size[0], 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def random_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth random image (gradients + blobs), closer to a photo than white noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        a, b, c = rng.uniform(-1, 1, 3)
+        channel = 128 + 60 * np.sin(a * x / 17 + b * y / 23 + c) + rng.normal(0, 12, (height, width))
+        channels.append(channel)
+    return Image.fromarray(np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decompression_bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (1.6 G by default)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    row = b"\x00" + b"\x00" * width
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b"")
+
+
+def write_bad_images(folder: Path) -> dict[str, str]:
+    """Every kind of unreadable file the loaders must skip; returns name -> kind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = jpeg_bytes(coloured_image(COLOURS["red"], (64, 48)))
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    (folder / "bomb.png").write_bytes(decompression_bomb_png())
+    return {"truncated.jpg": "truncated", "empty.jpg": "empty", "text.jpg": "text", "bomb.png": "bomb"}
+
+
+def make_image_folder(root: Path, per_class: int = 6, splits: tuple[str, ...] = (), seed: int = 0) -> Path:
+    """root/[split/]<colour>/<i>.{jpg,png}: three clearly coloured classes."""
+    rng = np.random.default_rng(seed)
+    for split in splits or ("",):
+        for name, colour in COLOURS.items():
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                image = coloured_image(colour, (int(rng.integers(30, 60)), int(rng.integers(30, 60))), seed=i)
+                suffix = ".jpg" if i % 2 else ".png"
+                image.save(folder / f"{split or 'img'}_{i}{suffix}")
+    return root
