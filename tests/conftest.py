@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["CLIPADAPT_PROGRESS"] = "0"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["COLUMNS"] = "200"  # rich tables are not wrapped in captured output
 
 
 @pytest.fixture(autouse=True)

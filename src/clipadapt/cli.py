@@ -30,7 +30,7 @@ err = Console(stderr=True)
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True)
-    logging.getLogger("clipadapt").setLevel(logging.INFO)
+    logging.getLogger("clipadapt").setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

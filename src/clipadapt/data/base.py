@@ -120,10 +120,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         positions = np.flatnonzero(labels == cls)
         positions = positions[rng.permutation(len(positions))]
         n_held = int(round(fraction * len(positions)))
-        if len(positions) >= 2:
-            n_held = min(max(n_held, 1), len(positions) - 1)
-        else:
-            n_held = 0
+        n_held = min(max(n_held, 1), len(positions) - 1) if len(positions) >= 2 else 0
         held.append(positions[:n_held])
         keep.append(positions[n_held:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))

@@ -12,7 +12,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class ModelConfig:
-    spec: str = option("random:tiny", help="model: a name from `clipadapt models`, a hub id, a folder, open_clip:ARCH/TAG")
+    spec: str = option("random:tiny", help="a name from `clipadapt models`, a hub id, a folder, open_clip:ARCH/TAG")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N or mps")
     precision: str = option("fp32", help="inference precision: fp32, or bf16/fp16 autocast on GPU")
     revision: str | None = option(None, help="hub revision (branch, tag or commit)")
