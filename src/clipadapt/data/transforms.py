@@ -112,14 +112,12 @@ class ClipPreprocess:
         return pil_to_uint8_tensor(image)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N)CHW -> float32 normalised, in the float64 order transformers uses."""
+        """uint8 (N)CHW -> float32 normalised: (x * rescale - mean) / std, in place on one float32 copy."""
         cfg = self.config
-        x = batch.to(torch.float64) * cfg.rescale
-        x = x.to(torch.float32)
         shape = (-1, 1, 1)
-        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(shape)
-        std = torch.tensor(cfg.std, dtype=torch.float32).view(shape)
-        return (x - mean) / std
+        x = batch.to(torch.float32).mul_(cfg.rescale)
+        x.sub_(torch.tensor(cfg.mean, dtype=torch.float32).view(shape))
+        return x.div_(torch.tensor(cfg.std, dtype=torch.float32).view(shape))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """One RGB PIL image -> normalised CHW float tensor."""
