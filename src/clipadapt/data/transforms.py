@@ -39,6 +39,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     resample: str = "bicubic"
     rescale: float = 1 / 255
+    resize_mode: str = "shortest"  # "shortest": short side + center crop (CLIP); "squash": straight to crop (SigLIP)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,22 +48,19 @@ class PreprocessConfig:
     def from_image_processor(cls, processor) -> PreprocessConfig:
         """Read the settings of a transformers image processor (CLIP or SigLIP style)."""
         size = processor.size if isinstance(processor.size, dict) else dict(processor.size)
-        crop = getattr(processor, "crop_size", None) or size
-        crop = crop if isinstance(crop, dict) else dict(crop)
-        short = size.get("shortest_edge") or size.get("height")
-        do_crop = getattr(processor, "do_center_crop", False)
-        crop_hw = (crop["height"], crop["width"]) if do_crop and "height" in crop else None
-        if crop_hw is None:  # SigLIP: squash to a square, no crop
-            crop_hw = (size["height"], size["width"]) if "height" in size else (short, short)
-        resample = processor.resample
-        return cls(
-            resize=int(short),
-            crop=(int(crop_hw[0]), int(crop_hw[1])),
-            mean=tuple(float(m) for m in processor.image_mean),
-            std=tuple(float(s) for s in processor.image_std),
-            resample=_RESAMPLE_BY_CODE.get(int(resample), "bicubic"),
-            rescale=float(getattr(processor, "rescale_factor", 1 / 255)),
-        )
+        size = {k: v for k, v in size.items() if v is not None}
+        resample = _RESAMPLE_BY_CODE.get(int(processor.resample), "bicubic")
+        common = dict(mean=tuple(float(m) for m in processor.image_mean),
+                      std=tuple(float(s) for s in processor.image_std), resample=resample,
+                      rescale=float(getattr(processor, "rescale_factor", 1 / 255)))
+        if "shortest_edge" in size:
+            crop = getattr(processor, "crop_size", None) or {}
+            crop = {k: v for k, v in (crop if isinstance(crop, dict) else dict(crop)).items() if v is not None}
+            short = int(size["shortest_edge"])
+            crop_hw = (int(crop["height"]), int(crop["width"])) if processor.do_center_crop and crop else (short, short)
+            return cls(resize=short, crop=crop_hw, resize_mode="shortest", **common)
+        height, width = int(size["height"]), int(size["width"])  # SigLIP: squash to a fixed size, no crop
+        return cls(resize=min(height, width), crop=(height, width), resize_mode="squash", **common)
 
 
 def resize_short_side(image: Image.Image, size: int, resample: str = "bicubic") -> Image.Image:
@@ -107,6 +105,11 @@ class ClipPreprocess:
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """Resize + crop, still uint8 (CHW)."""
         cfg = self.config
+        if cfg.resize_mode == "squash":
+            height, width = cfg.crop
+            if image.size != (width, height):
+                image = image.resize((width, height), resample=_RESAMPLE[cfg.resample])
+            return pil_to_uint8_tensor(image)
         image = resize_short_side(image, cfg.resize, cfg.resample)
         image = center_crop(image, *cfg.crop)
         return pil_to_uint8_tensor(image)
