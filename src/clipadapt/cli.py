@@ -32,7 +32,7 @@ def _setup_logging(verbose: bool = False) -> None:
                         handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True)
     logging.getLogger("clipadapt").setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "filelock", "datasets", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # hub retries end in our own one-line error
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
