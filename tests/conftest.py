@@ -42,3 +42,28 @@ def colour_folder(tmp_path_factory) -> Path:
     from tests.helpers import make_image_folder
 
     return make_image_folder(tmp_path_factory.mktemp("data") / "colours", per_class=8)
+
+
+@pytest.fixture(scope="session")
+def world_home(tmp_path_factory) -> Path:
+    """A $CLIPADAPT_HOME holding world:tiny, built once per test session with the default recipe."""
+    home = tmp_path_factory.mktemp("world-home")
+    previous = os.environ.get("CLIPADAPT_HOME")
+    os.environ["CLIPADAPT_HOME"] = str(home)
+    try:
+        from clipadapt.world.models import world_clip_dir
+
+        world_clip_dir()
+    finally:
+        if previous is None:
+            os.environ.pop("CLIPADAPT_HOME", None)
+        else:
+            os.environ["CLIPADAPT_HOME"] = previous
+    return home
+
+
+@pytest.fixture
+def with_world(world_home, monkeypatch) -> Path:
+    """Use the session's world:tiny (tests that need the pretrained world model are marked slow)."""
+    monkeypatch.setenv("CLIPADAPT_HOME", str(world_home))
+    return world_home

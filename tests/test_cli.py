@@ -139,14 +139,6 @@ def test_existing_run_directory_needs_overwrite(tmp_path, tiny_clip_dir, colour_
     assert invoke(*args, "--overwrite").exit_code == 0
 
 
-def test_demo_runs_offline(tmp_path):
-    result = invoke("demo", "--out", tmp_path / "demo")
-    assert result.exit_code == 0, result.output
-    assert "digits" in result.output and "acc1" in result.output
-    record = json.loads((tmp_path / "demo" / "digits-zeroshot" / "metrics.json").read_text())
-    assert record["metrics"]["n"] == 539 and len(record["templates"]) == 4
-
-
 def test_image_folder_with_split_folders_from_cli(tmp_path, tiny_clip_dir):
     root = make_image_folder(tmp_path / "splits", per_class=3, splits=("train", "val", "test"))
     result = invoke("zeroshot", "-m", tiny_clip_dir, "-d", f"imagefolder:{root}", "--out", tmp_path / "run")

@@ -85,3 +85,21 @@ def plot_template_sets(names: list[str], acc1: list[float], path: str | Path, ti
         ax.text(min(a + 0.01, 0.9), yi, f"{a:.3f}", va="center", fontsize=8)
     ax.set_title(title or "zero-shot accuracy by template set")
     _save(fig, path)
+
+
+def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylabel: str = "", title: str = "",
+               smooth: int = 10) -> None:
+    """A raw curve with its running mean."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = np.arange(1, len(values) + 1)
+    ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1, label="per step")
+    if len(values) >= smooth:
+        kernel = np.ones(smooth) / smooth
+        ax.plot(steps[smooth - 1:], np.convolve(values, kernel, mode="valid"), color="tab:blue",
+                label=f"mean of {smooth}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)

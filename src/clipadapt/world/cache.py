@@ -1,0 +1,94 @@
+"""Cached world models under ``$CLIPADAPT_HOME/world``: built on first use, verified on every load.
+
+A build happens in a staging directory beside the cache entry and is renamed into place only when complete,
+with a manifest of SHA-256 hashes written last. A file lock makes a second process wait for the first
+builder instead of building twice. An entry whose manifest is missing or whose files do not match it
+(interrupted build, truncated file) is removed and rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from clipadapt.io import atomic_write_text
+from clipadapt.paths import clipadapt_home
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def world_dir() -> Path:
+    return clipadapt_home() / "world"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, recipe_key: str) -> dict:
+    files = {p.relative_to(directory).as_posix(): _sha256(p) for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    manifest = {"recipe": recipe_key, "files": files}
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def verify(directory: Path, recipe_key: str) -> dict | None:
+    """The manifest if ``directory`` is a complete build of ``recipe_key``, else None."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("recipe") != recipe_key or not manifest.get("files"):
+        return None
+    for name, digest in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or _sha256(path) != digest:
+            return None
+    return manifest
+
+
+@contextmanager
+def _locked(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_built(name: str, recipe_key: str, build: Callable[[Path], None]) -> Path:
+    """Return the verified cache directory of ``name``, building it (once, atomically) if needed."""
+    final = world_dir() / name
+    if verify(final, recipe_key):
+        return final
+    with _locked(world_dir() / f".{name}.lock"):
+        if verify(final, recipe_key):  # another process finished it while we waited
+            return final
+        if final.exists():
+            log.warning("world model cache %s is incomplete, corrupt or outdated; rebuilding", final)
+            shutil.rmtree(final)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=world_dir()))
+        try:
+            build(staging)
+            write_manifest(staging, recipe_key)
+            os.replace(staging, final)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return final

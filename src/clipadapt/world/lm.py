@@ -1,0 +1,110 @@
+"""``world:tiny-lm``: a GPT-2-family causal LM pretrained on captions of one-object scenes.
+
+It is the decoder that captioning methods adapt later: two-object scenes and the held-out phrasings are a
+new domain for it. Same tokenizer as the world CLIP; cached and verified like ``world:tiny``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
+
+from clipadapt.config import option
+from clipadapt.errors import ConfigError
+from clipadapt.io import atomic_write_text
+from clipadapt.progress import progress_bar
+from clipadapt.world.cache import ensure_built
+from clipadapt.world.captions import ONE_OBJECT, caption
+from clipadapt.world.pretrain import write_loss_curve
+from clipadapt.world.scenes import SceneSpec, held_out_combinations, sample_scene
+from clipadapt.world.tokenizer import build_world_tokenizer
+
+LM_VERSION = "1"
+HELD_OUT_PHRASINGS = (5, 6)  # "... coloured ...", "a picture of ... background": never seen by the LM
+LM_PHRASINGS = tuple(i for i in range(len(ONE_OBJECT)) if i not in HELD_OUT_PHRASINGS)
+
+
+@dataclass
+class WorldLMRecipe:
+    seed: int = option(0, help="seed of weights and captions")
+    steps: int = option(400, help="optimizer steps (about a minute on 2 CPU cores)")
+    batch_size: int = option(64, help="captions per step")
+    lr: float = option(2e-3, help="peak learning rate")
+    warmup_steps: int = option(20, help="linear warmup steps")
+    layers: int = option(2, help="transformer blocks")
+    width: int = option(96, help="hidden size")
+    heads: int = option(3, help="attention heads")
+    version: str = option(LM_VERSION, help="recipe version; cached models are rebuilt when it changes")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "layers", "width", "heads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"world LM recipe {name} must be positive, got {getattr(self, name)}")
+
+
+def _captions(recipe: WorldLMRecipe, step: int) -> list[str]:
+    spec = SceneSpec(min_objects=1, max_objects=1, exclude=held_out_combinations())
+    rng = np.random.default_rng([recipe.seed, step, 11])
+    texts = []
+    for i in range(recipe.batch_size):
+        scene = sample_scene(spec, recipe.seed + 7919, step * recipe.batch_size + i)
+        texts.append(caption(scene, rng, phrasings=LM_PHRASINGS))
+    return texts
+
+
+def pretrain_world_lm(out_dir: str | Path, recipe: WorldLMRecipe | None = None) -> dict:
+    recipe = recipe or WorldLMRecipe()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_world_tokenizer()
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=tokenizer.model_max_length, n_embd=recipe.width,
+                        n_layer=recipe.layers, n_head=recipe.heads, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(recipe.seed)
+    model = GPT2LMHeadModel(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    schedule = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+    losses, start = [], time.perf_counter()
+    with progress_bar("pretraining world:tiny-lm", total=recipe.steps, unit="steps") as advance:
+        for step in range(recipe.steps):
+            tokens = tokenizer(_captions(recipe, step), padding=True, return_tensors="pt")
+            labels = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, -100)
+            loss = model(**tokens, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            losses.append(float(loss.detach()))
+            advance(1)
+    model.eval()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = {"recipe": asdict(recipe), "train_time_s": round(time.perf_counter() - start, 1),
+               "final_loss": float(np.mean(losses[-20:])), "held_out_phrasings": list(HELD_OUT_PHRASINGS)}
+    atomic_write_text(out_dir / "recipe.json", json.dumps(summary, indent=2) + "\n")
+    write_loss_curve(out_dir, losses, title="world:tiny-lm pretraining", ylabel="next-token loss")
+    return summary
+
+
+def lm_recipe_key(recipe: WorldLMRecipe | None = None) -> str:
+    return hashlib.sha256(json.dumps(asdict(recipe or WorldLMRecipe()), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def world_lm_dir() -> Path:
+    return ensure_built(f"tiny-lm-v{LM_VERSION}", lm_recipe_key(), lambda d: pretrain_world_lm(d))
+
+
+def load_world_lm():
+    """``(model, tokenizer)`` of the cached world language model (built on first use)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = world_lm_dir()
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

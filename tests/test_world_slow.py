@@ -1,0 +1,69 @@
+"""Tests on the real world:tiny (built once per session by the ``world_home`` fixture, about 4 minutes)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from clipadapt.cli import app
+from clipadapt.data import DataConfig, load_dataset
+from clipadapt.engine.zeroshot import evaluate_zero_shot
+from clipadapt.models import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def _zero_shot(bundle, task: str, templates=("simple",)) -> float:
+    dataset = load_dataset(DataConfig(dataset=f"world:{task}"))
+    return evaluate_zero_shot(bundle, dataset, "test", list(templates), num_workers=0).best_result.metrics["acc1"]
+
+
+@pytest.fixture(scope="module")
+def world_scores(world_home):
+    import os
+
+    previous = os.environ.get("CLIPADAPT_HOME")
+    os.environ["CLIPADAPT_HOME"] = str(world_home)
+    try:
+        start = time.perf_counter()
+        bundle = load_model("world:tiny")
+        load_s = time.perf_counter() - start
+        scores = {task: _zero_shot(bundle, task) for task in ("shapes", "shapes-novel", "colour", "shape")}
+    finally:
+        if previous is None:
+            os.environ.pop("CLIPADAPT_HOME", None)
+        else:
+            os.environ["CLIPADAPT_HOME"] = previous
+    return load_s, scores
+
+
+def test_world_tiny_has_real_zero_shot_ability(world_scores):
+    load_s, scores = world_scores
+    assert load_s < 10  # the cached copy (target < 3 s; generous under test load)
+    assert scores["colour"] >= 0.85, scores  # chance 1/8
+    assert scores["shape"] >= 0.25, scores  # chance 1/6
+    assert scores["shapes"] >= 0.30, scores  # chance 1/48
+    assert scores["shapes-novel"] > 3 / 16, scores  # chance 1/16
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 target not met yet (measured 0.47; see docs/world.md)")
+def test_world_tiny_meets_the_issue_target(world_scores):
+    _, scores = world_scores
+    assert scores["shapes"] >= 0.80 and scores["shapes-novel"] < scores["shapes"] - 0.05, scores
+
+
+def test_world_tiny_is_a_real_clip_checkpoint(with_world):
+    bundle = load_model("world:tiny")
+    assert bundle.backend == "transformers" and bundle.fingerprint.startswith("world:tiny:")
+    assert type(bundle.model).__name__ == "CLIPModel"
+
+
+def test_demo_runs_offline_on_the_world(with_world, tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    for name in ("shapes-zeroshot", "novel-zeroshot", "colour-zeroshot"):
+        record = json.loads((tmp_path / "demo" / name / "metrics.json").read_text())
+        assert record["model"] == "world:tiny" and record["metrics"]["acc1"] > 0.3, (name, record["metrics"])
