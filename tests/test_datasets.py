@@ -187,4 +187,5 @@ def test_hub_dataset_without_network_explains_offline_use(monkeypatch):
 
 
 def test_every_registered_dataset_is_covered():
-    assert set(DATASETS.names()) == {"cifar10", "cifar100", "cub200", "digits", "flowers102", "hf", "imagefolder"}
+    assert set(DATASETS.names()) == {"cifar10", "cifar100", "cub200", "digits", "flowers102", "hf", "imagefolder",
+                                     "world"}
