@@ -88,7 +88,9 @@ def test_world_tasks_splits_and_labels():
     train_bytes = {shapes.split("train").source.images[i].tobytes() for i in range(1440)}
     assert not test_bytes & train_bytes
     novel = load_dataset(DataConfig(dataset="world:shapes-novel"))
-    assert {tuple(c.split()) for c in novel.classnames} == set(held_out_combinations())
+    assert novel.classnames == shapes.classnames  # labelled among all 48 pairs
+    present = {tuple(novel.classnames[i].split()) for i in np.unique(novel.split("test").labels)}
+    assert present == set(held_out_combinations()) and len(novel.split("test")) == 16 * 20
     colour = load_dataset(DataConfig(dataset="world:colour"))
     assert colour.classnames == list(COLOURS) and np.bincount(colour.split("test").labels).tolist() == [120] * 8
     shifted = load_dataset(DataConfig(dataset="world:shapes-shifted"))
@@ -239,3 +241,24 @@ def test_caption_dataset_is_coco_style(tmp_path):
     colour = first["attributes"]["objects"][0]["colour"]
     assert len(texts) == 5 and all(any(w in t for w in (colour, *COLOURS[colour][1])) for t in texts)
     assert len(_json.loads((root / "captions_test.json").read_text())["images"]) == 3
+
+
+def test_contrastive_loss_matches_clip_and_shares_duplicate_positives():
+    from clipadapt.world.pretrain import contrastive_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 5)
+    labels = torch.arange(5)
+    clip = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+    assert torch.allclose(contrastive_loss(logits), clip)
+    assert torch.allclose(contrastive_loss(logits, ["a", "b", "c", "d", "e"]), clip)
+    keys = ["a", "a", "b", "c", "c"]
+    half, one = [0.5, 0.5, 0, 0, 0], [0, 0, 1, 0, 0]
+    targets = torch.tensor([half, half, one, half[::-1], half[::-1]])
+    image_side = (targets * logits.log_softmax(1)).sum(1).mean()
+    text_side = (targets * logits.T.log_softmax(1)).sum(1).mean()
+    expected = -(image_side + text_side) / 2
+    assert torch.allclose(contrastive_loss(logits, keys), expected)
+    # duplicates no longer ask a caption to prefer its own copy of an identical image
+    same = torch.zeros(2, 2)
+    assert contrastive_loss(same, ["x", "x"]) < contrastive_loss(same)

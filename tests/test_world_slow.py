@@ -46,13 +46,14 @@ def test_world_tiny_has_real_zero_shot_ability(world_scores):
     assert scores["colour"] >= 0.85, scores  # chance 1/8
     assert scores["shape"] >= 0.25, scores  # chance 1/6
     assert scores["shapes"] >= 0.30, scores  # chance 1/48
-    assert scores["shapes-novel"] > 3 / 16, scores  # chance 1/16
+    assert scores["shapes-novel"] > 3 / 48, scores  # chance 1/48 (labelled among all 48 pairs)
+    assert scores["shapes-novel"] < scores["shapes"] - 0.05, scores  # a real gap for adaptation to close
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 target not met yet (measured 0.47; see docs/world.md)")
+@pytest.mark.xfail(strict=True, reason="issue 3 target not met yet (measured 0.575; see docs/world.md)")
 def test_world_tiny_meets_the_issue_target(world_scores):
     _, scores = world_scores
-    assert scores["shapes"] >= 0.80 and scores["shapes-novel"] < scores["shapes"] - 0.05, scores
+    assert scores["shapes"] >= 0.80, scores
 
 
 def test_world_tiny_is_a_real_clip_checkpoint(with_world):

@@ -44,6 +44,8 @@ class WorldClipRecipe:
     batch_size: int = option(128, help="image-caption pairs per step")
     lr: float = option(1e-3, help="peak learning rate")
     colours_per_batch: int = option(3, help="colours in one batch: few colours force the model to see shape")
+    shared_positives: bool = option(True, help="pairs whose captions mean the same are all positives (soft "
+                                               "targets), instead of CLIP's one-hot target among duplicates")
     logit_scale_init: float = option(2.6592, help="initial log temperature (CLIP's value)")
     focus_share: float = option(0.75, help="share of batches with single objects of 2 colours, captioned by "
                                            "colour and shape only, so that shape tells pairs apart")
@@ -129,7 +131,25 @@ def _batch(recipe: WorldClipRecipe, spec: SceneSpec, step: int, tokenizer):
     tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     preprocess = _preprocess(recipe)  # the exact path evaluation images take
     pixels = torch.stack([preprocess.to_uint8(Image.fromarray(image)) for image in images])
-    return preprocess.normalize(pixels), tokens
+    # what a caption means: the class in focus batches, the exact words otherwise
+    keys = [(s.objects[0].colour, s.objects[0].shape) if focus else t.rstrip(".") for s, t in zip(scenes, texts,
+                                                                                                    strict=True)]
+    return preprocess.normalize(pixels), tokens, keys
+
+
+def contrastive_loss(logits_per_image: torch.Tensor, keys: list | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE; with ``keys``, every pair with the same key is a positive (uniform soft target)."""
+    n = logits_per_image.shape[0]
+    if keys is None:
+        targets = torch.eye(n)
+    else:
+        index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        ids = torch.tensor([index[k] for k in keys])
+        targets = (ids[:, None] == ids[None, :]).float()
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    image_loss = -(targets * logits_per_image.log_softmax(dim=1)).sum(dim=1).mean()
+    text_loss = -(targets * logits_per_image.T.log_softmax(dim=1)).sum(dim=1).mean()
+    return (image_loss + text_loss) / 2
 
 
 def _preprocess(recipe: WorldClipRecipe) -> ClipPreprocess:
@@ -162,8 +182,9 @@ def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = No
     losses, start, step = [], time.perf_counter(), 0
     with progress_bar("pretraining world:tiny", total=total, unit="steps") as advance:
         while step < total:
-            pixels, tokens = _batch(recipe, spec, step, tokenizer)
-            loss = model(pixel_values=pixels, return_loss=True, **tokens).loss
+            pixels, tokens, keys = _batch(recipe, spec, step, tokenizer)
+            logits = model(pixel_values=pixels, **tokens).logits_per_image
+            loss = contrastive_loss(logits, keys if recipe.shared_positives else None)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

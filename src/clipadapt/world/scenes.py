@@ -7,6 +7,7 @@ bytes whoever asks for it, and streams can be generated in any order or in paral
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -139,11 +140,21 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
     raise ValueError(f"unknown shape '{shape}'")
 
 
+@lru_cache(maxsize=8)
+def _grid(res: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x), shared read-only between calls."""
+    y, x = np.mgrid[0:res, 0:res].astype(np.float32) + 0.5
+    y.setflags(write=False)
+    x.setflags(write=False)
+    return y, x
+
+
 def _background(kind: str, res: int, rng: np.random.Generator) -> np.ndarray:
     base = rng.uniform(150, 235, 3) * rng.uniform(0.85, 1.0)  # light, desaturated
     base = base.mean() + (base - base.mean()) * 0.3
     canvas = np.broadcast_to(base, (res, res, 3)).astype(np.float32).copy()
-    y, x = np.mgrid[0:res, 0:res].astype(np.float32) / res
+    y, x = (g - 0.5 for g in _grid(res))
+    y, x = y / res, x / res
     if kind == "noise":
         canvas += rng.normal(0, 10, (res, res, 1))
     elif kind == "gradient":
@@ -170,11 +181,14 @@ def render_scene(scene: Scene, spec: SceneSpec, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, scene.index, 1])
     res = spec.resolution
     canvas = _background(scene.background, res, rng)
-    y, x = np.mgrid[0:res, 0:res].astype(np.float32) + 0.5
+    y, x = _grid(res)
     for obj in scene.objects:
-        mask = _shape_mask(obj.shape, x - obj.cx, y - obj.cy, obj.radius)
+        reach = int(np.ceil(obj.radius * 1.1)) + 1  # every shape fits in this box around its centre
+        y0, y1 = max(0, int(obj.cy) - reach), min(res, int(obj.cy) + reach + 1)
+        x0, x1 = max(0, int(obj.cx) - reach), min(res, int(obj.cx) + reach + 1)
+        mask = _shape_mask(obj.shape, x[y0:y1, x0:x1] - obj.cx, y[y0:y1, x0:x1] - obj.cy, obj.radius)
         colour = np.array(COLOURS[obj.colour][0], np.float32) + rng.normal(0, 8, 3)
-        canvas[mask] = colour
+        canvas[y0:y1, x0:x1][mask] = colour
     if spec.pixel_noise > 0:
         canvas += rng.normal(0, spec.pixel_noise, canvas.shape)
     return np.clip(canvas, 0, 255).astype(np.uint8)

@@ -34,17 +34,21 @@ class WorldTask:
     novel_only: bool = False
     shifted: bool = False
 
+    def classes(self) -> list[tuple[str, str]]:
+        """The label space: all 48 pairs, also for the novel task (it must beat every seen pair)."""
+        return [(c, s) for c in COLOUR_NAMES for s in SHAPE_NAMES]
+
     def combinations(self) -> list[tuple[str, str]]:
-        pairs = [(c, s) for c in COLOUR_NAMES for s in SHAPE_NAMES]
+        """The pairs that appear in the images."""
         held = held_out_combinations()
-        return [p for p in pairs if p in held] if self.novel_only else pairs
+        return [p for p in self.classes() if p in held] if self.novel_only else self.classes()
 
     def classnames(self) -> list[str]:
         if self.label == "colour":
             return list(COLOUR_NAMES)
         if self.label == "shape":
             return list(SHAPE_NAMES)
-        return [f"{c} {s}" for c, s in self.combinations()]
+        return [f"{c} {s}" for c, s in self.classes()]
 
 
 WORLD_TASKS = {
@@ -54,7 +58,7 @@ WORLD_TASKS = {
     "colour": WorldTask("colour", "8 colours, any shape", "colour", ("simple", "world-colour")),
     "shapes-shifted": WorldTask("shapes-shifted", "the 48 classes on unseen backgrounds with pixel noise",
                                 "combination", ("simple", "world"), shifted=True),
-    "shapes-novel": WorldTask("shapes-novel", "the 16 colour x shape pairs held out of pretraining",
+    "shapes-novel": WorldTask("shapes-novel", "images of the 16 pairs held out of pretraining, labelled among all 48",
                               "combination", ("simple", "world"), novel_only=True),
 }
 
@@ -74,7 +78,7 @@ def _split_images(task_name: str, split: str, per_class: int, resolution: int):
     elif task.label == "shape":
         labels = [SHAPE_NAMES.index(s.objects[0].shape) for s in scenes]
     else:
-        labels = [pairs.index((s.objects[0].colour, s.objects[0].shape)) for s in scenes]
+        labels = [task.classes().index((s.objects[0].colour, s.objects[0].shape)) for s in scenes]
     return images, np.asarray(labels, dtype=np.int64)
 
 
@@ -84,11 +88,8 @@ def build_world_task(name: str, resolution: int = 64) -> ClassificationDataset:
                                f"{', '.join('world:' + n for n in WORLD_TASKS)}")
     task = WORLD_TASKS[name]
     splits = {}
-    for split, per_class in PER_CLASS.items():
-        if task.label != "combination":  # attribute tasks: as many images as the 48-class task
-            per_class = per_class * len(task.combinations()) // len(task.classnames())
-        images, labels = _split_images(name, split, per_class if task.label == "combination" else
-                                       PER_CLASS[split], resolution)
+    for split, per_class in PER_CLASS.items():  # per_class images of every pair that appears
+        images, labels = _split_images(name, split, per_class, resolution)
         source = InMemorySource(list(images), labels, name=f"world:{name}/{split}", version=TASK_VERSION)
         splits[split] = Split(source, np.arange(len(labels)), split)
     return ClassificationDataset(
