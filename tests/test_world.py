@@ -25,7 +25,8 @@ from clipadapt.world.scenes import (
 )
 from clipadapt.world.tokenizer import build_world_tokenizer
 
-TINY_RECIPE = dict(width=32, vision_layers=1, text_layers=1, projection_dim=32, batch_size=32, warmup_steps=2)
+TINY_RECIPE = dict(width=32, vision_layers=1, text_layers=1, projection_dim=32, batch_size=32, warmup_steps=2,
+                   pool_images=0)
 
 
 def test_generator_is_deterministic_and_seed_dependent():
@@ -199,7 +200,7 @@ def test_small_budget_already_learns_colour(tmp_path):
     from clipadapt.models import load_model
 
     recipe = WorldClipRecipe(steps=100, width=64, vision_layers=1, text_layers=1, projection_dim=64, batch_size=64,
-                             warmup_steps=10, focus_share=0.0)
+                             warmup_steps=10, focus_share=0.0, pool_images=0)
     pretrain_world_clip(tmp_path / "small", recipe)
     bundle = load_model(str(tmp_path / "small"))
     dataset = load_dataset(DataConfig(dataset="world:colour"))
@@ -264,3 +265,27 @@ def test_contrastive_loss_matches_clip_and_shares_duplicate_positives():
     contrastive_loss(shared, ["x", "x"]).backward()
     contrastive_loss(one_hot).backward()
     assert shared.grad.abs().max() == 0 and one_hot.grad.abs().max() > 0.1
+
+
+def test_pooled_batches_follow_the_batch_rules_and_are_deterministic():
+    from clipadapt.world.pretrain import PooledBatches
+
+    recipe = WorldClipRecipe(pool_images=400, batch_size=32, focus_share=0.5)
+    spec = SceneSpec(exclude=held_out_combinations())
+    tokenizer = build_world_tokenizer()
+    pool, again = PooledBatches(recipe, spec), PooledBatches(recipe, spec)
+    assert pool.focus_pixels.shape == (200, 3, 48, 48) and pool.focus_pixels.dtype == torch.uint8
+    kinds = set()
+    for step in range(12):
+        pixels, tokens, keys = pool.batch(step, tokenizer)
+        pixels2, tokens2, keys2 = again.batch(step, tokenizer)
+        assert torch.equal(pixels, pixels2) and keys == keys2 and torch.equal(tokens["input_ids"], tokens2["input_ids"])
+        assert pixels.shape == (32, 3, 48, 48)
+        if isinstance(keys[0], tuple):  # focus batch: single objects, two colours, balanced pairs
+            kinds.add("focus")
+            assert len({c for c, _ in keys}) == 2 and not set(keys) & held_out_combinations()
+            counts = np.unique([str(k) for k in keys], return_counts=True)[1]
+            assert counts.max() - counts.min() <= 1
+        else:
+            kinds.add("general")
+    assert kinds == {"focus", "general"}

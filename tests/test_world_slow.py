@@ -50,7 +50,6 @@ def test_world_tiny_has_real_zero_shot_ability(world_scores):
     assert scores["shapes-novel"] < scores["shapes"] - 0.05, scores  # a real gap for adaptation to close
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 target not met yet (measured 0.575; see docs/world.md)")
 def test_world_tiny_meets_the_issue_target(world_scores):
     _, scores = world_scores
     assert scores["shapes"] >= 0.80, scores

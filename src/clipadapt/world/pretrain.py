@@ -40,10 +40,12 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 @dataclass
 class WorldClipRecipe:
     seed: int = option(0, help="seed of weights, scenes and captions")
-    steps: int = option(1300, help="optimizer steps (about 3 minutes on 2 CPU cores)")
+    steps: int = option(2500, help="optimizer steps (about 3.5 minutes on 2 CPU cores)")
     batch_size: int = option(128, help="image-caption pairs per step")
     lr: float = option(1e-3, help="peak learning rate")
     colours_per_batch: int = option(3, help="colours in one batch: few colours force the model to see shape")
+    pool_images: int = option(32000, help="render this many scenes once (half single-object, class-balanced) and "
+                                      "reuse them with fresh captions; 0: fresh scenes every step")
     shared_positives: bool = option(True, help="pairs whose captions mean the same are all positives (soft "
                                                "targets), instead of CLIP's one-hot target among duplicates")
     logit_scale_init: float = option(2.6592, help="initial log temperature (CLIP's value)")
@@ -137,6 +139,58 @@ def _batch(recipe: WorldClipRecipe, spec: SceneSpec, step: int, tokenizer):
     return preprocess.normalize(pixels), tokens, keys
 
 
+class PooledBatches:
+    """Scenes rendered and resized once, then drawn with fresh captions: most of a step's data cost goes away.
+
+    Draws follow the same rules as ``_batch`` (focus batches: single objects of 2 colours, every allowed pair
+    equally often; other batches: scenes whose objects use only the step's colours).
+    """
+
+    def __init__(self, recipe: WorldClipRecipe, spec: SceneSpec) -> None:
+        self.recipe = recipe
+        preprocess = _preprocess(recipe)
+        half = recipe.pool_images // 2
+        single = replace(spec, min_objects=1, max_objects=1)
+        pairs = list(single.allowed())
+        forced = [pairs[i % len(pairs)] for i in range(half)]
+        focus_images, self.focus_scenes = generate_images(single, recipe.seed + 1, half, combinations=forced)
+        general_images, self.general_scenes = generate_images(spec, recipe.seed + 2, recipe.pool_images - half)
+        self.focus_pixels = torch.stack([preprocess.to_uint8(Image.fromarray(i)) for i in focus_images])
+        self.general_pixels = torch.stack([preprocess.to_uint8(Image.fromarray(i)) for i in general_images])
+        self.preprocess = preprocess
+        self.pair_index: dict[tuple[str, str], np.ndarray] = {
+            pair: np.flatnonzero([(s.objects[0].colour, s.objects[0].shape) == pair for s in self.focus_scenes])
+            for pair in pairs
+        }
+        bits = {c: 1 << i for i, c in enumerate(COLOUR_NAMES)}
+        self.general_colours = np.array([sum({bits[o.colour] for o in s.objects}) for s in self.general_scenes])
+        self.bits = bits
+
+    def batch(self, step: int, tokenizer):
+        recipe = self.recipe
+        rng = np.random.default_rng([recipe.seed, step, 7])
+        focus = bool(rng.random() < recipe.focus_share)
+        n_colours = 2 if focus else recipe.colours_per_batch
+        colours = set(rng.choice(COLOUR_NAMES, size=min(n_colours, len(COLOUR_NAMES)), replace=False))
+        if focus:
+            pairs = [p for p in self.pair_index if p[0] in colours]
+            order = rng.permutation(np.arange(recipe.batch_size) % len(pairs))
+            chosen = np.array([rng.choice(self.pair_index[pairs[int(k)]]) for k in order])
+            scenes, pixels = [self.focus_scenes[i] for i in chosen], self.focus_pixels[torch.from_numpy(chosen)]
+        else:
+            allowed = sum(self.bits[c] for c in colours)
+            candidates = np.flatnonzero((self.general_colours & ~allowed) == 0)
+            chosen = rng.choice(candidates, size=recipe.batch_size, replace=len(candidates) < recipe.batch_size)
+            scenes, pixels = [self.general_scenes[i] for i in chosen], self.general_pixels[torch.from_numpy(chosen)]
+        phrasings = (0, 1) if focus else None
+        synonyms = 0.0 if focus else 0.3
+        texts = [caption(s, rng, synonyms, phrasings) + ("." if rng.random() < 0.5 else "") for s in scenes]
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        keys = [(s.objects[0].colour, s.objects[0].shape) if focus else t.rstrip(".")
+                for s, t in zip(scenes, texts, strict=True)]
+        return self.preprocess.normalize(pixels), tokens, keys
+
+
 def contrastive_loss(logits_per_image: torch.Tensor, keys: list | None = None) -> torch.Tensor:
     """Symmetric InfoNCE; with ``keys``, every pair with the same key is a positive (uniform soft target)."""
     n = logits_per_image.shape[0]
@@ -179,10 +233,13 @@ def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = No
     probe_steps = min(5, recipe.warmup_steps)  # the schedule is only fixed once the step count is known
     total = recipe.steps
     schedule = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, total)
+    build_start = time.perf_counter()
+    pool = PooledBatches(recipe, spec) if recipe.pool_images > 0 else None  # rendered before timing the steps
+    pool_s = time.perf_counter() - build_start
     losses, start, step = [], time.perf_counter(), 0
     with progress_bar("pretraining world:tiny", total=total, unit="steps") as advance:
         while step < total:
-            pixels, tokens, keys = _batch(recipe, spec, step, tokenizer)
+            pixels, tokens, keys = pool.batch(step, tokenizer) if pool else _batch(recipe, spec, step, tokenizer)
             logits = model(pixel_values=pixels, **tokens).logits_per_image
             loss = contrastive_loss(logits, keys if recipe.shared_positives else None)
             loss.backward()
@@ -207,7 +264,8 @@ def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = No
     tokenizer.save_pretrained(out_dir)
     CLIPImageProcessorPil(size={"shortest_edge": recipe.resolution},
                           crop_size={"height": recipe.resolution, "width": recipe.resolution}).save_pretrained(out_dir)
-    summary = {"recipe": asdict(recipe), "train_time_s": round(elapsed, 1), "final_loss": float(np.mean(losses[-20:])),
+    summary = {"recipe": asdict(recipe), "train_time_s": round(elapsed + pool_s, 1),
+               "pool_render_s": round(pool_s, 1), "final_loss": float(np.mean(losses[-20:])),
                "pairs_seen": total * recipe.batch_size, "logit_scale": float(model.logit_scale.detach().exp())}
     atomic_write_text(out_dir / "recipe.json", json.dumps(summary, indent=2) + "\n")
     write_loss_curve(out_dir, losses)
