@@ -47,18 +47,11 @@ def colour_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def world_home(tmp_path_factory) -> Path:
     """A $CLIPADAPT_HOME holding world:tiny, built once per test session with the default recipe."""
-    home = tmp_path_factory.mktemp("world-home")
-    previous = os.environ.get("CLIPADAPT_HOME")
-    os.environ["CLIPADAPT_HOME"] = str(home)
-    try:
-        from clipadapt.world.models import world_clip_dir
+    from clipadapt.world.models import world_clip_dir
+    from tests.helpers import clipadapt_home
 
+    with clipadapt_home(tmp_path_factory.mktemp("world-home")) as home:
         world_clip_dir()
-    finally:
-        if previous is None:
-            os.environ.pop("CLIPADAPT_HOME", None)
-        else:
-            os.environ["CLIPADAPT_HOME"] = previous
     return home
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +81,17 @@ def make_image_folder(root: Path, per_class: int = 6, splits: tuple[str, ...] = 
                 suffix = ".jpg" if i % 2 else ".png"
                 image.save(folder / f"{split or 'img'}_{i}{suffix}")
     return root
+
+
+@contextmanager
+def clipadapt_home(path: Path) -> Iterator[Path]:
+    """Point $CLIPADAPT_HOME at ``path`` for fixtures wider than one test (monkeypatch is per test)."""
+    previous = os.environ.get("CLIPADAPT_HOME")
+    os.environ["CLIPADAPT_HOME"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("CLIPADAPT_HOME", None)
+        else:
+            os.environ["CLIPADAPT_HOME"] = previous

@@ -289,3 +289,25 @@ def test_pooled_batches_follow_the_batch_rules_and_are_deterministic():
         else:
             kinds.add("general")
     assert kinds == {"focus", "general"}
+
+
+def test_seconds_budget_records_a_step_count_that_reproduces_the_run(tmp_path):
+    import json as _json
+
+    from safetensors.torch import load_file
+
+    recipe = WorldClipRecipe(**{**TINY_RECIPE, "steps": 10_000, "warmup_steps": 8})
+    timed = pretrain_world_clip(tmp_path / "timed", recipe, seconds=0.5)
+    steps = _json.loads((tmp_path / "timed" / "recipe.json").read_text())["recipe"]["steps"]
+    assert steps == timed["recipe"]["steps"] and 8 < steps < 10_000  # chosen from the measured speed
+    pretrain_world_clip(tmp_path / "exact", WorldClipRecipe(**{**TINY_RECIPE, "steps": steps, "warmup_steps": 8}))
+    a = load_file(str(tmp_path / "timed" / "model.safetensors"))
+    b = load_file(str(tmp_path / "exact" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_forced_rebuild_replaces_a_valid_entry():
+    calls = []
+    path = ensure_built("forced", "r", _fake_build(calls))
+    assert ensure_built("forced", "r", _fake_build(calls), force=True) == path
+    assert len(calls) == 2 and verify(path, "r") and verify(path) and not verify(path, "other")

@@ -12,6 +12,7 @@ from clipadapt.cli import app
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.zeroshot import evaluate_zero_shot
 from clipadapt.models import load_model
+from tests.helpers import clipadapt_home
 
 pytestmark = pytest.mark.slow
 
@@ -23,20 +24,11 @@ def _zero_shot(bundle, task: str, templates=("simple",)) -> float:
 
 @pytest.fixture(scope="module")
 def world_scores(world_home):
-    import os
-
-    previous = os.environ.get("CLIPADAPT_HOME")
-    os.environ["CLIPADAPT_HOME"] = str(world_home)
-    try:
+    with clipadapt_home(world_home):
         start = time.perf_counter()
         bundle = load_model("world:tiny")
         load_s = time.perf_counter() - start
         scores = {task: _zero_shot(bundle, task) for task in ("shapes", "shapes-novel", "colour", "shape")}
-    finally:
-        if previous is None:
-            os.environ.pop("CLIPADAPT_HOME", None)
-        else:
-            os.environ["CLIPADAPT_HOME"] = previous
     return load_s, scores
 
 

@@ -228,21 +228,18 @@ def world_pretrain_command(
     from clipadapt.io import staged_directory
     from clipadapt.world.pretrain import WorldClipRecipe, pretrain_world_clip
 
-    if seconds is not None and seconds <= 0:
-        raise ClipAdaptError(f"--seconds must be positive, got {seconds:g}")
     recipe = apply_overrides(WorldClipRecipe(), [f"{k}" for k in (set_ or [])])
     recipe = apply_overrides(recipe, [f"{k}={v}" for k, v in {"steps": steps, "seed": seed}.items() if v is not None])
     if out_dir is None:
         if recipe != WorldClipRecipe() or seconds is not None:
             raise ClipAdaptError("world:tiny always uses the default recipe; write a custom one with --out DIR "
                                  "and use it as --model DIR")
-        from clipadapt.world.cache import world_dir, write_manifest
-        from clipadapt.world.models import WORLD_CLIP_NAME, recipe_key
+        import json
 
-        out_dir = world_dir() / WORLD_CLIP_NAME
-        with staged_directory(out_dir, overwrite=True) as stage:
-            summary = pretrain_world_clip(stage, recipe)
-            write_manifest(stage, recipe_key(recipe))
+        from clipadapt.world.models import world_clip_dir
+
+        out_dir = world_clip_dir(rebuild=True)  # same lock, staging and manifest as a first-use build
+        summary = json.loads((out_dir / "recipe.json").read_text())
     else:
         with staged_directory(out_dir, overwrite=True) as stage:
             summary = pretrain_world_clip(stage, recipe, seconds=seconds)
@@ -283,14 +280,14 @@ def world_captions_command(
 @world_app.command("show")
 @user_errors
 def world_show_command():
-    """Show what the world cache holds and whether each entry verifies."""
-    from clipadapt.world.cache import world_dir
+    """Show what the world cache holds and whether each entry's files match its manifest."""
+    from clipadapt.world.cache import verify, world_dir
 
     table = Table("entry", "status", "path")
     root = world_dir()
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         if path.is_dir() and not path.name.startswith("."):
-            status = "complete" if (path / "manifest.json").is_file() else "incomplete"
+            status = "verified" if verify(path) else "incomplete or corrupt (rebuilt on next use)"
             table.add_row(path.name, status, str(path))
     out.print(table)
 

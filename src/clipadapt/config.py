@@ -43,6 +43,13 @@ def field_help(cls: type) -> dict[str, tuple[Any, str]]:
     return out
 
 
+def require_positive(cfg: Any, names: tuple[str, ...], what: str) -> None:
+    """``__post_init__`` helper: every named field must be > 0."""
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{what} {name} must be positive, got {getattr(cfg, name)}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

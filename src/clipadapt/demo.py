@@ -23,7 +23,6 @@ class DemoStep:
     name: str
     dataset: str
     templates: list[str]
-    classes: list[str] | None = None
 
 
 DEMO_STEPS = [
@@ -38,7 +37,7 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = DEMO_MODEL) -> list
     for step in DEMO_STEPS:
         experiment = ZeroShotExperiment(
             model=ModelConfig(spec=model, device="cpu"),
-            data=DataConfig(dataset=step.dataset, split="test", classes=step.classes),
+            data=DataConfig(dataset=step.dataset, split="test"),
             zeroshot=ZeroShotConfig(templates=step.templates),
             run=RunConfig(out=str(Path(out_dir) / step.name), overwrite=True),
         )

@@ -17,7 +17,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from clipadapt.io import atomic_write_text
 from clipadapt.paths import clipadapt_home
@@ -28,6 +30,11 @@ MANIFEST = "manifest.json"
 
 def world_dir() -> Path:
     return clipadapt_home() / "world"
+
+
+def recipe_key(recipe: Any) -> str:
+    """Identity of a dataclass recipe: a cache entry built from another recipe is rebuilt."""
+    return hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _sha256(path: Path) -> str:
@@ -46,13 +53,20 @@ def write_manifest(directory: Path, recipe_key: str) -> dict:
     return manifest
 
 
-def verify(directory: Path, recipe_key: str) -> dict | None:
-    """The manifest if ``directory`` is a complete build of ``recipe_key``, else None."""
+def read_manifest(directory: Path) -> dict | None:
+    """The manifest as written (not checked against the files; see ``verify``)."""
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
+        return json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    if manifest.get("recipe") != recipe_key or not manifest.get("files"):
+
+
+def verify(directory: Path, recipe_key: str | None = None) -> dict | None:
+    """The manifest if every file matches it (and it was built from ``recipe_key``, when given), else None."""
+    manifest = read_manifest(directory)
+    if manifest is None or not manifest.get("files"):
+        return None
+    if recipe_key is not None and manifest.get("recipe") != recipe_key:
         return None
     for name, digest in manifest["files"].items():
         path = directory / name
@@ -72,21 +86,26 @@ def _locked(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_built(name: str, recipe_key: str, build: Callable[[Path], None]) -> Path:
-    """Return the verified cache directory of ``name``, building it (once, atomically) if needed."""
+def ensure_built(name: str, recipe_key: str, build: Callable[[Path], None], force: bool = False) -> Path:
+    """Return the verified cache directory of ``name``, building it (once, atomically) if needed.
+
+    ``force`` rebuilds even a valid entry (still under the lock, still renamed into place at the end).
+    """
     final = world_dir() / name
-    if verify(final, recipe_key):
+    if not force and verify(final, recipe_key):
         return final
     with _locked(world_dir() / f".{name}.lock"):
-        if verify(final, recipe_key):  # another process finished it while we waited
+        if not force and verify(final, recipe_key):  # another process finished it while we waited
             return final
-        if final.exists():
+        if final.exists() and not force:
             log.warning("world model cache %s is incomplete, corrupt or outdated; rebuilding", final)
             shutil.rmtree(final)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=world_dir()))
         try:
             build(staging)
             write_manifest(staging, recipe_key)
+            if final.exists():  # force: the old entry stays valid until the new one is complete
+                shutil.rmtree(final)
             os.replace(staging, final)
         finally:
             if staging.exists():

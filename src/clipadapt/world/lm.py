@@ -6,7 +6,6 @@ new domain for it. Same tokenizer as the world CLIP; cached and verified like ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -16,11 +15,10 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-from clipadapt.config import option
-from clipadapt.errors import ConfigError
+from clipadapt.config import option, require_positive
 from clipadapt.io import atomic_write_text
 from clipadapt.progress import progress_bar
-from clipadapt.world.cache import ensure_built
+from clipadapt.world.cache import ensure_built, recipe_key
 from clipadapt.world.captions import ONE_OBJECT, caption
 from clipadapt.world.pretrain import write_loss_curve
 from clipadapt.world.scenes import SceneSpec, held_out_combinations, sample_scene
@@ -44,9 +42,7 @@ class WorldLMRecipe:
     version: str = option(LM_VERSION, help="recipe version; cached models are rebuilt when it changes")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "layers", "width", "heads"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"world LM recipe {name} must be positive, got {getattr(self, name)}")
+        require_positive(self, ("steps", "batch_size", "lr", "layers", "width", "heads"), "world LM recipe")
 
 
 def _captions(recipe: WorldLMRecipe, step: int) -> list[str]:
@@ -94,12 +90,8 @@ def pretrain_world_lm(out_dir: str | Path, recipe: WorldLMRecipe | None = None) 
     return summary
 
 
-def lm_recipe_key(recipe: WorldLMRecipe | None = None) -> str:
-    return hashlib.sha256(json.dumps(asdict(recipe or WorldLMRecipe()), sort_keys=True).encode()).hexdigest()[:16]
-
-
 def world_lm_dir() -> Path:
-    return ensure_built(f"tiny-lm-v{LM_VERSION}", lm_recipe_key(), lambda d: pretrain_world_lm(d))
+    return ensure_built(f"tiny-lm-v{LM_VERSION}", recipe_key(WorldLMRecipe()), lambda d: pretrain_world_lm(d))
 
 
 def load_world_lm():

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, get_cosine_schedule_with_warmup
 
-from clipadapt.config import option
+from clipadapt.config import option, require_positive
 from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_text
@@ -34,7 +34,6 @@ from clipadapt.world.scenes import COLOUR_NAMES, SceneSpec, generate_images, hel
 from clipadapt.world.tokenizer import build_world_tokenizer
 
 RECIPE_VERSION = "1"
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -65,11 +64,8 @@ class WorldClipRecipe:
     version: str = option(RECIPE_VERSION, help="recipe version; cached models are rebuilt when it changes")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "resolution", "patch_size", "width", "vision_layers", "text_layers"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"world recipe {name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"world recipe lr must be positive, got {self.lr}")
+        require_positive(self, ("steps", "batch_size", "lr", "resolution", "patch_size", "width", "vision_layers",
+                                "text_layers"), "world recipe")
 
 
 def build_world_clip(recipe: WorldClipRecipe, tokenizer) -> CLIPModel:
@@ -114,41 +110,56 @@ def oriented_filters(count: int, patch: int, scale: float, orientations: int = 8
     return bank * scale
 
 
-def _batch(recipe: WorldClipRecipe, spec: SceneSpec, step: int, tokenizer):
+def _plan(recipe: WorldClipRecipe, step: int) -> tuple[np.random.Generator, bool, set[str]]:
+    """The step's random stream, whether it is a focus batch, and the colours it may use."""
     rng = np.random.default_rng([recipe.seed, step, 7])
     focus = bool(rng.random() < recipe.focus_share)
     n_colours = 2 if focus else recipe.colours_per_batch
     colours = set(rng.choice(COLOUR_NAMES, size=min(n_colours, len(COLOUR_NAMES)), replace=False))
-    spec = replace(spec, combinations=tuple((c, s) for c, s in spec.allowed() if c in colours))
-    forced = None
-    if focus:  # single objects, every allowed pair of the chosen colours equally often
-        spec = replace(spec, min_objects=1, max_objects=1)
-        pairs = list(spec.combinations)
-        forced = [pairs[int(i)] for i in rng.permutation(np.arange(recipe.batch_size) % len(pairs))]
-    images, scenes = generate_images(spec, recipe.seed, recipe.batch_size, start=step * recipe.batch_size,
-                                     combinations=forced)
+    return rng, focus, colours
+
+
+def _texts(scenes: list, rng: np.random.Generator, focus: bool, tokenizer) -> tuple[dict, list]:
+    """Fresh captions (tokenised) and what each one means: the class in focus batches, the words otherwise."""
     phrasings = (0, 1) if focus else None  # "a red star", "a photo of a red star"
     synonyms = 0.0 if focus else 0.3
     texts = [caption(s, rng, synonyms, phrasings) + ("." if rng.random() < 0.5 else "") for s in scenes]
     tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    preprocess = _preprocess(recipe)  # the exact path evaluation images take
+    keys = [(s.objects[0].colour, s.objects[0].shape) if focus else t.rstrip(".")
+            for s, t in zip(scenes, texts, strict=True)]
+    return tokens, keys
+
+
+def _balanced(pairs: list, size: int, rng: np.random.Generator) -> list:
+    """``size`` items cycling through ``pairs`` (equal counts), in random order."""
+    return [pairs[int(i)] for i in rng.permutation(np.arange(size) % len(pairs))]
+
+
+def _batch(recipe: WorldClipRecipe, spec: SceneSpec, step: int, tokenizer, preprocess: ClipPreprocess):
+    """Fresh scenes for every step (``pool_images=0``)."""
+    rng, focus, colours = _plan(recipe, step)
+    spec = replace(spec, combinations=tuple((c, s) for c, s in spec.allowed() if c in colours))
+    forced = None
+    if focus:  # single objects, every allowed pair of the chosen colours equally often
+        spec = replace(spec, min_objects=1, max_objects=1)
+        forced = _balanced(list(spec.combinations), recipe.batch_size, rng)
+    images, scenes = generate_images(spec, recipe.seed, recipe.batch_size, start=step * recipe.batch_size,
+                                     combinations=forced)
+    tokens, keys = _texts(scenes, rng, focus, tokenizer)
     pixels = torch.stack([preprocess.to_uint8(Image.fromarray(image)) for image in images])
-    # what a caption means: the class in focus batches, the exact words otherwise
-    keys = [(s.objects[0].colour, s.objects[0].shape) if focus else t.rstrip(".") for s, t in zip(scenes, texts,
-                                                                                                    strict=True)]
     return preprocess.normalize(pixels), tokens, keys
 
 
 class PooledBatches:
     """Scenes rendered and resized once, then drawn with fresh captions: most of a step's data cost goes away.
 
-    Draws follow the same rules as ``_batch`` (focus batches: single objects of 2 colours, every allowed pair
+    Draws follow the same plan as ``_batch`` (focus batches: single objects of 2 colours, every allowed pair
     equally often; other batches: scenes whose objects use only the step's colours).
     """
 
-    def __init__(self, recipe: WorldClipRecipe, spec: SceneSpec) -> None:
-        self.recipe = recipe
-        preprocess = _preprocess(recipe)
+    def __init__(self, recipe: WorldClipRecipe, spec: SceneSpec, preprocess: ClipPreprocess | None = None) -> None:
+        preprocess = preprocess or _preprocess(recipe)
+        self.recipe, self.preprocess = recipe, preprocess
         half = recipe.pool_images // 2
         single = replace(spec, min_objects=1, max_objects=1)
         pairs = list(single.allowed())
@@ -157,37 +168,26 @@ class PooledBatches:
         general_images, self.general_scenes = generate_images(spec, recipe.seed + 2, recipe.pool_images - half)
         self.focus_pixels = torch.stack([preprocess.to_uint8(Image.fromarray(i)) for i in focus_images])
         self.general_pixels = torch.stack([preprocess.to_uint8(Image.fromarray(i)) for i in general_images])
-        self.preprocess = preprocess
         self.pair_index: dict[tuple[str, str], np.ndarray] = {
             pair: np.flatnonzero([(s.objects[0].colour, s.objects[0].shape) == pair for s in self.focus_scenes])
             for pair in pairs
         }
-        bits = {c: 1 << i for i, c in enumerate(COLOUR_NAMES)}
-        self.general_colours = np.array([sum({bits[o.colour] for o in s.objects}) for s in self.general_scenes])
-        self.bits = bits
+        self.bits = {c: 1 << i for i, c in enumerate(COLOUR_NAMES)}
+        self.general_colours = np.array([sum({self.bits[o.colour] for o in s.objects}) for s in self.general_scenes])
 
     def batch(self, step: int, tokenizer):
         recipe = self.recipe
-        rng = np.random.default_rng([recipe.seed, step, 7])
-        focus = bool(rng.random() < recipe.focus_share)
-        n_colours = 2 if focus else recipe.colours_per_batch
-        colours = set(rng.choice(COLOUR_NAMES, size=min(n_colours, len(COLOUR_NAMES)), replace=False))
+        rng, focus, colours = _plan(recipe, step)
         if focus:
-            pairs = [p for p in self.pair_index if p[0] in colours]
-            order = rng.permutation(np.arange(recipe.batch_size) % len(pairs))
-            chosen = np.array([rng.choice(self.pair_index[pairs[int(k)]]) for k in order])
+            pairs = _balanced([p for p in self.pair_index if p[0] in colours], recipe.batch_size, rng)
+            chosen = np.array([rng.choice(self.pair_index[pair]) for pair in pairs])
             scenes, pixels = [self.focus_scenes[i] for i in chosen], self.focus_pixels[torch.from_numpy(chosen)]
         else:
             allowed = sum(self.bits[c] for c in colours)
             candidates = np.flatnonzero((self.general_colours & ~allowed) == 0)
             chosen = rng.choice(candidates, size=recipe.batch_size, replace=len(candidates) < recipe.batch_size)
             scenes, pixels = [self.general_scenes[i] for i in chosen], self.general_pixels[torch.from_numpy(chosen)]
-        phrasings = (0, 1) if focus else None
-        synonyms = 0.0 if focus else 0.3
-        texts = [caption(s, rng, synonyms, phrasings) + ("." if rng.random() < 0.5 else "") for s in scenes]
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        keys = [(s.objects[0].colour, s.objects[0].shape) if focus else t.rstrip(".")
-                for s, t in zip(scenes, texts, strict=True)]
+        tokens, keys = _texts(scenes, rng, focus, tokenizer)
         return self.preprocess.normalize(pixels), tokens, keys
 
 
@@ -207,8 +207,9 @@ def contrastive_loss(logits_per_image: torch.Tensor, keys: list | None = None) -
 
 
 def _preprocess(recipe: WorldClipRecipe) -> ClipPreprocess:
+    """The model's own preprocessing (OpenAI CLIP statistics): the exact path evaluation images take."""
     side = recipe.resolution
-    return ClipPreprocess(PreprocessConfig(resize=side, crop=(side, side), mean=CLIP_MEAN, std=CLIP_STD))
+    return ClipPreprocess(PreprocessConfig(resize=side, crop=(side, side)))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float):
@@ -234,12 +235,16 @@ def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = No
     total = recipe.steps
     schedule = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, total)
     build_start = time.perf_counter()
-    pool = PooledBatches(recipe, spec) if recipe.pool_images > 0 else None  # rendered before timing the steps
+    preprocess = _preprocess(recipe)
+    pool = PooledBatches(recipe, spec, preprocess) if recipe.pool_images > 0 else None  # before timing steps
     pool_s = time.perf_counter() - build_start
     losses, start, step = [], time.perf_counter(), 0
     with progress_bar("pretraining world:tiny", total=total, unit="steps") as advance:
         while step < total:
-            pixels, tokens, keys = pool.batch(step, tokenizer) if pool else _batch(recipe, spec, step, tokenizer)
+            if pool is not None:
+                pixels, tokens, keys = pool.batch(step, tokenizer)
+            else:
+                pixels, tokens, keys = _batch(recipe, spec, step, tokenizer, preprocess)
             logits = model(pixel_values=pixels, **tokens).logits_per_image
             loss = contrastive_loss(logits, keys if recipe.shared_positives else None)
             loss.backward()

@@ -73,12 +73,9 @@ def _split_images(task_name: str, split: str, per_class: int, resolution: int):
                      pixel_noise=18.0 if task.shifted else 0.0)
     seed = SPLIT_SEEDS[split] + (1000 if task.shifted else 0) + (2000 if task.novel_only else 0)
     images, scenes = generate_images(spec, seed, len(forced), combinations=forced)
-    if task.label == "colour":
-        labels = [COLOUR_NAMES.index(s.objects[0].colour) for s in scenes]
-    elif task.label == "shape":
-        labels = [SHAPE_NAMES.index(s.objects[0].shape) for s in scenes]
-    else:
-        labels = [task.classes().index((s.objects[0].colour, s.objects[0].shape)) for s in scenes]
+    index = {name: i for i, name in enumerate(task.classnames())}
+    key = {"colour": lambda o: o.colour, "shape": lambda o: o.shape}.get(task.label, lambda o: f"{o.colour} {o.shape}")
+    labels = [index[key(s.objects[0])] for s in scenes]
     return images, np.asarray(labels, dtype=np.int64)
 
 

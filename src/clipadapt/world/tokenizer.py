@@ -14,9 +14,8 @@ PUNCTUATION = (".", ",", ":", "!", "?", "'", '"')
 MAX_LENGTH = 32
 
 
-def build_world_tokenizer(extra_words: list[str] | None = None) -> PreTrainedTokenizerFast:
-    words = list(SPECIALS) + list(PUNCTUATION) + vocabulary() + sorted(set(extra_words or []) - set(vocabulary()))
-    vocab = {word: index for index, word in enumerate(dict.fromkeys(words))}
+def build_world_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {word: index for index, word in enumerate(dict.fromkeys([*SPECIALS, *PUNCTUATION, *vocabulary()]))}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     core.pre_tokenizer = pre_tokenizers.Whitespace()
