@@ -206,6 +206,100 @@ def _yaml_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# -- training -------------------------------------------------------------------------------------------------
+
+
+@app.command("methods")
+@user_errors
+def methods_command(pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'lin*'")] = None):
+    """List adaptation methods with their config fields and defaults (set them with --set SECTION.KEY=VALUE)."""
+    from clipadapt.config import field_help
+    from clipadapt.methods import METHODS
+
+    for name in METHODS.names(pattern):
+        entry = METHODS.get(name)
+        table = Table("field", "default", "help", title=f"{name}: {METHODS.help(name)}", title_justify="left")
+        for key, (default, text) in field_help(entry.config_class).items():
+            table.add_row(f"{entry.section}.{key}", str(default), text)
+        out.print(table)
+    out.print("Shared sections: train.* (see `clipadapt train --help`), data.*, model.*, run.*", highlight=False)
+
+
+def training_results_table(record: dict) -> Table:
+    table = Table(title=f"{record['method']}: {record['model']} on {record['dataset']} ({record['split']}, "
+                        f"n={record['metrics']['n']})")
+    for column in ("acc1", "acc5", "mean per-class", "trainable params", "% of model", "train time", "best epoch"):
+        table.add_column(column, justify="right")
+    m, p, c = record["metrics"], record["params"], record["cost"]
+    table.add_row(f"{m['acc1']:.4f}", f"{m['acc5']:.4f}", f"{m['mean_per_class_acc']:.4f}", f"{p['trainable']:,}",
+                  f"{p['trainable_pct']:.3f}", f"{c['train_time_s']:.1f} s", str(record.get("best_epoch")))
+    return table
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    method: Annotated[str, typer.Argument(help="adaptation method (see `clipadapt methods`)")],
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (e.g. a run's config.yaml)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value, e.g. lora.r=4, "
+                                                   "train.epochs=5")] = None,
+    shots: Annotated[int | None, typer.Option(help="K training images per class")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of sampling, initialisation and shuffling")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted run in --out")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs (train.epochs)")] = None,
+    data_root: Annotated[str | None, typer.Option(help="local copy of a hub dataset")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps")] = None,
+    strict: Annotated[bool | None, typer.Option("--strict/--skip-bad-images",
+                                                help="abort on unreadable images")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Train an adaptation method; selected on validation, evaluated once on test."""
+    _setup_logging(verbose)
+    from clipadapt.methods import METHODS
+    from clipadapt.reports.results import CONFIG_FILE
+    from clipadapt.training import load_experiment, run_training
+
+    METHODS.get(method)
+    if resume and config is None and out_dir is not None and (out_dir / CONFIG_FILE).is_file():
+        config = out_dir / CONFIG_FILE  # resume with the run's own config; flags may not change it
+    flags = {
+        "model.spec": model, "model.device": device, "data.dataset": dataset, "data.root": data_root,
+        "data.shots": shots, "data.strict": strict, "data.seed": seed, "run.seed": seed,
+        "run.out": str(out_dir) if out_dir else None, "run.overwrite": overwrite or None,
+        "run.resume": resume or None, "train.epochs": epochs,
+    }
+    experiment = _apply_flags(load_experiment(method, config, list(set_ or [])), flags)
+    result = run_training(experiment)
+    out.print(training_results_table(result.record))
+    skipped = result.record["skipped_images"]["count"]
+    if skipped:
+        err.print(f"[yellow]{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
+    out.print(f"run directory: {result.run_dir}", highlight=False)
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    split: Annotated[str, typer.Option(help="split to evaluate: test or val")] = "test",
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps")] = None,
+):
+    """Re-evaluate a saved run's weights on a split (writes eval_<split>.json into the run)."""
+    _setup_logging()
+    from clipadapt.training import evaluate_run
+
+    result = evaluate_run(run_dir, split, device)
+    table = Table("run", "method", "split", "n", "acc1", "acc5", "mean per-class", "loss")
+    m = result["metrics"]
+    table.add_row(str(run_dir), result["method"], split, str(m["n"]), f"{m['acc1']:.4f}", f"{m['acc5']:.4f}",
+                  f"{m['mean_per_class_acc']:.4f}", f"{result['loss']:.4f}")
+    out.print(table)
+
+
 # -- world ----------------------------------------------------------------------------------------------------
 
 world_app = typer.Typer(no_args_is_help=True, help="The built-in offline world: generated scenes and a tiny CLIP.")

@@ -37,6 +37,7 @@ class ClipBundle:
     text_tower_fn: Callable[[nn.Module], nn.Module]
     logit_scale_fn: Callable[[nn.Module], torch.Tensor]
     logit_bias_fn: Callable[[nn.Module], torch.Tensor | None] = lambda m: None
+    image_projection_fn: Callable[[nn.Module], nn.Module | None] = lambda m: getattr(m, "visual_projection", None)
     info: dict[str, Any] = field(default_factory=dict)
 
     # -- encoders -----------------------------------------------------------------------------------------
@@ -56,6 +57,11 @@ class ClipBundle:
     @property
     def vision_tower(self) -> nn.Module:
         return self.vision_tower_fn(self.model)
+
+    def image_tower_modules(self) -> list[nn.Module]:
+        """Every module ``encode_image`` runs through: the vision tower and its projection, if separate."""
+        projection = self.image_projection_fn(self.model)
+        return [self.vision_tower] + ([projection] if projection is not None else [])
 
     @property
     def text_tower(self) -> nn.Module:

@@ -103,3 +103,35 @@ def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylab
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> None:
+    """Loss and accuracy per epoch (train and val); a regularisation sweep (``C`` rows) as val accuracy vs C."""
+    if history and "C" in history[0]:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.semilogx([r["C"] for r in history], [r["val_acc"] for r in history], "o-", color="tab:orange")
+        ax.set_xlabel("C (inverse regularisation strength)")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(title or "regularisation sweep")
+        ax.grid(alpha=0.3)
+        _save(fig, path)
+        return
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", color=colour, label=split)
+        ax_acc.plot(epochs, [r[f"{split}_acc"] for r in history], "o-", color=colour, label=split)
+    best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]), default=None)
+    if best is not None:
+        ax_acc.axvline(best["epoch"], color="gray", linestyle="--", linewidth=1, label="selected")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylim(0, 1.02)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,279 @@
+"""The one training engine: every gradient-trained method goes through ``Trainer.fit`` unchanged.
+
+AdamW with a cosine schedule and warmup, gradient clipping and accumulation, Accelerate for device placement,
+mixed precision and multi-process runs; validation every epoch, early stopping, the best-on-validation weights
+kept; a checkpoint after every epoch from which ``resume`` continues bit-for-bit on CPU. The test split is not
+touched here: the caller evaluates it once, at the end, with the chosen weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from clipadapt.config import option, require_positive
+from clipadapt.engine.checkpoint import (
+    TrainingState,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from clipadapt.engine.features import EncodedSplit
+from clipadapt.engine.inputs import AUGMENTATIONS, TrainingData
+from clipadapt.engine.metrics import classification_metrics
+from clipadapt.errors import ConfigError
+from clipadapt.progress import training_progress
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(10, help="maximum number of epochs")
+    batch_size: int = option(32, help="training images per step and process (before accumulation)")
+    grad_accum: int = option(1, help="batches accumulated per optimizer step")
+    warmup: float = option(0.1, help="share of the steps with linear warmup before the cosine decay")
+    grad_clip: float = option(1.0, help="clip the gradient norm to this (0: off)")
+    patience: int = option(3, help="stop after this many epochs without a better validation score (0: never)")
+    augment: str = option("none", help="training augmentation of images: none, flip or crop-flip")
+    precision: str = option("auto", help="auto (bf16 autocast on GPUs that support it, else fp32), fp32, bf16, fp16")
+    eval_batch_size: int = option(64, help="images per evaluation batch")
+
+    def __post_init__(self) -> None:
+        require_positive(self, ("epochs", "batch_size", "grad_accum", "eval_batch_size"), "train:")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"train.warmup must be in [0, 1), got {self.warmup}")
+        if self.grad_clip < 0 or self.patience < 0:
+            raise ConfigError("train.grad_clip and train.patience must be >= 0")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown train.precision '{self.precision}'; valid choices: {', '.join(PRECISIONS)}")
+
+
+def mixed_precision(precision: str, device: torch.device) -> str:
+    """Accelerate's mixed_precision: bf16 autocast where the device supports it, never on CPU by default."""
+    if precision == "auto":
+        supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if supported else "no"
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def make_accelerator(device: torch.device, precision: str):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision(precision, device))
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    train_time_s: float
+    train_images: int  # images (or feature vectors) processed in training
+    selection: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_images_per_s(self) -> float:
+        return self.train_images / self.train_time_s if self.train_time_s > 0 else float("nan")
+
+
+@dataclass
+class Evaluation:
+    split: str
+    logits: torch.Tensor  # (N, classes) float32, cpu
+    labels: np.ndarray
+    positions: np.ndarray
+    loss: float
+    metrics: dict[str, Any]
+    seconds: float  # forward time here, plus the original encoding time for cached features
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.labels) / self.seconds if self.seconds > 0 else float("nan")
+
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+class Trainer:
+    """Fits methods under one protocol; ``callbacks["epoch_end"]`` see every history row (for tests and tools)."""
+
+    def __init__(self, config: TrainConfig, data: TrainingData, accelerator, run_dir: Path | None = None,
+                 seed: int = 0, resume: bool = False) -> None:
+        self.config, self.data, self.accelerator = config, data, accelerator
+        self.run_dir, self.seed, self.resume = run_dir, seed, resume
+        self.callbacks: dict[str, list[Callback]] = {"epoch_end": []}
+
+    def add_callback(self, event: str, callback: Callback) -> None:
+        if event not in self.callbacks:
+            raise ValueError(f"unknown event '{event}'; valid choices: {', '.join(self.callbacks)}")
+        self.callbacks[event].append(callback)
+
+    def features(self, split: str) -> EncodedSplit:
+        return self.data.features(split)
+
+    # -- training -----------------------------------------------------------------------------------------
+    def build_optimizer(self, method) -> tuple[torch.optim.Optimizer, Any, int]:
+        from transformers import get_cosine_schedule_with_warmup
+
+        default_decay = getattr(method.config, "weight_decay", 0.0)
+        groups = [{"params": g["params"], "lr": g["lr"], "name": g.get("name", str(i)),
+                   "weight_decay": g.get("weight_decay", default_decay)}
+                  for i, g in enumerate(method.param_groups()) if g["params"]]
+        if not groups:
+            raise ConfigError(f"method '{method.name}' has no trainable parameters")
+        optimizer = torch.optim.AdamW(groups)
+        world = self.accelerator.num_processes
+        per_process = math.ceil(self.data.num_items(method.inputs, "train") / world)
+        steps_per_epoch = math.ceil(math.ceil(per_process / self.config.batch_size) / self.config.grad_accum)
+        total = steps_per_epoch * self.config.epochs
+        scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.config.warmup * total), total)
+        return optimizer, scheduler, steps_per_epoch
+
+    def fit(self, method) -> FitResult:
+        acc, cfg = self.accelerator, self.config
+        method.to(acc.device)
+        method.prepare(self)
+        optimizer, scheduler, steps_per_epoch = self.build_optimizer(method)
+        model, optimizer = acc.prepare(method, optimizer)
+        trainable = list(method.trainable_parameters().values())
+
+        progress = {"history": [], "best_score": None, "best_epoch": -1, "stale": 0, "train_time_s": 0.0,
+                    "train_images": 0}
+        best_weights = method.trainable_state()
+        start_epoch = 0
+        checkpoint = latest_checkpoint(self.run_dir) if (self.resume and self.run_dir) else None
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, method.metadata())
+            method.load_trainable_state(state.weights, source=str(checkpoint))
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            set_rng_state(state.rng)
+            best_weights, progress, start_epoch = state.best_weights, state.progress, state.epoch
+
+        with training_progress(cfg.epochs, steps_per_epoch, enabled=acc.is_main_process) as bar:
+            bar.start(start_epoch)
+            for epoch in range(start_epoch, cfg.epochs):
+                if progress["stale"] >= cfg.patience > 0:
+                    break
+                started = time.perf_counter()
+                train_loss, train_acc, seen = self._train_epoch(model, method, optimizer, scheduler, trainable,
+                                                                epoch, bar)
+                train_seconds = time.perf_counter() - started
+                val = self.evaluate(method, "val")
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val.loss,
+                       "val_acc": val.metrics["acc1"], "lr": optimizer.param_groups[0]["lr"],
+                       "seconds": round(time.perf_counter() - started, 3)}
+                progress["history"].append(row)
+                progress["train_time_s"] += train_seconds
+                progress["train_images"] += seen
+                score = [val.metrics["acc1"], -val.loss]
+                if progress["best_score"] is None or score > progress["best_score"]:
+                    progress.update(best_score=score, best_epoch=epoch + 1, stale=0)
+                    best_weights = method.trainable_state()
+                else:
+                    progress["stale"] += 1
+                bar.end_epoch(epoch, row)
+                self._checkpoint(method, optimizer, scheduler, best_weights, progress, epoch + 1)
+                for callback in self.callbacks["epoch_end"]:
+                    callback(self, row)
+
+        method.load_trainable_state(best_weights, source="best weights")
+        return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
+                         train_time_s=progress["train_time_s"], train_images=progress["train_images"])
+
+    def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar) -> tuple[float, float, int]:
+        acc, cfg = self.accelerator, self.config
+        model.train()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        batches = self.data.batches(method.inputs, "train", epoch, train=True, rank=acc.process_index,
+                                    world_size=acc.num_processes)
+        for group in _grouped(batches, cfg.grad_accum):
+            for i, batch in enumerate(group):
+                sync = acc.no_sync(model) if i < len(group) - 1 else nullcontext()
+                with sync:
+                    out = model({"inputs": batch["inputs"], "labels": batch["labels"]})
+                    acc.backward(out["loss"] / len(group))
+                n = len(batch["labels"])
+                correct = (out["logits"].detach().argmax(-1) == batch["labels"]).sum().item()
+                totals += torch.tensor([out["loss"].item() * n, correct, n], dtype=torch.float64)
+            if cfg.grad_clip > 0:
+                acc.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.step(totals[0].item() / max(totals[2].item(), 1), totals[1].item() / max(totals[2].item(), 1))
+        totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu()
+        count = max(totals[2].item(), 1)
+        return totals[0].item() / count, totals[1].item() / count, int(totals[2].item())
+
+    def _checkpoint(self, method, optimizer, scheduler, best_weights, progress, epoch: int) -> None:
+        if self.run_dir is None:
+            return
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.run_dir, TrainingState(
+                epoch=epoch, weights=method.trainable_state(), best_weights=best_weights,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
+                progress=progress, metadata=method.metadata()))
+        self.accelerator.wait_for_everyone()
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, method, split: str) -> Evaluation:
+        """Logits, loss and metrics of ``method`` on a split (shared across processes, then gathered)."""
+        acc = self.accelerator
+        logits, labels, positions = [], [], []
+        start = time.perf_counter()
+        with method.evaluating(), acc.autocast():
+            for batch in self.data.batches(method.inputs, split, rank=acc.process_index,
+                                           world_size=acc.num_processes):
+                logits.append(method({"inputs": batch["inputs"]})["logits"].float())
+                labels.append(batch["labels"])
+                positions.append(batch["positions"].to(acc.device))
+        seconds = time.perf_counter() - start
+        dim = len(method.classnames)
+        logits_t = _gather(acc, torch.cat(logits) if logits else torch.empty(0, dim, device=acc.device))
+        labels_t = _gather(acc, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=acc.device))
+        positions_t = _gather(acc, torch.cat(positions) if positions else torch.empty(0, dtype=torch.long,
+                                                                                      device=acc.device))
+        order = positions_t.argsort()
+        logits_t, labels_t, positions_t = logits_t[order].cpu(), labels_t[order].cpu(), positions_t[order].cpu()
+        loss = float(nn.functional.cross_entropy(logits_t, labels_t)) if len(labels_t) else float("nan")
+        if method.inputs == "features":
+            seconds += self.data.features(split).encode_time_s
+        return Evaluation(split, logits_t, labels_t.numpy(), positions_t.numpy(), loss,
+                          classification_metrics(logits_t, labels_t.numpy()), seconds)
+
+
+def _grouped(batches: Iterator, size: int) -> Iterator[list]:
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _gather(acc, tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor of different lengths from every process."""
+    if acc.num_processes == 1:
+        return tensor
+    lengths = acc.gather(torch.tensor([len(tensor)], device=acc.device)).tolist()
+    padded = acc.pad_across_processes(tensor, dim=0)
+    gathered = acc.gather(padded)
+    size = padded.shape[0]
+    return torch.cat([gathered[i * size: i * size + n] for i, n in enumerate(lengths)])

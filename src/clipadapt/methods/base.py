@@ -1,0 +1,226 @@
+"""The method interface: what every adaptation method provides to the one training engine.
+
+A method is an ``nn.Module`` built from a ClipBundle and the dataset's classes. It says what it eats
+(``inputs = "features"``: cached, frozen image features; ``"pixels"``: images through the image tower), which
+parameters it trains (``requires_grad``), and maps a batch to ``{"loss", "logits"}``. The engine handles
+everything else and never asks which method it is running. Methods register themselves::
+
+    @register_method("bitfit", BitFitConfig)
+    class BitFit(Method): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from clipadapt.config import option, require_positive
+from clipadapt.data.prompts import TemplateSet
+from clipadapt.errors import ConfigError
+from clipadapt.io import atomic_path
+from clipadapt.methods.heads import HEAD_KINDS, build_head
+from clipadapt.models.bundle import ClipBundle
+from clipadapt.registry import Registry
+
+if TYPE_CHECKING:
+    from clipadapt.engine.trainer import FitResult, Trainer
+
+WEIGHTS_FILE = "trainable.safetensors"
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; a method's own config subclasses this."""
+
+    lr: float = option(1e-3, help="peak learning rate (AdamW, cosine schedule with warmup)")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    head: str = option("zeroshot", help="classifier: zeroshot (cosine, initialised from the text embeddings), "
+                                        "linear (random init) or text (recomputed through the text tower)")
+
+    def __post_init__(self) -> None:
+        require_positive(self, ("lr",), f"{self.section()}:")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{self.section()}: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.head not in HEAD_KINDS:
+            raise ConfigError(f"unknown {self.section()}.head '{self.head}'; valid choices: {', '.join(HEAD_KINDS)}")
+
+    @classmethod
+    def section(cls) -> str:
+        return getattr(cls, "_section", cls.__name__)
+
+
+@dataclass
+class MethodEntry:
+    name: str
+    method_class: type[Method]
+    config_class: type[MethodConfig]
+
+    @property
+    def section(self) -> str:
+        """The config section of this method: ``lora``, ``full_ft`` (``--set full_ft.lp_ft=true``)."""
+        return section_name(self.name)
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def section_name(method: str) -> str:
+    return method.replace("-", "_")
+
+
+def register_method(name: str, config_class: type[MethodConfig]):
+    """Class decorator: ``@register_method("lora", LoraConfig)``."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        config_class._section = section_name(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        METHODS.register(name, MethodEntry(name, cls, config_class), help=doc[0] if doc else "")
+        return cls
+
+    return wrap
+
+
+def list_methods(pattern: str | None = None) -> list[str]:
+    return METHODS.names(pattern)
+
+
+class Method(nn.Module):
+    """Base class: a head on image features; subclasses choose what else trains."""
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[str] = "pixels"  # "pixels" or "features"
+
+    def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: MethodConfig,
+                 templates: TemplateSet) -> None:
+        super().__init__()
+        self.config = config
+        self.classnames = list(classnames)
+        self.fingerprint = bundle.fingerprint
+        self._bundle = [bundle]  # a list: feature methods must not register the frozen model
+        if self.inputs == "pixels":
+            self.model = bundle.model  # registered: moved, wrapped for DDP and switched train/eval with the method
+            freeze(self.model)  # subclasses unfreeze what they train
+        self.head = self.make_head(bundle, templates)
+
+    def make_head(self, bundle: ClipBundle, templates: TemplateSet) -> nn.Module:
+        return build_head(self.config.head, bundle, self.classnames, templates)
+
+    @property
+    def bundle(self) -> ClipBundle:
+        return self._bundle[0]
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def image_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Features of a batch: pixel methods run the image tower; feature methods get them ready-made."""
+        if self.inputs == "features":
+            return inputs
+        return self.bundle.encode_image(inputs, normalize=False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.head(self.image_features(batch["inputs"]))
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        return out
+
+    # -- what trains --------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters the method trains, by name (everything else is frozen)."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups; the engine scales every group's ``lr`` by the schedule."""
+        return [{"name": "all", "params": list(self.trainable_parameters().values()), "lr": self.config.lr}]
+
+    def num_parameters(self) -> dict[str, Any]:
+        trainable = sum(p.numel() for p in self.trainable_parameters().values())
+        total = sum(p.numel() for p in self.parameters())
+        if self.inputs == "features":  # the frozen image tower is not a submodule here, but it is part of the model
+            total += self.bundle.num_parameters()
+        return {"trainable": trainable, "total": total, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+
+    # -- hooks --------------------------------------------------------------------------------------------
+    def prepare(self, trainer: Trainer) -> None:
+        """Called once before training (e.g. LP-FT fits its head on cached features here)."""
+
+    def fit(self, trainer: Trainer) -> FitResult:
+        """Train the method; gradient training by default, a closed-form method overrides this."""
+        return trainer.fit(self)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Evaluation mode; methods may merge weights or precompute class vectors for speed here."""
+        was_training = self.training
+        self.eval()
+        freeze = getattr(self.head, "freeze_for_evaluation", None)
+        if freeze:
+            freeze(True)
+        try:
+            yield
+        finally:
+            if freeze:
+                freeze(False)
+            self.train(was_training)
+
+    # -- weights ------------------------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        own = self.trainable_parameters()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ConfigError(f"{source} does not fit this {self.name} model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, param in own.items():
+                if state[name].shape != param.shape:
+                    raise ConfigError(f"{source} does not fit this model: '{name}' has shape "
+                                      f"{tuple(state[name].shape)}, expected {tuple(param.shape)}")
+                param.copy_(state[name].to(param.device, param.dtype))
+
+    def metadata(self) -> dict[str, str]:
+        return {"method": self.name, "model_fingerprint": self.fingerprint, "classes": "\n".join(self.classnames)}
+
+    def save_weights(self, directory: Path) -> None:
+        """The trainable weights only, as safetensors (LoRA overrides this with a peft adapter)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous().cpu() for k, v in self.trainable_state().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_file(state, str(tmp), metadata=self.metadata())
+
+    def load_weights(self, directory: Path) -> None:
+        path = directory / WEIGHTS_FILE
+        check_weights_metadata(path, self)
+        self.load_trainable_state(load_file(str(path)), source=str(path))
+
+
+def check_weights_metadata(path: Path, method: Method) -> None:
+    """Refuse weights trained on another model, by another method or for other classes."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ConfigError(f"no weights at '{path}'")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    expected = method.metadata()
+    if meta.get("model_fingerprint") != expected["model_fingerprint"]:
+        raise ConfigError(f"checkpoint '{path}' was trained on model {meta.get('model_fingerprint')}, "
+                          f"not on this model ({expected['model_fingerprint']})")
+    if meta.get("method") != expected["method"]:
+        raise ConfigError(f"checkpoint '{path}' holds '{meta.get('method')}' weights, not '{expected['method']}'")
+    if meta.get("classes") != expected["classes"]:
+        raise ConfigError(f"checkpoint '{path}' was trained on other classes")
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)

@@ -1,0 +1,100 @@
+"""Classification heads on top of CLIP image features.
+
+``zeroshot``: a cosine classifier whose class vectors start at the zero-shot text embeddings (the stronger start,
+as in WiSE-FT and LP-FT). ``linear``: a randomly initialised linear layer, what the typical notebook does.
+``text``: class vectors recomputed through the text tower at every step, for methods that adapt the text tower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from clipadapt.data.prompts import TemplateSet
+from clipadapt.engine.zeroshot import build_zero_shot_head
+from clipadapt.models.bundle import ClipBundle
+
+HEAD_KINDS = ("zeroshot", "linear", "text")
+
+
+class CosineHead(nn.Module):
+    """logits = scale * cos(feature, class vector) (+ SigLIP's bias); class vectors are trainable."""
+
+    def __init__(self, class_vectors: torch.Tensor, scale: float, bias: float | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(class_vectors.detach().clone().float())
+        self.register_buffer("scale", torch.tensor(float(scale)), persistent=False)
+        self.register_buffer("bias", torch.tensor(float(bias or 0.0)), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        weight = nn.functional.normalize(self.weight, dim=-1)
+        return self.scale * nn.functional.normalize(features, dim=-1) @ weight.T.to(features.dtype) + self.bias
+
+
+class LinearHead(nn.Module):
+    """A linear layer on the normalised features times the model's logit scale.
+
+    The scale puts the random head on the same footing as the cosine head: the same learning rate moves both
+    logits equally fast (on unit-norm features a plain linear layer needs ~100x more steps).
+    """
+
+    def __init__(self, dim: int, num_classes: int, scale: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, num_classes)
+        self.register_buffer("scale", torch.tensor(float(scale)), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.scale * nn.functional.normalize(features, dim=-1))
+
+    def set_weights(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Weights of a classifier on unit-norm features (e.g. a logistic regression): absorb the scale."""
+        with torch.no_grad():
+            self.linear.weight.copy_(weight / self.scale)
+            self.linear.bias.copy_(bias)
+
+
+class TextHead(nn.Module):
+    """Class vectors = mean normalised text embedding of each class's prompts, computed with gradients."""
+
+    def __init__(self, bundle: ClipBundle, classnames: Sequence[str], templates: TemplateSet) -> None:
+        super().__init__()
+        self._bundle = [bundle]  # not a submodule: the method owns the model
+        self.prompts = [p for name in classnames for p in templates.fill(name)]
+        self.per_class = len(templates.templates)
+        self.num_classes = len(classnames)
+        self.register_buffer("scale", bundle.logit_scale.detach().float().clone(), persistent=False)
+        bias = bundle.logit_bias
+        self.register_buffer("bias", bias.detach().float().clone() if bias is not None else torch.tensor(0.0),
+                             persistent=False)
+        self._frozen: torch.Tensor | None = None
+
+    def class_vectors(self) -> torch.Tensor:
+        if self._frozen is not None:
+            return self._frozen
+        embeddings = self._bundle[0].encode_text(self.prompts)
+        embeddings = embeddings.view(self.num_classes, self.per_class, -1).mean(dim=1)
+        return nn.functional.normalize(embeddings, dim=-1)
+
+    def freeze_for_evaluation(self, frozen: bool) -> None:
+        """Compute the class vectors once for a whole evaluation instead of at every batch."""
+        with torch.no_grad():
+            self._frozen = self.class_vectors().detach() if frozen else None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        vectors = self.class_vectors()
+        return self.scale * nn.functional.normalize(features, dim=-1) @ vectors.T.to(features.dtype) + self.bias
+
+
+def build_head(kind: str, bundle: ClipBundle, classnames: Sequence[str], templates: TemplateSet) -> nn.Module:
+    scale = float(bundle.logit_scale.detach().float().cpu())
+    if kind == "zeroshot":
+        bias = bundle.logit_bias
+        vectors = build_zero_shot_head(bundle, classnames, templates).cpu()
+        return CosineHead(vectors, scale, float(bias.detach().float().cpu()) if bias is not None else None)
+    if kind == "linear":
+        return LinearHead(bundle.embed_dim, len(classnames), scale)
+    if kind == "text":
+        return TextHead(bundle, classnames, templates)
+    raise ValueError(f"unknown head '{kind}'; valid choices: {', '.join(HEAD_KINDS)}")

@@ -1,0 +1,20 @@
+"""``linear-head``: a torch classifier on frozen, cached image features, trained by the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipadapt.config import option
+from clipadapt.methods.base import Method, MethodConfig, register_method
+
+
+@dataclass
+class LinearHeadConfig(MethodConfig):
+    lr: float = option(1e-3, help="peak learning rate of the head")
+
+
+@register_method("linear-head", LinearHeadConfig)
+class LinearHeadMethod(Method):
+    """A head on frozen cached features, zero-shot-initialised (default) or random (head=linear)."""
+
+    inputs = "features"

@@ -1,0 +1,134 @@
+"""``linear-probe``: logistic regression on frozen image features (CLIP paper, appendix A.3).
+
+scikit-learn's L-BFGS solver on cached, L2-normalised features. The regularisation strength C is chosen on the
+validation split by the paper's parametric search: start with C = 10^-6, 10^-4, ..., 10^6, then repeatedly halve the
+step around the best value until it reaches 8 steps per decade. No gradient training of the backbone.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+from clipadapt.config import option
+from clipadapt.errors import ConfigError, DataError
+from clipadapt.methods.base import Method, register_method
+from clipadapt.methods.heads import LinearHead
+from clipadapt.progress import progress_bar
+
+if TYPE_CHECKING:
+    from clipadapt.engine.trainer import FitResult, Trainer
+
+ABSENT_CLASS_BIAS = -1e4  # classes with no training image can never win
+
+
+@dataclass
+class LinearProbeConfig:
+    c_min_exp: int = option(-6, help="smallest C of the initial grid, as a power of 10")
+    c_max_exp: int = option(6, help="largest C of the initial grid, as a power of 10")
+    steps_per_decade: int = option(8, help="resolution the search refines to around the best C")
+    max_iter: int = option(1000, help="L-BFGS iterations per fit")
+
+    def __post_init__(self) -> None:
+        if self.c_min_exp >= self.c_max_exp:
+            raise ConfigError(f"linear_probe.c_min_exp ({self.c_min_exp}) must be below c_max_exp ({self.c_max_exp})")
+        if self.steps_per_decade <= 0 or self.max_iter <= 0:
+            raise ConfigError("linear_probe.steps_per_decade and linear_probe.max_iter must be positive")
+
+
+@dataclass
+class ProbeFit:
+    weight: np.ndarray  # (classes, dim), for unit-norm features
+    bias: np.ndarray  # (classes,)
+    c: float
+    sweep: list[dict]
+
+
+def _fit(c: float, x: np.ndarray, y: np.ndarray, max_iter: int) -> LogisticRegression:
+    model = LogisticRegression(C=c, max_iter=max_iter, solver="lbfgs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(x, y)
+
+
+def _full_weights(model: LogisticRegression, num_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    weight = np.zeros((num_classes, dim), dtype=np.float32)
+    bias = np.full(num_classes, ABSENT_CLASS_BIAS, dtype=np.float32)
+    classes = model.classes_.astype(int)
+    if len(classes) == 2:  # binary problems store one row: p(class 1) = sigmoid(w.x + b) = softmax over (0, w.x + b)
+        weight[classes[1]], bias[classes[1]] = model.coef_[0], model.intercept_[0]
+        bias[classes[0]] = 0.0
+    else:
+        weight[classes], bias[classes] = model.coef_, model.intercept_
+    return weight, bias
+
+
+def sweep_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                              num_classes: int, config: LinearProbeConfig | None = None) -> ProbeFit:
+    """Fit on train for each C of the search, score on val (accuracy, then log-loss), keep the best."""
+    config = config or LinearProbeConfig()
+    if len(np.unique(train_y)) < 2:
+        raise DataError("a linear probe needs training images of at least two classes")
+    tried: dict[float, tuple[float, float, LogisticRegression]] = {}
+
+    def score(exponent: float) -> tuple[float, float]:
+        if exponent not in tried:
+            model = _fit(10.0 ** exponent, train_x, train_y, config.max_iter)
+            probs = np.zeros((len(val_y), num_classes))
+            probs[:, model.classes_.astype(int)] = model.predict_proba(val_x)
+            accuracy = float((probs.argmax(1) == val_y).mean())
+            loss = float(-np.log(np.clip(probs[np.arange(len(val_y)), val_y], 1e-12, 1)).mean())
+            tried[exponent] = (accuracy, -loss, model)
+            advance()
+        return tried[exponent][:2]
+
+    grid = list(range(config.c_min_exp, config.c_max_exp + 1, 2))
+    refinements = int(np.ceil(np.log2(2 * config.steps_per_decade)))
+    with progress_bar("linear probe: C sweep", total=len(grid) + 2 * refinements, unit="fits") as advance:
+        best = max(grid, key=score)
+        step = 2.0
+        while step > 1.0 / config.steps_per_decade:
+            step /= 2
+            candidates = [best] + [e for e in (best - step, best + step) if
+                                   config.c_min_exp - 1 <= e <= config.c_max_exp + 1]
+            best = max(candidates, key=score)
+    best = max(tried, key=lambda e: tried[e][:2])  # over everything tried, in case refinement wandered
+    weight, bias = _full_weights(tried[best][2], num_classes, train_x.shape[1])
+    sweep = [{"C": 10.0 ** e, "val_acc": tried[e][0], "val_loss": -tried[e][1]} for e in sorted(tried)]
+    return ProbeFit(weight, bias, 10.0 ** best, sweep)
+
+
+@register_method("linear-probe", LinearProbeConfig)
+class LinearProbe(Method):
+    """Logistic regression (L-BFGS) on frozen features, C swept on validation (CLIP paper protocol)."""
+
+    inputs = "features"
+    gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() solves with L-BFGS
+
+    def make_head(self, bundle, templates):
+        return LinearHead(bundle.embed_dim, len(self.classnames), float(bundle.logit_scale.detach().float().cpu()))
+
+    def param_groups(self):
+        return [{"name": "head", "params": list(self.trainable_parameters().values()), "lr": self.gradient_lr}]
+
+    def fit(self, trainer: Trainer) -> FitResult:
+        from clipadapt.engine.trainer import FitResult
+
+        start = time.perf_counter()
+        train, val = trainer.features("train"), trainer.features("val")
+        probe = sweep_logistic_regression(train.features.numpy(), train.labels, val.features.numpy(), val.labels,
+                                          len(self.classnames), self.config)
+        self.head.set_weights(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+        elapsed = time.perf_counter() - start
+        history = [{"step": i, "C": row["C"], "val_loss": row["val_loss"], "val_acc": row["val_acc"]}
+                   for i, row in enumerate(probe.sweep)]
+        best_step = next(i for i, row in enumerate(probe.sweep) if row["C"] == probe.c)
+        return FitResult(history=history, best_epoch=best_step, train_time_s=elapsed,
+                         train_images=len(train.labels) * len(probe.sweep), selection={"C": probe.c})

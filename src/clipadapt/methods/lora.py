@@ -1,0 +1,127 @@
+"""``lora``: low-rank adapters on the image tower's projections through ``peft`` (Hu et al., 2021).
+
+The adapters are injected with ``peft.get_peft_model`` and saved as a standard peft adapter directory, so
+``PeftModel.from_pretrained(CLIPModel.from_pretrained(base), run_dir / "weights/adapter")`` loads them without
+clipadapt. For evaluation the adapters are merged into the base weights (and the exact base weights restored after).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from clipadapt.config import option, require_positive
+from clipadapt.errors import ConfigError
+from clipadapt.io import atomic_path, staged_directory
+from clipadapt.methods.base import Method, MethodConfig, check_weights_metadata, register_method
+
+ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.safetensors"
+ADAPTABLE = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    r: int = option(8, help="rank of the update")
+    alpha: float = option(16.0, help="scaling: the update is multiplied by alpha / r")
+    dropout: float = option(0.1, help="dropout on the adapter's input")
+    targets: list[str] = option(["q_proj", "v_proj"], help="module names to adapt (matched as the last name parts)")
+    text: bool = option(False, help="also adapt the text tower (needs head=text so the text tower is used)")
+    merge: bool = option(True, help="merge the adapters into the weights for evaluation (faster)")
+    lr: float = option(1e-3, help="peak learning rate of the adapters and the head")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_positive(self, ("r", "alpha"), "lora:")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            raise ConfigError("lora.targets is empty; e.g. q_proj,v_proj")
+        if self.text and self.head != "text":
+            raise ConfigError("lora.text=true adapts the text tower, which the classifier only uses with "
+                              "lora.head=text; set both")
+
+
+def module_names(root: nn.Module, tower: nn.Module) -> dict[str, nn.Module]:
+    """Adaptable modules of ``tower``, by their full name inside ``root``."""
+    prefix = next(name for name, module in root.named_modules() if module is tower)
+    return {f"{prefix}.{name}" if prefix else name: module for name, module in tower.named_modules()
+            if isinstance(module, ADAPTABLE)}
+
+
+def resolve_targets(candidates: dict[str, nn.Module], targets: list[str], where: str) -> list[str]:
+    """Full names of the modules matching each target (``q_proj`` or ``encoder.layers.0.self_attn.q_proj``)."""
+    chosen = []
+    for target in targets:
+        matches = [name for name in candidates if name == target or name.endswith("." + target)]
+        if not matches:
+            available = sorted({name.rsplit(".", 1)[-1] for name in candidates})
+            raise ConfigError(f"LoRA target '{target}' matches no module of the {where}; available module names: "
+                              f"{', '.join(available)}")
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+@register_method("lora", LoRAConfig)
+class LoRA(Method):
+    """peft LoRA on the vision tower (q_proj, v_proj, r=8, alpha=16 by default), optionally the text tower."""
+
+    def __init__(self, bundle, classnames, config: LoRAConfig, templates) -> None:
+        super().__init__(bundle, classnames, config, templates)
+        model = bundle.model
+        targets = resolve_targets(module_names(model, bundle.vision_tower), config.targets, "vision tower")
+        if config.text:
+            targets += resolve_targets(module_names(model, bundle.text_tower), config.targets, "text tower")
+        peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                                 target_modules=targets, bias="none")
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question about checkpointing
+            warnings.simplefilter("ignore", FutureWarning)
+            self._peft = [get_peft_model(model, peft_config)]  # injects in place; self.model now holds the adapters
+
+    @property
+    def peft_model(self) -> PeftModel:
+        return self._peft[0]
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        with super().evaluating():
+            if not self.config.merge:
+                yield
+                return
+            base = {name: p.detach().clone() for name, p in self.model.named_parameters() if "base_layer" in name}
+            self.peft_model.merge_adapter()
+            try:
+                yield
+            finally:
+                self.peft_model.unmerge_adapter()
+                with torch.no_grad():  # unmerging subtracts in floating point; restore the exact weights
+                    for name, p in self.model.named_parameters():
+                        if name in base:
+                            p.copy_(base[name])
+
+    def save_weights(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with staged_directory(directory / ADAPTER_DIR, overwrite=True) as stage:
+            self.peft_model.save_pretrained(str(stage))
+        head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        with atomic_path(directory / HEAD_FILE) as tmp:
+            save_file(head, str(tmp), metadata=self.metadata())
+
+    def load_weights(self, directory: Path) -> None:
+        check_weights_metadata(directory / HEAD_FILE, self)
+        adapter = directory / ADAPTER_DIR
+        if not (adapter / "adapter_model.safetensors").is_file():
+            raise ConfigError(f"no peft adapter in '{adapter}'")
+        result = set_peft_model_state_dict(self.peft_model, load_peft_weights(str(adapter), device="cpu"))
+        if getattr(result, "unexpected_keys", None):
+            raise ConfigError(f"adapter '{adapter}' does not fit this model: {result.unexpected_keys[:3]}")
+        self.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
