@@ -274,6 +274,8 @@ def train_command(
     }
     experiment = _apply_flags(load_experiment(method, config, list(set_ or [])), flags)
     result = run_training(experiment)
+    if not result.main_process:
+        return
     out.print(training_results_table(result.record))
     skipped = result.record["skipped_images"]["count"]
     if skipped:

@@ -62,6 +62,7 @@ class RunOutput:
     run_dir: Path
     record: dict[str, Any]
     result: Any = None
+    main_process: bool = True  # False in the other processes of a multi-process run (they print nothing)
 
 
 def slug(text: str) -> str:

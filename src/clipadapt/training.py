@@ -24,7 +24,7 @@ from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.metrics import confusion, per_class_rows
-from clipadapt.engine.trainer import Evaluation, FitResult, Trainer, TrainConfig, make_accelerator
+from clipadapt.engine.trainer import Evaluation, FitResult, TrainConfig, Trainer, make_accelerator
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
 from clipadapt.methods import METHODS, Method, MethodEntry
@@ -171,12 +171,13 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     fit = method.fit(trainer)
     evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
     record = _record(cfg, resolved, method, dataset, fit, evaluation, device)
+    record["processes"] = accelerator.num_processes
     if accelerator.is_main_process:
         _write_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
         remove_checkpoints(run_dir)
     accelerator.wait_for_everyone()
     log.info("wrote %s", run_dir)
-    return RunOutput(run_dir, record, evaluation)
+    return RunOutput(run_dir, record, evaluation, main_process=accelerator.is_main_process)
 
 
 def _record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device) -> dict:

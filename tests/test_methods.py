@@ -1,0 +1,264 @@
+"""Every registered method through the same checks (peft habit: one shared tester over a tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipadapt.data import DataConfig, load_dataset
+from clipadapt.engine.inputs import TrainingData
+from clipadapt.methods import METHODS, list_methods
+from clipadapt.models import load_model
+from clipadapt.training import build_method, load_experiment, load_run, run_training
+
+ALL_METHODS = list_methods()
+
+
+@pytest.fixture
+def dataset(colour_folder):
+    return load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0))
+
+
+def make_method(name: str, tiny_clip_dir, dataset, overrides=()):
+    """A fresh model per test: methods inject adapters and flip requires_grad."""
+    bundle = load_model(str(tiny_clip_dir))
+    torch.manual_seed(0)
+    config = load_experiment(name, None, list(overrides)).method_config()
+    return build_method(METHODS.get(name), bundle, dataset, config)
+
+
+def first_batch(method, dataset, split="train"):
+    data = TrainingData(dataset, method.bundle, batch_size=64, eval_batch_size=64, num_workers=0)
+    return next(data.batches(method.inputs, split, train=False))
+
+
+def experiment(name: str, tiny_clip_dir, colour_folder, out, *overrides):
+    return load_experiment(name, None, [
+        f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{colour_folder}",
+        "data.num_workers=0", "train.epochs=3", "train.batch_size=4", "train.patience=0", f"run.out={out}",
+        "run.samples=4", *overrides,
+    ])
+
+
+def test_registry_lists_every_method():
+    assert {"linear-probe", "linear-head", "bitfit", "lora", "full-ft"} <= set(ALL_METHODS)
+    assert list_methods("lin*") == ["linear-head", "linear-probe"]
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_two_steps_lower_the_loss(name, tiny_clip_dir, dataset):
+    method = make_method(name, tiny_clip_dir, dataset)
+    batch = first_batch(method, dataset)
+    optimizer = torch.optim.AdamW(method.param_groups())
+
+    def loss() -> float:
+        method.eval()
+        with torch.no_grad():
+            return float(method(batch)["loss"])
+
+    before = loss()
+    for _ in range(2):
+        method.train()
+        optimizer.zero_grad()
+        method(batch)["loss"].backward()
+        optimizer.step()
+    assert loss() < before
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_only_named_parameters_receive_gradients(name, tiny_clip_dir, dataset):
+    method = make_method(name, tiny_clip_dir, dataset)
+    method.train()
+    method(first_batch(method, dataset))["loss"].backward()
+    named = set(method.trainable_parameters())
+    assert named, "a method must train something"
+    with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
+    assert with_grad == named
+    assert all(p.grad is None for p in method.bundle.model.parameters() if not p.requires_grad)
+
+
+def _expected_trainable(name: str, model, classes: int) -> int:
+    """The textbook count for each method on the tiny CLIP (vision: 2 layers of width 64, projection 32)."""
+    vision, projection = model.config.vision_config, model.config.projection_dim
+    d, ff, layers = vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers
+    patches = (vision.image_size // vision.patch_size) ** 2
+    cosine_head = classes * projection
+    biases_per_layer = 4 * d + 2 * d + ff + d  # q, k, v, out; two layer norms; fc1; fc2
+    per_layer = 4 * (d * d + d) + 2 * 2 * d + (d * ff + ff) + (ff * d + d)
+    tower = d + 3 * vision.patch_size ** 2 * d + (patches + 1) * d + 2 * d + layers * per_layer + 2 * d
+    return {
+        "linear-probe": classes * projection + classes,  # W and b of the logistic regression
+        "linear-head": cosine_head,
+        "bitfit": layers * biases_per_layer + 2 * d + cosine_head,  # + pre/post layer-norm biases
+        "lora": layers * 2 * (2 * 8 * d) + cosine_head,  # q_proj, v_proj: A (r x d) and B (d x r), r=8
+        "full-ft": tower + d * projection + cosine_head,  # + the visual projection (no bias)
+    }[name]
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_trainable_count_matches_formula(name, tiny_clip_dir, dataset):
+    method = make_method(name, tiny_clip_dir, dataset)
+    counts = method.num_parameters()
+    assert counts["trainable"] == _expected_trainable(name, method.bundle.model, dataset.num_classes)
+    assert counts["trainable_pct"] == pytest.approx(100 * counts["trainable"] / counts["total"], abs=1e-3)
+
+
+def test_lora_rank_and_targets_change_the_count(tiny_clip_dir, dataset):
+    method = make_method("lora", tiny_clip_dir, dataset, ["lora.r=2", "lora.targets=[q_proj,k_proj,v_proj,fc1]"])
+    d, ff = 64, 128
+    expected = 2 * (3 * 2 * 2 * d + 2 * (d + ff)) + dataset.num_classes * 32  # fc1 is d -> ff
+    assert method.num_parameters()["trainable"] == expected
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_training_leaves_frozen_weights_bit_identical(name, tiny_clip_dir, colour_folder, tmp_path):
+    import clipadapt.training as training
+
+    built = {}
+    original = training.build_method
+
+    def spy(*args, **kwargs):
+        method = original(*args, **kwargs)
+        built["method"] = method
+        built["before"] = {id(p): p.detach().clone() for p in
+                           list(method.bundle.model.parameters()) + list(method.parameters())}
+        return method
+
+    training.build_method = spy
+    try:
+        run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "run"))
+    finally:
+        training.build_method = original
+    method = built["method"]
+    trainable = {id(p) for p in method.trainable_parameters().values()}
+    params = {id(p): p for p in list(method.bundle.model.parameters()) + list(method.parameters())}
+    frozen = [pid for pid in params if pid not in trainable]
+    assert frozen and all(torch.equal(params[pid], built["before"][pid]) for pid in frozen)
+    assert any(not torch.equal(params[pid], built["before"][pid]) for pid in trainable)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_run_directory_and_save_load_round_trip(name, tiny_clip_dir, colour_folder, tmp_path):
+    output = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "run"))
+    run_dir = output.run_dir
+    for artifact in ("config.yaml", "metrics.json", "history.csv", "curves.png", "confusion.png", "per_class.csv",
+                     "predictions.png", "weights"):
+        assert (run_dir / artifact).exists(), artifact
+    assert not (run_dir / "checkpoints").exists()
+    record = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("trainable", "total", "trainable_pct"):
+        assert key in record["params"]
+    for key in ("train_time_s", "peak_mem_mb", "train_images_per_s", "eval_images_per_s"):
+        assert record["cost"][key] > 0
+    assert record["split"] == "test" and record["best_epoch"] >= 0
+    assert record["metrics"]["acc1"] == pytest.approx(output.result.metrics["acc1"])
+
+    _, dataset, method = load_run(run_dir)
+    data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0)
+    from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
+
+    again = Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32")).evaluate(method, "test")
+    assert torch.equal(again.logits, output.result.logits)
+
+
+def test_lora_adapter_loads_with_plain_peft(tiny_clip_dir, colour_folder, tmp_path):
+    from peft import PeftModel
+    from transformers import CLIPModel
+
+    output = run_training(experiment("lora", tiny_clip_dir, colour_folder, tmp_path / "run"))
+    _, dataset, method = load_run(output.run_dir)
+    plain = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), output.run_dir / "weights/adapter")
+    plain.eval()
+    method.eval()
+    pixels = first_batch(method, dataset, "test")["inputs"]
+    with torch.no_grad():
+        ours = method.bundle.encode_image(pixels, normalize=False)
+        theirs = plain.get_image_features(pixel_values=pixels).pooler_output
+        base = CLIPModel.from_pretrained(tiny_clip_dir).get_image_features(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert not torch.allclose(ours, base, atol=1e-4), "the trained adapter must change the features"
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_resume_equals_uninterrupted_run(name, tiny_clip_dir, colour_folder, tmp_path):
+    straight = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "straight"))
+
+    def interrupt(trainer, row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    interrupted = tmp_path / "interrupted"
+    try:
+        run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted), {"epoch_end": [interrupt]})
+        was_interrupted = False  # closed-form methods have no epochs to interrupt
+    except KeyboardInterrupt:
+        was_interrupted = True
+    if was_interrupted:
+        assert not (interrupted / "metrics.json").exists() and (interrupted / "checkpoints").is_dir()
+        resumed = run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted, "run.resume=true"))
+    else:
+        resumed = run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted, "run.overwrite=true"))
+    assert resumed.record["metrics"] == straight.record["metrics"]
+    assert resumed.record["best_epoch"] == straight.record["best_epoch"]
+    assert torch.equal(resumed.result.logits, straight.result.logits)
+    history = [line.split(",")[:-1] for line in (interrupted / "history.csv").read_text().splitlines()]
+    assert history == [line.split(",")[:-1] for line in (straight.run_dir / "history.csv").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_test_split_is_read_only_after_training(name, tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
+    import clipadapt.training as training
+    events = []
+    real_load_dataset = training.load_dataset
+
+    def instrumented(config):
+        dataset = real_load_dataset(config)
+        test = dataset.splits["test"]
+        real_load = test.load
+
+        def load(i):
+            events.append("test image")
+            return real_load(i)
+
+        test.load = load
+        return dataset
+
+    cls = METHODS.get(name).method_class
+    real_fit = cls.fit
+
+    def fit(method, trainer):
+        result = real_fit(method, trainer)
+        events.append("fit done")
+        return result
+
+    monkeypatch.setattr(training, "load_dataset", instrumented)
+    monkeypatch.setattr(cls, "fit", fit)
+    run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "run"))
+    assert "test image" in events
+    assert events.index("test image") > events.index("fit done")
+
+
+def test_lp_ft_starts_from_the_probe(tiny_clip_dir, colour_folder, tmp_path):
+    output = run_training(experiment("full-ft", tiny_clip_dir, colour_folder, tmp_path / "run", "full_ft.lp_ft=true"))
+    assert output.record["config"]["full_ft"]["lp_ft"] is True
+    assert output.record["params"]["trainable"] > 80_000
+
+
+def test_linear_probe_sweep_picks_c_on_validation():
+    from clipadapt.methods.linear_probe import LinearProbeConfig, sweep_logistic_regression
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8))
+    labels = rng.integers(0, 3, 300)
+    features = centres[labels] + rng.normal(scale=1.5, size=(300, 8))
+    fit = sweep_logistic_regression(features[:200], labels[:200], features[200:], labels[200:], 4,
+                                    LinearProbeConfig())
+    best = max(fit.sweep, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    assert fit.c == best["C"]
+    assert len(fit.sweep) >= 7 + 2  # the coarse grid plus refinements
+    exponents = sorted(np.log10([r["C"] for r in fit.sweep]))
+    assert min(np.diff(exponents)) == pytest.approx(1 / 8)  # refined to 8 steps per decade
+    assert fit.bias[3] < -1e3  # a class without training images can never win

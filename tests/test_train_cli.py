@@ -1,0 +1,146 @@
+"""`clipadapt methods | train | eval` from the command line: results, bad input, multi-process launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from clipadapt.cli import app
+
+runner = CliRunner()
+
+
+def train_args(method, tiny_clip_dir, colour_folder, out, *extra):
+    return ["train", method, "--model", str(tiny_clip_dir), "--dataset", f"imagefolder:{colour_folder}",
+            "--epochs", "2", "--out", str(out), "--set", "data.num_workers=0", *extra]
+
+
+def test_methods_lists_fields_and_defaults():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    for text in ("linear-probe", "lora.r", "lora.targets", "full_ft.backbone_lr_scale", "full_ft.lp_ft",
+                 "bitfit.lr", "linear_head.head", "linear_probe.steps_per_decade"):
+        assert text in result.output
+
+
+def test_train_then_eval(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args("bitfit", tiny_clip_dir, colour_folder, out, "--seed", "3"))
+    assert result.exit_code == 0, result.output
+    assert "trainable params" in result.output and str(out) in result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["seed"] == 3 and record["config"]["data"]["seed"] == 3
+    evaluated = runner.invoke(app, ["eval", str(out), "--split", "test"])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads((out / "eval_test.json").read_text())
+    assert again["metrics"] == record["metrics"]
+    assert runner.invoke(app, ["eval", str(out), "--split", "val"]).exit_code == 0
+    assert (out / "eval_val.json").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lora.r=0", "r must be positive, got 0"),
+    ("lora.lr=0", "lr must be positive"),
+    ("lora.lr=-1e-3", "lr must be positive"),
+    ("train.epochs=0", "epochs must be positive"),
+    ("lora.rank=4", "unknown config key 'lora.rank' (lora has: lr, weight_decay, head, r, alpha"),
+    ("train.epoch=3", "unknown config key 'train.epoch' (train has: epochs"),
+    ("lora.targets=[qkv]", "LoRA target 'qkv' matches no module of the vision tower; available module names: "
+                           "fc1, fc2, k_proj, out_proj, patch_embedding, q_proj, v_proj"),
+    ("lora.head=mlp", "unknown lora.head 'mlp'; valid choices: zeroshot, linear, text"),
+    ("train.augment=mixup", "unknown train.augment 'mixup'; valid choices: none, flip, crop-flip"),
+])
+def test_bad_hyperparameters_are_one_line_errors(override, message, tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args("lora", tiny_clip_dir, colour_folder, out, "--set", override))
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unknown_method(tmp_path):
+    result = runner.invoke(app, ["train", "lorra"])
+    assert result.exit_code == 2
+    assert "unknown method 'lorra'; valid choices: bitfit, full-ft, linear-head, linear-probe, lora" in result.output
+
+
+def test_existing_directory_is_not_overwritten(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = runner.invoke(app, train_args("linear-head", tiny_clip_dir, colour_folder, out))
+    assert result.exit_code == 2 and "already exists; pass --resume" in result.output
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    result = runner.invoke(app, train_args("linear-head", tiny_clip_dir, colour_folder, out, "--overwrite"))
+    assert result.exit_code == 0 and not (out / "notes.txt").exists()
+
+
+def test_resume_refuses_another_config_or_a_finished_run(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, train_args("lora", tiny_clip_dir, colour_folder, out)).exit_code == 0
+    finished = runner.invoke(app, train_args("lora", tiny_clip_dir, colour_folder, out, "--resume"))
+    assert finished.exit_code == 2 and "already complete" in finished.output
+
+    (out / "metrics.json").unlink()  # now it looks interrupted
+    other = runner.invoke(app, train_args("lora", tiny_clip_dir, colour_folder, out, "--resume", "--set", "lora.r=4"))
+    assert other.exit_code == 2 and "different config: lora.r: 8 -> 4" in other.output
+    other_model = runner.invoke(app, ["train", "lora", "--model", "random:tiny", "--out", str(out), "--resume"])
+    assert other_model.exit_code == 2 and "model.spec:" in other_model.output
+
+
+def test_weights_from_another_model_are_refused(tiny_clip_dir, colour_folder, tmp_path):
+    from clipadapt.models.random_init import save_random_clip
+
+    out = tmp_path / "run"
+    assert runner.invoke(app, train_args("linear-head", tiny_clip_dir, colour_folder, out)).exit_code == 0
+    other = save_random_clip(tmp_path / "other-model", "tiny", seed=1)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["model"]["spec"] = str(other)
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["eval", str(out)])
+    assert result.exit_code == 2 and "was trained on model local:" in result.output
+
+
+def test_resume_from_the_cli_continues_an_interrupted_run(tiny_clip_dir, colour_folder, tmp_path):
+    from clipadapt.training import load_experiment, run_training
+
+    out = tmp_path / "run"
+
+    def stop(trainer, row):
+        raise KeyboardInterrupt
+
+    experiment = load_experiment("linear-head", None, [
+        f"model.spec={tiny_clip_dir}", f"data.dataset=imagefolder:{colour_folder}", "data.num_workers=0",
+        "train.epochs=2", f"run.out={out}"])
+    with pytest.raises(KeyboardInterrupt):
+        run_training(experiment, {"epoch_end": [stop]})
+    assert (out / "checkpoints/latest.json").is_file()
+    result = runner.invoke(app, ["train", "linear-head", "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header + both epochs, the first from before the interruption
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(tiny_clip_dir, colour_folder, tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    out = tmp_path / "ddp"
+    # accelerate's --cpu flag means MPI for several processes; --multi_gpu starts torchrun workers, which fall
+    # back to gloo on a machine without GPUs
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "clipadapt",
+               *train_args("lora", tiny_clip_dir, colour_folder, out, "--device", "cpu")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["processes"] == 2
+    assert record["metrics"]["n"] == 6 and (out / "weights/adapter/adapter_model.safetensors").is_file()
+    assert done.stdout.count("trainable params") == 1  # only the main process prints
