@@ -35,6 +35,7 @@ class LinearProbeConfig:
     c_max_exp: int = option(6, help="largest C of the initial grid, as a power of 10")
     steps_per_decade: int = option(8, help="resolution the search refines to around the best C")
     max_iter: int = option(1000, help="L-BFGS iterations per fit")
+    warm_start: bool = option(True, help="start each fit from the fit at the nearest C tried (faster)")
 
     def __post_init__(self) -> None:
         if self.c_min_exp >= self.c_max_exp:
@@ -51,8 +52,13 @@ class ProbeFit:
     sweep: list[dict]
 
 
-def _fit(c: float, x: np.ndarray, y: np.ndarray, max_iter: int) -> LogisticRegression:
-    model = LogisticRegression(C=c, max_iter=max_iter, solver="lbfgs")
+def _fit(c: float, x: np.ndarray, y: np.ndarray, max_iter: int,
+         start: LogisticRegression | None = None) -> LogisticRegression:
+    """L-BFGS fit; ``start`` (the fit at the nearest C) warm-starts it, which follows the regularisation path
+    in a fraction of the iterations of a cold start."""
+    model = LogisticRegression(C=c, max_iter=max_iter, solver="lbfgs", warm_start=start is not None)
+    if start is not None:
+        model.coef_, model.intercept_ = start.coef_.copy(), start.intercept_.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(x, y)
@@ -80,7 +86,9 @@ def sweep_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, val_x: n
 
     def score(exponent: float) -> tuple[float, float]:
         if exponent not in tried:
-            model = _fit(10.0 ** exponent, train_x, train_y, config.max_iter)
+            nearest = min(tried, key=lambda e: abs(e - exponent), default=None)
+            start = tried[nearest][2] if nearest is not None and config.warm_start else None
+            model = _fit(10.0 ** exponent, train_x, train_y, config.max_iter, start)
             probs = np.zeros((len(val_y), num_classes))
             probs[:, model.classes_.astype(int)] = model.predict_proba(val_x)
             accuracy = float((probs.argmax(1) == val_y).mean())
