@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def lp_cache(work: Path, model_dir: Path, n_images: int, classes: int) -> dict:
     from bench_zeroshot import make_jpeg_folder
-
     from clipadapt.data import DataConfig, load_dataset
     from clipadapt.engine.features import FeatureCache
     from clipadapt.engine.inputs import TrainingData
@@ -70,7 +69,7 @@ def lp_cache(work: Path, model_dir: Path, n_images: int, classes: int) -> dict:
     }
 
 
-def step_child(model_dir: Path, method_name: str, batch: int, steps: int) -> dict:
+def step_child(model_dir: Path, method_name: str, batch: int, steps: int, checkpointing: bool) -> dict:
     """Runs in its own process: peak memory of one method's training step."""
     from clipadapt.data.base import ClassificationDataset, InMemorySource, Split
     from clipadapt.engine.cost import peak_memory_mb, peak_rss_mb, reset_peak_memory
@@ -85,6 +84,8 @@ def step_child(model_dir: Path, method_name: str, batch: int, steps: int) -> dic
     dataset = ClassificationDataset("bench", names, {"train": empty}, templates=["simple"])
     entry = METHODS.get(method_name)
     method = build_method(entry, bundle, dataset, entry.config_class()).to(device)
+    if checkpointing:
+        method.enable_activation_checkpointing()
     optimizer = torch.optim.AdamW(method.param_groups())
     generator = torch.Generator().manual_seed(0)
     dim = bundle.embed_dim
@@ -94,9 +95,9 @@ def step_child(model_dir: Path, method_name: str, batch: int, steps: int) -> dic
         size = bundle.info["image_size"]
         inputs = torch.randn(batch, 3, size, size, generator=generator)
     batch_data = {"inputs": inputs.to(device), "labels": torch.randint(0, 10, (batch,), generator=generator).to(device)}
+    method.train()
     baseline_rss = peak_rss_mb()
     reset_peak_memory(device)
-    method.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -113,10 +114,35 @@ def step_child(model_dir: Path, method_name: str, batch: int, steps: int) -> dic
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     counts = method.num_parameters()
-    return {"method": method_name, "inputs": method.inputs, "device": str(device),
-            "train_images_per_s": round(batch * steps / seconds, 2), "peak_mem_mb": round(peak_memory_mb(device), 1),
-            "rss_after_model_load_mb": round(baseline_rss, 1), "trainable": counts["trainable"],
-            "trainable_pct": counts["trainable_pct"]}
+    peak = peak_memory_mb(device)
+    saved = saved_activation_mb(method, batch_data)  # after the peak was read: this forward leaves garbage
+    model_mb = sum(p.numel() * p.element_size() for p in method.parameters()) / 2**20
+    if method.inputs == "features":
+        model_mb += sum(p.numel() * p.element_size() for p in bundle.model.parameters()) / 2**20
+    trainable_mb = counts["trainable"] * 4 / 2**20
+    return {"method": method_name, "inputs": method.inputs, "device": str(device), "checkpointing": checkpointing,
+            "train_images_per_s": round(batch * steps / seconds, 2), "peak_mem_mb": round(peak, 1),
+            "rss_before_step_mb": round(baseline_rss, 1), "step_mem_mb": round(peak - baseline_rss, 1),
+            "saved_activations_mb": round(saved, 1),
+            # what a CUDA peak-allocated figure counts: weights + gradients + AdamW moments + saved activations
+            "tensor_mem_mb": round(model_mb + 3 * trainable_mb + saved, 1),
+            "trainable": counts["trainable"], "trainable_pct": counts["trainable_pct"]}
+
+
+def saved_activation_mb(method, batch: dict) -> float:
+    """Bytes autograd keeps for the backward pass of one forward (each storage counted once)."""
+    seen, total = set(), [0]
+
+    def pack(tensor):
+        key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        if key not in seen:
+            seen.add(key)
+            total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        method(batch)["loss"]
+    return total[0] / 2**20
 
 
 def main() -> None:
@@ -125,14 +151,16 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--parts", default="lp-cache,step")
+    parser.add_argument("--parts", default="lp-cache,step,step-checkpointing",
+                        help="step-checkpointing: the pixel methods again with train.activation_checkpointing")
     parser.add_argument("--methods", default="")
     parser.add_argument("--child", nargs=2, metavar=("MODEL_DIR", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/training.json"))
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(step_child(Path(args.child[0]), args.child[1], args.batch, args.steps)))
+        print(json.dumps(step_child(Path(args.child[0]), args.child[1], args.batch, args.steps, args.checkpointing)))
         return
 
     from clipadapt.methods import list_methods
@@ -146,23 +174,32 @@ def main() -> None:
     parts = args.parts.split(",")
     if "lp-cache" in parts:
         results["lp_cache"] = lp_cache(work, model_dir, args.images, args.classes)
-    if "step" in parts:
+    for part, checkpointing in (("step", False), ("step-checkpointing", True)):
+        if part not in parts:
+            continue
         rows = []
-        for name in (args.methods.split(",") if args.methods else list_methods()):
-            done = subprocess.run([sys.executable, __file__, "--child", str(model_dir), name, "--batch",
-                                   str(args.batch), "--steps", str(args.steps)], capture_output=True, text=True)
+        names = args.methods.split(",") if args.methods else list_methods()
+        if checkpointing:
+            names = [n for n in names if n in ("bitfit", "lora", "full-ft")]  # nothing to recompute on features
+        for name in names:
+            command = [sys.executable, __file__, "--child", str(model_dir), name, "--batch", str(args.batch),
+                       "--steps", str(args.steps)] + (["--checkpointing"] if checkpointing else [])
+            done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(done.stderr[-3000:])
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-        results["step"] = rows
+        key = part.replace("-", "_")
+        results[key] = rows
         by_name = {r["method"]: r for r in rows}
         if {"lora", "full-ft"} <= set(by_name):
-            results["lora_over_full_ft_peak_mem"] = round(by_name["lora"]["peak_mem_mb"]
-                                                          / by_name["full-ft"]["peak_mem_mb"], 3)
+            lora, full = by_name["lora"], by_name["full-ft"]
+            results[f"{key}_lora_over_full_ft"] = {k: round(lora[k] / full[k], 3)
+                                                   for k in ("peak_mem_mb", "step_mem_mb", "tensor_mem_mb")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "step"}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if not k.startswith("step") or k.endswith("full_ft")},
+                     indent=2))
 
 
 if __name__ == "__main__":

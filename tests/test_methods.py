@@ -262,3 +262,59 @@ def test_linear_probe_sweep_picks_c_on_validation():
     exponents = sorted(np.log10([r["C"] for r in fit.sweep]))
     assert min(np.diff(exponents)) == pytest.approx(1 / 8)  # refined to 8 steps per decade
     assert fit.bias[3] < -1e3  # a class without training images can never win
+
+
+def test_lora_on_the_text_tower_trains_through_the_prompts(tiny_clip_dir, dataset):
+    method = make_method("lora", tiny_clip_dir, dataset, ["lora.text=true", "lora.head=text"])
+    names = list(method.trainable_parameters())
+    assert any("text_model" in n for n in names) and any("vision_model" in n for n in names)
+    assert method.num_parameters()["trainable"] == 2 * (2 * 2 * (2 * 8 * 64))  # both towers, no head weights
+    method.train()
+    method(first_batch(method, dataset))["loss"].backward()
+    text_b = [p for n, p in method.named_parameters() if "text_model" in n and "lora_B" in n]
+    assert text_b and all(p.grad is not None and p.grad.abs().sum() > 0 for p in text_b)
+
+
+def test_text_lora_needs_the_text_head(tiny_clip_dir, dataset):
+    from clipadapt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lora.text=true adapts the text tower"):
+        make_method("lora", tiny_clip_dir, dataset, ["lora.text=true"])
+
+
+@pytest.mark.parametrize("accumulate", [1, 2, 3])
+def test_schedule_ends_at_zero_with_gradient_accumulation(accumulate, tiny_clip_dir, colour_folder, tmp_path):
+    output = run_training(experiment("linear-head", tiny_clip_dir, colour_folder, tmp_path / "run",
+                                     f"train.grad_accum={accumulate}", "train.warmup=0.2"))
+    history = (output.run_dir / "history.csv").read_text().splitlines()
+    lrs = [float(line.split(",")[5]) for line in history[1:]]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # exactly the planned number of optimizer steps
+    assert all(lr > 0 for lr in lrs[:-1])
+
+
+def test_mixed_precision_choice():
+    from clipadapt.engine.trainer import mixed_precision
+
+    assert mixed_precision("auto", torch.device("cpu")) == "no"
+    assert mixed_precision("fp32", torch.device("cpu")) == "no"
+    assert mixed_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize("name", ["lora", "full-ft"])
+def test_activation_checkpointing_gives_the_same_gradients(name, tiny_clip_dir, dataset):
+    grads, saved = [], []
+    for checkpointing in (False, True):
+        method = make_method(name, tiny_clip_dir, dataset, ["lora.dropout=0.0"] if name == "lora" else [])
+        if checkpointing:
+            method.enable_activation_checkpointing()
+        method.train()
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            loss = method(first_batch(method, dataset))["loss"]
+        loss.backward()
+        saved.append(sum(sizes))
+        grads.append({n: p.grad.clone() for n, p in method.trainable_parameters().items()})
+    assert saved[1] < 0.5 * saved[0]  # the layers keep only their inputs
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-4, atol=1e-6)

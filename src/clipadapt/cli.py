@@ -273,7 +273,15 @@ def train_command(
         "run.resume": resume or None, "train.epochs": epochs,
     }
     experiment = _apply_flags(load_experiment(method, config, list(set_ or [])), flags)
-    result = run_training(experiment)
+    try:
+        result = run_training(experiment)
+    except KeyboardInterrupt:
+        from clipadapt.runs import default_run_dir
+
+        run_dir = experiment.run.out or default_run_dir(experiment.model.spec, experiment.data.dataset, method)
+        err.print(f"[yellow]interrupted; continue with: clipadapt train {method} --out {run_dir} --resume",
+                  highlight=False)
+        raise typer.Exit(130) from None
     if not result.main_process:
         return
     out.print(training_results_table(result.record))

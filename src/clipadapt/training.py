@@ -45,7 +45,7 @@ from clipadapt.runs import RunConfig, RunOutput, default_run_dir, save_config_di
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
 HISTORY_FILE = "history.csv"
-RESUMABLE_KEYS = {("run", "resume"), ("run", "overwrite")}  # may differ between a run and its resumption
+RESUMABLE_KEYS = {("run", "resume"), ("run", "overwrite"), ("run", "out")}  # may differ when resuming
 
 
 @dataclass

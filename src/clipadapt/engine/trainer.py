@@ -49,6 +49,9 @@ class TrainConfig:
     augment: str = option("none", help="training augmentation of images: none, flip or crop-flip")
     precision: str = option("auto", help="auto (bf16 autocast on GPUs that support it, else fp32), fp32, bf16, fp16")
     eval_batch_size: int = option(64, help="images per evaluation batch")
+    activation_checkpointing: bool = option(False, help="recompute activations in the backward pass: far less "
+                                                        "memory for methods that train through the image tower, "
+                                                        "about a third slower")
 
     def __post_init__(self) -> None:
         require_positive(self, ("epochs", "batch_size", "grad_accum", "eval_batch_size"), "train:")
@@ -145,6 +148,8 @@ class Trainer:
     def fit(self, method) -> FitResult:
         acc, cfg = self.accelerator, self.config
         method.to(acc.device)
+        if cfg.activation_checkpointing:
+            method.enable_activation_checkpointing()
         method.prepare(self)
         optimizer, scheduler, steps_per_epoch = self.build_optimizer(method)
         model, optimizer = acc.prepare(method, optimizer)

@@ -147,6 +147,15 @@ class Method(nn.Module):
             total += self.bundle.num_parameters()
         return {"trainable": trainable, "total": total, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
 
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute the image tower's activations in the backward pass (nothing to do on cached features)."""
+        if self.inputs == "features":
+            return
+        model = self.bundle.model
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"model '{self.bundle.spec}' does not support activation checkpointing")
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
     # -- hooks --------------------------------------------------------------------------------------------
     def prepare(self, trainer: Trainer) -> None:
         """Called once before training (e.g. LP-FT fits its head on cached features here)."""

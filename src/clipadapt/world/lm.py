@@ -81,6 +81,9 @@ def pretrain_world_lm(out_dir: str | Path, recipe: WorldLMRecipe | None = None) 
             losses.append(float(loss.detach()))
             advance(1)
     model.eval()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no 'Writing model shards' bar in our output
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     summary = {"recipe": asdict(recipe), "train_time_s": round(time.perf_counter() - start, 1),

@@ -265,6 +265,9 @@ def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = No
                                                            last_epoch=step - 1)
     elapsed = time.perf_counter() - start
     model.eval()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no 'Writing model shards' bar in our output
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     CLIPImageProcessorPil(size={"shortest_edge": recipe.resolution},
