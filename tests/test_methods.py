@@ -309,7 +309,7 @@ def test_activation_checkpointing_gives_the_same_gradients(name, tiny_clip_dir, 
             method.enable_activation_checkpointing()
         method.train()
         sizes = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=sizes: s.append(t.numel()) or t, lambda t: t):
             loss = method(first_batch(method, dataset))["loss"]
         loss.backward()
         saved.append(sum(sizes))

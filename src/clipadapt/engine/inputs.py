@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,11 +103,7 @@ class TrainingData:
     def features(self, split: str) -> EncodedSplit:
         """Frozen image features of a split (encoded once, then read from the feature cache)."""
         if split not in self._features:
-            if self.main_process_first is not None:
-                with self.main_process_first():
-                    encoded = encode_split(self.bundle, self.split(split), self.eval_batch_size, self.num_workers,
-                                           self.strict, self.cache)
-            else:
+            with self.main_process_first() if self.main_process_first is not None else nullcontext():
                 encoded = encode_split(self.bundle, self.split(split), self.eval_batch_size, self.num_workers,
                                        self.strict, self.cache)
             for s in encoded.skipped:
