@@ -310,6 +310,177 @@ def eval_command(
     out.print(table)
 
 
+# -- comparisons and reports ----------------------------------------------------------------------------------
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ClipAdaptError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="model spec; repeat to compare models")],
+    dataset: DatasetOpt = None,
+    methods: Annotated[str, typer.Option(help="all, or comma-separated methods (see `clipadapt methods`)")] = "all",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds; acc is reported as mean ± std")] = "0",
+    shots: Annotated[int | None, typer.Option(help="K training images per class")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override for the runs it applies to: "
+                                                   "train.epochs=5, lora.r=4, data.root=...")] = None,
+    templates: Annotated[list[str] | None, typer.Option("--templates", "-t", help="zero-shot template sets "
+                                                        "(default: the dataset's, simple and clip)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the runs and the report go")] = Path(
+        "runs/compare"),
+    skip_existing: Annotated[bool, typer.Option(help="keep finished runs, resume interrupted ones")] = False,
+    overwrite: Annotated[bool, typer.Option(help="retrain runs that already exist")] = False,
+    no_zeroshot: Annotated[bool, typer.Option("--no-zeroshot", help="skip the zero-shot runs")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Zero-shot and every chosen method on one dataset, each a run directory, then one report."""
+    _setup_logging(verbose)
+    from clipadapt.compare import CompareConfig, run_compare
+    from clipadapt.reports.report import build_report
+
+    if dataset is None:
+        raise ClipAdaptError("compare needs --dataset (see `clipadapt datasets`)")
+    config = CompareConfig(
+        models=list(model), dataset=dataset, methods=[m.strip() for m in methods.split(",") if m.strip()],
+        seeds=_int_list(seeds, "--seeds"), shots=shots, overrides=list(set_ or []), templates=list(templates or []),
+        out=str(out_dir), skip_existing=skip_existing, overwrite=overwrite, zeroshot=not no_zeroshot, device=device,
+    )
+
+    def show(run, status: str) -> None:
+        err.print(f"[bold]{run.method}[/] seed {run.seed} on {run.model}: {status}", highlight=False)
+
+    result = run_compare(config, on_run=show)
+    report = build_report([out_dir], out_dir)
+    out.print(report_table(report))
+    out.print(f"report: {report.html}  ({report.markdown})", highlight=False)
+    if result.failed:
+        for path, reason in result.failed:
+            err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+        raise typer.Exit(1)
+
+
+def report_table(report) -> Table:
+    from clipadapt.reports.report import summary_table
+
+    summary = summary_table(report.rows)
+    table = Table(*summary.headers, title="comparison (test split; mean ± std over seeds)")
+    for row in summary.rows:
+        table.add_row(*row)
+    return table
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories or folders that contain them")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="where report.md/html go "
+                                                 "(default: the single folder given)")] = None,
+    group: Annotated[bool, typer.Option(help="allow several datasets, one section each")] = False,
+):
+    """Rebuild or merge reports from run directories (never recomputes a result)."""
+    _setup_logging()
+    from clipadapt.reports.report import build_report
+
+    if out_dir is None:
+        if len(run_dirs) != 1:
+            raise ClipAdaptError("several inputs: say where the merged report goes with --out DIR")
+        out_dir = run_dirs[0]
+    report = build_report(list(run_dirs), out_dir, group=group)
+    out.print(report_table(report))
+    for run in report.incomplete:
+        err.print(f"[yellow]incomplete (no metrics.json):[/] {run.path}", highlight=False)
+    out.print(f"report: {report.html}  ({report.markdown})", highlight=False)
+
+
+# -- your photos, robustness --------------------------------------------------------------------------------
+
+
+@app.command("predict")
+@user_errors
+def predict_command(
+    paths: Annotated[list[Path], typer.Argument(help="run directories, then image files")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="also zero-shot with this model")] = None,
+    classes: Annotated[str | None, typer.Option(help="class names for --model (default: the runs' classes)")] = None,
+    templates: Annotated[list[str] | None, typer.Option("--templates", "-t", help="templates for --model")] = None,
+    topk: Annotated[int, typer.Option(help="classes shown per run")] = 5,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the bar charts go")] = Path("predictions"),
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps")] = None,
+):
+    """Top-k classes and probabilities of every run for each image, as a table and one bar chart per image."""
+    _setup_logging()
+    from clipadapt.data.prompts import resolve_template_sets
+    from clipadapt.predict import predict_images
+    from clipadapt.predictors import load_predictor, zero_shot_predictor
+    from clipadapt.reports.results import CONFIG_FILE
+
+    run_dirs = [p for p in paths if p.is_dir() and (p / CONFIG_FILE).is_file()]
+    images = [p for p in paths if p not in run_dirs]
+    not_runs = [p for p in images if p.is_dir()]
+    if not_runs:
+        raise ClipAdaptError(f"'{not_runs[0]}' is a directory but not a run directory (no {CONFIG_FILE})")
+    if not images:
+        raise ClipAdaptError("no image files given: clipadapt predict RUN_DIR... IMAGE...")
+    predictors = [load_predictor(p, device) for p in run_dirs]
+    if model:
+        names = _split_classes(classes) or (predictors[0].classnames if predictors else None)
+        if not names:
+            raise ClipAdaptError("--model without run directories needs --classes a,b,c")
+        sets = resolve_template_sets(list(templates or ["simple"]))
+        prompts = [t for template_set in sets for t in template_set.templates]
+        predictors.append(zero_shot_predictor(model, names, prompts, device or "auto"))
+    results, skipped = predict_images(predictors, images, topk, out_dir)
+    for path, reason in skipped:
+        err.print(f"[yellow]skipped {path}: {reason}", highlight=False)
+    for result in results:
+        table = Table("run", *[f"top {i + 1}" for i in range(topk)], title=str(result.image))
+        for label, top in result.top.items():
+            table.add_row(label, *[f"{name} {p:.3f}" for name, p in top])
+        out.print(table)
+        out.print(f"bar chart: {result.figure}", highlight=False)
+    if not results:
+        raise typer.Exit(2)
+
+
+@app.command("robustness")
+@user_errors
+def robustness_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories")],
+    noise: Annotated[str, typer.Option(help="corruption: gaussian, blur or jpeg")] = "gaussian",
+    sigmas: Annotated[str | None, typer.Option("--sigmas", "--levels", help="comma-separated levels: noise "
+                                               "sigma, blur radius, or 100 - JPEG quality")] = None,
+    seed: Annotated[int, typer.Option(help="noise seed (the same corrupted images for every run)")] = 0,
+    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps")] = None,
+):
+    """Accuracy under seeded corruptions per run; saved as robustness.json/png in each run, shown in reports."""
+    _setup_logging()
+    from clipadapt.predictors import load_predictor
+    from clipadapt.robustness import CORRUPTIONS, check_levels, evaluate_robustness
+
+    entry = CORRUPTIONS.get(noise)
+    if sigmas is None:
+        levels = list(entry.default_levels)
+    else:
+        try:
+            levels = [float(v) for v in sigmas.split(",") if v.strip()]
+        except ValueError:
+            raise ClipAdaptError(f"--sigmas must be comma-separated numbers, got '{sigmas}'") from None
+    levels = check_levels(noise, levels)
+    table = Table("run", *[f"{entry.level_name} {v:g}" for v in levels], title=f"top-1 accuracy under {noise}")
+    predictors = [load_predictor(p, device) for p in run_dirs]  # every run loads before the first evaluation
+    for predictor in predictors:
+        result = evaluate_robustness(predictor, noise, levels, seed, split)
+        table.add_row(str(predictor.run_dir), *[f"{a:.4f}" for a in result["accuracy"].values()])
+    out.print(table)
+
+
 # -- world ----------------------------------------------------------------------------------------------------
 
 world_app = typer.Typer(no_args_is_help=True, help="The built-in offline world: generated scenes and a tiny CLIP.")

@@ -152,8 +152,9 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     set_seed(cfg.run.seed)
     method = build_method(entry, bundle, dataset, cfg.method_config())
     data = TrainingData(dataset, bundle, batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
-                        num_workers=cfg.data.num_workers, strict=cfg.data.strict, augment=cfg.train.augment,
-                        seed=cfg.run.seed, cache=FeatureCache() if cfg.run.feature_cache else None, device=device,
+                        num_workers=cfg.data.num_workers, strict=cfg.data.strict,
+                        augment=method.augment or cfg.train.augment, preprocess=method.preprocess, seed=cfg.run.seed,
+                        cache=FeatureCache() if cfg.run.feature_cache else None, device=device,
                         main_process_first=accelerator.main_process_first)
 
     accelerator.wait_for_everyone()  # every process has checked the directory before the main one writes to it
@@ -250,6 +251,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str | None = 
     dataset.split(split)
     accelerator = make_accelerator(method.bundle.device, experiment.train.precision)
     data = TrainingData(dataset, method.bundle, eval_batch_size=experiment.train.eval_batch_size,
+                        preprocess=method.preprocess,
                         num_workers=experiment.data.num_workers, strict=experiment.data.strict,
                         cache=FeatureCache() if experiment.run.feature_cache else None, device=method.bundle.device)
     evaluation = Trainer(experiment.train, data, accelerator).evaluate(method, split)

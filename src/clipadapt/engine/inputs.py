@@ -90,10 +90,13 @@ class TrainingData:
     cache: FeatureCache | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     main_process_first: object = None  # accelerator.main_process_first, so one process encodes and the rest read
+    preprocess: ClipPreprocess | None = None  # for pixel batches (default: the bundle's); features use the bundle's
     skipped: dict[str, dict[int, SkippedImage]] = field(default_factory=dict)
     _features: dict[str, EncodedSplit] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.preprocess is None:
+            self.preprocess = self.bundle.preprocess
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
 
@@ -136,7 +139,7 @@ class TrainingData:
                    "positions": positions[index]}
 
     def _pixel_batches(self, split: str, order: np.ndarray, batch_size: int, epoch: int, train: bool):
-        images = AugmentedImages(self.split(split), self.bundle.preprocess, self.augment if train else "none",
+        images = AugmentedImages(self.split(split), self.preprocess, self.augment if train else "none",
                                  self.seed, epoch)
         workers = default_num_workers(self.num_workers)
         loader = DataLoader(images, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
@@ -150,7 +153,7 @@ class TrainingData:
                     report_skipped([seen[position]], self.strict, split)
             if batch["images"] is None:
                 continue
-            yield {"inputs": self.bundle.preprocess.normalize(batch["images"]).to(self.device),
+            yield {"inputs": self.preprocess.normalize(batch["images"]).to(self.device),
                    "labels": batch["labels"].to(self.device), "positions": batch["positions"]}
 
     def skipped_rows(self) -> list[tuple[str, str, str]]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from clipadapt.config import option, require_positive
 from clipadapt.data.prompts import TemplateSet
+from clipadapt.data.transforms import ClipPreprocess
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_path
 from clipadapt.methods.heads import HEAD_KINDS, build_head
@@ -97,6 +98,7 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     inputs: ClassVar[str] = "pixels"  # "pixels" or "features"
+    augment: ClassVar[str | None] = None  # training augmentation the method insists on (None: train.augment)
 
     def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: MethodConfig,
                  templates: TemplateSet) -> None:
@@ -117,6 +119,11 @@ class Method(nn.Module):
     def bundle(self) -> ClipBundle:
         return self._bundle[0]
 
+    @property
+    def preprocess(self) -> ClipPreprocess:
+        """How images become pixels for this method (the model's own preprocessing)."""
+        return self.bundle.preprocess
+
     # -- forward ------------------------------------------------------------------------------------------
     def image_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Features of a batch: pixel methods run the image tower; feature methods get them ready-made."""
@@ -130,6 +137,12 @@ class Method(nn.Module):
         if "labels" in batch:
             out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
         return out
+
+    def pixel_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits straight from preprocessed images, also for feature methods (prediction, robustness)."""
+        if self.inputs == "features":
+            return self.head(self.bundle.encode_image(pixels, normalize=False))
+        return self({"inputs": pixels})["logits"]
 
     # -- what trains --------------------------------------------------------------------------------------
     def trainable_parameters(self) -> dict[str, nn.Parameter]:

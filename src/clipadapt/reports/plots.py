@@ -135,3 +135,39 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
         fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, title: str = "", log_x: bool = True,
+                          reference: list[tuple[str, float]] = ()) -> None:
+    """acc1 (mean, with std error bars) against a cost; ``reference`` lines (e.g. zero-shot) are dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = plt.cm.tab10.colors
+    for i, p in enumerate(points):
+        ax.errorbar(p["x"], p["y"], yerr=p.get("yerr", 0) or None, fmt="o", color=colours[i % 10], capsize=3,
+                    label=p["label"])
+        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for j, (name, value) in enumerate(reference):
+        ax.axhline(value, linestyle="--", linewidth=1, color="gray", alpha=0.8 - 0.15 * j)
+        ax.text(0.01, value, name, fontsize=7, va="bottom", color="gray", transform=ax.get_yaxis_transform())
+    if log_x and points and min(p["x"] for p in points) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
+    """Several labelled curves on one axis (validation curves, robustness curves)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for s in series:
+        ax.plot(s["x"], s["y"], "o-", markersize=3, label=s["label"])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    _save(fig, path)
