@@ -2,9 +2,10 @@
 
 * ``lp-cache``: a linear probe twice in one process with the same feature cache; the first run encodes
   train/val/test images, the second reads the cache. Reports the ratio (target >= 20x).
-* ``step``: one process per method (fresh, so peak RSS belongs to that method alone): batch 32 of 224 px
-  images, a warm-up step, then timed training steps (forward, backward, AdamW). Reports training images/s and
-  peak memory (CUDA peak allocated on a GPU, peak RSS on CPU); target: LoRA <= 0.7x full fine-tuning.
+* ``step``: one process per method (``clipadapt.bench.measure_training_step``, the code behind ``clipadapt
+  bench --methods``): batch 32 of 224 px images, a warm-up step, then timed training steps (forward, backward,
+  AdamW). Reports training images/s and peak memory (CUDA peak allocated on a GPU, the process's VmHWM on CPU);
+  target: LoRA <= 0.7x full fine-tuning.
 
 Run: ``python benchmarks/bench_training.py [--images 600] [--steps 3] [--parts lp-cache,step]``
 """
@@ -22,7 +23,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,80 +69,16 @@ def lp_cache(work: Path, model_dir: Path, n_images: int, classes: int) -> dict:
     }
 
 
-def step_child(model_dir: Path, method_name: str, batch: int, steps: int, checkpointing: bool) -> dict:
-    """Runs in its own process: peak memory of one method's training step."""
-    from clipadapt.data.base import ClassificationDataset, InMemorySource, Split
-    from clipadapt.engine.cost import peak_memory_mb, peak_rss_mb, reset_peak_memory
-    from clipadapt.methods import METHODS
-    from clipadapt.models import load_model, resolve_device
-    from clipadapt.training import build_method
+def save_random_resnet18(path: Path) -> Path:
+    """A random transformers ResNet-18 (microsoft/resnet-18's geometry) for the baseline methods."""
+    from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
 
-    device = resolve_device("auto")
-    bundle = load_model(str(model_dir), device=device)
-    names = [f"class {i}" for i in range(10)]
-    empty = Split(InMemorySource([], np.zeros(0, dtype=int), "none"), [], "train")
-    dataset = ClassificationDataset("bench", names, {"train": empty}, templates=["simple"])
-    entry = METHODS.get(method_name)
-    method = build_method(entry, bundle, dataset, entry.config_class()).to(device)
-    if checkpointing:
-        method.enable_activation_checkpointing()
-    optimizer = torch.optim.AdamW(method.param_groups())
-    generator = torch.Generator().manual_seed(0)
-    dim = bundle.embed_dim
-    if method.inputs == "features":
-        inputs = torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=-1)
-    else:
-        size = bundle.info["image_size"]
-        inputs = torch.randn(batch, 3, size, size, generator=generator)
-    batch_data = {"inputs": inputs.to(device), "labels": torch.randint(0, 10, (batch,), generator=generator).to(device)}
-    method.train()
-    baseline_rss = peak_rss_mb()
-    reset_peak_memory(device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        method(batch_data)["loss"].backward()
-        optimizer.step()
-
-    step()  # warm-up: allocates gradients and AdamW state
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    counts = method.num_parameters()
-    peak = peak_memory_mb(device)
-    saved = saved_activation_mb(method, batch_data)  # after the peak was read: this forward leaves garbage
-    model_mb = sum(p.numel() * p.element_size() for p in method.parameters()) / 2**20
-    if method.inputs == "features":
-        model_mb += sum(p.numel() * p.element_size() for p in bundle.model.parameters()) / 2**20
-    trainable_mb = counts["trainable"] * 4 / 2**20
-    return {"method": method_name, "inputs": method.inputs, "device": str(device), "checkpointing": checkpointing,
-            "train_images_per_s": round(batch * steps / seconds, 2), "peak_mem_mb": round(peak, 1),
-            "rss_before_step_mb": round(baseline_rss, 1), "step_mem_mb": round(peak - baseline_rss, 1),
-            "saved_activations_mb": round(saved, 1),
-            # what a CUDA peak-allocated figure counts: weights + gradients + AdamW moments + saved activations
-            "tensor_mem_mb": round(model_mb + 3 * trainable_mb + saved, 1),
-            "trainable": counts["trainable"], "trainable_pct": counts["trainable_pct"]}
-
-
-def saved_activation_mb(method, batch: dict) -> float:
-    """Bytes autograd keeps for the backward pass of one forward (each storage counted once)."""
-    seen, total = set(), [0]
-
-    def pack(tensor):
-        key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
-        if key not in seen:
-            seen.add(key)
-            total[0] += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        method(batch)["loss"]
-    return total[0] / 2**20
+    config = ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                          layer_type="basic", num_labels=1000)
+    ResNetForImageClassification(config).save_pretrained(path)
+    ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875, image_mean=[0.485, 0.456, 0.406],
+                              image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+    return path
 
 
 def main() -> None:
@@ -156,11 +92,16 @@ def main() -> None:
     parser.add_argument("--methods", default="")
     parser.add_argument("--child", nargs=2, metavar=("MODEL_DIR", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/training.json"))
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(step_child(Path(args.child[0]), args.child[1], args.batch, args.steps, args.checkpointing)))
+        from clipadapt.bench import measure_training_step
+
+        print(json.dumps(measure_training_step(args.child[0], args.child[1], args.batch, args.steps, "auto",
+                                               checkpointing=args.checkpointing, detail=True,
+                                               settings=args.settings)))
         return
 
     from clipadapt.methods import list_methods
@@ -169,6 +110,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clipadapt-bench-train-"))
     os.environ["CLIPADAPT_HOME"] = str(work / "home")
     model_dir = save_random_clip(work / "vit-b-32", preset="vit-b-32")
+    settings = [f"baseline.classifier={save_random_resnet18(work / 'resnet-18')}"]
     results: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "batch": args.batch}
     parts = args.parts.split(",")
@@ -183,7 +125,8 @@ def main() -> None:
             names = [n for n in names if n in ("bitfit", "lora", "full-ft")]  # nothing to recompute on features
         for name in names:
             command = [sys.executable, __file__, "--child", str(model_dir), name, "--batch", str(args.batch),
-                       "--steps", str(args.steps)] + (["--checkpointing"] if checkpointing else [])
+                       "--steps", str(args.steps)] + (["--checkpointing"] if checkpointing else []) + [
+                       "--settings", *settings]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(done.stderr[-3000:])

@@ -31,6 +31,22 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory) -> Path:
+    """A tiny random transformers ResNet image classifier (the baseline method's stand-in for ResNet-18)."""
+    import torch
+    from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=5)
+    path = tmp_path_factory.mktemp("models") / "tiny-resnet"
+    ResNetForImageClassification(config).save_pretrained(path)
+    ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tiny_clip_dir):
     from clipadapt.models import load_model
 

@@ -17,6 +17,19 @@ from clipadapt.training import build_method, load_experiment, load_run, run_trai
 ALL_METHODS = list_methods()
 
 
+SECTION_SETTINGS: dict[str, list[str]] = {}  # per config section, what the tests need offline
+
+
+@pytest.fixture(autouse=True)
+def _offline_classifier(tiny_resnet_dir):
+    """The baseline methods use a tiny random ResNet instead of downloading microsoft/resnet-18."""
+    SECTION_SETTINGS["baseline"] = [f"baseline.classifier={tiny_resnet_dir}"]
+
+
+def settings(name: str) -> list[str]:
+    return SECTION_SETTINGS.get(METHODS.get(name).section, [])
+
+
 @pytest.fixture
 def dataset(colour_folder):
     return load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0))
@@ -26,12 +39,13 @@ def make_method(name: str, tiny_clip_dir, dataset, overrides=()):
     """A fresh model per test: methods inject adapters and flip requires_grad."""
     bundle = load_model(str(tiny_clip_dir))
     torch.manual_seed(0)
-    config = load_experiment(name, None, list(overrides)).method_config()
+    config = load_experiment(name, None, settings(name) + list(overrides)).method_config()
     return build_method(METHODS.get(name), bundle, dataset, config)
 
 
 def first_batch(method, dataset, split="train"):
-    data = TrainingData(dataset, method.bundle, batch_size=64, eval_batch_size=64, num_workers=0)
+    data = TrainingData(dataset, method.bundle, batch_size=64, eval_batch_size=64, num_workers=0,
+                        preprocess=method.preprocess)
     return next(data.batches(method.inputs, split, train=False))
 
 
@@ -39,12 +53,12 @@ def experiment(name: str, tiny_clip_dir, colour_folder, out, *overrides):
     return load_experiment(name, None, [
         f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{colour_folder}",
         "data.num_workers=0", "train.epochs=3", "train.batch_size=4", "train.patience=0", f"run.out={out}",
-        "run.samples=4", *overrides,
+        "run.samples=4", *settings(name), *overrides,
     ])
 
 
 def test_registry_lists_every_method():
-    assert {"linear-probe", "linear-head", "bitfit", "lora", "full-ft"} <= set(ALL_METHODS)
+    assert {"linear-probe", "linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip"} <= set(ALL_METHODS)
     assert list_methods("lin*") == ["linear-head", "linear-probe"]
 
 
@@ -89,7 +103,10 @@ def _expected_trainable(name: str, model, classes: int) -> int:
     biases_per_layer = 4 * d + 2 * d + ff + d  # q, k, v, out; two layer norms; fc1; fc2
     per_layer = 4 * (d * d + d) + 2 * 2 * d + (d * ff + ff) + (ff * d + d)
     tower = d + 3 * vision.patch_size ** 2 * d + (patches + 1) * d + 2 * d + layers * per_layer + 2 * d
+    final_layer = 32 * classes + classes  # the tiny ResNet's new last layer (32 channels -> classes)
     return {
+        "baseline": final_layer,
+        "baseline-flip": final_layer,
         "linear-probe": classes * projection + classes,  # W and b of the logistic regression
         "linear-head": cosine_head,
         "bitfit": layers * biases_per_layer + 2 * d + cosine_head,  # + pre/post layer-norm biases
@@ -157,7 +174,7 @@ def test_run_directory_and_save_load_round_trip(name, tiny_clip_dir, colour_fold
     assert record["metrics"]["acc1"] == pytest.approx(output.result.metrics["acc1"])
 
     _, dataset, method = load_run(run_dir)
-    data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0)
+    data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0, preprocess=method.preprocess)
     from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
 
     again = Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32")).evaluate(method, "test")

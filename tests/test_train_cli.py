@@ -69,7 +69,8 @@ def test_bad_hyperparameters_are_one_line_errors(override, message, tiny_clip_di
 def test_unknown_method(tmp_path):
     result = runner.invoke(app, ["train", "lorra"])
     assert result.exit_code == 2
-    assert "unknown method 'lorra'; valid choices: bitfit, full-ft, linear-head, linear-probe, lora" in result.output
+    assert ("unknown method 'lorra'; valid choices: baseline, baseline-flip, bitfit, full-ft, linear-head, "
+            "linear-probe, lora") in result.output
 
 
 def test_existing_directory_is_not_overwritten(tiny_clip_dir, colour_folder, tmp_path):

@@ -367,12 +367,19 @@ def compare_command(
 
 
 def report_table(report) -> Table:
+    """The report's table, narrowed for a terminal (report.md/html have every column)."""
     from clipadapt.reports.report import summary_table
 
     summary = summary_table(report.rows)
-    table = Table(*summary.headers, title="comparison (test split; mean ± std over seeds)")
+    several_models = len({row.model for row in report.rows}) > 1
+    keep = ["model"] * several_models + ["method", "seeds", "acc1", "acc5", "trainable params", "% of model",
+                                         "train time (s)"]
+    index = [summary.headers.index(name) for name in keep]
+    table = Table(title="comparison (test split; mean ± std over seeds)")
+    for name in keep:
+        table.add_column(name, justify="left" if name in ("model", "method") else "right")
     for row in summary.rows:
-        table.add_row(*row)
+        table.add_row(*[row[i] for i in index])
     return table
 
 
@@ -481,6 +488,58 @@ def robustness_command(
     out.print(table)
 
 
+# -- efficiency -----------------------------------------------------------------------------------------------
+
+
+@app.command("bench")
+@user_errors
+def bench_command(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="model spec; repeat for several")],
+    batch: Annotated[int, typer.Option(help="images per batch")] = 32,
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16 weights for inference")] = "fp32",
+    methods: Annotated[str | None, typer.Option(help="all, or comma-separated methods whose training step to "
+                                                "time (default: none)")] = None,
+    iterations: Annotated[int, typer.Option(help="timed inference batches")] = 10,
+    steps: Annotated[int, typer.Option(help="timed training steps per method")] = 3,
+    compare_dir: Annotated[Path | None, typer.Option("--compare", help="a compare directory: plot its "
+                                                     "accuracies against each model's speed")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="method setting, e.g. lora.r=4")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where bench.json goes")] = Path("runs/bench"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
+):
+    """Inference images/s, latency p50/p95 and peak memory with and without gradients; training steps per method."""
+    _setup_logging()
+    from clipadapt.bench import accuracy_vs_speed, run_bench
+    from clipadapt.compare import resolve_methods
+    from clipadapt.io import atomic_write_json
+
+    names = resolve_methods([m.strip() for m in methods.split(",")]) if methods else []
+
+    def show(row: dict) -> None:
+        what = row.get("mode") or row.get("method")
+        err.print(f"measured {what} on {row['model']}", highlight=False)
+
+    results = run_bench(list(model), batch, dtype, names, iterations, steps, device, on_result=show,
+                        settings=list(set_ or []))
+    inference = Table("model", "mode", "images/s", "latency p50 (ms)", "latency p95 (ms)", "peak memory (MB)",
+                      "params", title=f"inference, batch {batch}, {dtype}")
+    for row in results["inference"]:
+        inference.add_row(row["model"], row["mode"], f"{row['images_per_s']:.1f}", f"{row['latency_ms_p50']:.1f}",
+                          f"{row['latency_ms_p95']:.1f}", f"{row['peak_mem_mb']:,.0f}", f"{row['params']:,}")
+    out.print(inference)
+    if results["training"]:
+        training = Table("model", "method", "train images/s", "peak memory (MB)", "trainable", "% of model",
+                         title=f"training step, batch {batch}")
+        for row in results["training"]:
+            training.add_row(row["model"], row["method"], f"{row['train_images_per_s']:,.1f}",
+                             f"{row['peak_mem_mb']:,.0f}", f"{row['trainable']:,}", f"{row['trainable_pct']:.3f}")
+        out.print(training)
+    if compare_dir is not None:
+        results["accuracy_vs_speed"] = accuracy_vs_speed(results, compare_dir, out_dir / "accuracy_vs_speed.png")
+    atomic_write_json(out_dir / "bench.json", results)
+    out.print(f"results: {out_dir / 'bench.json'}", highlight=False)
+
+
 # -- world ----------------------------------------------------------------------------------------------------
 
 world_app = typer.Typer(no_args_is_help=True, help="The built-in offline world: generated scenes and a tiny CLIP.")
@@ -573,15 +632,18 @@ def world_show_command():
 @app.command("demo")
 @user_errors
 def demo_command(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes its runs")] = Path("runs/demo"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes its runs and report")] = Path(
+        "runs/demo"),
 ):
-    """Offline demo: the built-in world CLIP, zero-shot on the world's tasks (first run pretrains it)."""
+    """Offline demo: every method on the built-in world, robustness, bench, one report (first run pretrains)."""
     _setup_logging()
     from clipadapt.demo import run_demo
 
-    for output in run_demo(out_dir):
-        out.print(zero_shot_results_table(output.record))
-    out.print(f"run directories: {out_dir}/", highlight=False)
+    result = run_demo(out_dir, say=lambda message: err.print(message, highlight=False))
+    out.print(report_table(result.report))
+    for path, reason in result.compare.failed:
+        err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+    out.print(f"report: {result.report.html}", highlight=False)
 
 
 def main() -> None:

@@ -53,6 +53,12 @@ class PreprocessConfig:
         common = dict(mean=tuple(float(m) for m in processor.image_mean),
                       std=tuple(float(s) for s in processor.image_std), resample=resample,
                       rescale=float(getattr(processor, "rescale_factor", 1 / 255)))
+        crop_pct = getattr(processor, "crop_pct", None)
+        if "shortest_edge" in size and crop_pct:  # ConvNext style (e.g. microsoft/resnet-18): resize, then crop
+            short = int(size["shortest_edge"])
+            if short < 384:
+                return cls(resize=int(short / crop_pct), crop=(short, short), resize_mode="shortest", **common)
+            return cls(resize=short, crop=(short, short), resize_mode="squash", **common)
         if "shortest_edge" in size:
             crop = getattr(processor, "crop_size", None) or {}
             crop = {k: v for k, v in (crop if isinstance(crop, dict) else dict(crop)).items() if v is not None}

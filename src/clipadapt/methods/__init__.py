@@ -1,6 +1,6 @@
 """Adaptation methods, one module each, registered by name (``clipadapt methods`` lists them)."""
 
-from clipadapt.methods import bitfit, full_ft, linear_head, linear_probe, lora  # noqa: F401  (registration)
+from clipadapt.methods import baseline, bitfit, full_ft, linear_head, linear_probe, lora  # noqa: F401 (registration)
 from clipadapt.methods.base import METHODS, Method, MethodConfig, MethodEntry, list_methods, register_method
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodEntry", "list_methods", "register_method"]

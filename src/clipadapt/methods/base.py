@@ -62,11 +62,7 @@ class MethodEntry:
     name: str
     method_class: type[Method]
     config_class: type[MethodConfig]
-
-    @property
-    def section(self) -> str:
-        """The config section of this method: ``lora``, ``full_ft`` (``--set full_ft.lp_ft=true``)."""
-        return section_name(self.name)
+    section: str  # the config section: ``lora``, ``full_ft`` (``--set full_ft.lp_ft=true``)
 
 
 METHODS: Registry[MethodEntry] = Registry("method")
@@ -76,14 +72,15 @@ def section_name(method: str) -> str:
     return method.replace("-", "_")
 
 
-def register_method(name: str, config_class: type[MethodConfig]):
-    """Class decorator: ``@register_method("lora", LoraConfig)``."""
+def register_method(name: str, config_class: type[MethodConfig], section: str | None = None):
+    """Class decorator: ``@register_method("lora", LoraConfig)``; variants of one method may share a section."""
 
     def wrap(cls: type[Method]) -> type[Method]:
         cls.name = name
-        config_class._section = section_name(name)
+        config_class._section = section or section_name(name)
         doc = (cls.__doc__ or "").strip().splitlines()
-        METHODS.register(name, MethodEntry(name, cls, config_class), help=doc[0] if doc else "")
+        METHODS.register(name, MethodEntry(name, cls, config_class, config_class._section),
+                         help=doc[0] if doc else "")
         return cls
 
     return wrap

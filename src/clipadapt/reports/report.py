@@ -163,6 +163,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
         blocks += [("h2", f"Dataset: {dataset}"), ("table", summary_table(rows))]
         blocks += [("figure", f) for f in _figures(rows, files, prefix)]
         blocks += [("h3", "Per method")] + [("figure", f) for f in _run_figures(rows, files, prefix)]
+    blocks += _bench_blocks(paths, files)
     incomplete = [r for r in runs if not r.complete]
     if incomplete:
         blocks += [("h2", "Incomplete runs"),
@@ -171,6 +172,41 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
     atomic_write_text(out_dir / "report.md", render_markdown(blocks, out_dir))
     atomic_write_text(out_dir / "report.html", render_html(blocks))
     return ReportResult(out_dir / "report.md", out_dir / "report.html", all_rows, incomplete)
+
+
+def _bench_blocks(paths: list[str | Path], files: Path) -> list:
+    """Tables of every ``clipadapt bench`` result (bench.json) found under ``paths``."""
+    import json
+
+    blocks: list = []
+    for path in sorted({p.resolve() for root in map(Path, paths) for p in root.rglob("bench.json")}):
+        bench = json.loads(path.read_text())
+        blocks += [("h2", f"Efficiency ({path.parent.name}/bench.json)"),
+                   ("p", f"Image tower forward, batch {bench['batch']}, {bench['dtype']}; peak memory is CUDA peak "
+                         f"allocated on a GPU, peak RSS of a fresh process on CPU.")]
+        inference = Table(["model", "mode", "images/s", "latency p50 (ms)", "latency p95 (ms)", "peak memory (MB)",
+                           "params"], [], [])
+        for row in bench.get("inference", []):
+            inference.rows.append([row["model"], row["mode"], f"{row['images_per_s']:,.1f}",
+                                   f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p95']:.1f}",
+                                   f"{row['peak_mem_mb']:,.0f}", f"{row['params']:,}"])
+            inference.row_keys.append(f"bench-{row['mode']}")
+        blocks.append(("table", inference))
+        if bench.get("training"):
+            training = Table(["model", "method", "train images/s", "peak memory (MB)", "trainable", "% of model"],
+                             [], [])
+            for row in bench["training"]:
+                training.rows.append([row["model"], row["method"], f"{row['train_images_per_s']:,.1f}",
+                                      f"{row['peak_mem_mb']:,.0f}", f"{row['trainable']:,}",
+                                      f"{row['trainable_pct']:.3f}"])
+                training.row_keys.append(f"bench-{row['method']}")
+            blocks.append(("table", training))
+        scatter = path.parent / "accuracy_vs_speed.png"
+        if scatter.is_file():
+            target = files / f"{path.parent.name}-accuracy_vs_speed.png"
+            shutil.copyfile(scatter, target)
+            blocks.append(("figure", Figure(target, "Test accuracy against the model's inference speed.")))
+    return blocks
 
 
 def render_markdown(blocks: list, out_dir: Path) -> str:
@@ -209,7 +245,8 @@ def render_html(blocks: list) -> str:
         elif kind == "p":
             parts.append(f"<p>{html.escape(value)}</p>")
         elif kind == "table":
-            parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in value.headers)
+            css = " class='summary'" if value.headers == COLUMNS else ""
+            parts.append(f"<table{css}><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in value.headers)
                          + "</tr></thead><tbody>")
             for key, row in zip(value.row_keys, value.rows, strict=True):
                 parts.append(f"<tr class='method-row' data-method='{html.escape(key)}'>"

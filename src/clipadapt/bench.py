@@ -1,0 +1,209 @@
+"""``clipadapt bench``: inference speed, latency and memory per model, and each method's training step.
+
+Every measurement runs in a fresh process (``python -m clipadapt.bench --child ...``): on CPU the peak memory
+figure is the process's peak RSS, which only a new process can attribute to one measurement. On a GPU it is
+CUDA's peak allocated memory. Inference is measured with ``torch.inference_mode()`` and with gradients enabled
+(what a training forward pays), on random pixels of the model's input size.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipadapt.errors import ClipAdaptError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _random_batch(bundle, batch: int, seed: int = 0) -> torch.Tensor:
+    size = bundle.preprocess.config.crop
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_inference(model: str, batch: int, dtype: str, mode: str, iterations: int, device: str) -> dict:
+    """Images/s and per-batch latency of the image tower (forward only), in one process."""
+    from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
+    from clipadapt.models import load_model, resolve_device
+
+    target = resolve_device(device)
+    bundle = load_model(model, device=target)
+    bundle.to(dtype=DTYPES[dtype])
+    bundle.model.requires_grad_(mode == "grad_enabled")
+    pixels = _random_batch(bundle, batch).to(target)
+    reset_peak_memory(target)
+    context = torch.inference_mode if mode == "inference_mode" else torch.enable_grad
+    latencies = []
+    with context():
+        for i in range(iterations + 2):  # two warm-up batches
+            _sync(target)
+            start = time.perf_counter()
+            features = bundle.encode_image(pixels)  # with gradients: autograd records and keeps activations
+            _sync(target)
+            if i >= 2:
+                latencies.append(time.perf_counter() - start)
+            del features
+    latencies_ms = np.array(latencies) * 1000
+    return {"model": model, "mode": mode, "dtype": dtype, "batch": batch, "device": str(target),
+            "images_per_s": round(batch / float(np.mean(latencies)), 2),
+            "latency_ms_p50": round(float(np.percentile(latencies_ms, 50)), 2),
+            "latency_ms_p95": round(float(np.percentile(latencies_ms, 95)), 2),
+            "peak_mem_mb": round(peak_memory_mb(target), 1), "params": bundle.num_parameters()}
+
+
+def measure_training_step(model: str, method_name: str, batch: int, steps: int, device: str,
+                          checkpointing: bool = False, settings: list[str] | None = None,
+                          detail: bool = False) -> dict:
+    """Training images/s and peak memory of one method's step (forward, backward, AdamW) on random data.
+
+    ``detail`` adds the activations autograd saves and the tensor memory a GPU would count (weights, gradients,
+    AdamW moments and saved activations), measured after the peak was read.
+    """
+    from clipadapt.config import apply_overrides
+    from clipadapt.data.base import ClassificationDataset, InMemorySource, Split
+    from clipadapt.engine.cost import current_rss_mb, peak_memory_mb, reset_peak_memory
+    from clipadapt.methods import METHODS
+    from clipadapt.models import load_model, resolve_device
+    from clipadapt.training import build_method
+
+    target = resolve_device(device)
+    bundle = load_model(model, device=target)
+    names = [f"class {i}" for i in range(10)]
+    empty = Split(InMemorySource([], np.zeros(0, dtype=int), "none"), [], "train")
+    dataset = ClassificationDataset("bench", names, {"train": empty}, templates=["simple"])
+    entry = METHODS.get(method_name)
+    mine = [s for s in settings or [] if s.split("=", 1)[0].split(".", 1)[0].strip() == entry.section]
+    method_config = apply_overrides(entry.config_class(), [s.split(".", 1)[1] for s in mine])
+    method = build_method(entry, bundle, dataset, method_config).to(target)
+    if checkpointing:
+        method.enable_activation_checkpointing()
+    optimizer = torch.optim.AdamW(method.param_groups())
+    generator = torch.Generator().manual_seed(0)
+    if method.inputs == "features":
+        inputs = torch.nn.functional.normalize(torch.randn(batch, bundle.embed_dim, generator=generator), dim=-1)
+    else:
+        inputs = _random_batch(bundle, batch)
+    data = {"inputs": inputs.to(target), "labels": torch.randint(0, 10, (batch,), generator=generator).to(target)}
+    method.train()
+    rss_before = current_rss_mb()
+    reset_peak_memory(target)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        method(data)["loss"].backward()
+        optimizer.step()
+
+    step()  # warm-up: allocates gradients and AdamW state
+    _sync(target)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(target)
+    seconds = time.perf_counter() - start
+    counts = method.num_parameters()
+    peak = peak_memory_mb(target)
+    row = {"model": model, "method": method_name, "inputs": method.inputs, "device": str(target),
+           "checkpointing": checkpointing, "batch": batch, "train_images_per_s": round(batch * steps / seconds, 2),
+           "peak_mem_mb": round(peak, 1), "trainable": counts["trainable"], "trainable_pct": counts["trainable_pct"]}
+    if target.type == "cpu":
+        row |= {"rss_before_step_mb": round(rss_before, 1), "step_mem_mb": round(peak - rss_before, 1)}
+    if detail:
+        saved = saved_activation_mb(method, data)
+        weights = sum(p.numel() * p.element_size() for p in method.parameters())
+        if method.inputs == "features":
+            weights += sum(p.numel() * p.element_size() for p in bundle.model.parameters())
+        row |= {"saved_activations_mb": round(saved, 1),
+                "tensor_mem_mb": round((weights + 3 * 4 * counts["trainable"]) / 2**20 + saved, 1)}
+    return row
+
+
+def saved_activation_mb(method, batch: dict) -> float:
+    """Bytes autograd keeps for the backward pass of one forward (each storage counted once)."""
+    seen, total = set(), [0]
+
+    def pack(tensor):
+        key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        if key not in seen:
+            seen.add(key)
+            total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        method(batch)["loss"]
+    return total[0] / 2**20
+
+
+def _child(kind: str, **kwargs: Any) -> dict:
+    """Run one measurement in a fresh interpreter and return its JSON line."""
+    command = [sys.executable, "-m", "clipadapt.bench", json.dumps({"kind": kind, **kwargs})]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise ClipAdaptError(f"bench {kind} {kwargs.get('model')} failed: {lines[-1] if lines else 'no output'}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_bench(models: list[str], batch: int = 32, dtype: str = "fp32", methods: list[str] | None = None,
+              iterations: int = 10, steps: int = 3, device: str = "auto", on_result=None,
+              settings: list[str] | None = None) -> dict:
+    """``settings``: ``section.key=value`` for the methods' configs (e.g. ``baseline.classifier=...``)."""
+    if dtype not in DTYPES:
+        raise ClipAdaptError(f"unknown dtype '{dtype}'; valid choices: {', '.join(DTYPES)}")
+    if batch <= 0 or iterations <= 0 or steps <= 0:
+        raise ClipAdaptError("batch, iterations and steps must be positive")
+    from clipadapt.methods import METHODS
+
+    for name in methods or []:
+        METHODS.get(name)
+    notify = on_result or (lambda row: None)
+    results: dict = {"batch": batch, "dtype": dtype, "inference": [], "training": []}
+    for model in models:
+        for mode in ("inference_mode", "grad_enabled"):
+            row = _child("inference", model=model, batch=batch, dtype=dtype, mode=mode, iterations=iterations,
+                         device=device)
+            results["inference"].append(row)
+            notify(row)
+        for method in methods or []:
+            row = _child("training", model=model, method_name=method, batch=batch, steps=steps, device=device,
+                         settings=list(settings or []))
+            results["training"].append(row)
+            notify(row)
+    return results
+
+
+def accuracy_vs_speed(results: dict, compare_dir: Path, path: Path) -> list[dict]:
+    """Scatter of each compared (model, method)'s test accuracy against the model's inference images/s."""
+    from clipadapt.reports import plots
+    from clipadapt.reports.collect import find_runs, table_rows
+
+    speed = {r["model"]: r["images_per_s"] for r in results["inference"] if r["mode"] == "inference_mode"}
+    points = [{"x": speed[row.model], "y": row.stat("metrics", "acc1")[0], "yerr": row.stat("metrics", "acc1")[1],
+               "label": f"{Path(row.model).name} {row.label}"}
+              for row in table_rows(find_runs([compare_dir])) if row.model in speed]
+    if not points:
+        raise ClipAdaptError(f"no run in '{compare_dir}' used a benchmarked model ({', '.join(speed)})")
+    plots.plot_accuracy_scatter(points, path, "inference images/s (image tower, log)", "accuracy vs speed")
+    return points
+
+
+def main() -> None:
+    request = json.loads(sys.argv[1])
+    kind = request.pop("kind")
+    function = {"inference": measure_inference, "training": measure_training_step}[kind]
+    print(json.dumps(function(**request)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``baseline`` and ``baseline-flip``: classic transfer learning, for comparison with the CLIP methods.
+
+A conventional ImageNet classifier from transformers (``AutoModelForImageClassification``, default
+``microsoft/resnet-18``; offline, ``world:tiny-resnet``) with only its final layer replaced and retrained on
+the task's classes, with its own preprocessing; ``baseline-flip`` adds random horizontal flips. The CLIP model of
+the run is not used. The frozen backbone stays in eval mode (BatchNorm statistics untouched).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clipadapt.config import option, require_positive
+from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
+from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.methods.base import Method, freeze, register_method
+
+log = logging.getLogger(__name__)
+WORLD_CLASSIFIER = "world:tiny-resnet"
+
+
+@dataclass
+class BaselineConfig:
+    classifier: str = option("microsoft/resnet-18", help="image classifier: hub id, local folder, or "
+                                                         "world:tiny-resnet (offline)")
+    lr: float = option(1e-3, help="peak learning rate of the new final layer")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+
+    def __post_init__(self) -> None:
+        require_positive(self, ("lr",), "baseline:")
+        if self.weight_decay < 0:
+            raise ConfigError(f"baseline.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def load_classifier(spec: str):
+    """``(model, image_processor, fingerprint)`` of an image classifier, quietly."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    from clipadapt.models.hf import fingerprint_local
+
+    if spec == WORLD_CLASSIFIER:
+        from clipadapt.world.cache import read_manifest
+        from clipadapt.world.resnet import world_resnet_dir
+
+        location = world_resnet_dir()
+        fingerprint = f"{spec}:{(read_manifest(location) or {}).get('files', {}).get('model.safetensors', '')[:16]}"
+    else:
+        location = Path(spec).expanduser()
+        fingerprint = f"local:{fingerprint_local(location)}" if location.is_dir() else f"hub:{spec}"
+        location = location if location.is_dir() else spec
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForImageClassification.from_pretrained(str(location))
+        processor = AutoImageProcessor.from_pretrained(str(location))
+    except (OSError, ValueError) as e:
+        raise ClipAdaptError(f"could not load image classifier '{spec}' ({str(e).splitlines()[0][:160]}); "
+                             f"offline, use --set baseline.classifier={WORLD_CLASSIFIER} or a local folder") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.eval(), processor, fingerprint
+
+
+def replace_final_layer(model: nn.Module, num_classes: int) -> nn.Linear:
+    """Swap the last ``nn.Linear`` (the ImageNet classifier) for a fresh one with ``num_classes`` outputs."""
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    old = model.get_submodule(name)
+    new = nn.Linear(old.in_features, num_classes)
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+    if hasattr(model, "config"):
+        model.config.num_labels = num_classes
+    return new
+
+
+@register_method("baseline", BaselineConfig)
+class Baseline(Method):
+    """A conventional ImageNet classifier (default ResNet-18) with only its final layer retrained."""
+
+    augment = "none"
+
+    def __init__(self, bundle, classnames, config: BaselineConfig, templates) -> None:
+        nn.Module.__init__(self)  # not Method.__init__: the CLIP model plays no part here
+        self.config, self.classnames, self._bundle = config, list(classnames), [bundle]
+        self.net, processor, self.fingerprint = load_classifier(config.classifier)
+        freeze(self.net)
+        self.head = replace_final_layer(self.net, len(self.classnames))
+        self._preprocess = ClipPreprocess(PreprocessConfig.from_image_processor(processor))
+
+    @property
+    def preprocess(self) -> ClipPreprocess:
+        return self._preprocess
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.net(pixel_values=batch["inputs"]).logits
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        return out
+
+    def pixel_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self({"inputs": pixels})["logits"]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()  # frozen BatchNorm keeps its ImageNet statistics; the new linear layer has no modes
+        return self
+
+    def enable_activation_checkpointing(self) -> None:
+        """Nothing to recompute: no gradient flows into the frozen backbone."""
+
+
+@register_method("baseline-flip", BaselineConfig, section="baseline")
+class BaselineFlip(Baseline):
+    """The baseline with random horizontal flips during training."""
+
+    augment = "flip"

@@ -1,0 +1,233 @@
+"""compare, report, predict, robustness and bench on the tiny random CLIP (numbers read back, not recomputed)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clipadapt.cli import app
+from clipadapt.compare import CompareConfig, run_compare
+from clipadapt.errors import ClipAdaptError
+from clipadapt.reports.collect import find_runs, mean_std
+from clipadapt.reports.report import build_report
+from tests.helpers import clipadapt_home
+
+runner = CliRunner()
+METHODS = ["linear-head", "lora"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_clip_dir, colour_folder):
+    """One small compare: zero-shot, linear-head and lora with seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("compare")
+    with clipadapt_home(root / "home"):
+        config = CompareConfig(models=[str(tiny_clip_dir)], dataset=f"imagefolder:{colour_folder}",
+                               methods=list(METHODS), seeds=[0, 1], out=str(root / "out"),
+                               overrides=["train.epochs=2", "data.num_workers=0", "run.samples=4"],
+                               templates=["simple"], device="cpu")
+        result = run_compare(config)
+    return root / "out", result
+
+
+def markdown_rows(report: Path) -> dict[str, list[str]]:
+    rows = {}
+    for line in report.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 11 and cells[0] not in ("model", "---"):
+            rows[cells[1]] = cells
+    return rows
+
+
+def test_compare_writes_one_run_per_method_and_seed(compared):
+    out, result = compared
+    model_dir = next(out.iterdir()) if (out / "report.md").exists() else out
+    names = sorted(p.name for p in next(p for p in out.iterdir() if p.is_dir() and p.name != "report_files")
+                   .iterdir())
+    assert names == ["linear-head-seed0", "linear-head-seed1", "lora-seed0", "lora-seed1", "zeroshot"]
+    assert not result.failed and len(result.finished) == 5
+    assert (out / "report.md").is_file() and (out / "report.html").is_file() and model_dir.exists()
+
+
+def test_report_numbers_equal_the_run_files(compared):
+    out, _ = compared
+    rows = markdown_rows(out / "report.md")
+    runs = [r for r in find_runs([out]) if r.complete]
+    for method in METHODS:
+        records = [r.record for r in runs if r.method == method]
+        acc1 = [rec["metrics"]["acc1"] for rec in records]
+        mean, std = float(np.mean(acc1)), float(np.std(acc1, ddof=1))
+        assert rows[method][3] == f"{mean:.4f} ± {std:.4f}"
+        assert rows[method][2] == "0,1"
+        assert rows[method][6] == f"{records[0]['params']['trainable']:,}"
+        time_mean = float(np.mean([rec["cost"]["train_time_s"] for rec in records]))
+        assert rows[method][8] == f"{time_mean:.1f}"
+    zero_shot = next(r.record for r in runs if r.method == "zeroshot")
+    assert rows["zeroshot (simple)"][3] == f"{zero_shot['metrics']['acc1']:.4f}"
+
+
+def test_mean_and_sample_std():
+    assert mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213562))
+    assert mean_std([0.8]) == (0.8, 0.0)
+    assert mean_std([0.2, 0.4, 0.9]) == pytest.approx((0.5, float(np.std([0.2, 0.4, 0.9], ddof=1))))
+
+
+def test_skip_existing_keeps_finished_runs_and_redoes_missing_ones(compared, tiny_clip_dir, colour_folder):
+    out, _ = compared
+    metrics = sorted(out.rglob("metrics.json"))
+    before = {p: p.stat().st_mtime_ns for p in metrics}
+    lost = next(p for p in metrics if p.parent.name == "lora-seed1")
+    shutil.copyfile(lost, lost.with_suffix(".bak"))
+    lost.unlink()  # as if interrupted
+    config = CompareConfig(models=[str(tiny_clip_dir)], dataset=f"imagefolder:{colour_folder}",
+                           methods=list(METHODS), seeds=[0, 1], out=str(out), skip_existing=True,
+                           overrides=["train.epochs=2", "data.num_workers=0", "run.samples=4"],
+                           templates=["simple"], device="cpu")
+    with clipadapt_home(out.parent / "home"):
+        result = run_compare(config)
+    assert [p.name for p in result.finished] == ["lora-seed1"] and len(result.skipped) == 4
+    for path, mtime in before.items():
+        if path != lost:
+            assert path.stat().st_mtime_ns == mtime, f"{path} was retrained"
+    redone = json.loads(lost.read_text())
+    assert redone["metrics"] == json.loads(lost.with_suffix(".bak").read_text())["metrics"]  # deterministic
+
+
+def test_existing_compare_directory_needs_a_choice(compared, tiny_clip_dir, colour_folder):
+    out, _ = compared
+    config = CompareConfig(models=[str(tiny_clip_dir)], dataset=f"imagefolder:{colour_folder}",
+                           methods=list(METHODS), out=str(out), templates=["simple"])
+    with pytest.raises(ClipAdaptError, match="already exist.*--skip-existing"):
+        run_compare(config)
+
+
+def test_overrides_for_unknown_sections_are_refused(tmp_path, tiny_clip_dir, colour_folder):
+    config = CompareConfig(models=[str(tiny_clip_dir)], dataset=f"imagefolder:{colour_folder}",
+                           methods=["lora"], out=str(tmp_path / "c"), overrides=["lorra.r=4"])
+    with pytest.raises(ClipAdaptError, match="unknown section 'lorra'"):
+        run_compare(config)
+    assert not (tmp_path / "c").exists()
+
+
+def test_report_refuses_mixed_datasets_and_lists_incomplete_runs(compared, tmp_path, tiny_clip_dir):
+    out, _ = compared
+    other = tmp_path / "other"
+    shutil.copytree(next(p for p in out.rglob("linear-head-seed0")), other / "run")
+    record = json.loads((other / "run/metrics.json").read_text())
+    record["dataset"] = "digits"
+    (other / "run/metrics.json").write_text(json.dumps(record))
+    with pytest.raises(ClipAdaptError, match="different datasets"):
+        build_report([out, other], tmp_path / "merged")
+    grouped = build_report([out, other], tmp_path / "merged", group=True)
+    assert {r.dataset for r in grouped.rows} == {"digits", record["config"]["data"]["dataset"]}
+
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(other / "run", interrupted / "run")
+    (interrupted / "run/metrics.json").unlink()
+    result = runner.invoke(app, ["report", str(out), str(interrupted), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 0, result.output
+    assert "incomplete (no metrics.json)" in result.output and "Incomplete runs" in (tmp_path / "r2/report.md").read_text()
+
+
+def test_predict_probabilities_equal_the_runs_own_evaluation(compared):
+    from clipadapt.predict import predict_images
+    from clipadapt.predictors import load_predictor
+    from clipadapt.training import load_run
+
+    out, _ = compared
+    for method in METHODS:
+        run_dir = next(out.rglob(f"{method}-seed0"))
+        predictor = load_predictor(run_dir, "cpu")
+        _, dataset, loaded = load_run(run_dir, "cpu")
+        from clipadapt.engine.inputs import TrainingData
+        from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
+
+        data = TrainingData(dataset, loaded.bundle, eval_batch_size=64, num_workers=0, preprocess=loaded.preprocess)
+        evaluation = Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32")).evaluate(loaded,
+                                                                                                         "test")
+        test = dataset.split("test")
+        images = [Path(test.describe(int(p))) for p in evaluation.positions[:3]]
+        results, skipped = predict_images([predictor], images, topk=3)
+        assert not skipped
+        expected = evaluation.logits[:3].softmax(dim=-1).numpy()
+        got = np.stack([r.probabilities[predictor.label] for r in results])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_predict_cli_skips_non_images(compared, tmp_path):
+    out, _ = compared
+    run_dir = next(out.rglob("lora-seed0"))
+    image = next(p for p in Path(json.loads((run_dir / "metrics.json").read_text())["config"]["data"]["dataset"]
+                                 .split(":", 1)[1]).rglob("*.png"))
+    (tmp_path / "notes.jpg").write_text("not an image")
+    result = runner.invoke(app, ["predict", str(run_dir), str(image), str(tmp_path / "notes.jpg"), "--topk", "2",
+                                 "--out", str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "notes.jpg" in result.output
+    charts = list((tmp_path / "pred").glob("*.png"))
+    assert len(charts) == 1 and f"bar chart: {charts[0]}" in result.output.replace("\n", "")
+
+
+def test_robustness_at_sigma_zero_is_the_clean_accuracy(compared):
+    from clipadapt.predictors import load_predictor
+    from clipadapt.robustness import evaluate_robustness
+
+    out, _ = compared
+    for name in ("zeroshot", "linear-head-seed0", "lora-seed0"):
+        run_dir = next(out.rglob(name))
+        clean = json.loads((run_dir / "metrics.json").read_text())["metrics"]["acc1"]
+        entry = evaluate_robustness(load_predictor(run_dir, "cpu"), "gaussian", [0.0, 0.3], seed=0)
+        assert entry["accuracy"]["0"] == pytest.approx(clean)
+        saved = json.loads((run_dir / "robustness.json").read_text())
+        assert saved["gaussian"]["accuracy"] == entry["accuracy"] and (run_dir / "robustness.png").is_file()
+    again = evaluate_robustness(load_predictor(run_dir, "cpu"), "gaussian", [0.3], seed=0)
+    assert again["accuracy"]["0.3"] == entry["accuracy"]["0.3"]  # seeded noise
+
+
+def test_robustness_rejects_negative_sigma(compared):
+    out, _ = compared
+    result = runner.invoke(app, ["robustness", str(next(out.rglob("lora-seed0"))), "--sigmas", "0,-0.1"])
+    assert result.exit_code == 2 and "must be >= 0" in result.output
+
+
+def test_bench_reports_positive_figures_for_both_modes(tiny_clip_dir, tmp_path):
+    from clipadapt.bench import run_bench
+
+    results = run_bench([str(tiny_clip_dir)], batch=4, methods=["linear-head", "lora"], iterations=2, steps=1,
+                        device="cpu")
+    assert {r["mode"] for r in results["inference"]} == {"inference_mode", "grad_enabled"}
+    for row in results["inference"]:
+        assert row["images_per_s"] > 0 and row["latency_ms_p95"] >= row["latency_ms_p50"] > 0
+        assert row["peak_mem_mb"] > 0 and row["params"] > 0
+    assert [r["method"] for r in results["training"]] == ["linear-head", "lora"]
+    assert all(r["train_images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in results["training"])
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (CI installs Debian's chromium)")
+def test_report_html_renders_in_headless_chromium(compared, tmp_path):
+    out, _ = compared
+    report = build_report([out], tmp_path / "report")
+    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+               report.html.resolve().as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    images = re.search(r'data-images="(\d+)"', dom)
+    broken = re.search(r'data-broken-images="(\d+)"', dom)
+    assert images and broken, dom[:500]
+    assert int(images.group(1)) >= 5 and int(broken.group(1)) == 0
+    summary = dom.split("class=\"summary\"", 1)[1].split("</table>", 1)[0]
+    methods = re.findall(r"class=\"method-row\" data-method=\"([^\"]+)\"", summary)
+    assert sorted(methods) == sorted(["zeroshot", *METHODS])
