@@ -133,7 +133,8 @@ def test_report_refuses_mixed_datasets_and_lists_incomplete_runs(compared, tmp_p
     (interrupted / "run/metrics.json").unlink()
     result = runner.invoke(app, ["report", str(out), str(interrupted), "--out", str(tmp_path / "r2")])
     assert result.exit_code == 0, result.output
-    assert "incomplete (no metrics.json)" in result.output and "Incomplete runs" in (tmp_path / "r2/report.md").read_text()
+    assert "incomplete (no metrics.json)" in result.output
+    assert "Incomplete runs" in (tmp_path / "r2/report.md").read_text()
 
 
 def test_predict_probabilities_equal_the_runs_own_evaluation(compared):
