@@ -28,7 +28,7 @@ WORLD_CLASSIFIER = "world:tiny-resnet"
 class BaselineConfig:
     classifier: str = option("microsoft/resnet-18", help="image classifier: hub id, local folder, or "
                                                          "world:tiny-resnet (offline)")
-    lr: float = option(1e-3, help="peak learning rate of the new final layer")
+    lr: float = option(1e-2, help="peak learning rate of the new, randomly initialised final layer")
     weight_decay: float = option(0.0, help="AdamW weight decay")
 
     def __post_init__(self) -> None:
