@@ -343,7 +343,6 @@ def compare_command(
     """Zero-shot and every chosen method on one dataset, each a run directory, then one report."""
     _setup_logging(verbose)
     from clipadapt.compare import CompareConfig, run_compare
-    from clipadapt.reports.report import build_report
 
     if dataset is None:
         raise ClipAdaptError("compare needs --dataset (see `clipadapt datasets`)")
@@ -357,9 +356,9 @@ def compare_command(
         err.print(f"[bold]{run.method}[/] seed {run.seed} on {run.model}: {status}", highlight=False)
 
     result = run_compare(config, on_run=show)
-    report = build_report([out_dir], out_dir)
-    out.print(report_table(report))
-    out.print(f"report: {report.html}  ({report.markdown})", highlight=False)
+    if result.report is not None:
+        out.print(report_table(result.report))
+        out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)
     if result.failed:
         for path, reason in result.failed:
             err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
@@ -643,6 +642,7 @@ def demo_command(
     out.print(report_table(result.report))
     for path, reason in result.compare.failed:
         err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+    out.print(f"bench: {result.bench}", highlight=False)
     out.print(f"report: {result.report.html}", highlight=False)
 
 

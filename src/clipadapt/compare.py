@@ -74,6 +74,7 @@ class CompareResult:
     finished: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    report: object = None  # ReportResult, when the report was built
 
 
 def plan(config: CompareConfig) -> list[PlannedRun]:
@@ -127,8 +128,9 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None] | None = None) -> CompareResult:
-    """Run (or keep, or resume) every planned run, then build the report in ``config.out``."""
+def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None] | None = None,
+                report: bool = True) -> CompareResult:
+    """Run (or keep, or resume) every planned run, then (``report``) build the report in ``config.out``."""
     from clipadapt.data import load_dataset
     from clipadapt.data.prompts import resolve_template_sets
     from clipadapt.reports.report import build_report
@@ -167,5 +169,6 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
             continue
         result.finished.append(run.run_dir)
         notify(run, "done")
-    build_report([result.out], result.out)
+    if report and (result.finished or result.skipped):
+        result.report = build_report([result.out], result.out)
     return result

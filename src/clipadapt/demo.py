@@ -8,7 +8,6 @@ Gaussian noise, a speed and memory benchmark, and one report: ``runs/demo/report
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = DEMO_MODEL,
     say(f"1/4 compare: zero-shot and {len(list_methods())} methods, {model} on {DEMO_DATASET} ({DEMO_SHOTS} shots)")
     config = CompareConfig(models=[model], dataset=DEMO_DATASET, shots=DEMO_SHOTS, overrides=list(DEMO_SETTINGS),
                            out=str(out_dir), overwrite=True, device="cpu")
-    compare = run_compare(config, on_run=lambda run, status: say(f"    {run.method}: {status}"))
+    compare = run_compare(config, on_run=lambda run, status: say(f"    {run.method}: {status}"), report=False)
     say("2/4 robustness: Gaussian pixel noise, sigma " + ", ".join(f"{s:g}" for s in DEMO_SIGMAS))
     for run_dir in compare.finished + compare.skipped:
         evaluate_robustness(load_predictor(run_dir, "cpu"), "gaussian", DEMO_SIGMAS, seed=0)
@@ -54,7 +53,3 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = DEMO_MODEL,
     say("4/4 report")
     report = build_report([out_dir], out_dir)
     return DemoResult(compare, report, bench_path)
-
-
-def bench_summary(path: Path) -> list[dict]:
-    return json.loads(path.read_text()).get("training", [])
