@@ -189,21 +189,9 @@ def zeroshot_command(
 
 def _apply_flags(experiment, flags: dict):
     """Command-line flags win over the config file; unset flags leave it alone."""
-    from clipadapt.config import apply_overrides
+    from clipadapt.config import apply_overrides, format_overrides
 
-    items = []
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if isinstance(value, str):
-            items.append(f"{key}={_yaml_quote(value)}")
-        else:
-            items.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    return apply_overrides(experiment, items)
-
-
-def _yaml_quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    return apply_overrides(experiment, format_overrides(flags))
 
 
 # -- training -------------------------------------------------------------------------------------------------

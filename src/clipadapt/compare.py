@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipadapt.config import apply_overrides
+from clipadapt.config import apply_overrides, format_overrides
 from clipadapt.data import DataConfig
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
@@ -108,11 +108,9 @@ def _split_overrides(overrides: list[str], methods: list[str]) -> dict[str, list
 
 
 def _experiment(run: PlannedRun, config: CompareConfig, overrides: list[str], resume: bool):
-    common = [f"model.spec={_quote(run.model)}", f"model.device={config.device}",
-              f"data.dataset={_quote(config.dataset)}", f"run.out={_quote(str(run.run_dir))}",
-              f"run.seed={run.seed}", f"data.seed={run.seed}"]
-    if config.shots:
-        common.append(f"data.shots={config.shots}")
+    common = format_overrides({"model.spec": run.model, "model.device": config.device,
+                               "data.dataset": config.dataset, "run.out": str(run.run_dir), "run.seed": run.seed,
+                               "data.seed": run.seed, "data.shots": config.shots})
     if run.method == "zeroshot":
         experiment = ZeroShotExperiment(ModelConfig(), DataConfig(), ZeroShotConfig(), RunConfig())
         experiment = apply_overrides(experiment, common + overrides + ["run.overwrite=true"])
@@ -122,10 +120,6 @@ def _experiment(run: PlannedRun, config: CompareConfig, overrides: list[str], re
     experiment: TrainExperiment = experiment_class(run.method)()
     flags = ["run.resume=true"] if resume else ["run.overwrite=true"]
     return apply_overrides(experiment, common + overrides + flags)
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None] | None = None,

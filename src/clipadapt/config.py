@@ -123,6 +123,22 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
 
 
+def format_overrides(values: dict[str, Any]) -> list[str]:
+    """``{"data.dataset": "imagefolder:x", "run.resume": True}`` -> ``["data.dataset='imagefolder:x'", ...]``.
+
+    Strings are quoted so YAML keeps them strings (``'1e-3'``, ``'a:b'``); ``None`` values are left out.
+    """
+    items = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            items.append(f"{key}='" + value.replace("'", "''") + "'")
+        else:
+            items.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return items
+
+
 def apply_overrides(cfg: C, overrides: list[str] | None) -> C:
     """Apply ``["section.key=value", ...]``; values are parsed as YAML scalars (``1e-3``, ``true``, ``[a, b]``)."""
     if not overrides:

@@ -46,6 +46,10 @@ class _TrainingBar:
             self.epoch_task = progress.add_task("epochs", total=epochs, info="")
             self.step_task = progress.add_task("steps", total=steps_per_epoch, info="")
 
+    @property
+    def visible(self) -> bool:
+        return self.progress is not None
+
     def start(self, epoch: int) -> None:
         if self.progress is not None:
             self.progress.update(self.epoch_task, completed=epoch)

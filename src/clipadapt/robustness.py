@@ -83,15 +83,6 @@ def check_levels(corruption: str, levels: list[float]) -> list[float]:
     return sorted(set(levels))
 
 
-def _normalise(preprocess, images: torch.Tensor) -> torch.Tensor:
-    if images.dtype == torch.uint8:
-        return preprocess.normalize(images)
-    cfg = preprocess.config
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images - mean) / std
-
-
 def corrupted_accuracy(predictor: Predictor, split: str, corruption: str, level: float, seed: int = 0,
                        batch_size: int = 64, num_workers: int = -1) -> dict:
     """Metrics of one predictor on a split with every image corrupted at ``level`` (0: clean)."""
@@ -104,13 +95,12 @@ def corrupted_accuracy(predictor: Predictor, split: str, corruption: str, level:
                 advance(len(batch["skipped"]))
                 continue
             images = batch["images"]
-            if level > 0:
-                corrupted = [apply(img, level, seed, int(pos)) for img, pos in zip(images, batch["positions"],
-                                                                                  strict=True)]
-                images = torch.stack([c.float() / 255 if c.dtype == torch.uint8 else c for c in corrupted])
+            if level > 0:  # level 0 is the clean image itself, bit for bit
+                images = torch.stack([apply(img, level, seed, int(pos))
+                                      for img, pos in zip(images, batch["positions"], strict=True)])
             with torch.no_grad(), predictor.context():
-                logits.append(predictor.logits(_normalise(predictor.preprocess, images).to(predictor.device))
-                              .float().cpu())
+                pixels = predictor.preprocess.normalize(images).to(predictor.device)
+                logits.append(predictor.logits(pixels).float().cpu())
             labels.append(batch["labels"].numpy())
             advance(len(batch["labels"]) + len(batch["skipped"]))
     return classification_metrics(torch.cat(logits), np.concatenate(labels))

@@ -73,9 +73,11 @@ def default_run_dir(model: str, dataset: str, method: str) -> Path:
     return Path("runs") / f"{slug(dataset)}-{slug(Path(model).name if Path(model).is_dir() else model)}-{method}"
 
 
-def check_run_dir(path: Path, overwrite: bool) -> None:
+def check_run_dir(path: Path, overwrite: bool, resumable: bool = False) -> None:
+    """Refuse to replace an existing run directory unless asked to."""
     if path.exists() and not overwrite:
-        raise ClipAdaptError(f"run directory '{path}' already exists; pass --overwrite or choose another --out")
+        choices = "--resume to continue it, --overwrite to replace it," if resumable else "--overwrite"
+        raise ClipAdaptError(f"run directory '{path}' already exists; pass {choices} or choose another --out")
 
 
 def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
@@ -139,16 +141,21 @@ def save_config_dict(data: dict, path: Path) -> None:
 
 
 def _write_zero_shot_artifacts(stage: Path, dataset, result: ZeroShotResult, samples: int, seed: int) -> None:
-    labels, logits = result.encoded.labels, result.logits
-    matrix = confusion(logits, labels, dataset.num_classes)
-    write_csv(stage / PER_CLASS_FILE, per_class_rows(logits, labels, dataset.classnames))
-    plots.plot_confusion(matrix, dataset.classnames, stage / "confusion.png",
-                         title=f"zero-shot ({result.best}) on {dataset.name} {result.split}")
+    write_evaluation_artifacts(stage, dataset, result.split, result.encoded.positions, result.encoded.labels,
+                               result.logits, f"zero-shot ({result.best})", samples, seed)
     if len(result.results) > 1:
         plots.plot_template_sets([r.template_set.name for r in result.results],
                                  [r.metrics["acc1"] for r in result.results], stage / "templates.png")
-    write_prediction_grid(stage / "predictions.png", dataset, result.split, result.encoded.positions, labels,
-                          logits, samples, seed, title=f"zero-shot ({result.best})")
+
+
+def write_evaluation_artifacts(run_dir: Path, dataset, split: str, positions: np.ndarray, labels: np.ndarray,
+                               logits: torch.Tensor, title: str, samples: int, seed: int) -> None:
+    """per_class.csv, confusion.png and predictions.png of one evaluation (zero-shot and trained runs alike)."""
+    write_csv(run_dir / PER_CLASS_FILE, per_class_rows(logits, labels, dataset.classnames))
+    plots.plot_confusion(confusion(logits, labels, dataset.num_classes), dataset.classnames,
+                         run_dir / "confusion.png", title=f"{title} on {dataset.name} {split}")
+    write_prediction_grid(run_dir / "predictions.png", dataset, split, positions, labels, logits, samples, seed,
+                          title=title)
 
 
 def write_prediction_grid(path: Path, dataset, split_name: str, positions: np.ndarray, labels: np.ndarray,

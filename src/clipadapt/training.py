@@ -23,7 +23,6 @@ from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
-from clipadapt.engine.metrics import confusion, per_class_rows
 from clipadapt.engine.trainer import Evaluation, FitResult, TrainConfig, Trainer, make_accelerator
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
@@ -34,13 +33,19 @@ from clipadapt.reports import plots
 from clipadapt.reports.results import (
     CONFIG_FILE,
     METRICS_FILE,
-    PER_CLASS_FILE,
     build_metrics_record,
     write_csv,
     write_metrics,
     write_skipped,
 )
-from clipadapt.runs import RunConfig, RunOutput, default_run_dir, save_config_dict, write_prediction_grid
+from clipadapt.runs import (
+    RunConfig,
+    RunOutput,
+    check_run_dir,
+    default_run_dir,
+    save_config_dict,
+    write_evaluation_artifacts,
+)
 
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
@@ -122,9 +127,8 @@ def _check_run_dir(run_dir: Path, resolved: dict, resume: bool, overwrite: bool)
         changed = _differences(yaml.safe_load(saved.read_text()), resolved)
         if changed:
             raise ClipAdaptError(f"cannot resume '{run_dir}' with a different config: {'; '.join(changed[:6])}")
-    elif run_dir.exists() and not overwrite:
-        raise ClipAdaptError(f"run directory '{run_dir}' already exists; pass --resume to continue it, "
-                             f"--overwrite to replace it, or choose another --out")
+    else:
+        check_run_dir(run_dir, overwrite, resumable=True)
 
 
 def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None = None) -> RunOutput:
@@ -151,11 +155,7 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
                         trust_remote_code=cfg.model.trust_remote_code)
     set_seed(cfg.run.seed)
     method = build_method(entry, bundle, dataset, cfg.method_config())
-    data = TrainingData(dataset, bundle, batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
-                        num_workers=cfg.data.num_workers, strict=cfg.data.strict,
-                        augment=method.augment or cfg.train.augment, preprocess=method.preprocess, seed=cfg.run.seed,
-                        cache=FeatureCache() if cfg.run.feature_cache else None, device=device,
-                        main_process_first=accelerator.main_process_first)
+    data = training_data(cfg, dataset, method, device, accelerator)
 
     accelerator.wait_for_everyone()  # every process has checked the directory before the main one writes to it
     if accelerator.is_main_process and not cfg.run.resume:
@@ -165,14 +165,13 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
         save_config_dict(resolved, run_dir / CONFIG_FILE)
     accelerator.wait_for_everyone()
 
-    trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, seed=cfg.run.seed, resume=cfg.run.resume)
+    trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume)
     for event, functions in (callbacks or {}).items():
         for function in functions:
             trainer.add_callback(event, function)
     fit = method.fit(trainer)
     evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
-    record = _record(cfg, resolved, method, dataset, fit, evaluation, device)
-    record["processes"] = accelerator.num_processes
+    record = _record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
     if accelerator.is_main_process:
         _write_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
         remove_checkpoints(run_dir)
@@ -181,7 +180,17 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     return RunOutput(run_dir, record, evaluation, main_process=accelerator.is_main_process)
 
 
-def _record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device) -> dict:
+def training_data(cfg: TrainExperiment, dataset, method: Method, device, accelerator=None) -> TrainingData:
+    """A run's inputs as its config says: the method's own preprocessing and augmentation, the feature cache."""
+    return TrainingData(
+        dataset, method.bundle, batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
+        num_workers=cfg.data.num_workers, strict=cfg.data.strict, augment=method.augment or cfg.train.augment,
+        preprocess=method.preprocess, seed=cfg.run.seed, cache=FeatureCache() if cfg.run.feature_cache else None,
+        device=device, main_process_first=accelerator.main_process_first if accelerator is not None else None)
+
+
+def _record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device,
+            processes: int) -> dict:
     return build_metrics_record(
         method=cfg.method, model=cfg.model.spec, dataset=dataset.name, split=evaluation.split,
         metrics=evaluation.metrics, params=method.num_parameters(),
@@ -190,7 +199,7 @@ def _record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: 
               "eval_images_per_s": round(evaluation.images_per_s, 2)},
         seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
         selection={"on": "val", **fit.selection}, num_classes=dataset.num_classes,
-        shots=dataset.info.get("shots"), test_loss=round(evaluation.loss, 6),
+        shots=dataset.info.get("shots"), test_loss=round(evaluation.loss, 6), processes=processes,
     )
 
 
@@ -200,22 +209,12 @@ def _write_results(run_dir: Path, method: Method, dataset, fit: FitResult, evalu
         method.save_weights(stage)
     write_csv(run_dir / HISTORY_FILE, fit.history)
     plots.plot_training_curves(fit.history, run_dir / "curves.png", title=f"{method.name} on {dataset.name}")
-    write_evaluation_artifacts(run_dir, dataset, evaluation, method.name, samples, seed)
+    write_evaluation_artifacts(run_dir, dataset, evaluation.split, evaluation.positions, evaluation.labels,
+                               evaluation.logits, method.name, samples, seed)
     skipped = data.skipped_rows()
     record["skipped_images"] = {"count": len(skipped), "file": "skipped_images.txt" if skipped else None}
     write_skipped(run_dir, skipped)
     write_metrics(run_dir, record)  # last: its presence marks the run complete
-
-
-def write_evaluation_artifacts(run_dir: Path, dataset, evaluation: Evaluation, title: str, samples: int,
-                               seed: int, suffix: str = "") -> None:
-    matrix = confusion(evaluation.logits, evaluation.labels, dataset.num_classes)
-    write_csv(run_dir / PER_CLASS_FILE.replace(".csv", f"{suffix}.csv"),
-              per_class_rows(evaluation.logits, evaluation.labels, dataset.classnames))
-    plots.plot_confusion(matrix, dataset.classnames, run_dir / f"confusion{suffix}.png",
-                         title=f"{title} on {dataset.name} {evaluation.split}")
-    write_prediction_grid(run_dir / f"predictions{suffix}.png", dataset, evaluation.split, evaluation.positions,
-                          evaluation.labels, evaluation.logits, samples, seed, title=title)
 
 
 # -- re-evaluation ----------------------------------------------------------------------------------------------
@@ -250,10 +249,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device: str | None = 
     experiment, dataset, method = load_run(run_dir, device)
     dataset.split(split)
     accelerator = make_accelerator(method.bundle.device, experiment.train.precision)
-    data = TrainingData(dataset, method.bundle, eval_batch_size=experiment.train.eval_batch_size,
-                        preprocess=method.preprocess,
-                        num_workers=experiment.data.num_workers, strict=experiment.data.strict,
-                        cache=FeatureCache() if experiment.run.feature_cache else None, device=method.bundle.device)
+    data = training_data(experiment, dataset, method, method.bundle.device)
     evaluation = Trainer(experiment.train, data, accelerator).evaluate(method, split)
     result = {"run": str(run_dir), "method": experiment.method, "model": experiment.model.spec,
               "dataset": dataset.name, "split": split, "metrics": evaluation.metrics,

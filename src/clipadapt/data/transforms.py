@@ -121,10 +121,16 @@ class ClipPreprocess:
         return pil_to_uint8_tensor(image)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N)CHW -> float32 normalised: (x * rescale - mean) / std, in place on one float32 copy."""
+        """(N)CHW uint8, or float already in [0, 1] (e.g. corrupted images) -> float32 normalised.
+
+        (x * rescale - mean) / std, in place on one float32 copy (the input is never modified).
+        """
         cfg = self.config
         shape = (-1, 1, 1)
-        x = batch.to(torch.float32).mul_(cfg.rescale)
+        if batch.dtype == torch.uint8:
+            x = batch.to(torch.float32).mul_(cfg.rescale)
+        else:
+            x = batch.to(torch.float32, copy=True)
         x.sub_(torch.tensor(cfg.mean, dtype=torch.float32).view(shape))
         return x.div_(torch.tensor(cfg.std, dtype=torch.float32).view(shape))
 

@@ -104,14 +104,29 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return directory if directory.is_dir() else None
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise ConfigError(f"no weights at '{path}'")
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def check_metadata(path: Path, expected: dict[str, str]) -> dict[str, str]:
+    """Refuse weights trained on another model, by another method or for other classes."""
+    found = read_metadata(path)
+    if found.get("model_fingerprint") != expected["model_fingerprint"]:
+        raise ConfigError(f"checkpoint '{path}' was trained on model {found.get('model_fingerprint')}, "
+                          f"not on this model ({expected['model_fingerprint']})")
+    if found.get("method") != expected["method"]:
+        raise ConfigError(f"checkpoint '{path}' holds '{found.get('method')}' weights, not '{expected['method']}'")
+    if found.get("classes") != expected["classes"]:
+        raise ConfigError(f"checkpoint '{path}' was trained on other classes")
+    return found
+
+
 def load_checkpoint(directory: Path, expected: dict[str, str]) -> TrainingState:
     weights_path = directory / "weights.safetensors"
-    with safe_open(str(weights_path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    for key in ("method", "model_fingerprint"):
-        if metadata.get(key) != expected.get(key):
-            raise ConfigError(f"checkpoint '{directory}' has {key} {metadata.get(key)!r}, this run has "
-                              f"{expected.get(key)!r}")
+    metadata = check_metadata(weights_path, expected)
     info = json.loads((directory / "state.json").read_text())
     return TrainingState(
         epoch=int(info["epoch"]),

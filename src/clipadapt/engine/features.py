@@ -41,10 +41,13 @@ class SplitImages(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    def pixels(self, image, position: int) -> torch.Tensor:
+        return self.transform.to_uint8(image)
+
     def __getitem__(self, position: int):
         try:
             image = self.split.load(position)
-            return self.transform.to_uint8(image), int(self.split.labels[position]), position, None
+            return self.pixels(image, position), int(self.split.labels[position]), position, None
         except ImageLoadError as e:
             return None, -1, position, str(e)
 

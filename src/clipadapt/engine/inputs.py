@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from clipadapt.data.base import ClassificationDataset, Split
 from clipadapt.data.transforms import ClipPreprocess, TrainAugment
@@ -21,12 +21,13 @@ from clipadapt.engine.features import (
     EncodedSplit,
     FeatureCache,
     SkippedImage,
+    SplitImages,
     collate_images,
     default_num_workers,
     encode_split,
     report_skipped,
 )
-from clipadapt.errors import ConfigError, DataError
+from clipadapt.errors import ConfigError
 from clipadapt.models.bundle import ClipBundle
 
 AUGMENTATIONS = ("none", "flip", "crop-flip")
@@ -47,32 +48,21 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, wor
     return order
 
 
-class AugmentedImages(Dataset):
+class AugmentedImages(SplitImages):
     """Images of a split as uint8 tensors; the augmentation of an item depends only on (seed, epoch, position)."""
 
     def __init__(self, split: Split, preprocess: ClipPreprocess, augment: str, seed: int, epoch: int) -> None:
-        self.split, self.preprocess, self.augment, self.seed, self.epoch = split, preprocess, augment, seed, epoch
+        super().__init__(split, preprocess)
+        self.augment, self.seed, self.epoch = augment, seed, epoch
 
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def transform(self, image, position: int) -> torch.Tensor:
+    def pixels(self, image, position: int) -> torch.Tensor:
         if self.augment == "none":
-            return self.preprocess.to_uint8(image)
+            return self.transform.to_uint8(image)
         rng = random.Random(f"{self.seed}-{self.epoch}-{position}")
         if self.augment == "crop-flip":
-            return TrainAugment(self.preprocess, rng=rng).to_uint8(image)
-        pixels = self.preprocess.to_uint8(image)
+            return TrainAugment(self.transform, rng=rng).to_uint8(image)
+        pixels = self.transform.to_uint8(image)
         return pixels.flip(-1) if rng.random() < 0.5 else pixels
-
-    def __getitem__(self, position: int):
-        from clipadapt.data.images import ImageLoadError
-
-        try:
-            image = self.split.load(position)
-            return self.transform(image, position), int(self.split.labels[position]), position, None
-        except ImageLoadError as e:
-            return None, -1, position, str(e)
 
 
 @dataclass
@@ -158,7 +148,3 @@ class TrainingData:
 
     def skipped_rows(self) -> list[tuple[str, str, str]]:
         return [(split, s.item, s.reason) for split, items in self.skipped.items() for s in items.values()]
-
-    def require_split(self, name: str, why: str) -> None:
-        if name not in self.dataset.splits:
-            raise DataError(f"dataset '{self.dataset.name}' has no '{name}' split, which {why}")

@@ -114,9 +114,9 @@ class Trainer:
     """Fits methods under one protocol; ``callbacks["epoch_end"]`` see every history row (for tests and tools)."""
 
     def __init__(self, config: TrainConfig, data: TrainingData, accelerator, run_dir: Path | None = None,
-                 seed: int = 0, resume: bool = False) -> None:
+                 resume: bool = False) -> None:
         self.config, self.data, self.accelerator = config, data, accelerator
-        self.run_dir, self.seed, self.resume = run_dir, seed, resume
+        self.run_dir, self.resume = run_dir, resume
         self.callbacks: dict[str, list[Callback]] = {"epoch_end": []}
 
     def add_callback(self, event: str, callback: Callback) -> None:
@@ -202,7 +202,7 @@ class Trainer:
     def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar) -> tuple[float, float, int]:
         acc, cfg = self.accelerator, self.config
         model.train()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        totals = torch.zeros(3, device=acc.device)  # loss sum, correct, count: on the device, no sync per step
         batches = self.data.batches(method.inputs, "train", epoch, train=True, rank=acc.process_index,
                                     world_size=acc.num_processes)
         for group in _grouped(batches, cfg.grad_accum):
@@ -211,16 +211,18 @@ class Trainer:
                 with sync:
                     out = model({"inputs": batch["inputs"], "labels": batch["labels"]})
                     acc.backward(out["loss"] / len(group))
-                n = len(batch["labels"])
-                correct = (out["logits"].detach().argmax(-1) == batch["labels"]).sum().item()
-                totals += torch.tensor([out["loss"].item() * n, correct, n], dtype=torch.float64)
+                totals[0] += out["loss"].detach().float() * len(batch["labels"])
+                totals[1] += (out["logits"].detach().argmax(-1) == batch["labels"]).sum()
+                totals[2] += len(batch["labels"])
             if cfg.grad_clip > 0:
                 acc.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            bar.step(totals[0].item() / max(totals[2].item(), 1), totals[1].item() / max(totals[2].item(), 1))
-        totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu()
+            if bar.visible:  # reading the running loss waits for the device; only when someone is watching
+                loss_sum, correct, count = totals.tolist()
+                bar.step(loss_sum / max(count, 1), correct / max(count, 1))
+        totals = acc.reduce(totals, reduction="sum").cpu()
         count = max(totals[2].item(), 1)
         return totals[0].item() / count, totals[1].item() / count, int(totals[2].item())
 

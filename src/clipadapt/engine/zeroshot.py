@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from clipadapt.config import option
@@ -124,10 +123,3 @@ def evaluate_zero_shot(
         split=split, results=results, best=best, selected_on=selection_split or split, encoded=encoded,
         logits=logits_by_set[best], heads=heads, selection_encoded=selection_encoded,
     )
-
-
-def predict_probabilities(bundle: ClipBundle, pixel_values: torch.Tensor, head: torch.Tensor) -> np.ndarray:
-    """Class probabilities for already-preprocessed images."""
-    with torch.inference_mode():
-        features = bundle.encode_image(pixel_values)
-        return zero_shot_logits(bundle, features, head).softmax(dim=-1).numpy()

@@ -24,6 +24,7 @@ from torch import nn
 from clipadapt.config import option, require_positive
 from clipadapt.data.prompts import TemplateSet
 from clipadapt.data.transforms import ClipPreprocess
+from clipadapt.engine.checkpoint import check_metadata
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_path
 from clipadapt.methods.heads import HEAD_KINDS, build_head
@@ -218,26 +219,8 @@ class Method(nn.Module):
 
     def load_weights(self, directory: Path) -> None:
         path = directory / WEIGHTS_FILE
-        check_weights_metadata(path, self)
+        check_metadata(path, self.metadata())
         self.load_trainable_state(load_file(str(path)), source=str(path))
-
-
-def check_weights_metadata(path: Path, method: Method) -> None:
-    """Refuse weights trained on another model, by another method or for other classes."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise ConfigError(f"no weights at '{path}'")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    expected = method.metadata()
-    if meta.get("model_fingerprint") != expected["model_fingerprint"]:
-        raise ConfigError(f"checkpoint '{path}' was trained on model {meta.get('model_fingerprint')}, "
-                          f"not on this model ({expected['model_fingerprint']})")
-    if meta.get("method") != expected["method"]:
-        raise ConfigError(f"checkpoint '{path}' holds '{meta.get('method')}' weights, not '{expected['method']}'")
-    if meta.get("classes") != expected["classes"]:
-        raise ConfigError(f"checkpoint '{path}' was trained on other classes")
 
 
 def freeze(module: nn.Module) -> None:

@@ -9,13 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from clipadapt.config import option
-from clipadapt.errors import ConfigError
+from clipadapt.config import option, require_positive
 from clipadapt.methods.base import Method, MethodConfig, register_method
-from clipadapt.methods.heads import LinearHead
-from clipadapt.methods.linear_probe import LinearProbeConfig, sweep_logistic_regression
+from clipadapt.methods.heads import build_head
+from clipadapt.methods.linear_probe import fit_probe_head
 
 
 @dataclass
@@ -28,8 +25,7 @@ class FullFTConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.backbone_lr_scale <= 0:
-            raise ConfigError(f"full_ft.backbone_lr_scale must be positive, got {self.backbone_lr_scale}")
+        require_positive(self, ("backbone_lr_scale",), "full_ft:")
 
 
 @register_method("full-ft", FullFTConfig)
@@ -43,7 +39,7 @@ class FullFineTune(Method):
 
     def make_head(self, bundle, templates):
         if self.config.lp_ft:
-            return LinearHead(bundle.embed_dim, len(self.classnames), float(bundle.logit_scale.detach().float()))
+            return build_head("linear", bundle, self.classnames, templates)
         return super().make_head(bundle, templates)
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -56,7 +52,4 @@ class FullFineTune(Method):
     def prepare(self, trainer) -> None:
         if not self.config.lp_ft:
             return
-        train, val = trainer.features("train"), trainer.features("val")
-        probe = sweep_logistic_regression(train.features.numpy(), train.labels, val.features.numpy(), val.labels,
-                                          len(self.classnames), LinearProbeConfig())
-        self.head.set_weights(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+        fit_probe_head(self.head, trainer, len(self.classnames))

@@ -19,6 +19,13 @@ from clipadapt.models.bundle import ClipBundle
 HEAD_KINDS = ("zeroshot", "linear", "text")
 
 
+def cosine_logits(features: torch.Tensor, class_vectors: torch.Tensor, scale: torch.Tensor,
+                  bias: torch.Tensor) -> torch.Tensor:
+    """scale * cos(feature, class vector) + bias, for unnormalised features and class vectors."""
+    vectors = nn.functional.normalize(class_vectors, dim=-1).to(features.dtype)
+    return scale * nn.functional.normalize(features, dim=-1) @ vectors.T + bias
+
+
 class CosineHead(nn.Module):
     """logits = scale * cos(feature, class vector) (+ SigLIP's bias); class vectors are trainable."""
 
@@ -29,8 +36,7 @@ class CosineHead(nn.Module):
         self.register_buffer("bias", torch.tensor(float(bias or 0.0)), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        weight = nn.functional.normalize(self.weight, dim=-1)
-        return self.scale * nn.functional.normalize(features, dim=-1) @ weight.T.to(features.dtype) + self.bias
+        return cosine_logits(features, self.weight, self.scale, self.bias)
 
 
 class LinearHead(nn.Module):
@@ -83,8 +89,7 @@ class TextHead(nn.Module):
             self._frozen = self.class_vectors().detach() if frozen else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        vectors = self.class_vectors()
-        return self.scale * nn.functional.normalize(features, dim=-1) @ vectors.T.to(features.dtype) + self.bias
+        return cosine_logits(features, self.class_vectors(), self.scale, self.bias)
 
 
 def build_head(kind: str, bundle: ClipBundle, classnames: Sequence[str], templates: TemplateSet) -> nn.Module:

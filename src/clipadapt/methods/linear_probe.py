@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from clipadapt.config import option
 from clipadapt.errors import ConfigError, DataError
 from clipadapt.methods.base import Method, register_method
-from clipadapt.methods.heads import LinearHead
+from clipadapt.methods.heads import LinearHead, build_head
 from clipadapt.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -113,6 +113,16 @@ def sweep_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, val_x: n
     return ProbeFit(weight, bias, 10.0 ** best, sweep)
 
 
+def fit_probe_head(head: LinearHead, trainer: Trainer, num_classes: int,
+                   config: LinearProbeConfig | None = None) -> ProbeFit:
+    """Fit a logistic regression on the cached train features (C chosen on val) and load it into ``head``."""
+    train, val = trainer.features("train"), trainer.features("val")
+    probe = sweep_logistic_regression(train.features.numpy(), train.labels, val.features.numpy(), val.labels,
+                                      num_classes, config)
+    head.set_weights(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+    return probe
+
+
 @register_method("linear-probe", LinearProbeConfig)
 class LinearProbe(Method):
     """Logistic regression (L-BFGS) on frozen features, C swept on validation (CLIP paper protocol)."""
@@ -121,7 +131,7 @@ class LinearProbe(Method):
     gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() solves with L-BFGS
 
     def make_head(self, bundle, templates):
-        return LinearHead(bundle.embed_dim, len(self.classnames), float(bundle.logit_scale.detach().float().cpu()))
+        return build_head("linear", bundle, self.classnames, templates)
 
     def param_groups(self):
         return [{"name": "head", "params": list(self.trainable_parameters().values()), "lr": self.gradient_lr}]
@@ -130,13 +140,11 @@ class LinearProbe(Method):
         from clipadapt.engine.trainer import FitResult
 
         start = time.perf_counter()
-        train, val = trainer.features("train"), trainer.features("val")
-        probe = sweep_logistic_regression(train.features.numpy(), train.labels, val.features.numpy(), val.labels,
-                                          len(self.classnames), self.config)
-        self.head.set_weights(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+        probe = fit_probe_head(self.head, trainer, len(self.classnames), self.config)
+        train_images = len(trainer.features("train").labels)
         elapsed = time.perf_counter() - start
         history = [{"step": i, "C": row["C"], "val_loss": row["val_loss"], "val_acc": row["val_acc"]}
                    for i, row in enumerate(probe.sweep)]
         best_step = next(i for i, row in enumerate(probe.sweep) if row["C"] == probe.c)
         return FitResult(history=history, best_epoch=best_step, train_time_s=elapsed,
-                         train_images=len(train.labels) * len(probe.sweep), selection={"C": probe.c})
+                         train_images=train_images * len(probe.sweep), selection={"C": probe.c})

@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clipadapt.config import option, require_positive
+from clipadapt.engine.checkpoint import check_metadata
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_path, staged_directory
-from clipadapt.methods.base import Method, MethodConfig, check_weights_metadata, register_method
+from clipadapt.methods.base import Method, MethodConfig, register_method
 
 ADAPTER_DIR = "adapter"
 HEAD_FILE = "head.safetensors"
@@ -117,7 +118,7 @@ class LoRA(Method):
             save_file(head, str(tmp), metadata=self.metadata())
 
     def load_weights(self, directory: Path) -> None:
-        check_weights_metadata(directory / HEAD_FILE, self)
+        check_metadata(directory / HEAD_FILE, self.metadata())
         adapter = directory / ADAPTER_DIR
         if not (adapter / "adapter_model.safetensors").is_file():
             raise ConfigError(f"no peft adapter in '{adapter}'")

@@ -171,3 +171,23 @@ def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, t
     if series:
         ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def plot_image_predictions(image: Image.Image, name: str, top: dict[str, list[tuple[str, float]]],
+                           path: str | Path) -> None:
+    """One image, then a bar chart of the top-k probabilities of each run (``clipadapt predict``)."""
+    n = len(top)
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * (n + 1), 2.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] + [1.3] * n})
+    axes[0][0].imshow(image)
+    axes[0][0].axis("off")
+    axes[0][0].set_title(name[:28], fontsize=8)
+    for ax, (label, classes) in zip(axes[0][1:], top.items(), strict=True):
+        y = np.arange(len(classes))[::-1]
+        ax.barh(y, [p for _, p in classes], color=["tab:blue"] + ["tab:gray"] * (len(classes) - 1))
+        ax.set_yticks(y, [c[:18] for c, _ in classes], fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.set_title(label[:34], fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
