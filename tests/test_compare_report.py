@@ -48,12 +48,30 @@ def markdown_rows(report: Path) -> dict[str, list[str]]:
 
 def test_compare_writes_one_run_per_method_and_seed(compared):
     out, result = compared
-    model_dir = next(out.iterdir()) if (out / "report.md").exists() else out
-    names = sorted(p.name for p in next(p for p in out.iterdir() if p.is_dir() and p.name != "report_files")
-                   .iterdir())
+    model_dirs = [p for p in out.iterdir() if p.is_dir() and p.name != "report_files"]
+    assert len(model_dirs) == 1
+    names = sorted(p.name for p in model_dirs[0].iterdir())
     assert names == ["linear-head-seed0", "linear-head-seed1", "lora-seed0", "lora-seed1", "zeroshot"]
     assert not result.failed and len(result.finished) == 5
-    assert (out / "report.md").is_file() and (out / "report.html").is_file() and model_dir.exists()
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+
+def test_compare_two_models_one_table(tmp_path, tiny_clip_dir, colour_folder):
+    from clipadapt.compare import plan
+    from clipadapt.models.random_init import save_random_clip
+
+    other = save_random_clip(tmp_path / "other-clip", "tiny", seed=1)
+    config = CompareConfig(models=[str(tiny_clip_dir), str(other)], dataset=f"imagefolder:{colour_folder}",
+                           methods=["linear-probe"], out=str(tmp_path / "two"), templates=["simple"],
+                           overrides=["data.num_workers=0", "run.samples=0"], device="cpu")
+    assert [(Path(r.model).name, r.method) for r in plan(config)] == [
+        ("tiny-clip", "zeroshot"), ("tiny-clip", "linear-probe"), ("other-clip", "zeroshot"),
+        ("other-clip", "linear-probe")]
+    result = run_compare(config)
+    assert not result.failed
+    assert {(Path(row.model).name, row.method) for row in result.report.rows} == {
+        ("tiny-clip", "zeroshot"), ("tiny-clip", "linear-probe"), ("other-clip", "zeroshot"),
+        ("other-clip", "linear-probe")}
 
 
 def test_report_numbers_equal_the_run_files(compared):
@@ -198,8 +216,8 @@ def test_robustness_rejects_negative_sigma(compared):
     assert result.exit_code == 2 and "must be >= 0" in result.output
 
 
-def test_bench_reports_positive_figures_for_both_modes(tiny_clip_dir, tmp_path):
-    from clipadapt.bench import run_bench
+def test_bench_reports_positive_figures_for_both_modes(compared, tiny_clip_dir, tmp_path):
+    from clipadapt.bench import accuracy_vs_speed, run_bench
 
     results = run_bench([str(tiny_clip_dir)], batch=4, methods=["linear-head", "lora"], iterations=2, steps=1,
                         device="cpu")
@@ -209,6 +227,11 @@ def test_bench_reports_positive_figures_for_both_modes(tiny_clip_dir, tmp_path):
         assert row["peak_mem_mb"] > 0 and row["params"] > 0
     assert [r["method"] for r in results["training"]] == ["linear-head", "lora"]
     assert all(r["train_images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in results["training"])
+
+    out, _ = compared  # with a compare directory: every compared method placed at its model's speed
+    points = accuracy_vs_speed(results, out, tmp_path / "speed.png")
+    speed = next(r["images_per_s"] for r in results["inference"] if r["mode"] == "inference_mode")
+    assert len(points) == 3 and all(p["x"] == speed for p in points) and (tmp_path / "speed.png").is_file()
 
 
 def _chromium() -> str | None:

@@ -258,10 +258,25 @@ def test_test_split_is_read_only_after_training(name, tiny_clip_dir, colour_fold
     assert events.index("test image") > events.index("fit done")
 
 
-def test_lp_ft_starts_from_the_probe(tiny_clip_dir, colour_folder, tmp_path):
-    output = run_training(experiment("full-ft", tiny_clip_dir, colour_folder, tmp_path / "run", "full_ft.lp_ft=true"))
-    assert output.record["config"]["full_ft"]["lp_ft"] is True
-    assert output.record["params"]["trainable"] > 80_000
+def test_lp_ft_starts_from_the_probe(tiny_clip_dir, dataset):
+    from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
+    from clipadapt.methods.linear_probe import sweep_logistic_regression
+
+    method = make_method("full-ft", tiny_clip_dir, dataset, ["full_ft.lp_ft=true"])
+    data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0)
+    trainer = Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32"))
+    method.prepare(trainer)
+    train, val = data.features("train"), data.features("val")
+    probe = sweep_logistic_regression(train.features.numpy(), train.labels, val.features.numpy(), val.labels,
+                                      dataset.num_classes)
+    linear = method.head.linear
+    torch.testing.assert_close(linear.weight * method.head.scale, torch.from_numpy(probe.weight))
+    torch.testing.assert_close(linear.bias, torch.from_numpy(probe.bias))
+    with torch.no_grad():  # so the head starts where the probe ends: the same predictions on val
+        predictions = method.head(val.features).argmax(-1).numpy()
+    expected = (val.features.numpy() @ probe.weight.T + probe.bias).argmax(-1)
+    assert (predictions == expected).all()
+    assert method.num_parameters()["trainable"] > 80_000  # and then everything trains
 
 
 def test_linear_probe_sweep_picks_c_on_validation():
