@@ -71,12 +71,12 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     ``detail`` adds the activations autograd saves and the tensor memory a GPU would count (weights, gradients,
     AdamW moments and saved activations), measured after the peak was read.
     """
-    from clipadapt.config import apply_overrides
+    from clipadapt.config import override_section
     from clipadapt.data.base import ClassificationDataset, InMemorySource, Split
     from clipadapt.engine.cost import current_rss_mb, peak_memory_mb, reset_peak_memory
     from clipadapt.methods import METHODS
     from clipadapt.models import load_model, resolve_device
-    from clipadapt.training import build_method
+    from clipadapt.training import build_method, load_experiment
 
     target = resolve_device(device)
     bundle = load_model(model, device=target)
@@ -84,9 +84,9 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     empty = Split(InMemorySource([], np.zeros(0, dtype=int), "none"), [], "train")
     dataset = ClassificationDataset("bench", names, {"train": empty}, templates=["simple"])
     entry = METHODS.get(method_name)
-    mine = [s for s in settings or [] if s.split("=", 1)[0].split(".", 1)[0].strip() == entry.section]
-    method_config = apply_overrides(entry.config_class(), [s.split(".", 1)[1] for s in mine])
-    method = build_method(entry, bundle, dataset, method_config).to(target)
+    mine = [s for s in settings or [] if override_section(s) == entry.section]
+    method = build_method(entry, bundle, dataset, load_experiment(method_name, None, mine).method_config())
+    method = method.to(target)
     if checkpointing:
         method.enable_activation_checkpointing()
     optimizer = torch.optim.AdamW(method.param_groups())

@@ -301,11 +301,12 @@ def eval_command(
 # -- comparisons and reports ----------------------------------------------------------------------------------
 
 
-def _int_list(text: str, what: str) -> list[int]:
+def _number_list(text: str, what: str, kind: type = int) -> list:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ClipAdaptError(f"{what} must be comma-separated integers, got '{text}'") from None
+        noun = "integers" if kind is int else "numbers"
+        raise ClipAdaptError(f"{what} must be comma-separated {noun}, got '{text}'") from None
 
 
 @app.command("compare")
@@ -336,7 +337,7 @@ def compare_command(
         raise ClipAdaptError("compare needs --dataset (see `clipadapt datasets`)")
     config = CompareConfig(
         models=list(model), dataset=dataset, methods=[m.strip() for m in methods.split(",") if m.strip()],
-        seeds=_int_list(seeds, "--seeds"), shots=shots, overrides=list(set_ or []), templates=list(templates or []),
+        seeds=_number_list(seeds, "--seeds"), shots=shots, overrides=list(set_ or []), templates=list(templates or []),
         out=str(out_dir), skip_existing=skip_existing, overwrite=overwrite, zeroshot=not no_zeroshot, device=device,
     )
 
@@ -459,14 +460,8 @@ def robustness_command(
     from clipadapt.robustness import CORRUPTIONS, check_levels, evaluate_robustness
 
     entry = CORRUPTIONS.get(noise)
-    if sigmas is None:
-        levels = list(entry.default_levels)
-    else:
-        try:
-            levels = [float(v) for v in sigmas.split(",") if v.strip()]
-        except ValueError:
-            raise ClipAdaptError(f"--sigmas must be comma-separated numbers, got '{sigmas}'") from None
-    levels = check_levels(noise, levels)
+    levels = check_levels(noise, list(entry.default_levels) if sigmas is None
+                          else _number_list(sigmas, "--sigmas", float))
     table = Table("run", *[f"{entry.level_name} {v:g}" for v in levels], title=f"top-1 accuracy under {noise}")
     predictors = [load_predictor(p, device) for p in run_dirs]  # every run loads before the first evaluation
     for predictor in predictors:

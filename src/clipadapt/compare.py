@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipadapt.config import apply_overrides, format_overrides
+from clipadapt.config import apply_overrides, format_overrides, override_section
 from clipadapt.data import DataConfig
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
@@ -99,11 +99,11 @@ def _split_overrides(overrides: list[str], methods: list[str]) -> dict[str, list
     known = {"zeroshot": _sections(ZeroShotExperiment)} | {m: _sections(experiment_class(m)) for m in methods}
     every = set().union(*known.values())
     for item in overrides:
-        section = item.split("=", 1)[0].split(".", 1)[0].strip()
+        section = override_section(item)
         if section not in every:
             raise ConfigError(f"override '{item}': unknown section '{section}'; valid sections: "
                               f"{', '.join(sorted(every))}")
-    return {name: [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0].strip() in sections]
+    return {name: [o for o in overrides if override_section(o) in sections]
             for name, sections in known.items()}
 
 

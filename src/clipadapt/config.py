@@ -123,6 +123,11 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
 
 
+def override_section(item: str) -> str:
+    """``"lora.r=4"`` -> ``"lora"``."""
+    return item.split("=", 1)[0].split(".", 1)[0].strip()
+
+
 def format_overrides(values: dict[str, Any]) -> list[str]:
     """``{"data.dataset": "imagefolder:x", "run.resume": True}`` -> ``["data.dataset='imagefolder:x'", ...]``.
 

@@ -78,25 +78,24 @@ def summary_table(rows: list[Row]) -> Table:
 def _figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
     figures = []
     trained = [r for r in rows if r.method != "zeroshot"]
-    zero_shot = [(f"{r.label} {r.model}" if len({x.model for x in rows}) > 1 else r.label,
-                  r.stat("metrics", "acc1")[0]) for r in rows if r.method == "zeroshot"]
     multi_model = len({r.model for r in rows}) > 1
 
     def label(row: Row) -> str:
         return f"{row.label} ({Path(row.model).name})" if multi_model else row.label
 
+    def points(x: tuple[str, str], floor: float) -> list[dict]:
+        return [{"x": max(r.stat(*x)[0], floor), "y": r.stat("metrics", "acc1")[0],
+                 "yerr": r.stat("metrics", "acc1")[1], "label": label(r)} for r in trained]
+
+    zero_shot = [(label(r), r.stat("metrics", "acc1")[0]) for r in rows if r.method == "zeroshot"]
     if trained:
-        points = [{"x": max(r.stat("params", "trainable")[0], 1), "y": r.stat("metrics", "acc1")[0],
-                   "yerr": r.stat("metrics", "acc1")[1], "label": label(r)} for r in trained]
         path = files / f"{prefix}accuracy_vs_params.png"
-        plots.plot_accuracy_scatter(points, path, "trainable parameters (log)", "accuracy vs trainable parameters",
-                                    reference=zero_shot)
+        plots.plot_accuracy_scatter(points(("params", "trainable"), 1), path, "trainable parameters (log)",
+                                    "accuracy vs trainable parameters", reference=zero_shot)
         figures.append(Figure(path, "Test accuracy against trainable parameters (dashed: zero-shot)."))
-        points = [{"x": max(r.stat("cost", "train_time_s")[0], 1e-3), "y": r.stat("metrics", "acc1")[0],
-                   "yerr": r.stat("metrics", "acc1")[1], "label": label(r)} for r in trained]
         path = files / f"{prefix}accuracy_vs_time.png"
-        plots.plot_accuracy_scatter(points, path, "training time (s, log)", "accuracy vs training time",
-                                    reference=zero_shot)
+        plots.plot_accuracy_scatter(points(("cost", "train_time_s"), 1e-3), path, "training time (s, log)",
+                                    "accuracy vs training time", reference=zero_shot)
         figures.append(Figure(path, "Test accuracy against training time (dashed: zero-shot)."))
         curves = []
         for r in trained:
