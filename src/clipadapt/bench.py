@@ -23,8 +23,9 @@ from clipadapt.errors import ClipAdaptError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _random_batch(bundle, batch: int, seed: int = 0) -> torch.Tensor:
-    size = bundle.preprocess.config.crop
+def _random_batch(preprocess, batch: int, seed: int = 0) -> torch.Tensor:
+    """Random pixels of the size ``preprocess`` produces."""
+    size = preprocess.config.crop
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
@@ -42,7 +43,7 @@ def measure_inference(model: str, batch: int, dtype: str, mode: str, iterations:
     bundle = load_model(model, device=target)
     bundle.to(dtype=DTYPES[dtype])
     bundle.model.requires_grad_(mode == "grad_enabled")
-    pixels = _random_batch(bundle, batch).to(target)
+    pixels = _random_batch(bundle.preprocess, batch).to(target)
     reset_peak_memory(target)
     context = torch.inference_mode if mode == "inference_mode" else torch.enable_grad
     latencies = []
@@ -94,7 +95,7 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     if method.inputs == "features":
         inputs = torch.nn.functional.normalize(torch.randn(batch, bundle.embed_dim, generator=generator), dim=-1)
     else:
-        inputs = _random_batch(bundle, batch)
+        inputs = _random_batch(method.preprocess, batch)  # the baselines bring their own input size
     data = {"inputs": inputs.to(target), "labels": torch.randint(0, 10, (batch,), generator=generator).to(target)}
     method.train()
     rss_before = current_rss_mb()

@@ -105,10 +105,18 @@ class Method(nn.Module):
         self.classnames = list(classnames)
         self.fingerprint = bundle.fingerprint
         self._bundle = [bundle]  # a list: feature methods must not register the frozen model
-        if self.inputs == "pixels":
-            self.model = bundle.model  # registered: moved, wrapped for DDP and switched train/eval with the method
-            freeze(self.model)  # subclasses unfreeze what they train
+        self.attach_backbone(bundle)
         self.head = self.make_head(bundle, templates)
+
+    def attach_backbone(self, bundle: ClipBundle) -> None:
+        """Register the frozen network the method trains through; subclasses unfreeze what they train.
+
+        Registered modules are moved, wrapped for DDP and switched train/eval with the method. Feature methods
+        have none: their image tower ran once, into the feature cache.
+        """
+        if self.inputs == "pixels":
+            self.model = bundle.model
+            freeze(self.model)
 
     def make_head(self, bundle: ClipBundle, templates: TemplateSet) -> nn.Module:
         return build_head(self.config.head, bundle, self.classnames, templates)

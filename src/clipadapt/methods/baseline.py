@@ -85,13 +85,14 @@ class Baseline(Method):
 
     augment = "none"
 
-    def __init__(self, bundle, classnames, config: BaselineConfig, templates) -> None:
-        nn.Module.__init__(self)  # not Method.__init__: the CLIP model plays no part here
-        self.config, self.classnames, self._bundle = config, list(classnames), [bundle]
-        self.net, processor, self.fingerprint = load_classifier(config.classifier)
+    def attach_backbone(self, bundle) -> None:
+        """The image classifier instead of the CLIP model, which plays no part here."""
+        self.net, processor, self.fingerprint = load_classifier(self.config.classifier)
         freeze(self.net)
-        self.head = replace_final_layer(self.net, len(self.classnames))
         self._preprocess = ClipPreprocess(PreprocessConfig.from_image_processor(processor))
+
+    def make_head(self, bundle, templates) -> nn.Linear:
+        return replace_final_layer(self.net, len(self.classnames))
 
     @property
     def preprocess(self) -> ClipPreprocess:

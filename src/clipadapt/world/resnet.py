@@ -22,7 +22,7 @@ from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
 from clipadapt.io import atomic_write_text
 from clipadapt.progress import progress_bar
 from clipadapt.world.cache import ensure_built, recipe_key
-from clipadapt.world.scenes import COLOUR_NAMES, SHAPE_NAMES, SceneSpec, generate_images, held_out_combinations
+from clipadapt.world.scenes import SceneSpec, generate_images, held_out_combinations
 
 log = logging.getLogger(__name__)
 RESNET_VERSION = "1"
@@ -45,8 +45,7 @@ class WorldResNetRecipe:
 
 
 def seen_pairs() -> list[tuple[str, str]]:
-    held = held_out_combinations()
-    return [(c, s) for c in COLOUR_NAMES for s in SHAPE_NAMES if (c, s) not in held]
+    return SceneSpec(exclude=held_out_combinations()).allowed()
 
 
 def train_world_resnet(out_dir: Path, recipe: WorldResNetRecipe | None = None) -> dict:
