@@ -144,3 +144,37 @@ def test_image_folder_with_split_folders_from_cli(tmp_path, tiny_clip_dir):
     result = invoke("zeroshot", "-m", tiny_clip_dir, "-d", f"imagefolder:{root}", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["n"] == 9
+
+
+def test_tables_keep_method_and_run_names_whole_at_80_columns():
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from clipadapt.cli.common import result_table
+    from clipadapt.cli.compare import report_table
+    from clipadapt.reports.collect import RunInfo, table_rows
+    from clipadapt.reports.report import ReportResult
+
+    methods = ["linear-probe", "baseline-flip", "vision-prefix", "visual-prompt", "linear-head"]
+    runs = []
+    for i, method in enumerate(methods):
+        for seed in (0, 1, 2):  # mean ± std cells make the table wide
+            record = {"method": method, "model": "openai/clip-vit-large-patch14-336", "dataset": "flowers102",
+                      "seed": seed, "metrics": {"acc1": 0.9 - i / 100 - seed / 1000, "acc5": 0.99 - seed / 1000,
+                                                "mean_per_class_acc": 0.88},
+                      "params": {"trainable": 123_456_789, "trainable_pct": 12.3456},
+                      "cost": {"train_time_s": 12345.6, "peak_mem_mb": 23456.0, "eval_images_per_s": 1234.5}}
+            runs.append(RunInfo(Path(f"runs/{method}-seed{seed}"), {"method": method}, record))
+    report = ReportResult(Path("r.md"), Path("r.html"), table_rows(runs), [])
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(report_table(report))
+    run_dir = "runs/compare/vit-l-14-336/vision-prefix-seed0"
+    console.print(result_table(["run", "sigma 0", "sigma 0.05", "sigma 0.1", "sigma 0.2", "sigma 0.4"],
+                               [[run_dir, "0.9", "0.8", "0.7", "0.6", "0.5"]]))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert all(line.rstrip()[-1] in "┓┃┩│┘" for line in text.splitlines() if line.lstrip()[:1] in "┏┃┡│└")
+    for name in methods + [run_dir]:
+        assert name in text, name
+    assert "…" not in text

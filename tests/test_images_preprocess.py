@@ -82,3 +82,41 @@ def test_unreadable_images_raise_with_reason(data, reason):
 def test_pixel_limit_is_configurable():
     with pytest.raises(ImageLoadError, match="decompression bomb"):
         load_image(jpeg_bytes(random_photo(64, 48)), max_pixels=1000)
+
+
+def exif_rotated_jpeg(path, orientation: int = 6) -> np.ndarray:
+    """A 60x40 photo stored sideways with an EXIF orientation tag, as phones write them; returns the upright pixels."""
+    upright = np.zeros((60, 40, 3), dtype=np.uint8)
+    upright[:10] = (255, 0, 0)  # a red band at the top of the upright picture
+    upright[10:] = (0, 0, 255)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # orientation 6 = rotate 270 to view
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    return upright
+
+
+def test_exif_orientation_is_applied_like_transformers(tmp_path):
+    from transformers.image_utils import load_image as transformers_load_image
+
+    upright = exif_rotated_jpeg(tmp_path / "phone.jpg")
+    ours = np.asarray(load_image(tmp_path / "phone.jpg"))
+    assert ours.shape == upright.shape  # 60 high, 40 wide, although stored 40 high and 60 wide
+    assert ours[:8].mean(axis=(0, 1))[0] > 200 and ours[:8].mean(axis=(0, 1))[2] < 60  # red on top
+    theirs = np.asarray(transformers_load_image(str(tmp_path / "phone.jpg")))
+    assert np.array_equal(ours, theirs)
+    from_bytes = np.asarray(load_image((tmp_path / "phone.jpg").read_bytes()))  # hub cells hold bytes
+    assert np.array_equal(from_bytes, ours)
+
+
+def test_image_folders_see_phone_photos_upright(tmp_path):
+    from clipadapt.data import DataConfig, load_dataset
+
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            exif_rotated_jpeg(tmp_path / "photos" / name / f"{i}.jpg")
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{tmp_path / 'photos'}"))
+    split = dataset.split("test")
+    image = split.load(0)
+    assert image.size == (40, 60)  # (width, height) upright

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -21,7 +21,8 @@ def load_image(source: Any, max_pixels: int | None = None) -> Image.Image:
     """Decode ``source`` (path, bytes, ``{"bytes", "path"}`` dict, PIL image or HWC array) to an RGB image.
 
     Truncated files, empty files, non-images and decompression bombs raise ``ImageLoadError``.
-    Grayscale, palette, RGBA (composited on white, as transformers does), CMYK and 16-bit images are converted.
+    Grayscale, palette, RGBA (composited on white, as transformers does), CMYK and 16-bit images are converted,
+    and an EXIF orientation (phone photos) is applied, as transformers' and datasets' own loaders do.
     """
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     try:
@@ -31,7 +32,7 @@ def load_image(source: Any, max_pixels: int | None = None) -> Image.Image:
             image = Image.fromarray(source)
         else:
             image = _open(source, limit)
-        return to_rgb(image)
+        return to_rgb(upright(image))
     except ImageLoadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -72,6 +73,20 @@ def _open(source: Any, limit: int | None) -> Image.Image:
         finally:
             Image.MAX_IMAGE_PIXELS = old
     return image
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it should be viewed: rotated and mirrored as its EXIF orientation tag says."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # unreadable EXIF is not worth losing the image over
+        return image
+    if orientation in (None, 1):
+        return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

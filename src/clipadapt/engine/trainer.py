@@ -219,7 +219,8 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if bar.visible:  # reading the running loss waits for the device; only when someone is watching
+            bar.advance()
+            if bar.wants_metrics:  # reading the running loss waits for the device; only when someone will see it
                 loss_sum, correct, count = totals.tolist()
                 bar.step(loss_sum / max(count, 1), correct / max(count, 1))
         totals = acc.reduce(totals, reduction="sum").cpu()

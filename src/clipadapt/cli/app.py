@@ -1,0 +1,47 @@
+"""The ``clipadapt`` command, assembled from one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from clipadapt.cli import bench, compare, demo, listing, predict, training, world, zeroshot
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Zero-shot evaluation and adaptation of CLIP-style models, with honest comparisons.",
+)
+for name, command in [
+    ("models", listing.models_command),
+    ("datasets", listing.datasets_command),
+    ("templates", listing.templates_command),
+    ("methods", listing.methods_command),
+    ("zeroshot", zeroshot.zeroshot_command),
+    ("train", training.train_command),
+    ("eval", training.eval_command),
+    ("compare", compare.compare_command),
+    ("report", compare.report_command),
+    ("predict", predict.predict_command),
+    ("robustness", predict.robustness_command),
+    ("bench", bench.bench_command),
+    ("demo", demo.demo_command),
+]:
+    app.command(name)(command)
+
+world_app = typer.Typer(no_args_is_help=True, help="The built-in offline world: generated scenes and a tiny CLIP.")
+for name, command in [
+    ("pretrain", world.world_pretrain_command),
+    ("lm", world.world_lm_command),
+    ("captions", world.world_captions_command),
+    ("show", world.world_show_command),
+]:
+    world_app.command(name)(command)
+app.add_typer(world_app, name="world")
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as e:
+        sys.exit(e.code)

@@ -1,0 +1,93 @@
+"""``clipadapt compare`` and ``clipadapt report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from clipadapt.cli.common import DatasetOpt, err, number_list, out, result_table, setup_logging, user_errors
+from clipadapt.errors import ClipAdaptError
+
+
+@user_errors
+def compare_command(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="model spec; repeat to compare models")],
+    dataset: DatasetOpt = None,
+    methods: Annotated[str, typer.Option(help="all, or comma-separated methods (see `clipadapt methods`)")] = "all",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds; acc is reported as mean ± std")] = "0",
+    shots: Annotated[int | None, typer.Option(help="K training images per class")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override for the runs it applies to: "
+                                                   "train.epochs=5, lora.r=4, data.root=...")] = None,
+    templates: Annotated[list[str] | None, typer.Option("--templates", "-t", help="zero-shot template sets "
+                                                        "(default: the dataset's, simple and clip)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the runs and the report go")] = Path(
+        "runs/compare"),
+    skip_existing: Annotated[bool, typer.Option(help="keep finished runs, resume interrupted ones")] = False,
+    overwrite: Annotated[bool, typer.Option(help="retrain runs that already exist")] = False,
+    no_zeroshot: Annotated[bool, typer.Option("--no-zeroshot", help="skip the zero-shot runs")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Zero-shot and every chosen method on one dataset, each a run directory, then one report."""
+    setup_logging(verbose)
+    from clipadapt.compare import CompareConfig, run_compare
+
+    if dataset is None:
+        raise ClipAdaptError("compare needs --dataset (see `clipadapt datasets`)")
+    config = CompareConfig(
+        models=list(model), dataset=dataset, methods=[m.strip() for m in methods.split(",") if m.strip()],
+        seeds=number_list(seeds, "--seeds"), shots=shots, overrides=list(set_ or []), templates=list(templates or []),
+        out=str(out_dir), skip_existing=skip_existing, overwrite=overwrite, zeroshot=not no_zeroshot, device=device,
+    )
+
+    def show(run, status: str) -> None:
+        err.print(f"[bold]{run.method}[/] seed {run.seed} on {run.model}: {status}", highlight=False)
+
+    result = run_compare(config, on_run=show)
+    if result.report is not None:
+        out.print(report_table(result.report))
+        out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)
+    if result.failed:
+        for path, reason in result.failed:
+            err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+        raise typer.Exit(1)
+
+
+def report_table(report) -> Table:
+    """The report's table, narrowed for a terminal (report.md/html have every column)."""
+    from clipadapt.reports.report import summary_table
+
+    summary = summary_table(report.rows)
+    several_models = len({row.model for row in report.rows}) > 1
+    keep = ["model"] * several_models + ["method", "seeds", "acc1", "acc5", "trainable params", "% of model",
+                                         "train time (s)"]
+    index = [summary.headers.index(name) for name in keep]
+    headers = [{"trainable params": "trainable", "train time (s)": "train s"}.get(name, name)
+               for name in keep]
+    return result_table(headers, [[row[i] for i in index] for row in summary.rows],
+                        title="comparison (test split; mean ± std over seeds)", names=1 + several_models)
+
+
+@user_errors
+def report_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories or folders that contain them")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="where report.md/html go "
+                                                 "(default: the single folder given)")] = None,
+    group: Annotated[bool, typer.Option(help="allow several datasets, one section each")] = False,
+):
+    """Rebuild or merge reports from run directories (never recomputes a result)."""
+    setup_logging()
+    from clipadapt.reports.report import build_report
+
+    if out_dir is None:
+        if len(run_dirs) != 1:
+            raise ClipAdaptError("several inputs: say where the merged report goes with --out DIR")
+        out_dir = run_dirs[0]
+    report = build_report(list(run_dirs), out_dir, group=group)
+    out.print(report_table(report))
+    for run in report.incomplete:
+        err.print(f"[yellow]incomplete (no metrics.json):[/] {run.path}", highlight=False)
+    out.print(f"report: {report.html}  ({report.markdown})", highlight=False)

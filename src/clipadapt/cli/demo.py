@@ -1,0 +1,28 @@
+"""``clipadapt demo``: the whole ladder offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipadapt.cli.common import err, out, setup_logging, user_errors
+from clipadapt.cli.compare import report_table
+
+
+@user_errors
+def demo_command(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes its runs and report")] = Path(
+        "runs/demo"),
+):
+    """Offline demo: every method on the built-in world, robustness, bench, one report (first run pretrains)."""
+    setup_logging()
+    from clipadapt.demo import run_demo
+
+    result = run_demo(out_dir, say=lambda message: err.print(message, highlight=False))
+    out.print(report_table(result.report))
+    for path, reason in result.compare.failed:
+        err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+    out.print(f"bench: {result.bench}", highlight=False)
+    out.print(f"report: {result.report.html}", highlight=False)

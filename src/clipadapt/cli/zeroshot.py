@@ -1,0 +1,89 @@
+"""``clipadapt zeroshot``: zero-shot accuracy per template set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from clipadapt.cli.common import (
+    DatasetOpt,
+    DeviceOpt,
+    ModelOpt,
+    SetOpt,
+    apply_flags,
+    err,
+    out,
+    result_table,
+    setup_logging,
+    split_classes,
+    user_errors,
+)
+
+
+def zero_shot_results_table(record: dict) -> Table:
+    selected_on = record.get("selected_on")
+    show_selection = any(t.get("selection_metrics") for t in record["templates"].values())
+    headers = ["template set", "prompts", "acc1", "acc5", "mean per-class"] + [f"{selected_on} acc1"] * show_selection
+    rows = []
+    for name, entry in record["templates"].items():
+        m = entry["metrics"]
+        marker = " *" if name == record["best_template_set"] else ""
+        row = [name[:50] + marker, len(entry["templates"]), f"{m['acc1']:.4f}", f"{m['acc5']:.4f}",
+               f"{m['mean_per_class_acc']:.4f}"]
+        if show_selection:
+            row.append(f"{entry['selection_metrics']['acc1']:.4f}")
+        rows.append(row)
+    return result_table(headers, rows, title=f"zero-shot: {record['model']} on {record['dataset']} "
+                                             f"({record['split']}, n={record['metrics']['n']})")
+
+
+@user_errors
+def zeroshot_command(
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    split: Annotated[str | None, typer.Option(help="split to evaluate: train, val, test")] = None,
+    templates: Annotated[list[str] | None, typer.Option(
+        "--templates", "-t", help="template set name, file of templates, or a template with {}; repeatable")] = None,
+    classes: Annotated[str | None, typer.Option(help="comma-separated class names replacing the dataset's")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    config: Annotated[Path | None, typer.Option(help="YAML config (e.g. a run's config.yaml)")] = None,
+    set_: SetOpt = None,
+    data_root: Annotated[str | None, typer.Option(help="local copy of a hub dataset")] = None,
+    image_column: Annotated[str | None, typer.Option(help="image column (hf: datasets)")] = None,
+    label_column: Annotated[str | None, typer.Option(help="label column (hf: datasets)")] = None,
+    shots: Annotated[int | None, typer.Option(help="K training images per class")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="images per batch")] = None,
+    device: DeviceOpt = None,
+    strict: Annotated[bool | None, typer.Option("--strict/--skip-bad-images",
+                                                help="abort on unreadable images")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Zero-shot accuracy of a model on a dataset, one row per template set."""
+    setup_logging(verbose)
+    from clipadapt.config import load_config
+    from clipadapt.runs import ZeroShotExperiment, run_zero_shot
+
+    overrides = list(set_ or [])
+    flags = {
+        "model.spec": model, "model.device": device, "data.dataset": dataset, "data.split": split,
+        "data.root": data_root, "data.image_column": image_column, "data.label_column": label_column,
+        "data.shots": shots, "data.batch_size": batch_size, "data.strict": strict, "data.seed": seed,
+        "run.seed": seed, "run.out": str(out_dir) if out_dir else None, "run.overwrite": overwrite or None,
+    }
+    experiment = load_config(ZeroShotExperiment, config, overrides)
+    experiment = apply_flags(experiment, flags)
+    if templates:
+        experiment.zeroshot.templates = list(templates)
+    if classes is not None:
+        experiment.data.classes = split_classes(classes)
+    result = run_zero_shot(experiment)
+    out.print(zero_shot_results_table(result.record))
+    skipped = result.record["skipped_images"]["count"]
+    if skipped:
+        err.print(f"[yellow]{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
+    out.print(f"run directory: {result.run_dir}", highlight=False)
