@@ -50,7 +50,7 @@ def test_train_then_eval(tiny_clip_dir, colour_folder, tmp_path):
     ("lora.lr=0", "lr must be positive"),
     ("lora.lr=-1e-3", "lr must be positive"),
     ("train.epochs=0", "epochs must be positive"),
-    ("lora.rank=4", "unknown config key 'lora.rank' (lora has: lr, weight_decay, head, r, alpha"),
+    ("lora.rank=4", "unknown config key 'lora.rank' (lora has: lr, weight_decay, optimizer, momentum, head, r, alpha"),
     ("train.epoch=3", "unknown config key 'train.epoch' (train has: epochs"),
     ("lora.targets=[qkv]", "LoRA target 'qkv' matches no module of the vision tower; available module names: "
                            "fc1, fc2, k_proj, out_proj, patch_embedding, q_proj, v_proj"),

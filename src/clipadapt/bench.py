@@ -67,7 +67,7 @@ def measure_inference(model: str, batch: int, dtype: str, mode: str, iterations:
 def measure_training_step(model: str, method_name: str, batch: int, steps: int, device: str,
                           checkpointing: bool = False, settings: list[str] | None = None,
                           detail: bool = False) -> dict:
-    """Training images/s and peak memory of one method's step (forward, backward, AdamW) on random data.
+    """Training images/s and peak memory of one method's step (forward, backward, optimizer) on random data.
 
     ``detail`` adds the activations autograd saves and the tensor memory a GPU would count (weights, gradients,
     AdamW moments and saved activations), measured after the peak was read.
@@ -76,6 +76,7 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     from clipadapt.data.base import ClassificationDataset, InMemorySource, Split
     from clipadapt.engine.cost import current_rss_mb, peak_memory_mb, reset_peak_memory
     from clipadapt.methods import METHODS
+    from clipadapt.methods.base import build_optimizer
     from clipadapt.models import load_model, resolve_device
     from clipadapt.training import build_method, load_experiment
 
@@ -90,7 +91,7 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     method = method.to(target)
     if checkpointing:
         method.enable_activation_checkpointing()
-    optimizer = torch.optim.AdamW(method.param_groups())
+    optimizer = build_optimizer(method)
     generator = torch.Generator().manual_seed(0)
     if method.inputs == "features":
         inputs = torch.nn.functional.normalize(torch.randn(batch, bundle.embed_dim, generator=generator), dim=-1)

@@ -1,9 +1,10 @@
 """The one training engine: every gradient-trained method goes through ``Trainer.fit`` unchanged.
 
-AdamW with a cosine schedule and warmup, gradient clipping and accumulation, Accelerate for device placement,
-mixed precision and multi-process runs; validation every epoch, early stopping, the best-on-validation weights
-kept; a checkpoint after every epoch from which ``resume`` continues bit-for-bit on CPU. The test split is not
-touched here: the caller evaluates it once, at the end, with the chosen weights.
+AdamW (or SGD, where a method's recipe asks for it) with a cosine schedule and warmup, gradient clipping and
+accumulation, Accelerate for device placement, mixed precision and multi-process runs; validation every epoch,
+early stopping, the best-on-validation weights kept; a checkpoint after every epoch from which ``resume``
+continues bit-for-bit on CPU. The test split is not touched here: the caller evaluates it once, at the end, with
+the chosen weights.
 """
 
 from __future__ import annotations
@@ -131,13 +132,9 @@ class Trainer:
     def build_optimizer(self, method) -> tuple[torch.optim.Optimizer, Any, int]:
         from transformers import get_cosine_schedule_with_warmup
 
-        default_decay = getattr(method.config, "weight_decay", 0.0)
-        groups = [{"params": g["params"], "lr": g["lr"], "name": g.get("name", str(i)),
-                   "weight_decay": g.get("weight_decay", default_decay)}
-                  for i, g in enumerate(method.param_groups()) if g["params"]]
-        if not groups:
-            raise ConfigError(f"method '{method.name}' has no trainable parameters")
-        optimizer = torch.optim.AdamW(groups)
+        from clipadapt.methods.base import build_optimizer
+
+        optimizer = build_optimizer(method)
         world = self.accelerator.num_processes
         per_process = math.ceil(self.data.num_items(method.inputs, "train") / world)
         steps_per_epoch = math.ceil(math.ceil(per_process / self.config.batch_size) / self.config.grad_accum)
@@ -196,8 +193,10 @@ class Trainer:
                     callback(self, row)
 
         method.load_trainable_state(best_weights, source="best weights")
+        best = progress["best_score"] or [float("nan"), float("nan")]
         return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
-                         train_time_s=progress["train_time_s"], train_images=progress["train_images"])
+                         train_time_s=progress["train_time_s"], train_images=progress["train_images"],
+                         selection={"val_acc": best[0], "val_loss": -best[1]})
 
     def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar) -> tuple[float, float, int]:
         acc, cfg = self.accelerator, self.config

@@ -38,24 +38,58 @@ WEIGHTS_FILE = "trainable.safetensors"
 
 
 @dataclass
-class MethodConfig:
-    """Fields every method has; a method's own config subclasses this."""
+class OptimizerConfig:
+    """How a gradient-trained method is optimised; the engine builds the optimizer from these fields."""
 
-    lr: float = option(1e-3, help="peak learning rate (AdamW, cosine schedule with warmup)")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-    head: str = option("zeroshot", help="classifier: zeroshot (cosine, initialised from the text embeddings), "
-                                        "linear (random init) or text (recomputed through the text tower)")
+    lr: float = option(1e-3, help="peak learning rate (cosine schedule with warmup)")
+    weight_decay: float = option(0.0, help="weight decay")
+    optimizer: str = option("adamw", help="adamw or sgd")
+    momentum: float = option(0.9, help="SGD momentum (sgd only)")
 
     def __post_init__(self) -> None:
         require_positive(self, ("lr",), f"{self.section()}:")
         if self.weight_decay < 0:
             raise ConfigError(f"{self.section()}: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.head not in HEAD_KINDS:
-            raise ConfigError(f"unknown {self.section()}.head '{self.head}'; valid choices: {', '.join(HEAD_KINDS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown {self.section()}.optimizer '{self.optimizer}'; valid choices: "
+                              f"{', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{self.section()}.momentum must be in [0, 1), got {self.momentum}")
 
     @classmethod
     def section(cls) -> str:
         return getattr(cls, "_section", cls.__name__)
+
+
+@dataclass
+class MethodConfig(OptimizerConfig):
+    """Fields every method with a classifier head has; a method's own config subclasses this."""
+
+    head: str = option("zeroshot", help="classifier: zeroshot (cosine, initialised from the text embeddings), "
+                                        "linear (random init) or text (recomputed through the text tower)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head not in HEAD_KINDS:
+            raise ConfigError(f"unknown {self.section()}.head '{self.head}'; valid choices: {', '.join(HEAD_KINDS)}")
+
+
+OPTIMIZERS = {
+    "adamw": lambda groups, config: torch.optim.AdamW(groups),
+    "sgd": lambda groups, config: torch.optim.SGD(groups, momentum=getattr(config, "momentum", 0.9)),
+}
+
+
+def build_optimizer(method: Method) -> torch.optim.Optimizer:
+    """The optimizer a method's config asks for, over its parameter groups (each with its own lr)."""
+    config = method.config
+    default_decay = getattr(config, "weight_decay", 0.0)
+    groups = [{"params": g["params"], "lr": g["lr"], "name": g.get("name", str(i)),
+               "weight_decay": g.get("weight_decay", default_decay)}
+              for i, g in enumerate(method.param_groups()) if g["params"]]
+    if not groups:
+        raise ConfigError(f"method '{method.name}' has no trainable parameters")
+    return OPTIMIZERS[getattr(config, "optimizer", "adamw")](groups, config)
 
 
 @dataclass
@@ -73,7 +107,7 @@ def section_name(method: str) -> str:
     return method.replace("-", "_")
 
 
-def register_method(name: str, config_class: type[MethodConfig], section: str | None = None):
+def register_method(name: str, config_class: type, section: str | None = None):
     """Class decorator: ``@register_method("lora", LoraConfig)``; variants of one method may share a section."""
 
     def wrap(cls: type[Method]) -> type[Method]:
@@ -156,7 +190,7 @@ class Method(nn.Module):
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW parameter groups; the engine scales every group's ``lr`` by the schedule."""
+        """Optimizer parameter groups; the engine scales every group's ``lr`` by the schedule."""
         return [{"name": "all", "params": list(self.trainable_parameters().values()), "lr": self.config.lr}]
 
     def num_parameters(self) -> dict[str, Any]:

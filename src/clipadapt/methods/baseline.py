@@ -15,26 +15,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clipadapt.config import option, require_positive
+from clipadapt.config import option
 from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
-from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.methods.base import Method, freeze, register_method
+from clipadapt.errors import ClipAdaptError
+from clipadapt.methods.base import Method, OptimizerConfig, freeze, register_method
 
 log = logging.getLogger(__name__)
 WORLD_CLASSIFIER = "world:tiny-resnet"
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(OptimizerConfig):
     classifier: str = option("microsoft/resnet-18", help="image classifier: hub id, local folder, or "
                                                          "world:tiny-resnet (offline)")
     lr: float = option(1e-2, help="peak learning rate of the new, randomly initialised final layer")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-
-    def __post_init__(self) -> None:
-        require_positive(self, ("lr",), "baseline:")
-        if self.weight_decay < 0:
-            raise ConfigError(f"baseline.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 def load_classifier(spec: str):

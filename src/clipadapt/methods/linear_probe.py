@@ -147,4 +147,6 @@ class LinearProbe(Method):
                    for i, row in enumerate(probe.sweep)]
         best_step = next(i for i, row in enumerate(probe.sweep) if row["C"] == probe.c)
         return FitResult(history=history, best_epoch=best_step, train_time_s=elapsed,
-                         train_images=train_images * len(probe.sweep), selection={"C": probe.c})
+                         train_images=train_images * len(probe.sweep),
+                         selection={"C": probe.c, "val_acc": probe.sweep[best_step]["val_acc"],
+                                    "val_loss": probe.sweep[best_step]["val_loss"]})
