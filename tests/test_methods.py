@@ -11,6 +11,7 @@ import torch
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.methods import METHODS, list_methods
+from clipadapt.methods.base import build_optimizer
 from clipadapt.models import load_model
 from clipadapt.training import build_method, load_experiment, load_run, run_training
 
@@ -58,7 +59,8 @@ def experiment(name: str, tiny_clip_dir, colour_folder, out, *overrides):
 
 
 def test_registry_lists_every_method():
-    assert {"linear-probe", "linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip"} <= set(ALL_METHODS)
+    assert {"linear-probe", "linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip", "visual-prompt",
+            "vpt", "vision-prefix", "coop"} <= set(ALL_METHODS)
     assert list_methods("lin*") == ["linear-head", "linear-probe"]
 
 
@@ -66,7 +68,7 @@ def test_registry_lists_every_method():
 def test_two_steps_lower_the_loss(name, tiny_clip_dir, dataset):
     method = make_method(name, tiny_clip_dir, dataset)
     batch = first_batch(method, dataset)
-    optimizer = torch.optim.AdamW(method.param_groups())
+    optimizer = build_optimizer(method)  # each method's own recipe (SGD at lr 40 for visual prompts)
 
     def loss() -> float:
         method.eval()
@@ -98,6 +100,8 @@ def _expected_trainable(name: str, model, classes: int) -> int:
     """The textbook count for each method on the tiny CLIP (vision: 2 layers of width 64, projection 32)."""
     vision, projection = model.config.vision_config, model.config.projection_dim
     d, ff, layers = vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers
+    size, text_width = vision.image_size, model.config.text_config.hidden_size
+    frame = round(30 * size / 224)  # the default 30 px frame at 224 px, scaled to the 32 px input: 4 px
     patches = (vision.image_size // vision.patch_size) ** 2
     cosine_head = classes * projection
     biases_per_layer = 4 * d + 2 * d + ff + d  # q, k, v, out; two layer norms; fc1; fc2
@@ -112,6 +116,10 @@ def _expected_trainable(name: str, model, classes: int) -> int:
         "bitfit": layers * biases_per_layer + 2 * d + cosine_head,  # + pre/post layer-norm biases
         "lora": layers * 2 * (2 * 8 * d) + cosine_head,  # q_proj, v_proj: A (r x d) and B (d x r), r=8
         "full-ft": tower + d * projection + cosine_head,  # + the visual projection (no bias)
+        "visual-prompt": 2 * 3 * frame * size + 2 * 3 * (size - 2 * frame) * frame,  # the frame; head frozen
+        "vpt": 8 * d + cosine_head,  # 8 shallow tokens
+        "vision-prefix": 10 * d + (d * 512 + 512) + (512 * layers * 2 * d + layers * 2 * d) + cosine_head,  # MLP
+        "coop": 16 * text_width,  # 16 shared context vectors; no head of its own
     }[name]
 
 

@@ -131,17 +131,20 @@ def test_resume_from_the_cli_continues_an_interrupted_run(tiny_clip_dir, colour_
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_processes(tiny_clip_dir, colour_folder, tmp_path):
+@pytest.mark.parametrize("method, saved", [("lora", "weights/adapter/adapter_model.safetensors"),
+                                           ("vpt", "weights/trainable.safetensors"),
+                                           ("coop", "weights/trainable.safetensors")])
+def test_accelerate_launch_two_processes(method, saved, tiny_clip_dir, colour_folder, tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     out = tmp_path / "ddp"
     # accelerate's --cpu flag means MPI for several processes; --multi_gpu starts torchrun workers, which fall
     # back to gloo on a machine without GPUs
     command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "clipadapt",
-               *train_args("lora", tiny_clip_dir, colour_folder, out, "--device", "cpu")]
+               *train_args(method, tiny_clip_dir, colour_folder, out, "--device", "cpu")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "metrics.json").read_text())
     assert record["processes"] == 2
-    assert record["metrics"]["n"] == 6 and (out / "weights/adapter/adapter_model.safetensors").is_file()
+    assert record["metrics"]["n"] == 6 and (out / saved).is_file()
     assert done.stdout.count("trainable params") == 1  # only the main process prints

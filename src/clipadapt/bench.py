@@ -147,7 +147,7 @@ def saved_activation_mb(method, batch: dict) -> float:
     return total[0] / 2**20
 
 
-def _child(kind: str, **kwargs: Any) -> dict:
+def measure_in_child(kind: str, **kwargs: Any) -> dict:
     """Run one measurement in a fresh interpreter and return its JSON line."""
     command = [sys.executable, "-m", "clipadapt.bench", json.dumps({"kind": kind, **kwargs})]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -173,13 +173,13 @@ def run_bench(models: list[str], batch: int = 32, dtype: str = "fp32", methods: 
     results: dict = {"batch": batch, "dtype": dtype, "inference": [], "training": []}
     for model in models:
         for mode in ("inference_mode", "grad_enabled"):
-            row = _child("inference", model=model, batch=batch, dtype=dtype, mode=mode, iterations=iterations,
-                         device=device)
+            row = measure_in_child("inference", model=model, batch=batch, dtype=dtype, mode=mode,
+                                   iterations=iterations, device=device)
             results["inference"].append(row)
             notify(row)
         for method in methods or []:
-            row = _child("training", model=model, method_name=method, batch=batch, steps=steps, device=device,
-                         settings=list(settings or []))
+            row = measure_in_child("training", model=model, method_name=method, batch=batch, steps=steps,
+                                   device=device, settings=list(settings or []))
             results["training"].append(row)
             notify(row)
     return results

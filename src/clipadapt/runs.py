@@ -43,6 +43,7 @@ class RunConfig:
     seed: int = option(0, help="global seed")
     feature_cache: bool = option(True, help="reuse image features cached under $CLIPADAPT_HOME/features")
     samples: int = option(16, help="images in the sample prediction grid")
+    label: str | None = option(None, help="row name in reports (default: the method; sweeps name their cells)")
 
     def __post_init__(self) -> None:
         if self.samples < 0:

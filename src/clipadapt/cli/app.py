@@ -20,6 +20,7 @@ for name, command in [
     ("zeroshot", zeroshot.zeroshot_command),
     ("train", training.train_command),
     ("eval", training.eval_command),
+    ("coop-words", training.coop_words_command),
     ("compare", compare.compare_command),
     ("report", compare.report_command),
     ("predict", predict.predict_command),

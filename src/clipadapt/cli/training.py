@@ -15,11 +15,14 @@ from clipadapt.cli.common import (
     SetOpt,
     apply_flags,
     err,
+    number_list,
     out,
     result_table,
     setup_logging,
     user_errors,
 )
+from clipadapt.config import format_overrides
+from clipadapt.errors import ClipAdaptError
 
 
 def training_results_table(record: dict) -> Table:
@@ -48,15 +51,27 @@ def train_command(
     device: DeviceOpt = None,
     strict: Annotated[bool | None, typer.Option("--strict/--skip-bad-images",
                                                 help="abort on unreadable images")] = None,
+    sweep: Annotated[list[str] | None, typer.Option(help="sweep a field over values, e.g. vpt.layer=0,6,11; "
+                                                    "repeat for a grid")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (with or without --sweep)")] = None,
+    skip_existing: Annotated[bool, typer.Option(help="sweeps: keep finished cells, resume interrupted ones")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
-    """Train an adaptation method; selected on validation, evaluated once on test."""
+    """Train an adaptation method; selected on validation, evaluated once on test (--sweep: a grid of runs)."""
     setup_logging(verbose)
     from clipadapt.methods import METHODS
     from clipadapt.reports.results import CONFIG_FILE
     from clipadapt.training import load_experiment, run_training
 
     METHODS.get(method)
+    if sweep or seeds is not None:
+        if resume or seed is not None:
+            raise ClipAdaptError("a sweep takes --seeds and --skip-existing, not --seed or --resume")
+        flags = {"model.spec": model, "model.device": device, "data.dataset": dataset, "data.root": data_root,
+                 "data.shots": shots, "data.strict": strict, "train.epochs": epochs}
+        _sweep(method, config, list(set_ or []) + format_overrides(flags), list(sweep or []), seeds, out_dir,
+               skip_existing, overwrite)
+        return
     if resume and config is None and out_dir is not None and (out_dir / CONFIG_FILE).is_file():
         config = out_dir / CONFIG_FILE  # resume with the run's own config; flags may not change it
     flags = {
@@ -99,3 +114,48 @@ def eval_command(
     row = [run_dir, result["method"], split, m["n"], f"{m['acc1']:.4f}", f"{m['acc5']:.4f}",
            f"{m['mean_per_class_acc']:.4f}", f"{result['loss']:.4f}"]
     out.print(result_table(["run", "method", "split", "n", "acc1", "acc5", "mean per-class", "loss"], [row], names=2))
+
+
+def _sweep(method: str, config: Path | None, overrides: list[str], items: list[str], seeds: str | None,
+           out_dir: Path | None, skip_existing: bool, overwrite: bool) -> None:
+    from clipadapt.sweep import SweepConfig, parse_sweep, run_sweep, short_names
+
+    sweep = SweepConfig(method, parse_sweep(items), number_list(seeds or "0", "--seeds"), overrides,
+                        str(config) if config else None, str(out_dir) if out_dir else None, skip_existing, overwrite)
+    result = run_sweep(sweep, on_run=lambda cell, status: err.print(f"[bold]{cell.label}[/] seed {cell.seed}: "
+                                                                     f"{status}", highlight=False))
+    keys = list(sweep.axes)
+    names = short_names(keys)
+    rows = [[*[row["values"][k] for k in keys], len(row["runs"]), _accuracy(row["val_acc"]),
+             _accuracy(row["test_acc"]), "*" if row["chosen"] else ""] for row in result.rows]
+    out.print(result_table([names[k] for k in keys] + ["seeds", "val acc1", "test acc1", "chosen"], rows,
+                           title=f"sweep of {method} (mean over seeds; * chosen on validation)",
+                           names=max(len(keys), 1)))
+    out.print(f"sweep tables: {result.markdown}  ({result.csv})", highlight=False)
+    for path, reason in result.failed:
+        err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _accuracy(value: float) -> str:
+    return "-" if value != value else f"{value:.4f}"
+
+
+@user_errors
+def coop_words_command(
+    run_dir: Annotated[Path, typer.Argument(help="a finished coop run directory")],
+    top: Annotated[int, typer.Option(help="nearest words per context vector")] = 3,
+    device: DeviceOpt = None,
+):
+    """The vocabulary words nearest to each learned CoOp context vector (Euclidean, in embedding space)."""
+    setup_logging()
+    from clipadapt.methods.coop import coop_words
+
+    words = coop_words(run_dir, top, device)
+    per_class = any(w.classname for w in words)
+    rows = [[w.position, *([w.classname] if per_class else []), *[f"{name} ({d:.3f})" for name, d in w.words]]
+            for w in words]
+    headers = ["context"] + (["class"] if per_class else []) + [f"word {i + 1} (distance)" for i in range(top)]
+    out.print(result_table(headers, rows, title=f"nearest words: {run_dir}", names=1 + per_class,
+                           text=range(1 + per_class, len(headers))))

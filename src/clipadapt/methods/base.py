@@ -135,12 +135,21 @@ class Method(nn.Module):
     def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: MethodConfig,
                  templates: TemplateSet) -> None:
         super().__init__()
+        self.check(config, bundle, classnames)
         self.config = config
         self.classnames = list(classnames)
         self.fingerprint = bundle.fingerprint
         self._bundle = [bundle]  # a list: feature methods must not register the frozen model
         self.attach_backbone(bundle)
         self.head = self.make_head(bundle, templates)
+
+    @classmethod
+    def check(cls, config: Any, bundle: ClipBundle, classnames: Sequence[str]) -> None:
+        """Refuse settings this model cannot take (a layer beyond its depth...) without changing the model.
+
+        The constructor calls it first; sweeps call it for every cell before the first one trains, so a bad cell
+        fails before anything is written.
+        """
 
     def attach_backbone(self, bundle: ClipBundle) -> None:
         """Register the frozen network the method trains through; subclasses unfreeze what they train.

@@ -38,6 +38,7 @@ class ClipBundle:
     logit_scale_fn: Callable[[nn.Module], torch.Tensor]
     logit_bias_fn: Callable[[nn.Module], torch.Tensor | None] = lambda m: None
     image_projection_fn: Callable[[nn.Module], nn.Module | None] = lambda m: getattr(m, "visual_projection", None)
+    token_names_fn: Callable[[list[int]], list[str]] | None = None  # token ids -> readable tokens (CoOp's words)
     info: dict[str, Any] = field(default_factory=dict)
 
     # -- encoders -----------------------------------------------------------------------------------------

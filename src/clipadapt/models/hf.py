@@ -113,6 +113,7 @@ def load_transformers(
         text_tower_fn=lambda m: m.text_model,
         logit_scale_fn=lambda m: m.logit_scale.exp(),
         logit_bias_fn=(lambda m: m.logit_bias) if siglip else (lambda m: None),
+        token_names_fn=lambda ids: [t.replace("</w>", "") for t in tokenizer.convert_ids_to_tokens(ids)],
         info={"model_type": model_type, "embed_dim": int(projection),
               "image_size": int(config.vision_config.image_size)},
     )

@@ -50,7 +50,11 @@ class RunInfo:
 
     @property
     def label(self) -> str:
-        """The report row a run belongs to: the method, plus the template set for zero-shot."""
+        """The report row a run belongs to: its run.label (a sweep cell), else the method (with the template set
+        for zero-shot)."""
+        named = (self.config.get("run") or {}).get("label")
+        if named:
+            return str(named)
         if self.method == "zeroshot" and self.record:
             return f"zeroshot ({self.record.get('best_template_set')})"
         return self.method
@@ -123,12 +127,12 @@ class Row:
 
 
 def table_rows(runs: list[RunInfo]) -> list[Row]:
-    """Complete runs grouped by (dataset, model, method); zero-shot first, then by mean acc1."""
+    """Complete runs grouped by (dataset, model, label); zero-shot first, then by mean acc1."""
     rows: dict[tuple[str, str, str], Row] = {}
     for run in runs:
         if not run.complete:
             continue
-        key = (run.dataset, run.model, run.method)
+        key = (run.dataset, run.model, run.method if run.method == "zeroshot" else run.label)
         rows.setdefault(key, Row(run.dataset, run.model, run.method, run.label)).runs.append(run)
     return sorted(rows.values(), key=lambda r: (r.dataset, r.model, r.method != "zeroshot",
                                                 -(r.stat("metrics", "acc1")[0])))

@@ -129,7 +129,7 @@ def _run_figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
         for name, what in (("confusion.png", "confusion matrix"), ("predictions.png", "sample predictions")):
             source = run.path / name
             if source.is_file():
-                target = files / f"{prefix}{slug(Path(row.model).name)}-{row.method}-{name}"
+                target = files / f"{prefix}{slug(Path(row.model).name)}-{slug(row.label)}-{name}"
                 shutil.copyfile(source, target)
                 figures.append(Figure(target, f"{row.label} ({Path(row.model).name}, seed {run.seed}): {what}"))
     return figures

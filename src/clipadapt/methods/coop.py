@@ -1,0 +1,222 @@
+"""``coop``: Context Optimization (Zhou et al., 2022), learned context vectors in the text prompt.
+
+The prompt of class ``c`` is ``[SOS] v_1 ... v_n  <name of c> . [EOS]`` (class token at the ``end``; or in the
+``middle`` of the context, or at the ``front``), where the ``v_i`` are learned word embeddings shared by all
+classes (or one set per class). They start from the embeddings of a phrase such as "a photo of a", which makes
+CoOp equal to zero-shot with the template "a photo of a {}." before its first step, or from N(0, 0.02) noise.
+Only the context trains. The image tower is untouched, so by default CoOp trains on the cached image features
+(the linear probe's feature cache) and runs only the text tower per step; ``image_features=recompute`` re-encodes
+the images every step as the paper's implementation does (same numbers, far slower).
+
+peft has no CoOp, so this is a small module of ours: a forward hook on the text tower's token embedding table puts
+the context vectors at their positions; transformers' own text model does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clipadapt.config import option
+from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.methods.base import Method, OptimizerConfig, register_method
+from clipadapt.methods.heads import cosine_logits
+from clipadapt.methods.towers import text_token_embedding
+from clipadapt.models.bundle import ClipBundle
+
+POSITIONS = ("end", "middle", "front")
+IMAGE_FEATURES = ("cached", "recompute")
+PLACEHOLDER = "X"  # the context's token ids before its embeddings are replaced (as CoOp's "X X X X")
+
+
+@dataclass
+class CoOpConfig(OptimizerConfig):
+    n_ctx: int = option(16, help="learned context vectors (random init; an init phrase sets its own length)")
+    init: str = option("", help="initialise the context from this phrase, e.g. 'a photo of a' (empty: random)")
+    class_token_position: str = option("end", help="where the class name goes: end, middle or front")
+    class_specific: bool = option(False, help="one context per class instead of one shared by all classes")
+    image_features: str = option("cached", help="cached (encode the images once) or recompute (every step)")
+    lr: float = option(2e-3, help="peak learning rate of the context vectors")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_ctx <= 0:
+            raise ConfigError(f"coop.n_ctx must be positive, got {self.n_ctx}")
+        if self.class_token_position not in POSITIONS:
+            raise ConfigError(f"unknown coop.class_token_position '{self.class_token_position}'; valid choices: "
+                              f"{', '.join(POSITIONS)}")
+        if self.image_features not in IMAGE_FEATURES:
+            raise ConfigError(f"unknown coop.image_features '{self.image_features}'; valid choices: "
+                              f"{', '.join(IMAGE_FEATURES)}")
+
+
+@dataclass
+class PromptTokens:
+    """Token ids of every class's prompt and where its context vectors go."""
+
+    input_ids: torch.Tensor  # (classes, length), padded
+    attention_mask: torch.Tensor  # (classes, length)
+    context_positions: torch.Tensor  # (classes, n_ctx): sequence positions of v_1 ... v_n
+    init_ids: list[int] | None  # the phrase's token ids when initialised from one
+
+
+def _inner_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without the start and end tokens."""
+    encoded = tokenizer([text])
+    length = int(encoded["attention_mask"][0].sum()) if "attention_mask" in encoded else encoded["input_ids"].shape[1]
+    return encoded["input_ids"][0, 1:length - 1].tolist()
+
+
+def build_prompt_tokens(bundle: ClipBundle, classnames: Sequence[str], config: CoOpConfig) -> PromptTokens:
+    tokenizer = bundle.tokenizer
+    empty = tokenizer(["", PLACEHOLDER])
+    if int(empty["attention_mask"][0].sum()) != 2:
+        raise ConfigError(f"coop needs a tokenizer that adds start and end tokens; '{bundle.spec}' does not")
+    bos, eos, pad = (int(empty["input_ids"][0, i]) for i in (0, 1, -1))
+    init_ids = _inner_ids(tokenizer, config.init) if config.init.strip() else None
+    context = init_ids or _inner_ids(tokenizer, PLACEHOLDER)[:1] * config.n_ctx
+    n = len(context)
+    half = n // 2 if config.class_token_position == "middle" else n
+    period = _inner_ids(tokenizer, ".")
+    rows, positions = [], []
+    for name in classnames:
+        words = _inner_ids(tokenizer, name)
+        if config.class_token_position == "front":
+            body, start = words + context + period, [1 + len(words) + i for i in range(n)]
+        else:  # end, or middle: the first half of the context, the name, the second half
+            body = context[:half] + words + context[half:] + period
+            start = [1 + i if i < half else 1 + len(words) + i for i in range(n)]
+        rows.append([bos] + body + [eos])
+        positions.append(start)
+    limit = int(bundle.text_tower.config.max_position_embeddings)
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    if len(rows[longest]) > limit:
+        fixed = len(rows[longest]) - n
+        raise ConfigError(f"coop context of {n} tokens is longer than the text encoder allows: the prompt of "
+                          f"'{classnames[longest]}' needs {len(rows[longest])} of at most {limit} tokens; use "
+                          f"n_ctx <= {limit - fixed}")
+    width = len(rows[longest])
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        attention_mask[i, :len(row)] = 1
+    return PromptTokens(input_ids, attention_mask, torch.tensor(positions, dtype=torch.long), init_ids)
+
+
+class PromptLearner(nn.Module):
+    """CoOp's classifier: class vectors from the text tower with learned context, compared by cosine."""
+
+    def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: CoOpConfig) -> None:
+        super().__init__()
+        self._bundle = [bundle]  # not a submodule: the frozen model is the bundle's
+        embedding = text_token_embedding(bundle, "coop")
+        tokens = build_prompt_tokens(bundle, classnames, config)
+        n = tokens.context_positions.shape[1]
+        if tokens.init_ids is not None:
+            vectors = embedding.weight[tokens.init_ids].detach().float().cpu().clone()
+        else:
+            vectors = 0.02 * torch.randn(n, embedding.embedding_dim)
+        if config.class_specific:
+            vectors = vectors[None].repeat(len(classnames), 1, 1)
+        self.ctx = nn.Parameter(vectors)
+        self.register_buffer("input_ids", tokens.input_ids, persistent=False)
+        self.register_buffer("attention_mask", tokens.attention_mask, persistent=False)
+        self.register_buffer("rows", torch.arange(len(classnames)).repeat_interleave(n), persistent=False)
+        self.register_buffer("cols", tokens.context_positions.flatten(), persistent=False)
+        self.register_buffer("scale", bundle.logit_scale.detach().float().clone(), persistent=False)
+        self.register_buffer("bias", torch.tensor(0.0), persistent=False)
+        self.num_classes, self.n_ctx = len(classnames), n
+        self._injecting = False
+        self._frozen: torch.Tensor | None = None
+        self._hook = embedding.register_forward_hook(self._inject)
+
+    def _inject(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        """Put the context vectors at their positions (only while this learner encodes its prompts)."""
+        if not self._injecting:
+            return None
+        context = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(self.num_classes, -1, -1)
+        return output.index_put((self.rows, self.cols), context.reshape(-1, context.shape[-1]).to(output.dtype))
+
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        self._injecting = True
+        try:
+            yield
+        finally:
+            self._injecting = False
+
+    def class_vectors(self) -> torch.Tensor:
+        if self._frozen is not None:
+            return self._frozen
+        bundle = self._bundle[0]
+        with self._active():
+            features = bundle.text_features_fn(bundle.model, {"input_ids": self.input_ids,
+                                                              "attention_mask": self.attention_mask})
+        return nn.functional.normalize(features.float(), dim=-1)
+
+    def freeze_for_evaluation(self, frozen: bool) -> None:
+        with torch.no_grad():
+            self._frozen = self.class_vectors().detach() if frozen else None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(features, self.class_vectors(), self.scale, self.bias)
+
+
+@register_method("coop", CoOpConfig)
+class CoOp(Method):
+    """Learned text context (CoOp); trains on cached image features, only the text tower runs per step."""
+
+    @classmethod
+    def check(cls, config: CoOpConfig, bundle, classnames) -> None:
+        text_token_embedding(bundle, "coop")
+        build_prompt_tokens(bundle, classnames, config)  # the context must fit the text encoder
+
+    def __init__(self, bundle, classnames, config: CoOpConfig, templates) -> None:
+        self.inputs = "features" if config.image_features == "cached" else "pixels"
+        super().__init__(bundle, classnames, config, templates)
+
+    def make_head(self, bundle, templates) -> nn.Module:
+        return PromptLearner(bundle, self.classnames, self.config)
+
+
+@dataclass
+class ContextWord:
+    position: int  # 1-based index of the context vector
+    classname: str | None  # for class-specific contexts
+    words: list[tuple[str, float]]  # nearest vocabulary tokens and their Euclidean distances
+
+
+def nearest_words(method: CoOp, top: int = 3) -> list[ContextWord]:
+    """The vocabulary tokens whose embeddings lie nearest to each learned context vector (CoOp's interpretation)."""
+    if top <= 0:
+        raise ConfigError(f"top must be positive, got {top}")
+    bundle = method.bundle
+    if bundle.token_names_fn is None:
+        raise ClipAdaptError(f"model '{bundle.spec}' cannot name its tokens")
+    table = text_token_embedding(bundle, "coop").weight.detach().float().cpu()
+    ctx = method.head.ctx.detach().float().cpu()
+    groups = [(None, ctx)] if ctx.dim() == 2 else list(zip(method.classnames, ctx, strict=True))
+    out = []
+    for classname, vectors in groups:
+        distances = torch.cdist(vectors, table, compute_mode="donot_use_mm_for_euclid_dist")
+        distances, ids = distances.topk(min(top, len(table)), largest=False)
+        for position, (row_d, row_ids) in enumerate(zip(distances.tolist(), ids.tolist(), strict=True), start=1):
+            names = bundle.token_names_fn(row_ids)
+            out.append(ContextWord(position, classname, list(zip(names, row_d, strict=True))))
+    return out
+
+
+def coop_words(run_dir: str | Path, top: int = 3, device: str | None = None) -> list[ContextWord]:
+    """``clipadapt coop-words RUN_DIR``: nearest words of a finished CoOp run's context vectors."""
+    from clipadapt.training import load_run
+
+    experiment, _, method = load_run(run_dir, device)
+    if experiment.method != "coop":
+        raise ClipAdaptError(f"'{run_dir}' is a {experiment.method} run, not a coop run")
+    return nearest_words(method, top)

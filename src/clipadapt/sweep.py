@@ -1,0 +1,286 @@
+"""Sweeps: ``clipadapt train vpt --sweep vpt.layer=0,6,11 --sweep vpt.tokens=1,4,8 --seeds 0,1,2``.
+
+Every cell of the grid (and every seed) is a normal training run directory under the sweep's folder, named by its
+values (``layer=0_tokens=4-seed1``) and labelled for reports (``vpt layer=0 tokens=4``). The cell chosen is the one
+with the best mean validation accuracy; the test accuracy of every cell is shown beside it, as in a paper's
+ablation table, but never used to choose. ``sweep.csv`` has one line per cell, ``sweep.md`` the tables (rows: the
+first swept field, columns: the second, one table per value of any further fields).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipadapt.config import format_overrides
+from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.io import atomic_write_text
+from clipadapt.reports.collect import mean_std
+from clipadapt.reports.results import METRICS_FILE
+from clipadapt.runs import slug
+from clipadapt.training import TrainExperiment, load_experiment, run_training
+
+log = logging.getLogger(__name__)
+RESERVED = {"run.out", "run.seed", "run.resume", "run.overwrite", "run.label", "method", "data.seed"}
+
+
+@dataclass
+class SweepConfig:
+    method: str
+    axes: dict[str, list[str]]  # field -> values as written (YAML scalars), in the order given
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)  # for every cell, before its own values
+    config_file: str | None = None
+    out: str | None = None
+    skip_existing: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
+        for key in self.axes:
+            if key in RESERVED:
+                raise ConfigError(f"--sweep {key}: not a sweepable field (use --seeds for seeds, --out for the "
+                                  f"folder)")
+
+
+def split_values(text: str) -> list[str]:
+    """``"0,6,11"`` -> ``["0", "6", "11"]``; commas inside brackets stay (``[q_proj,v_proj],[fc1]``)."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    return [v for v in values if v]
+
+
+def parse_sweep(items: list[str]) -> dict[str, list[str]]:
+    """``["vpt.layer=0,6,11", "vpt.position=prepend,append"]`` -> ``{"vpt.layer": ["0", "6", "11"], ...}``."""
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--sweep '{item}' must look like section.key=value1,value2")
+        values = split_values(raw)
+        if not values:
+            raise ConfigError(f"--sweep {key}= has no values; give a comma-separated list, e.g. {key}=1,4,8")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--sweep {key} lists a value twice: {raw}")
+        if key in axes:
+            raise ConfigError(f"--sweep {key} is given twice; list all its values once")
+        axes[key] = values
+    return axes
+
+
+@dataclass
+class SweepCell:
+    values: dict[str, str]  # field -> value
+    seed: int
+    run_dir: Path
+    label: str
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.values.items()]
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """``vpt.layer`` -> ``layer`` unless two swept fields end the same (then the full dotted name)."""
+    ends = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: end if ends.count(end) == 1 else key for key, end in zip(keys, ends, strict=True)}
+
+
+def plan_sweep(config: SweepConfig, out: Path) -> list[SweepCell]:
+    keys = list(config.axes)
+    short = short_names(keys)
+    cells = []
+    for combination in itertools.product(*(config.axes[k] for k in keys)):
+        values = dict(zip(keys, combination, strict=True))
+        name = "_".join(f"{short[k]}={slug(v)}" for k, v in values.items()) or config.method
+        label = " ".join([config.method] + [f"{short[k]}={v}" for k, v in values.items()])
+        for seed in config.seeds:
+            cells.append(SweepCell(values, seed, out / f"{name}-seed{seed}", label))
+    return cells
+
+
+def cell_experiment(config: SweepConfig, cell: SweepCell, resume: bool) -> TrainExperiment:
+    run_flags = format_overrides({"run.out": str(cell.run_dir), "run.seed": cell.seed, "data.seed": cell.seed,
+                                  "run.label": cell.label})
+    flags = ["run.resume=true"] if resume else ["run.overwrite=true"]
+    return load_experiment(config.method, config.config_file,
+                           config.overrides + cell.overrides + run_flags + flags)
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    cells: list[SweepCell]
+    rows: list[dict[str, Any]]  # one per grid cell (seeds aggregated)
+    chosen: dict[str, Any] | None
+    markdown: Path
+    csv: Path
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def check_cells(config: SweepConfig, cells: list[SweepCell]) -> None:
+    """Build every cell's config, then check every distinct one against the model, before anything trains."""
+    from clipadapt.data import load_dataset
+    from clipadapt.methods import METHODS
+    from clipadapt.models import load_model
+
+    experiments = {json.dumps(cell.values): cell_experiment(config, cell, resume=False) for cell in cells}
+    first = next(iter(experiments.values()))
+    bundle = load_model(first.model.spec, device="cpu", revision=first.model.revision,
+                        trust_remote_code=first.model.trust_remote_code)
+    dataset = load_dataset(first.data)
+    entry = METHODS.get(config.method)
+    for experiment in experiments.values():
+        entry.method_class.check(experiment.method_config(), bundle, dataset.classnames)
+
+
+def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | None = None) -> SweepResult:
+    """Run (or keep, or resume) every cell and seed, then write sweep.csv and sweep.md in the sweep folder."""
+    base = load_experiment(config.method, config.config_file, config.overrides)
+    out = Path(config.out) if config.out else _default_out(base)
+    cells = plan_sweep(config, out)
+    existing = [c.run_dir for c in cells if c.run_dir.exists()]
+    if existing and not (config.skip_existing or config.overwrite):
+        raise ClipAdaptError(f"{len(existing)} run directories of this sweep already exist under '{out}' (e.g. "
+                             f"{existing[0]}); pass --skip-existing to keep finished cells and resume interrupted "
+                             f"ones, or --overwrite")
+    check_cells(config, cells)
+    notify = on_run or (lambda cell, status: None)
+    failed = []
+    for cell in cells:
+        if (cell.run_dir / METRICS_FILE).is_file() and config.skip_existing:
+            notify(cell, "kept")
+            continue
+        resume = config.skip_existing and cell.run_dir.is_dir()
+        notify(cell, "resuming" if resume else "running")
+        try:
+            run_training(cell_experiment(config, cell, resume))
+        except ClipAdaptError as e:
+            log.error("%s failed: %s", cell.run_dir, e)
+            failed.append((cell.run_dir, str(e)))
+            notify(cell, f"failed: {e}")
+            continue
+        notify(cell, "done")
+    rows = summarize(cells)
+    chosen = max((r for r in rows if r["runs"]), key=lambda r: r["val_acc"], default=None)
+    for row in rows:
+        row["chosen"] = row is chosen
+    markdown, table = out / "sweep.md", out / "sweep.csv"
+    atomic_write_text(table, sweep_csv(list(config.axes), rows))
+    atomic_write_text(markdown, sweep_markdown(config, rows))
+    return SweepResult(out, cells, rows, chosen, markdown, table, failed)
+
+
+def _default_out(experiment: TrainExperiment) -> Path:
+    from clipadapt.runs import default_run_dir
+
+    return Path(f"{default_run_dir(experiment.model.spec, experiment.data.dataset, experiment.method)}-sweep")
+
+
+def summarize(cells: list[SweepCell]) -> list[dict[str, Any]]:
+    """One row per grid cell: validation accuracy (of the selected weights) and test accuracy over its seeds."""
+    rows: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        row = rows.setdefault(cell.label, {"values": cell.values, "label": cell.label, "runs": [], "val": [],
+                                           "test": [], "trainable": None, "train_time_s": []})
+        metrics = cell.run_dir / METRICS_FILE
+        if not metrics.is_file():
+            continue
+        record = json.loads(metrics.read_text())
+        row["runs"].append(str(cell.run_dir))
+        row["val"].append(float(record.get("selection", {}).get("val_acc", float("nan"))))
+        row["test"].append(float(record["metrics"]["acc1"]))
+        row["trainable"] = record["params"]["trainable"]
+        row["train_time_s"].append(float(record["cost"]["train_time_s"]))
+    for row in rows.values():
+        row["val_acc"], row["val_std"] = mean_std(row["val"])
+        row["test_acc"], row["test_std"] = mean_std(row["test"])
+        row["train_time_s"] = mean_std(row["train_time_s"])[0]
+    return list(rows.values())
+
+
+def sweep_csv(keys: list[str], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(keys + ["seeds", "val_acc", "val_acc_std", "test_acc1", "test_acc1_std", "trainable",
+                            "train_time_s", "chosen_on_val", "runs"])
+    for row in rows:
+        writer.writerow([row["values"][k] for k in keys] + [
+            len(row["runs"]), _fmt(row["val_acc"]), _fmt(row["val_std"]), _fmt(row["test_acc"]),
+            _fmt(row["test_std"]), row["trainable"] if row["trainable"] is not None else "",
+            _fmt(row["train_time_s"], 2), "yes" if row["chosen"] else "", ";".join(row["runs"])])
+    return buffer.getvalue()
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "" if value != value else f"{value:.{digits}f}"
+
+
+def _cell(row: dict[str, Any] | None, key: str, seeds: int) -> str:
+    if row is None or not row["runs"]:
+        return "-"
+    text = f"{row[f'{key}_acc']:.3f}" + (f" ± {row[f'{key}_std']:.3f}" if seeds > 1 else "")
+    return f"**{text}**" if row["chosen"] else text
+
+
+def ablation_tables(keys: list[str], rows: list[dict[str, Any]], key: str, seeds: int) -> list[tuple[str, str]]:
+    """``(title, markdown table)`` pairs: rows = first field, columns = second, one table per other values."""
+    by_values = {tuple(r["values"][k] for k in keys): r for r in rows}
+    axes = [list(dict.fromkeys(r["values"][k] for r in rows)) for k in keys]
+    if not keys:
+        return [("", f"| {key} |\n|---:|\n| {_cell(rows[0], key, seeds)} |")]
+    row_values = axes[0]
+    col_values = axes[1] if len(keys) > 1 else [None]
+    tables = []
+    for rest in itertools.product(*axes[2:]):
+        header = [keys[0]] + ([f"{keys[1]}={v}" for v in col_values] if len(keys) > 1 else [key])
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(col_values)]
+        for value in row_values:
+            cells = [_cell(by_values.get((value, *((c,) if c is not None else ()), *rest)), key, seeds)
+                     for c in col_values]
+            lines.append("| " + " | ".join([value] + cells) + " |")
+        title = ", ".join(f"{k}={v}" for k, v in zip(keys[2:], rest, strict=True))
+        tables.append((title, "\n".join(lines)))
+    return tables
+
+
+def sweep_markdown(config: SweepConfig, rows: list[dict[str, Any]]) -> str:
+    keys, seeds = list(config.axes), len(config.seeds)
+    chosen = next((r for r in rows if r["chosen"]), None)
+    fields = "; ".join(f"`{k}` = " + ", ".join(v) for k, v in config.axes.items()) or "none"
+    lines = [f"# Sweep: {config.method}", "",
+             f"Fields: {fields}; "
+             f"seeds {', '.join(map(str, config.seeds))}. Accuracy is top-1"
+             + (", mean ± std over seeds" if seeds > 1 else "") + ". The cell in **bold** has the best validation "
+             "accuracy and is the one chosen; test accuracy is shown for every cell but never used to choose.", ""]
+    if chosen is not None:
+        lines += [f"Chosen on validation: **{chosen['label']}** (val {chosen['val_acc']:.4f}, test "
+                  f"{chosen['test_acc']:.4f}; {chosen['trainable']:,} trainable parameters).", ""]
+    for key, title in (("val", "Validation accuracy (selects the cell)"), ("test", "Test accuracy")):
+        lines += [f"## {title}", ""]
+        for subtitle, table in ablation_tables(keys, rows, key, seeds):
+            if subtitle:
+                lines += [f"*{subtitle}*", ""]
+            lines += [table, ""]
+    missing = [r["label"] for r in rows if not r["runs"]]
+    if missing:
+        lines += [f"Cells without a finished run (failed or interrupted): {', '.join(missing)}.", ""]
+    lines += ["Every cell is a run directory; `clipadapt report` on this folder compares them, and "
+              "`--skip-existing` continues the sweep.", ""]
+    return "\n".join(lines)

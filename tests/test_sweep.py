@@ -1,0 +1,112 @@
+"""Sweeps: every cell a run directory, the cell chosen on validation, ablation tables, resumable, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from clipadapt.cli import app
+from clipadapt.errors import ConfigError
+from clipadapt.sweep import parse_sweep, split_values
+
+runner = CliRunner()
+
+
+def base_args(method, tiny_clip_dir, colour_folder, out):
+    return ["train", method, "--model", str(tiny_clip_dir), "--dataset", f"imagefolder:{colour_folder}",
+            "--out", str(out), "--set", "data.num_workers=0", "--set", "train.batch_size=4", "--epochs", "2"]
+
+
+def test_values_and_bad_sweep_specs():
+    assert split_values("0,6,11") == ["0", "6", "11"]
+    assert split_values("[q_proj,v_proj],[fc1]") == ["[q_proj,v_proj]", "[fc1]"]
+    assert parse_sweep(["vpt.layer=0,1", "vpt.position=prepend,append"]) == {
+        "vpt.layer": ["0", "1"], "vpt.position": ["prepend", "append"]}
+    with pytest.raises(ConfigError, match=r"--sweep vpt.tokens= has no values; give a comma-separated list"):
+        parse_sweep(["vpt.tokens="])
+    with pytest.raises(ConfigError, match="must look like section.key=value1,value2"):
+        parse_sweep(["vpt.tokens"])
+    with pytest.raises(ConfigError, match="--sweep vpt.layer is given twice"):
+        parse_sweep(["vpt.layer=0", "vpt.layer=1"])
+
+
+def read_csv(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_with_seeds_chooses_on_validation(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "sweep"
+    args = base_args("linear-head", tiny_clip_dir, colour_folder, out) + [
+        "--sweep", "linear_head.lr=0.001,0.05", "--sweep", "linear_head.head=zeroshot,linear", "--seeds", "0,1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert runs == sorted(f"lr={lr}_head={head}-seed{seed}" for lr in ("0.001", "0.05")
+                          for head in ("zeroshot", "linear") for seed in (0, 1))
+    rows = read_csv(out / "sweep.csv")
+    assert len(rows) == 4 and all(row["seeds"] == "2" for row in rows)
+    for row in rows:  # every number is the mean of its runs' own metrics.json
+        records = [json.loads((out / run / "metrics.json").read_text()) for run in row["runs"].split(";")]
+        assert float(row["val_acc"]) == pytest.approx(sum(r["selection"]["val_acc"] for r in records) / 2, abs=1e-4)
+        assert float(row["test_acc1"]) == pytest.approx(sum(r["metrics"]["acc1"] for r in records) / 2, abs=1e-4)
+        assert {r["config"]["linear_head"]["lr"] for r in records} == {float(row["linear_head.lr"])}
+    chosen = [row for row in rows if row["chosen_on_val"] == "yes"]
+    assert len(chosen) == 1
+    assert float(chosen[0]["val_acc"]) == max(float(row["val_acc"]) for row in rows)
+    markdown = (out / "sweep.md").read_text()
+    assert "| linear_head.lr | linear_head.head=zeroshot | linear_head.head=linear |" in markdown
+    assert markdown.count("**") >= 4  # the chosen cell in bold in both tables
+    # the report keeps the cells apart (one row per cell, seeds pooled)
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert "linear-head lr=0.05 head=linear" in (out / "report.md").read_text()
+
+    again = runner.invoke(app, args)  # without --skip-existing nothing is replaced
+    assert again.exit_code == 2 and "--skip-existing" in again.output
+    kept = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in out.iterdir() if (p / "metrics.json").is_file()}
+    interrupted = out / "lr=0.05_head=linear-seed1"
+    (interrupted / "metrics.json").unlink()  # as if it had stopped before the end
+    resumed = runner.invoke(app, args + ["--skip-existing"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "kept" in resumed.output and "resuming" in resumed.output
+    for name, mtime in kept.items():
+        if name != interrupted.name:
+            assert (out / name / "metrics.json").stat().st_mtime_ns == mtime
+    assert (interrupted / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_vpt_three_field_sweep_is_one_table_per_position(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "vpt"
+    args = base_args("vpt", tiny_clip_dir, colour_folder, out) + [
+        "--epochs", "1", "--sweep", "vpt.layer=0,1", "--sweep", "vpt.tokens=1,4", "--sweep",
+        "vpt.position=prepend,append"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(read_csv(out / "sweep.csv")) == 8
+    markdown = (out / "sweep.md").read_text()
+    assert "*vpt.position=prepend*" in markdown and "*vpt.position=append*" in markdown
+    assert "| vpt.layer | vpt.tokens=1 | vpt.tokens=4 |" in markdown
+    record = json.loads((out / "layer=1_tokens=4_position=append-seed0" / "metrics.json").read_text())
+    assert record["config"]["vpt"]["layer"] == 1 and record["config"]["vpt"]["position"] == "append"
+    assert record["config"]["run"]["label"] == "vpt layer=1 tokens=4 position=append"
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ("vpt.layer=0,5", "vpt.layer=5 is beyond the model's depth: its vision tower has 2 layers"),
+    ("vpt.tokenz=1,2", "unknown config key 'vpt.tokenz' (vpt has: lr, weight_decay, optimizer, momentum, head"),
+    ("vpt.tokens=", "--sweep vpt.tokens= has no values"),
+    ("vpt.tokens=2,-1", "vpt.tokens must be >= 0, got -1"),
+    ("run.seed=1,2", "--sweep run.seed: not a sweepable field (use --seeds"),
+])
+def test_bad_sweeps_fail_before_anything_is_written(sweep, message, tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "bad"
+    result = runner.invoke(app, base_args("vpt", tiny_clip_dir, colour_folder, out) + ["--sweep", sweep])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
