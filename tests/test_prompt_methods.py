@@ -81,18 +81,22 @@ def test_random_patch_moves_while_training_and_is_fixed_at_evaluation():
 
 
 def test_visual_prompt_changes_pixels_but_not_the_model(tiny_clip_dir, dataset):
-    method = make("visual-prompt", tiny_clip_dir, dataset)
+    method = make("visual-prompt", tiny_clip_dir, dataset, "visual_prompt.init=normal")
     x = pixels()
     with torch.no_grad():
         features = method.image_features(x)
     assert not torch.allclose(features, frozen_features(tiny_clip_dir, x), atol=1e-3)
     assert set(method.trainable_parameters()) == {"prompter.pad_up", "prompter.pad_down", "prompter.pad_left",
-                                                  "prompter.pad_right"}
+                                                  "prompter.pad_right", "head.weight"}
+    alone = make("visual-prompt", tiny_clip_dir, dataset, "visual_prompt.train_head=false")
+    assert set(alone.trainable_parameters()) == {"prompter.pad_up", "prompter.pad_down", "prompter.pad_left",
+                                                 "prompter.pad_right"}
     from clipadapt.methods.base import build_optimizer
 
-    optimizer = build_optimizer(method)  # the paper's recipe by default
+    paper = make("visual-prompt", tiny_clip_dir, dataset, "visual_prompt.optimizer=sgd", "visual_prompt.lr=40")
+    optimizer = build_optimizer(paper)  # the paper's recipe, one setting away
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
-    assert optimizer.param_groups[0]["lr"] == 40.0
+    assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [("prompt", 40.0), ("head", 1e-3)]
 
 
 # -- VPT ------------------------------------------------------------------------------------------------------
@@ -151,6 +155,19 @@ def test_vpt_tokens_sit_where_they_say(position, depth, tiny_clip_dir, dataset):
     assert not torch.allclose(out.pooler_output, plain.pooler_output, atol=1e-4)  # the prompts changed it
     for handle in handles:
         handle.remove()
+
+
+@pytest.mark.parametrize("depth", ["shallow", "deep"])
+def test_vpt_prepend_and_append_give_the_same_features(depth, tiny_clip_dir, dataset):
+    """Transformer layers are permutation-equivariant and prompts carry no position embedding, so where the prompts
+    sit in the sequence cannot change what the class token sees (the sweep in docs/methods.md shows it too)."""
+    features = []
+    for position in ("prepend", "append"):
+        method = make("vpt", tiny_clip_dir, dataset, f"vpt.position={position}", f"vpt.depth={depth}")
+        method.eval()
+        with torch.no_grad():
+            features.append(method.image_features(pixels()))
+    torch.testing.assert_close(features[0], features[1], rtol=1e-5, atol=1e-5)
 
 
 def test_vpt_prompt_dropout_only_while_training(tiny_clip_dir, dataset):
@@ -224,12 +241,13 @@ def test_collapsed_prefix_gives_the_same_logits(tiny_clip_dir, dataset):
     names = set(method.trainable_parameters())
     assert names == {"prefix.key_values_free", "head.weight"}
     assert method.prefix.key_values_free.shape == (2, 2, 10, 64)  # layers, key/value, length, width
+    assert method.num_parameters()["saved"] == method.num_parameters()["trainable"] == 2 * 2 * 10 * 64 + 3 * 32
 
 
 def test_vision_prefix_reaches_only_the_image_tower(tiny_clip_dir, dataset):
     method = make("vision-prefix", tiny_clip_dir, dataset)
-    assert method.bundle.vision_tower.config._attn_implementation == "clipadapt_prefix"
-    assert method.bundle.text_tower.config._attn_implementation != "clipadapt_prefix"
+    assert method.bundle.vision_tower.config._attn_implementation == "clipadapt_extra_kv"
+    assert method.bundle.text_tower.config._attn_implementation != "clipadapt_extra_kv"
     text = load_model(str(tiny_clip_dir)).encode_text(["a red thing"])
     torch.testing.assert_close(method.bundle.encode_text(["a red thing"]), text, rtol=0, atol=0)
 
@@ -338,3 +356,41 @@ def test_finished_runs_predict_and_reproduce_their_accuracy(name, tiny_clip_dir,
     assert not skipped and len(results) == 1 and (tmp_path / "predictions").is_dir()
     (label, top), = results[0].top.items()
     assert len(top) == 2 and top[0][1] >= top[1][1] and top[0][0] in ("red", "green", "blue")
+
+
+@pytest.mark.parametrize("settings", [["coop.class_token_position=end"], ["coop.class_token_position=middle"],
+                                      ["coop.init=a photo of a"]])
+def test_coop_shared_prefix_gives_the_same_numbers_and_gradients(settings, tiny_clip_dir, dataset):
+    results = []
+    for share in ("true", "false"):
+        method = make("coop", tiny_clip_dir, dataset, f"coop.share_prefix={share}", *settings)
+        features = torch.nn.functional.normalize(torch.randn(6, 32, generator=torch.Generator().manual_seed(0)),
+                                                 dim=-1)
+        out = method({"inputs": features, "labels": torch.tensor([0, 1, 2, 0, 1, 2])})
+        out["loss"].backward()
+        results.append((method.head.shared, out["logits"].detach(), method.head.ctx.grad.clone()))
+    (shared, logits, grad), (unshared, plain_logits, plain_grad) = results
+    assert shared > 1 and unshared == 0  # the start token and the (first part of the) context are shared
+    torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-5)
+    scale = float(plain_grad.abs().max())
+    torch.testing.assert_close(grad, plain_grad, rtol=1e-3, atol=1e-4 * scale)  # float32 sums in another order
+
+
+def test_class_specific_context_shares_nothing(tiny_clip_dir, dataset):
+    assert make("coop", tiny_clip_dir, dataset, "coop.class_specific=true").head.shared == 0
+
+
+def test_coop_on_cached_features_equals_coop_re_encoding_the_images(tiny_clip_dir, colour_folder, tmp_path):
+    from clipadapt.training import run_training
+
+    outputs = []
+    for mode in ("cached", "recompute"):
+        outputs.append(run_training(load_experiment("coop", None, [
+            f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{colour_folder}",
+            "data.num_workers=0", "train.epochs=3", "train.batch_size=4", f"coop.image_features={mode}",
+            "coop.lr=0.05", f"run.out={tmp_path / mode}"])))
+    cached, recompute = outputs
+    assert cached.record["config"]["coop"]["image_features"] == "cached"
+    assert recompute.record["cost"]["train_images_per_s"] < cached.record["cost"]["train_images_per_s"]
+    torch.testing.assert_close(cached.result.logits, recompute.result.logits, rtol=1e-4, atol=1e-4)
+    assert cached.record["metrics"] == recompute.record["metrics"]

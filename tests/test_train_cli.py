@@ -66,11 +66,50 @@ def test_bad_hyperparameters_are_one_line_errors(override, message, tiny_clip_di
     assert not out.exists()
 
 
+@pytest.mark.parametrize("method, override, message", [
+    ("visual-prompt", "visual_prompt.prompt_size=113", "visual_prompt.prompt_size must be between 1 and 112 (half "
+                                                       "of the 224 px image), got 113"),
+    ("vpt", "vpt.tokens=-4", "vpt.tokens must be >= 0, got -4"),
+    ("vpt", "vpt.layer=12", "vpt.layer=12 is beyond the model's depth: its vision tower has 2 layers, so vpt.layer "
+                            "must be between 0 and 1"),
+    ("vpt", "vpt.depth=wide", "unknown vpt.depth 'wide'; valid choices: shallow, deep"),
+    ("vision-prefix", "vision_prefix.length=-1", "vision_prefix.length must be >= 0, got -1"),
+    ("vision-prefix", "vision_prefix.layer=2", "vision_prefix.layer=2 is beyond the model's depth"),
+    ("coop", "coop.n_ctx=75", "coop context of 75 tokens is longer than the text encoder allows: the prompt of "
+                              "'green' needs 83 of at most 77 tokens; use n_ctx <= 69"),
+    ("coop", "coop.optimizer=adam", "unknown coop.optimizer 'adam'; valid choices: adamw, sgd"),
+])
+def test_prompt_method_limits_are_one_line_errors(method, override, message, tiny_clip_dir, colour_folder,
+                                                  tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(method, tiny_clip_dir, colour_folder, out, "--set", override))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_coop_words_command(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "coop"
+    trained = runner.invoke(app, train_args("coop", tiny_clip_dir, colour_folder, out, "--set", "coop.init=a red",
+                                            "--set", "coop.lr=1e-6"))
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(app, ["coop-words", str(out), "--top", "2"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert len(rows) == 4  # "a red" is 4 tokens for the test's character tokenizer: a, r, e, d
+    words = [row.split("│")[2].strip() for row in rows]
+    assert [w.split(" ")[0] for w in words] == ["a", "r", "e", "d"]  # barely trained: still the phrase's tokens
+    assert all(w.split(" ")[1].startswith("(0.00") for w in words)
+    wrong = runner.invoke(app, ["coop-words", str(tmp_path)])
+    assert wrong.exit_code == 2 and "not a run directory" in wrong.output
+
+
 def test_unknown_method(tmp_path):
     result = runner.invoke(app, ["train", "lorra"])
     assert result.exit_code == 2
-    assert ("unknown method 'lorra'; valid choices: baseline, baseline-flip, bitfit, full-ft, linear-head, "
-            "linear-probe, lora") in result.output
+    assert ("unknown method 'lorra'; valid choices: baseline, baseline-flip, bitfit, coop, full-ft, linear-head, "
+            "linear-probe, lora, vision-prefix, visual-prompt, vpt") in result.output
 
 
 def test_existing_directory_is_not_overwritten(tiny_clip_dir, colour_folder, tmp_path):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipadapt.config import format_overrides
+from clipadapt.config import format_overrides, to_dict
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_text
 from clipadapt.reports.collect import mean_std
@@ -135,19 +135,25 @@ class SweepResult:
 
 
 def check_cells(config: SweepConfig, cells: list[SweepCell]) -> None:
-    """Build every cell's config, then check every distinct one against the model, before anything trains."""
+    """Build every cell's config, then check every distinct one against its model, before anything trains."""
     from clipadapt.data import load_dataset
     from clipadapt.methods import METHODS
     from clipadapt.models import load_model
 
     experiments = {json.dumps(cell.values): cell_experiment(config, cell, resume=False) for cell in cells}
-    first = next(iter(experiments.values()))
-    bundle = load_model(first.model.spec, device="cpu", revision=first.model.revision,
-                        trust_remote_code=first.model.trust_remote_code)
-    dataset = load_dataset(first.data)
     entry = METHODS.get(config.method)
-    for experiment in experiments.values():
-        entry.method_class.check(experiment.method_config(), bundle, dataset.classnames)
+    bundles: dict[str, Any] = {}
+    datasets: dict[str, Any] = {}
+    for experiment in experiments.values():  # each model and dataset is loaded once, however many cells use it
+        model, data = experiment.model, experiment.data
+        key = json.dumps([model.spec, model.revision])
+        if key not in bundles:
+            bundles[key] = load_model(model.spec, device="cpu", revision=model.revision,
+                                      trust_remote_code=model.trust_remote_code)
+        data_key = json.dumps(to_dict(data), sort_keys=True, default=str)
+        if data_key not in datasets:
+            datasets[data_key] = load_dataset(data)
+        entry.method_class.check(experiment.method_config(), bundles[key], datasets[data_key].classnames)
 
 
 def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | None = None) -> SweepResult:

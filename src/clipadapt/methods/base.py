@@ -155,11 +155,12 @@ class Method(nn.Module):
         """Register the frozen network the method trains through; subclasses unfreeze what they train.
 
         Registered modules are moved, wrapped for DDP and switched train/eval with the method. Feature methods
-        have none: their image tower ran once, into the feature cache.
+        have none: their image tower ran once, into the feature cache. The model is frozen either way (CoOp runs
+        its text tower on cached features: without this, every step would compute the tower's weight gradients).
         """
+        freeze(bundle.model)
         if self.inputs == "pixels":
             self.model = bundle.model
-            freeze(self.model)
 
     def make_head(self, bundle: ClipBundle, templates: TemplateSet) -> nn.Module:
         return build_head(self.config.head, bundle, self.classnames, templates)

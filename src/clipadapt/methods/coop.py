@@ -14,8 +14,7 @@ the context vectors at their positions; transformers' own text model does the re
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from clipadapt.config import option
 from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.methods.attention import install
 from clipadapt.methods.base import Method, OptimizerConfig, register_method
 from clipadapt.methods.heads import cosine_logits
 from clipadapt.methods.towers import text_token_embedding
@@ -41,6 +41,8 @@ class CoOpConfig(OptimizerConfig):
     class_token_position: str = option("end", help="where the class name goes: end, middle or front")
     class_specific: bool = option(False, help="one context per class instead of one shared by all classes")
     image_features: str = option("cached", help="cached (encode the images once) or recompute (every step)")
+    share_prefix: bool = option(True, help="encode the tokens all prompts share (start + shared context) once per "
+                                           "step instead of once per class: the same numbers, less work")
     lr: float = option(2e-3, help="peak learning rate of the context vectors")
 
     def __post_init__(self) -> None:
@@ -109,6 +111,40 @@ def build_prompt_tokens(bundle: ClipBundle, classnames: Sequence[str], config: C
     return PromptTokens(input_ids, attention_mask, torch.tensor(positions, dtype=torch.long), init_ids)
 
 
+class SharedPrefix:
+    """Keys and values of the context every class shares, computed once per step (a ``KeyValueSource``).
+
+    CLIP's text tower is causal: with the context in front of the class name, the first tokens of every prompt
+    see only each other, so their keys and values are the same for all classes. ``record`` keeps them from one
+    pass over the shared tokens; ``extend`` puts them in front of each class's remaining tokens.
+    """
+
+    def __init__(self) -> None:
+        self.base_implementation = "sdpa"
+        self.mode: str | None = None
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def extend(self, module: nn.Module, index: int, key: torch.Tensor,
+               value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.mode == "record":
+            self.store[index] = (key, value)
+        elif self.mode == "extend":
+            shared_key, shared_value = self.store[index]
+            size = (key.shape[0], -1, -1, -1)
+            return (torch.cat([shared_key.expand(size), key], dim=2),
+                    torch.cat([shared_value.expand(size), value], dim=2), shared_key.shape[2])
+        return key, value, 0
+
+
+def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, class_specific: bool) -> int:
+    """Leading positions identical in every prompt (0 when per-class contexts make them differ)."""
+    if class_specific or len(input_ids) < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(dim=0)
+    length = int(same.long().cumprod(0).sum())
+    return min(length, int(attention_mask.sum(dim=1).min()) - 1)  # every prompt keeps its own end token
+
+
 class PromptLearner(nn.Module):
     """CoOp's classifier: class vectors from the text tower with learned context, compared by cosine."""
 
@@ -129,35 +165,56 @@ class PromptLearner(nn.Module):
         self.register_buffer("attention_mask", tokens.attention_mask, persistent=False)
         self.register_buffer("rows", torch.arange(len(classnames)).repeat_interleave(n), persistent=False)
         self.register_buffer("cols", tokens.context_positions.flatten(), persistent=False)
+        self.register_buffer("slots", torch.arange(n).repeat(len(classnames)), persistent=False)
         self.register_buffer("scale", bundle.logit_scale.detach().float().clone(), persistent=False)
         self.register_buffer("bias", torch.tensor(0.0), persistent=False)
         self.num_classes, self.n_ctx = len(classnames), n
-        self._injecting = False
+        self.shared = shared_length(tokens.input_ids, tokens.attention_mask, config.class_specific)
+        self.prefix = SharedPrefix()
+        if config.share_prefix and self.shared > 1:
+            try:
+                install(bundle.text_tower, self.prefix)
+            except ConfigError:  # another attention implementation: encode every prompt whole
+                self.shared = 0
+        else:
+            self.shared = 0
+        self._injection: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._frozen: torch.Tensor | None = None
         self._hook = embedding.register_forward_hook(self._inject)
 
     def _inject(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
         """Put the context vectors at their positions (only while this learner encodes its prompts)."""
-        if not self._injecting:
+        if self._injection is None:
             return None
-        context = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(self.num_classes, -1, -1)
-        return output.index_put((self.rows, self.cols), context.reshape(-1, context.shape[-1]).to(output.dtype))
+        rows, cols, slots = self._injection
+        values = self.ctx[slots] if self.ctx.dim() == 2 else self.ctx[rows, slots]
+        return output.index_put((rows, cols), values.to(output.dtype))
 
-    @contextmanager
-    def _active(self) -> Iterator[None]:
-        self._injecting = True
+    def _encode(self, tokens: dict[str, torch.Tensor], injection, mode: str | None = None) -> torch.Tensor:
+        bundle = self._bundle[0]
+        self._injection, self.prefix.mode = injection, mode
         try:
-            yield
+            return bundle.text_features_fn(bundle.model, tokens)
         finally:
-            self._injecting = False
+            self._injection, self.prefix.mode = None, None
 
     def class_vectors(self) -> torch.Tensor:
         if self._frozen is not None:
             return self._frozen
-        bundle = self._bundle[0]
-        with self._active():
-            features = bundle.text_features_fn(bundle.model, {"input_ids": self.input_ids,
-                                                              "attention_mask": self.attention_mask})
+        if not self.shared:
+            features = self._encode({"input_ids": self.input_ids, "attention_mask": self.attention_mask},
+                                    (self.rows, self.cols, self.slots))
+        else:  # the shared tokens once, then each class's rest attending to their keys and values
+            p = self.shared
+            first = (self.rows == 0) & (self.cols < p)
+            self._encode({"input_ids": self.input_ids[:1, :p], "attention_mask": self.attention_mask[:1, :p]},
+                         (self.rows[first], self.cols[first], self.slots[first]), mode="record")
+            rest = self.cols >= p
+            positions = torch.arange(p, self.input_ids.shape[1], device=self.input_ids.device)[None]
+            features = self._encode({"input_ids": self.input_ids[:, p:], "attention_mask": self.attention_mask[:, p:],
+                                     "position_ids": positions},
+                                    (self.rows[rest], self.cols[rest] - p, self.slots[rest]), mode="extend")
+            self.prefix.store.clear()
         return nn.functional.normalize(features.float(), dim=-1)
 
     def freeze_for_evaluation(self, frozen: bool) -> None:

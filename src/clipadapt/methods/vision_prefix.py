@@ -7,15 +7,13 @@ layer's keys and values, which trains more stably than free vectors. The saved w
 plain (layers, 2, length, width) tensors, so a finished run carries no MLP.
 
 peft's prefix tuning targets language models' ``past_key_values``, which a CLIP image tower does not take, so this
-is a small module of ours. It plugs into transformers' public attention interface (``AttentionInterface``): the
-image tower's attention implementation becomes ``clipadapt_prefix``, which concatenates the prefix to the keys and
-values and hands over to the implementation the model used before (sdpa or eager).
+is a small module of ours. It plugs into transformers' public attention interface (``methods/attention.py``): the
+image tower's attention implementation becomes ``clipadapt_extra_kv``, which puts the prefix in front of the keys
+and values and hands over to the implementation the model used before (sdpa or eager).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +24,10 @@ from torch import nn
 from clipadapt.config import option
 from clipadapt.engine.checkpoint import check_metadata
 from clipadapt.errors import ConfigError
+from clipadapt.methods.attention import install
 from clipadapt.methods.base import WEIGHTS_FILE, register_method
 from clipadapt.methods.prompt_base import PromptMethod, PromptMethodConfig
 from clipadapt.methods.towers import check_layer, vision_layers
-
-PREFIX_ATTENTION = "clipadapt_prefix"
-PREFIX_SOURCE = "_clipadapt_prefix"  # attribute on each attention module: (VisionPrefix, index among prefixed layers)
 
 
 @dataclass
@@ -52,45 +48,13 @@ class VisionPrefixConfig(PromptMethodConfig):
             raise ConfigError(f"vision_prefix.hidden must be positive, got {self.hidden}")
 
 
-def _base_attention(module: nn.Module, implementation: str) -> Callable:
-    """The attention function the model used before: a registered one (sdpa, flash...) or its own eager one."""
-    from transformers import AttentionInterface
-
-    registry = AttentionInterface()
-    if implementation != "eager" and implementation in registry:
-        return registry[implementation]
-    return sys.modules[type(module).__module__].eager_attention_forward
-
-
-def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, **kwargs):
-    """Attention over ``[prefix keys; keys]`` and ``[prefix values; values]`` (query and output unchanged)."""
-    prefix, index = getattr(module, PREFIX_SOURCE)
-    if prefix.length > 0 and index >= 0:
-        key_values = prefix.key_values(index).to(key.dtype)  # (2, length, width)
-        batch, heads, _, head_dim = key.shape
-        extra = key_values.view(2, prefix.length, heads, head_dim).permute(0, 2, 1, 3)  # (2, heads, length, hd)
-        key = torch.cat([extra[0].expand(batch, -1, -1, -1), key], dim=2)
-        value = torch.cat([extra[1].expand(batch, -1, -1, -1), value], dim=2)
-        if attention_mask is not None:  # the prefix is visible to every query
-            fill = True if attention_mask.dtype == torch.bool else 0.0
-            attention_mask = nn.functional.pad(attention_mask, (prefix.length, 0), value=fill)
-    return _base_attention(module, prefix.base_implementation)(module, query, key, value, attention_mask, **kwargs)
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
-
-
 class VisionPrefix(nn.Module):
     """Per-layer key/value prefixes, reparameterised by an MLP or (collapsed) plain tensors."""
 
     def __init__(self, layers: int, length: int, width: int, hidden: int, reparameterize: bool) -> None:
         super().__init__()
         self.layers, self.length, self.width = layers, length, width
-        self.base_implementation = "sdpa"
+        self.base_implementation = "sdpa"  # set by attention.install
         if reparameterize:
             self.embedding = nn.Parameter(torch.randn(length, width))  # nn.Embedding's N(0, 1), as peft's
             self.mlp_in = nn.Linear(width, hidden)
@@ -112,6 +76,16 @@ class VisionPrefix(nn.Module):
         weight = self.mlp_out.weight.view(self.layers, 2, self.width, -1)[index]  # only this layer's rows
         bias = self.mlp_out.bias.view(self.layers, 2, self.width)[index]
         return torch.einsum("lh,kdh->kld", hidden, weight) + bias[:, None]
+
+    def extend(self, module: nn.Module, index: int, key: torch.Tensor,
+               value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Put this layer's prefix keys and values in front of the image tokens' (layers before ``layer``: none)."""
+        if self.length == 0 or index < 0:
+            return key, value, 0
+        batch, heads, _, head_dim = key.shape
+        extra = self.key_values(index).to(key.dtype).view(2, self.length, heads, head_dim).permute(0, 2, 1, 3)
+        return (torch.cat([extra[0].expand(batch, -1, -1, -1), key], dim=2),
+                torch.cat([extra[1].expand(batch, -1, -1, -1), value], dim=2), self.length)
 
     def collapse(self) -> None:
         """Replace the MLP by the tensors it produces (same values, bit for bit)."""
@@ -137,18 +111,18 @@ class VisionPrefixTuning(PromptMethod):
         width = bundle.vision_tower.config.hidden_size
         self.prefix = VisionPrefix(len(layers) - config.layer, config.length, width, config.hidden,
                                    config.reparameterize)
-        _register_attention()
-        tower = bundle.vision_tower
-        implementation = tower.config._attn_implementation
-        if implementation != PREFIX_ATTENTION:
-            self.prefix.base_implementation = implementation
-            tower.set_attn_implementation(PREFIX_ATTENTION)
-        for i, layer in enumerate(layers):
-            # a plain attribute, not a submodule: the prefix belongs to the method, not to the model
-            object.__setattr__(layer.self_attn, PREFIX_SOURCE, (self.prefix, i - config.layer))
+        install(bundle.vision_tower, self.prefix, config.layer)
 
     def collapse(self) -> None:
         self.prefix.collapse()
+
+    def num_parameters(self) -> dict:
+        """Also ``saved``: what the run keeps after collapsing the MLP (layers x 2 x length x width, and the head)."""
+        counts = super().num_parameters()
+        prefix = self.prefix
+        head = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        counts["saved"] = prefix.layers * 2 * prefix.length * prefix.width * (prefix.length > 0) + head
+        return counts
 
     def save_weights(self, directory: Path) -> None:
         """The collapsed prefix (no MLP) and the head, as safetensors."""

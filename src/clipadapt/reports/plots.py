@@ -141,11 +141,13 @@ def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, tit
                           reference: list[tuple[str, float]] = ()) -> None:
     """acc1 (mean, with std error bars) against a cost; ``reference`` lines (e.g. zero-shot) are dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = plt.cm.tab10.colors
+    colours = plt.cm.tab10.colors if len(points) <= 10 else plt.cm.tab20.colors
+    labels = []
     for i, p in enumerate(points):
-        ax.errorbar(p["x"], p["y"], yerr=p.get("yerr", 0) or None, fmt="o", color=colours[i % 10], capsize=3,
-                    label=p["label"])
-        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.errorbar(p["x"], p["y"], yerr=p.get("yerr", 0) or None, fmt="o", color=colours[i % len(colours)],
+                    capsize=3, label=p["label"])
+        labels.append(ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4),
+                                  fontsize=7))
     for j, (name, value) in enumerate(reference):
         ax.axhline(value, linestyle="--", linewidth=1, color="gray", alpha=0.8 - 0.15 * j)
         ax.text(0.01, value, name, fontsize=7, va="bottom", color="gray", transform=ax.get_yaxis_transform())
@@ -155,7 +157,24 @@ def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, tit
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    _separate_labels(fig, labels)
     _save(fig, path)
+
+
+def _separate_labels(fig, labels: list) -> None:
+    """Nudge point labels up or down, a line at a time, until none overlaps a label placed before it."""
+    if len(labels) < 2:
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for label in labels:
+        for shift in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+            label.xyann = (5, 4 + 8 * shift)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(box)
 
 
 def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
