@@ -234,6 +234,17 @@ def test_bench_reports_positive_figures_for_both_modes(compared, tiny_clip_dir, 
     assert len(points) == 3 and all(p["x"] == speed for p in points) and (tmp_path / "speed.png").is_file()
 
 
+def test_bench_child_failure_is_one_clear_error(tmp_path):
+    from clipadapt.bench import measure_in_child
+    from clipadapt.errors import ClipAdaptError
+
+    missing = tmp_path / "no-model"
+    with pytest.raises(ClipAdaptError) as error:
+        measure_in_child("inference", model=str(missing), batch=2, dtype="fp32", mode="inference_mode",
+                         iterations=1, device="cpu")
+    assert str(missing) in str(error.value) and "\n" not in str(error.value)
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -23,7 +23,6 @@ from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import staged_directory
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
-from clipadapt.reports import plots
 from clipadapt.reports.results import (
     CONFIG_FILE,
     PER_CLASS_FILE,
@@ -145,6 +144,8 @@ def _write_zero_shot_artifacts(stage: Path, dataset, result: ZeroShotResult, sam
     write_evaluation_artifacts(stage, dataset, result.split, result.encoded.positions, result.encoded.labels,
                                result.logits, f"zero-shot ({result.best})", samples, seed)
     if len(result.results) > 1:
+        from clipadapt.reports import plots
+
         plots.plot_template_sets([r.template_set.name for r in result.results],
                                  [r.metrics["acc1"] for r in result.results], stage / "templates.png")
 
@@ -152,6 +153,8 @@ def _write_zero_shot_artifacts(stage: Path, dataset, result: ZeroShotResult, sam
 def write_evaluation_artifacts(run_dir: Path, dataset, split: str, positions: np.ndarray, labels: np.ndarray,
                                logits: torch.Tensor, title: str, samples: int, seed: int) -> None:
     """per_class.csv, confusion.png and predictions.png of one evaluation (zero-shot and trained runs alike)."""
+    from clipadapt.reports import plots  # matplotlib only where a figure is drawn
+
     write_csv(run_dir / PER_CLASS_FILE, per_class_rows(logits, labels, dataset.classnames))
     plots.plot_confusion(confusion(logits, labels, dataset.num_classes), dataset.classnames,
                          run_dir / "confusion.png", title=f"{title} on {dataset.name} {split}")
@@ -170,6 +173,8 @@ def write_prediction_grid(path: Path, dataset, split_name: str, positions: np.nd
     k = min(5, dataset.num_classes)
     top = probs.topk(k, dim=-1)
     images = [split.load(int(positions[i])) for i in chosen]
+    from clipadapt.reports import plots
+
     plots.plot_prediction_grid(
         images, [dataset.classnames[int(labels[i])] for i in chosen],
         [[dataset.classnames[j] for j in row] for row in top.indices.tolist()],

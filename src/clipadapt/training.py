@@ -29,7 +29,6 @@ from clipadapt.io import atomic_write_json, staged_directory
 from clipadapt.methods import METHODS, Method, MethodEntry
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
-from clipadapt.reports import plots
 from clipadapt.reports.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -205,6 +204,8 @@ def _record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: 
 
 def _write_results(run_dir: Path, method: Method, dataset, fit: FitResult, evaluation: Evaluation, record: dict,
                    data: TrainingData, samples: int, seed: int) -> None:
+    from clipadapt.reports import plots  # matplotlib only where a figure is drawn
+
     with staged_directory(run_dir / WEIGHTS_DIR, overwrite=True) as stage:
         method.save_weights(stage)
     write_csv(run_dir / HISTORY_FILE, fit.history)

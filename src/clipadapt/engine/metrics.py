@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
+
+# sklearn is imported where it is used: it costs a second and a half at start-up, in every process
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -17,6 +18,8 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 def classification_metrics(scores: torch.Tensor, labels: np.ndarray | torch.Tensor) -> dict[str, float | int]:
     """``{"acc1", "acc5", "mean_per_class_acc", "n"}``; acc5 is top-min(5, classes)."""
+    from sklearn.metrics import balanced_accuracy_score
+
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     predictions = scores.argmax(dim=1).numpy()
     with warnings.catch_warnings():  # predicting a class that has no test images is allowed
@@ -31,11 +34,15 @@ def classification_metrics(scores: torch.Tensor, labels: np.ndarray | torch.Tens
 
 
 def confusion(scores: torch.Tensor, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(np.asarray(labels), scores.argmax(dim=1).numpy(), labels=list(range(num_classes)))
 
 
 def per_class_rows(scores: torch.Tensor, labels: np.ndarray, classnames: list[str]) -> list[dict]:
     """One row per class: precision, recall (= per-class accuracy), f1, support."""
+    from sklearn.metrics import classification_report
+
     report = classification_report(
         np.asarray(labels), scores.argmax(dim=1).numpy(), labels=list(range(len(classnames))),
         target_names=[f"{i}" for i in range(len(classnames))], output_dict=True, zero_division=0,

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from clipadapt.config import option
 from clipadapt.errors import ConfigError, DataError
@@ -24,6 +22,8 @@ from clipadapt.methods.heads import LinearHead, build_head
 from clipadapt.progress import progress_bar
 
 if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
     from clipadapt.engine.trainer import FitResult, Trainer
 
 ABSENT_CLASS_BIAS = -1e4  # classes with no training image can never win
@@ -56,6 +56,9 @@ def _fit(c: float, x: np.ndarray, y: np.ndarray, max_iter: int,
          start: LogisticRegression | None = None) -> LogisticRegression:
     """L-BFGS fit; ``start`` (the fit at the nearest C) warm-starts it, which follows the regularisation path
     in a fraction of the iterations of a cold start."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=c, max_iter=max_iter, solver="lbfgs", warm_start=start is not None)
     if start is not None:
         model.coef_, model.intercept_ = start.coef_.copy(), start.intercept_.copy()
