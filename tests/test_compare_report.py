@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -243,6 +244,16 @@ def test_bench_child_failure_is_one_clear_error(tmp_path):
         measure_in_child("inference", model=str(missing), batch=2, dtype="fp32", mode="inference_mode",
                          iterations=1, device="cpu")
     assert str(missing) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_bench_child_sees_the_environment_of_the_call_not_of_the_server(monkeypatch):
+    from clipadapt.bench import run_in_child
+
+    assert run_in_child(os.getpid) != os.getpid()  # the forkserver is up from here on
+    monkeypatch.setenv("CLIPADAPT_HOME", "/somewhere/else")  # a later $CLIPADAPT_HOME, as a test or user sets it
+    assert run_in_child(os.getenv, "CLIPADAPT_HOME") == "/somewhere/else"
+    first, second = run_in_child(os.getpid), run_in_child(os.getpid)
+    assert first != second  # a process per call
 
 
 def _chromium() -> str | None:

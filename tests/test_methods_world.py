@@ -37,14 +37,13 @@ def test_linear_probe_and_lora_beat_zero_shot(dataset, shots, margin, with_world
 
 
 # The prompt methods on the task world:tiny was not pretrained for. Measured (docs/methods.md, seeds 0-2): zero-shot
-# 0.594; visual-prompt ~0.82, vpt ~0.80, vision-prefix ~0.85 (each with the zero-shot head trained beside it),
-# coop with one context per class ~0.92. coop's shared context (its default) only ties zero-shot here, see the docs.
-@pytest.mark.parametrize("method, settings", [("visual-prompt", []), ("vpt", []), ("vision-prefix", []),
-                                              ("coop", ["coop.class_specific=true"])])
-def test_prompt_methods_beat_zero_shot_on_novel_pairs(method, settings, with_world, tmp_path):
+# 0.594 (`simple`); coop with one context per class ~0.93. coop's shared context (its default) only ties zero-shot
+# here, see the docs. visual-prompt, vpt and vision-prefix at their defaults are checked on the demo's own runs
+# (same task, shots and schedule) in test_world_slow.py, which trains them anyway.
+def test_class_specific_coop_beats_zero_shot_on_novel_pairs(with_world, tmp_path):
     zero_shot = zero_shot_acc1("world:shapes-novel")
     overrides = ["model.spec=world:tiny", "data.dataset=world:shapes-novel", "data.shots=8",
-                 f"run.out={tmp_path / method}", *settings]
-    record = run_training(load_experiment(method, None, overrides)).record
-    assert record["metrics"]["acc1"] > zero_shot + 0.10, (method, record["metrics"]["acc1"], zero_shot)
+                 f"run.out={tmp_path / 'coop'}", "coop.class_specific=true"]
+    record = run_training(load_experiment("coop", None, overrides)).record
+    assert record["metrics"]["acc1"] > zero_shot + 0.10, (record["metrics"]["acc1"], zero_shot)
     assert record["shots"] == 8 and record["selection"]["val_acc"] > 0

@@ -66,6 +66,10 @@ def test_demo_runs_offline_on_the_world(with_world, tmp_path):
     assert {"zeroshot", *list_methods()} <= shown  # every registered method, without listing them in the demo
     runs = [p for p in (out / "world-tiny").iterdir() if (p / "metrics.json").is_file()]
     assert len(runs) == len(list_methods()) + 1
+    records = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    accuracy = {record["method"]: record["metrics"]["acc1"] for record in records}
+    for method in ("visual-prompt", "vpt", "vision-prefix", "linear-probe", "lora"):  # measured: 0.81-0.93
+        assert accuracy[method] > accuracy["zeroshot"] + 0.10, (method, accuracy)  # zero-shot 0.56 (all 48 names)
     for run in runs:
         record = json.loads((run / "metrics.json").read_text())
         robustness = json.loads((run / "robustness.json").read_text())["gaussian"]["accuracy"]

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -157,21 +158,32 @@ MEASUREMENTS = {"inference": measure_inference, "training": measure_training_ste
 PRELOAD = ["clipadapt.bench", "clipadapt.training"]
 
 
-def _measure_quietly(kind: str, kwargs: dict) -> dict:
-    """In the child: one measurement, its library chatter (warnings, logs) sent to /dev/null."""
+def _call_quietly(environment: dict[str, str], function: Callable, args: tuple, kwargs: dict) -> Any:
+    """In the child: the caller's environment as it is now (the server's is the one it had when it started),
+    library chatter (warnings, logs) sent to /dev/null, then ``function``."""
+    os.environ.clear()
+    os.environ.update(environment)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
-    return MEASUREMENTS[kind](**kwargs)
+    return function(*args, **kwargs)
+
+
+def run_in_child(function: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` in a process of its own, forked from the preloaded forkserver.
+
+    ``function`` must be importable by name (a module-level function); its exception is raised here.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
+        return pool.submit(_call_quietly, dict(os.environ), function, args, kwargs).result()
 
 
 def measure_in_child(kind: str, **kwargs: Any) -> dict:
-    """Run one measurement in a fresh process (forked from the preloaded forkserver) and return its row."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    """Run one measurement in a process of its own and return its row."""
     try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
-            return pool.submit(_measure_quietly, kind, kwargs).result()
+        return run_in_child(MEASUREMENTS[kind], **kwargs)
     except BrokenProcessPool as error:  # killed: out of memory, a signal
         raise ClipAdaptError(f"bench {kind} {kwargs.get('model')} failed: the process died ({error})") from None
     except ClipAdaptError:
