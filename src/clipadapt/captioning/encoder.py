@@ -1,0 +1,169 @@
+"""The frozen image encoder's outputs for captioning, encoded once per model, images and preprocessing.
+
+Every captioning method keeps the CLIP image tower frozen, so what the bridge reads is a fixed function of the
+image: the tower's last hidden states (class token, if the model has one, then the patch tokens in row-major grid
+order, after the tower's final layer norm) and the pooled, projected, normalised CLIP embedding (what the ``mapper``
+bridge and CLIPScore use). They are computed once and kept in safetensors files beside the classification feature
+cache, so training epochs never run the image tower (docs/benchmarks.md has the ratio).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from clipadapt.data.base import Split
+from clipadapt.engine.features import SkippedImage, image_loader, report_skipped
+from clipadapt.errors import ConfigError
+from clipadapt.io import atomic_path
+from clipadapt.models.bundle import ClipBundle
+from clipadapt.paths import feature_cache_dir
+from clipadapt.progress import progress_bar
+
+log = logging.getLogger(__name__)
+ENCODER_CACHE_VERSION = 1
+
+
+@dataclass
+class PatchGeometry:
+    grid: tuple[int, int]  # patch rows, columns
+    prefix_tokens: int  # tokens before the patches (1 for CLIP's class token, 0 for SigLIP)
+    width: int  # hidden size of the tower
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefix_tokens + self.grid[0] * self.grid[1]
+
+
+def patch_geometry(bundle: ClipBundle) -> PatchGeometry:
+    """Patch grid of a transformers vision transformer; one clear error for towers without patch tokens."""
+    config = getattr(getattr(bundle.vision_tower, "config", None), "patch_size", None)
+    if bundle.backend != "transformers" or config is None:
+        raise ConfigError(f"'{bundle.spec}' has no patch tokens to caption from (a {bundle.backend} "
+                          f"{bundle.info.get('model_type', 'model')}); use a transformers CLIP or SigLIP checkpoint")
+    vision = bundle.vision_tower.config
+    height, width = bundle.preprocess.config.crop
+    grid = (height // vision.patch_size, width // vision.patch_size)
+    class_token = getattr(getattr(bundle.vision_tower, "embeddings", None), "class_embedding", None) is not None
+    return PatchGeometry(grid, 1 if class_token else 0, vision.hidden_size)
+
+
+def image_tokens(bundle: ClipBundle, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, pooled)`` from one pass of the tower: (B, tokens, width) last hidden states after the final
+    layer norm, and (B, embed_dim) the L2-normalised CLIP image embedding (what ``bundle.encode_image`` gives)."""
+    tower = bundle.vision_tower
+    out = tower(pixel_values=pixel_values.to(bundle.device, bundle.dtype))
+    hidden = out.last_hidden_state
+    post = getattr(tower, "post_layernorm", None)  # CLIP norms only the pooled token; SigLIP's output is normed
+    tokens = post(hidden) if post is not None and getattr(tower, "head", None) is None else hidden
+    projection = bundle.image_projection_fn(bundle.model)
+    pooled = projection(out.pooler_output) if projection is not None else out.pooler_output
+    return tokens, torch.nn.functional.normalize(pooled, dim=-1)
+
+
+@dataclass
+class EncodedImages:
+    tokens: torch.Tensor  # (N, tokens, width) float32
+    pooled: torch.Tensor  # (N, embed_dim) float32, L2-normalised CLIP image embeddings
+    positions: np.ndarray  # (N,) positions in the split
+    geometry: PatchGeometry
+    skipped: list[SkippedImage] = field(default_factory=list)
+    encode_time_s: float = 0.0
+    from_cache: bool = False
+
+
+@torch.inference_mode()
+def encode_for_captioning(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
+                          strict: bool = False) -> EncodedImages:
+    geometry = patch_geometry(bundle)
+    loader = image_loader(split, bundle.preprocess, batch_size, num_workers)
+    tokens, pooled, positions, skipped = [], [], [], []
+    start = time.perf_counter()
+    with progress_bar(f"encoding {split.name} for captioning", total=len(split), unit="img") as advance:
+        for batch in loader:
+            for position, reason in batch["skipped"]:
+                skipped.append(SkippedImage(position, split.describe(position), reason))
+                if strict:
+                    report_skipped(skipped, strict=True, split_name=split.name)
+            if batch["images"] is not None:
+                pixels = bundle.preprocess.normalize(batch["images"])
+                batch_tokens, batch_pooled = image_tokens(bundle, pixels)
+                tokens.append(batch_tokens.float().cpu())
+                pooled.append(batch_pooled.float().cpu())
+                positions.append(batch["positions"].numpy())
+            advance(len(batch["labels"]) + len(batch["skipped"]))
+    report_skipped(skipped, strict, split.name)
+    empty = torch.zeros(0, geometry.num_tokens, geometry.width)
+    return EncodedImages(torch.cat(tokens) if tokens else empty,
+                         torch.cat(pooled) if pooled else torch.zeros(0, bundle.embed_dim),
+                         np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64), geometry,
+                         skipped, time.perf_counter() - start)
+
+
+class EncoderCache:
+    """safetensors files of ``EncodedImages``, written atomically, keyed by model x images x preprocessing."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else feature_cache_dir() / "captioning"
+
+    @staticmethod
+    def key(bundle: ClipBundle, split: Split) -> str:
+        identity = {"version": ENCODER_CACHE_VERSION, "model": bundle.fingerprint, "split": split.fingerprint(),
+                    "preprocess": bundle.preprocess.config.to_dict(), "dtype": str(bundle.dtype)}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+    def path(self, bundle: ClipBundle, split: Split) -> Path:
+        return self.root / f"{self.key(bundle, split)}.safetensors"
+
+    def load(self, bundle: ClipBundle, split: Split) -> EncodedImages | None:
+        path = self.path(bundle, split)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no iter
+                meta = f.metadata() or {}
+            geometry = PatchGeometry(**json.loads(meta["geometry"]))
+            geometry.grid = tuple(geometry.grid)
+        except Exception:  # a corrupt entry is recomputed, never trusted
+            log.warning("ignoring unreadable captioning encoder cache entry %s", path)
+            return None
+        skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
+        return EncodedImages(tensors["tokens"], tensors["pooled"], tensors["positions"].numpy(), geometry, skipped,
+                             float(meta.get("encode_time_s", 0.0)), from_cache=True)
+
+    def save(self, bundle: ClipBundle, split: Split, encoded: EncodedImages) -> Path:
+        path = self.path(bundle, split)
+        tensors = {"tokens": encoded.tokens.contiguous(), "pooled": encoded.pooled.contiguous(),
+                   "positions": torch.from_numpy(np.ascontiguousarray(encoded.positions))}
+        geometry = {"grid": list(encoded.geometry.grid), "prefix_tokens": encoded.geometry.prefix_tokens,
+                    "width": encoded.geometry.width}
+        meta = {"model": bundle.spec, "split": split.name, "geometry": json.dumps(geometry),
+                "skipped": json.dumps([s.__dict__ for s in encoded.skipped]),
+                "encode_time_s": f"{encoded.encode_time_s:.6f}"}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+
+def encode_cached(bundle: ClipBundle, split: Split, cache: EncoderCache | None = None, batch_size: int = 64,
+                  num_workers: int = -1, strict: bool = False) -> EncodedImages:
+    """``encode_for_captioning`` through the cache: a second call with the same inputs reads the file."""
+    if cache is not None:
+        hit = cache.load(bundle, split)
+        if hit is not None:
+            report_skipped(hit.skipped, strict, split.name)
+            return hit
+    encoded = encode_for_captioning(bundle, split, batch_size, num_workers, strict)
+    if cache is not None:
+        cache.save(bundle, split, encoded)
+    return encoded
