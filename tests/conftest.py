@@ -76,3 +76,24 @@ def with_world(world_home, monkeypatch) -> Path:
     """Use the session's world:tiny (tests that need the pretrained world model are marked slow)."""
     monkeypatch.setenv("CLIPADAPT_HOME", str(world_home))
     return world_home
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 (2 layers, width 32) with the world tokenizer, saved to disk like a hub checkpoint."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    from clipadapt.world.tokenizer import build_world_tokenizer
+
+    hf_logging.disable_progress_bar()
+    tokenizer = build_world_tokenizer()
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-lm"
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

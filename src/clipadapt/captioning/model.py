@@ -1,0 +1,225 @@
+"""The captioner: cached image-encoder outputs -> a trained bridge -> a transformers causal LM.
+
+Bridges (``bridge.kind``):
+
+* ``patch-prefix`` (default): the tower's tokens (class token and patches) projected to the decoder's width and put
+  in front of the caption's embeddings; the decoder attends to them as to earlier words.
+* ``cross-attention``: the projected tokens are ``encoder_hidden_states`` for cross-attention layers that
+  transformers adds to GPT-2-family decoders (``add_cross_attention=True``; the new layers train with the bridge).
+* ``mapper`` (ClipCap, Mokady et al. 2021): the pooled CLIP embedding mapped by an MLP to ``prefix_length`` prefix
+  vectors.
+
+The decoder is loaded with ``AutoModelForCausalLM`` (never ``trust_remote_code``); what of it trains is the decoder
+method's business (captioning/methods.py), the bridge always trains. Text is ``[BOS] caption [EOS]`` with the
+tokenizer's own specials (GPT-2's ``<|endoftext|>`` serves as both); the loss covers the caption and its EOS.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clipadapt.captioning.encoder import PatchGeometry
+from clipadapt.config import option
+from clipadapt.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BRIDGES = ("patch-prefix", "cross-attention", "mapper")
+IGNORE = -100
+
+
+@dataclass
+class BridgeConfig:
+    kind: str = option("patch-prefix", help="patch-prefix, cross-attention or mapper")
+    prefix_length: int = option(10, help="mapper: prefix vectors made from the pooled embedding")
+    hidden: int | None = option(None, help="mapper: MLP hidden size (default: prefix_length * width / 2, ClipCap's)")
+    lr: float = option(1e-3, help="learning rate of the bridge (and of the new cross-attention layers)")
+
+    def __post_init__(self) -> None:
+        if self.kind not in BRIDGES:
+            raise ConfigError(f"unknown bridge.kind '{self.kind}'; valid choices: {', '.join(BRIDGES)}")
+        if self.prefix_length <= 0:
+            raise ConfigError(f"bridge.prefix_length must be positive, got {self.prefix_length}")
+        if self.hidden is not None and self.hidden <= 0:
+            raise ConfigError(f"bridge.hidden must be positive, got {self.hidden}")
+
+
+@dataclass
+class Decoder:
+    model: nn.Module  # a transformers causal LM
+    tokenizer: object
+    spec: str
+
+    @property
+    def width(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def bos_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+
+def load_decoder(spec: str, cross_attention: bool = False, device: str | torch.device = "cpu") -> Decoder:
+    """A causal LM and its tokenizer from a hub id, a folder, or ``world:tiny-lm``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = spec
+    if spec == "world:tiny-lm":
+        from clipadapt.world.lm import world_lm_dir
+
+        source = str(world_lm_dir())
+    elif spec.startswith("world:"):
+        raise ConfigError(f"unknown decoder '{spec}'; the built-in one is world:tiny-lm")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot load decoder '{spec}': {str(error).splitlines()[0]}") from None
+    causal = set(AutoModelForCausalLM._model_mapping.keys())
+    if type(config) not in causal:
+        raise ConfigError(f"decoder '{spec}' is a {config.model_type} model, not a causal language model "
+                          "(use a GPT-2-family checkpoint)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"decoder '{spec}' has no usable tokenizer: {str(error).splitlines()[0]}") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"decoder '{spec}' has a tokenizer without an end-of-text token")
+    extra = {}
+    if cross_attention:
+        if not hasattr(config, "add_cross_attention"):
+            raise ConfigError(f"decoder '{spec}' ({config.model_type}) cannot add cross-attention layers")
+        extra["add_cross_attention"] = True
+    if cross_attention:  # the new layers are missing from the checkpoint by design: say so once, quietly
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **extra)
+        finally:
+            hf_logging.set_verbosity(level)
+        log.info("decoder %s: new cross-attention layers, trained with the bridge", spec)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source)
+    model = model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; padded positions are masked anyway
+    return Decoder(model, tokenizer, spec)
+
+
+def encode_captions(decoder: Decoder, captions: list[str], max_length: int = 40) -> dict[str, torch.Tensor]:
+    """``[BOS] caption [EOS]`` token ids, right-padded: ``input_ids``, ``attention_mask`` and ``labels``."""
+    tokenizer = decoder.tokenizer
+    rows = []
+    for text in captions:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 2]
+        rows.append([decoder.bos_id, *ids, tokenizer.eos_token_id])
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    labels = input_ids.masked_fill(mask == 0, IGNORE)
+    labels[:, 0] = IGNORE  # BOS is given, not predicted
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class PatchProjection(nn.Module):
+    """Tower tokens (width_v) -> decoder width; used by patch-prefix and cross-attention."""
+
+    def __init__(self, geometry: PatchGeometry, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(geometry.width)
+        self.proj = nn.Linear(geometry.width, width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(tokens))
+
+
+class Mapper(nn.Module):
+    """ClipCap's MLP mapper: pooled embedding -> ``length`` prefix vectors."""
+
+    def __init__(self, embed_dim: int, width: int, length: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or max(1, length * width // 2)
+        self.length, self.width = length, width
+        self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.Tanh(), nn.Linear(hidden, length * width))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled).view(pooled.shape[0], self.length, self.width)
+
+
+class Captioner(nn.Module):
+    """Bridge + decoder. Inputs are encoder outputs (``tokens``, ``pooled``), never pixels."""
+
+    def __init__(self, decoder: Decoder, geometry: PatchGeometry, embed_dim: int, config: BridgeConfig) -> None:
+        super().__init__()
+        self.decoder, self.config, self.geometry = decoder.model, config, geometry
+        self.tokenizer, self.bos_id = decoder.tokenizer, decoder.bos_id
+        if config.kind == "mapper":
+            self.bridge = Mapper(embed_dim, decoder.width, config.prefix_length, config.hidden)
+        else:
+            self.bridge = PatchProjection(geometry, decoder.width)
+        if config.kind == "cross-attention" and not getattr(decoder.model.config, "add_cross_attention", False):
+            raise ConfigError("the cross-attention bridge needs a decoder loaded with cross_attention=True")
+
+    @property
+    def prefix_length(self) -> int:
+        if self.config.kind == "mapper":
+            return self.config.prefix_length
+        return 0 if self.config.kind == "cross-attention" else self.geometry.num_tokens
+
+    def bridge_parameter_names(self) -> list[str]:
+        """The bridge, and the decoder's new cross-attention layers (they are part of the bridge)."""
+        names = [f"bridge.{n}" for n, _ in self.bridge.named_parameters()]
+        if self.config.kind == "cross-attention":
+            names += [f"decoder.{n}" for n, _ in self.decoder.named_parameters()
+                      if "crossattention" in n or "ln_cross_attn" in n]
+        return names
+
+    def image_inputs(self, batch: dict) -> tuple[torch.Tensor | None, dict]:
+        """(prefix embeddings or None, extra decoder kwargs) for a batch of encoder outputs."""
+        if self.config.kind == "mapper":
+            return self.bridge(batch["pooled"]), {}
+        projected = self.bridge(batch["tokens"])
+        if self.config.kind == "cross-attention":
+            return None, {"encoder_hidden_states": projected}
+        return projected, {}
+
+    def forward(self, batch: dict) -> dict:
+        """Teacher-forced loss of ``batch["input_ids"]`` given the images (labels -100 where not predicted)."""
+        prefix, extra = self.image_inputs(batch)
+        embeds = self.decoder.get_input_embeddings()(batch["input_ids"])
+        mask, labels = batch["attention_mask"], batch["labels"]
+        if prefix is not None:
+            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+            ones = torch.ones(mask.shape[0], prefix.shape[1], dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([ones, mask], dim=1)
+            labels = torch.cat([torch.full_like(ones, IGNORE, dtype=labels.dtype), labels], dim=1)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=labels, **extra)
+        return {"loss": out.loss, "logits": out.logits}
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int = 20, num_beams: int = 1,
+                 output_attentions: bool = False) -> dict:
+        """Greedy (``num_beams=1``) or beam search from ``[prefix] [BOS]``; ``{"captions", "sequences"}``."""
+        prefix, extra = self.image_inputs(batch)
+        size = (prefix if prefix is not None else extra["encoder_hidden_states"]).shape[0]
+        device = next(self.decoder.parameters()).device
+        bos = torch.full((size, 1), self.bos_id, dtype=torch.long, device=device)
+        embeds = self.decoder.get_input_embeddings()(bos)
+        if prefix is not None:
+            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
+        out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    num_beams=num_beams, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+                                    pad_token_id=self.tokenizer.pad_token_id, return_dict_in_generate=True,
+                                    output_attentions=output_attentions, **extra)
+        captions = [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.sequences]
+        return {"captions": captions, "sequences": out.sequences, "output": out}
