@@ -1,0 +1,93 @@
+"""Decoder methods x bridges on tiny random models: what trains, what stays frozen, where training starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipadapt.captioning.encoder import image_tokens, patch_geometry
+from clipadapt.captioning.methods import CAPTION_METHODS, apply_method, build_caption_method
+from clipadapt.captioning.model import BRIDGES, BridgeConfig, Captioner, encode_captions, load_decoder
+from clipadapt.errors import ConfigError
+
+CAPTIONS = ["a red circle", "two blue squares on green", "a yellow star"]
+METHODS = ["bridge-only", "full", "lora", "adapter"]
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_bundle):
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens, pooled = image_tokens(tiny_bundle, pixels)
+    return {"tokens": tokens, "pooled": pooled}
+
+
+def build(method, kind, tiny_bundle, tiny_lm_dir, **settings):
+    decoder = load_decoder(str(tiny_lm_dir), cross_attention=kind == "cross-attention")
+    torch.manual_seed(0)
+    captioner = Captioner(decoder, patch_geometry(tiny_bundle), tiny_bundle.embed_dim,
+                          BridgeConfig(kind=kind, prefix_length=4))
+    trained = apply_method(captioner, build_caption_method(method, settings))
+    return captioner, decoder, trained
+
+
+def test_every_method_is_registered():
+    assert set(METHODS) <= set(CAPTION_METHODS.names())
+
+
+@pytest.mark.parametrize("kind", BRIDGES)
+@pytest.mark.parametrize("method", METHODS)
+def test_two_steps_train_only_the_named_parameters(method, kind, tiny_bundle, tiny_lm_dir, encoded):
+    captioner, decoder, trained = build(method, kind, tiny_bundle, tiny_lm_dir)
+    assert {n for n, p in captioner.named_parameters() if p.requires_grad} == set(trained)
+    frozen = {n: p.detach().clone() for n, p in captioner.named_parameters() if n not in set(trained)}
+    batch = {**encoded, **encode_captions(decoder, CAPTIONS)}
+    optimizer = torch.optim.AdamW([p for p in captioner.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(2):
+        loss = captioner(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        assert {n for n, p in captioner.named_parameters() if p.grad is not None} == set(trained)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[1] < losses[0]
+    assert all(torch.equal(p, frozen[n]) for n, p in captioner.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_adapters_start_as_the_pretrained_decoder(method, tiny_bundle, tiny_lm_dir, encoded):
+    """LoRA's B and the adapters' up-projection start at zero: the same logits as the frozen decoder."""
+    plain, decoder, _ = build("bridge-only", "patch-prefix", tiny_bundle, tiny_lm_dir)
+    adapted, _, trained = build(method, "patch-prefix", tiny_bundle, tiny_lm_dir)
+    batch = {**encoded, **encode_captions(decoder, CAPTIONS)}
+    plain.eval()
+    adapted.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(batch)["logits"], plain(batch)["logits"], rtol=0, atol=1e-6)
+    assert any(name.startswith("decoder.") or name.startswith("adapters.") for name in trained)
+
+
+def test_trainable_counts_follow_their_formulas(tiny_bundle, tiny_lm_dir):
+    width, layers, bottleneck, r = 32, 2, 64, 8
+    geometry = patch_geometry(tiny_bundle)
+    bridge = 2 * geometry.width + geometry.width * width + width  # LayerNorm + Linear
+    counts = {}
+    for method in METHODS:
+        captioner, _, trained = build(method, "patch-prefix", tiny_bundle, tiny_lm_dir)
+        parameters = dict(captioner.named_parameters())
+        counts[method] = sum(parameters[n].numel() for n in trained) - bridge
+    assert counts["bridge-only"] == 0
+    assert counts["lora"] == layers * (r * width + 3 * width * r)  # c_attn: A (r x 32), B (96 x r)
+    assert counts["adapter"] == layers * 2 * (width * bottleneck + bottleneck + bottleneck * width + width)
+    decoder = load_decoder(str(tiny_lm_dir)).model
+    assert counts["full"] == sum(p.numel() for p in decoder.parameters())
+
+
+def test_bad_settings(tiny_bundle, tiny_lm_dir):
+    with pytest.raises(ConfigError, match="lora target"):
+        build("lora", "patch-prefix", tiny_bundle, tiny_lm_dir, targets=["q_proj"])
+    with pytest.raises(ConfigError, match="bottleneck must be positive"):
+        build_caption_method("adapter", {"bottleneck": 0})
+    with pytest.raises(Exception, match="unknown caption method 'prefx'"):
+        build_caption_method("prefx")
