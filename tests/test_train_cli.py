@@ -170,9 +170,8 @@ def test_resume_from_the_cli_continues_an_interrupted_run(tiny_clip_dir, colour_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, saved", [("lora", "weights/adapter/adapter_model.safetensors"),
-                                           ("vpt", "weights/trainable.safetensors"),
-                                           ("coop", "weights/trainable.safetensors")])
+@pytest.mark.parametrize("method, saved", [("lora", "weights/adapter/adapter_model.safetensors"),  # pixels, peft
+                                           ("coop", "weights/trainable.safetensors")])  # features, our module
 def test_accelerate_launch_two_processes(method, saved, tiny_clip_dir, colour_folder, tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     out = tmp_path / "ddp"
