@@ -12,6 +12,13 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["CLIPADAPT_PROGRESS"] = "0"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["COLUMNS"] = "200"  # rich tables are not wrapped in captured output
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (and in their subprocesses), or OpenMP's spinning
+    # threads oversubscribe the cores and the suite runs slower in parallel than serially
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +69,19 @@ def colour_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def world_home(tmp_path_factory) -> Path:
-    """A $CLIPADAPT_HOME holding world:tiny, built once per test session with the default recipe."""
+    """A $CLIPADAPT_HOME holding world:tiny, built once per test session with the default recipe.
+
+    Under pytest-xdist the workers of one run share it (the world cache's file lock makes a second worker wait for
+    the first one's build instead of building again)."""
     from clipadapt.world.models import world_clip_dir
     from tests.helpers import clipadapt_home
 
-    with clipadapt_home(tmp_path_factory.mktemp("world-home")) as home:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "world-home"
+        shared.mkdir(exist_ok=True)
+    else:
+        shared = tmp_path_factory.mktemp("world-home")
+    with clipadapt_home(shared) as home:
         world_clip_dir()
     return home
 
