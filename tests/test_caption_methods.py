@@ -11,7 +11,7 @@ from clipadapt.captioning.model import BRIDGES, BridgeConfig, Captioner, encode_
 from clipadapt.errors import ConfigError
 
 CAPTIONS = ["a red circle", "two blue squares on green", "a yellow star"]
-METHODS = ["bridge-only", "full", "lora", "adapter"]
+METHODS = ["bridge-only", "full", "lora", "adapter", "prefix"]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,8 @@ def test_trainable_counts_follow_their_formulas(tiny_bundle, tiny_lm_dir):
     assert counts["bridge-only"] == 0
     assert counts["lora"] == layers * (r * width + 3 * width * r)  # c_attn: A (r x 32), B (96 x r)
     assert counts["adapter"] == layers * 2 * (width * bottleneck + bottleneck + bottleneck * width + width)
+    length, hidden = 10, 512  # peft's prefix encoder: embedding (length x width), MLP width -> hidden -> 2 L width
+    assert counts["prefix"] == length * width + width * hidden + hidden + hidden * 2 * layers * width + 2 * layers * width
     decoder = load_decoder(str(tiny_lm_dir)).model
     assert counts["full"] == sum(p.numel() for p in decoder.parameters())
 
@@ -91,3 +93,32 @@ def test_bad_settings(tiny_bundle, tiny_lm_dir):
         build_caption_method("adapter", {"bottleneck": 0})
     with pytest.raises(Exception, match="unknown caption method 'prefx'"):
         build_caption_method("prefx")
+
+
+@pytest.mark.parametrize("kind", ["patch-prefix", "cross-attention"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_prefix_tuned_decoding_equals_peft_forward(kind, num_beams, tiny_bundle, tiny_lm_dir, encoded):
+    """generate through the base decoder with peft's prefix as the cache gives peft's own next-token choices."""
+    captioner, decoder, _ = build("prefix", kind, tiny_bundle, tiny_lm_dir)
+    with torch.no_grad():
+        for p in captioner.decoder.prompt_encoder.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(1))
+    captioner.eval()
+    out = captioner.generate(encoded, max_new_tokens=5, num_beams=num_beams)
+    if num_beams == 1:  # greedy: each token is the argmax of peft's forward over what came before
+        checked = 0
+        for i, row in enumerate(out["sequences"]):
+            ids = captioner.caption_tokens(row)
+            checked += len(ids)
+            for k, token in enumerate(ids):
+                prefix = torch.tensor([captioner.bos_id, *ids[:k]])[None]
+                batch = {key: v[i:i + 1] for key, v in encoded.items()}
+                text = {"input_ids": prefix, "attention_mask": torch.ones_like(prefix), "labels": prefix}
+                with torch.no_grad():
+                    logits = captioner({**batch, **text})["logits"][0, -1]
+                assert int(logits.argmax()) == token
+        assert checked >= 3
+    else:  # beams: batched decoding equals decoding each image alone (the prefix cache is per row)
+        for i in range(len(out["captions"])):
+            alone = captioner.generate({k: v[i:i + 1] for k, v in encoded.items()}, max_new_tokens=5, num_beams=3)
+            assert alone["captions"][0] == out["captions"][i]

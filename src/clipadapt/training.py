@@ -116,7 +116,7 @@ def _differences(old: Any, new: Any, prefix: tuple = ()) -> list[str]:
     return [f"{'.'.join(map(str, prefix))}: {old!r} -> {new!r}"]
 
 
-def _check_run_dir(run_dir: Path, resolved: dict, resume: bool, overwrite: bool) -> None:
+def check_train_run_dir(run_dir: Path, resolved: dict, resume: bool, overwrite: bool) -> None:
     if resume:
         saved = run_dir / CONFIG_FILE
         if not saved.is_file():
@@ -140,7 +140,7 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     resolved = to_dict(cfg)
     resolved["run"]["out"] = str(run_dir)
     accelerator = make_accelerator(resolve_device(cfg.model.device), cfg.train.precision)
-    _check_run_dir(run_dir, resolved, cfg.run.resume, cfg.run.overwrite)
+    check_train_run_dir(run_dir, resolved, cfg.run.resume, cfg.run.overwrite)
 
     dataset = load_dataset(cfg.data)
     for split in ("train", "val", cfg.data.split):

@@ -9,8 +9,10 @@
   pretrained decoder. The ``adapters`` library, which implements these, requires transformers 4.x; this is a small
   module of ours built on forward hooks, so transformers' GPT-2 blocks are used as they are.
 
-Prefix-tuning of the decoder (through peft) is the fifth method, still to come: peft's prefix-tuned models cannot
-``generate`` from ``inputs_embeds`` in transformers 5 (see DEVELOPERS.md).
+* ``prefix``: peft prefix-tuning (Li & Liang 2021): ``length`` learned key/value vectors in every decoder layer,
+  reparameterised through peft's MLP prefix encoder while training. Decoding goes through the base decoder's
+  ``generate`` with peft's prefix as the starting cache (``Captioner.generate``): peft's own prompt-learning
+  ``generate`` cannot start from ``inputs_embeds`` in transformers 5.
 """
 
 from __future__ import annotations
@@ -195,6 +197,32 @@ class DecoderAdapter(DecoderMethod):
             block.mlp.register_forward_hook(_adapt_output(pair["mlp"]))
             captioner.adapters.append(pair)
         return [f"adapters.{n}" for n, _ in captioner.adapters.named_parameters()]
+
+
+@dataclass
+class DecoderPrefixConfig(DecoderMethodConfig):
+    length: int = option(10, help="prefix key/value vectors per decoder layer (peft's num_virtual_tokens)")
+    projection: bool = option(True, help="train the prefix through an MLP (peft's prefix_projection)")
+    hidden: int = option(512, help="width of that MLP (peft's encoder_hidden_size)")
+    lr: float = option(5e-3, help="learning rate of the prefix")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_positive(self, ("length", "hidden"), "prefix:")
+
+
+@register_caption_method("prefix", DecoderPrefixConfig)
+class DecoderPrefix(DecoderMethod):
+    """peft prefix-tuning: learned keys and values in every decoder layer (10 per layer)."""
+
+    def apply(self, captioner: Captioner) -> list[str]:
+        from peft import PrefixTuningConfig, get_peft_model
+
+        config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.config.length,
+                                    prefix_projection=self.config.projection,
+                                    encoder_hidden_size=self.config.hidden)
+        captioner.decoder = get_peft_model(captioner.decoder, config)
+        return [f"decoder.{n}" for n, _ in captioner.decoder.named_parameters() if "prompt_encoder" in n]
 
 
 def build_caption_method(name: str, settings: dict | None = None) -> DecoderMethod:

@@ -77,8 +77,9 @@ class CaptionScores:
 
 
 def ngram_scores(predictions: dict[str, str], references: dict[str, list[str]],
-                 use_java: bool | None = None) -> CaptionScores:
-    """BLEU-4, METEOR, ROUGE-L and CIDEr-D of one caption per image against its references (pycocoevalcap)."""
+                 use_java: bool | None = None, only: Sequence[str] = NGRAM_METRICS) -> CaptionScores:
+    """BLEU-4, METEOR, ROUGE-L and CIDEr-D (or ``only`` some) of one caption per image against its references
+    (pycocoevalcap)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -103,10 +104,11 @@ def ngram_scores(predictions: dict[str, str], references: dict[str, list[str]],
         for key, value in zip(ids, each, strict=True):
             per_image[key][name] = float(value)
 
-    bleu, bleu_each = Bleu(4).compute_score(refs, preds, verbose=0)
-    add("bleu4", bleu[3], bleu_each[3])
+    if "bleu4" in only:
+        bleu, bleu_each = Bleu(4).compute_score(refs, preds, verbose=0)
+        add("bleu4", bleu[3], bleu_each[3])
     skipped = []
-    if java:
+    if "meteor" in only and java:
         from pycocoevalcap.meteor.meteor import Meteor
 
         meteor = Meteor()  # a JVM, stopped when the object goes
@@ -114,10 +116,12 @@ def ngram_scores(predictions: dict[str, str], references: dict[str, list[str]],
             add("meteor", *meteor.compute_score(refs, preds))
         finally:
             del meteor
-    else:
+    elif "meteor" in only:
         skipped.append("meteor: needs Java" + ("" if java_available() else " (not found on PATH)"))
-    add("rouge_l", *Rouge().compute_score(refs, preds))
-    add("cider", *Cider().compute_score(refs, preds))
+    if "rouge_l" in only:
+        add("rouge_l", *Rouge().compute_score(refs, preds))
+    if "cider" in only:
+        add("cider", *Cider().compute_score(refs, preds))
     return CaptionScores(metrics, per_image, tokenizer, skipped)
 
 

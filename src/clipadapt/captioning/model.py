@@ -112,15 +112,17 @@ def load_decoder(spec: str, cross_attention: bool = False, device: str | torch.d
     return Decoder(model, tokenizer, spec)
 
 
-def encode_captions(decoder: Decoder, captions: list[str], max_length: int = 40) -> dict[str, torch.Tensor]:
-    """``[BOS] caption [EOS]`` token ids, right-padded: ``input_ids``, ``attention_mask`` and ``labels``."""
+def caption_ids(decoder: Decoder, text: str, max_length: int = 40) -> list[int]:
+    """``[BOS] caption [EOS]`` token ids, the caption cut to fit ``max_length``."""
     tokenizer = decoder.tokenizer
-    rows = []
-    for text in captions:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 2]
-        rows.append([decoder.bos_id, *ids, tokenizer.eos_token_id])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 2]
+    return [decoder.bos_id, *ids, tokenizer.eos_token_id]
+
+
+def pad_captions(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on padding and on the given BOS)."""
     length = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, row in enumerate(rows):
         input_ids[i, : len(row)] = torch.tensor(row)
@@ -128,6 +130,12 @@ def encode_captions(decoder: Decoder, captions: list[str], max_length: int = 40)
     labels = input_ids.masked_fill(mask == 0, IGNORE)
     labels[:, 0] = IGNORE  # BOS is given, not predicted
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def encode_captions(decoder: Decoder, captions: list[str], max_length: int = 40) -> dict[str, torch.Tensor]:
+    """``[BOS] caption [EOS]`` token ids, right-padded: ``input_ids``, ``attention_mask`` and ``labels``."""
+    return pad_captions([caption_ids(decoder, text, max_length) for text in captions],
+                        decoder.tokenizer.pad_token_id)
 
 
 class PatchProjection(nn.Module):
@@ -203,12 +211,28 @@ class Captioner(nn.Module):
             mask = torch.cat([ones, mask], dim=1)
             labels = torch.cat([torch.full_like(ones, IGNORE, dtype=labels.dtype), labels], dim=1)
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=labels, **extra)
-        return {"loss": out.loss, "logits": out.logits}
+        with torch.no_grad():  # next-token accuracy over the predicted positions
+            target = labels[:, 1:]
+            predicted = target != IGNORE
+            correct = ((out.logits[:, :-1].argmax(-1) == target) & predicted).sum()
+        return {"loss": out.loss, "logits": out.logits, "correct": correct, "count": predicted.sum()}
+
+    def _generation_model(self, rows: int) -> tuple[nn.Module, object | None, int]:
+        """The model whose ``generate`` decodes and its starting cache: a prefix-tuned decoder's own prefix.
+
+        peft's prompt-learning ``generate`` cannot start from ``inputs_embeds`` in transformers 5, so a prefix-tuned
+        decoder decodes through its base model with peft's prefix (``get_prompt``) as the cache; ``generate`` takes
+        that many leading positions as already computed (the captions equal peft's forward, tested).
+        """
+        config = getattr(self.decoder, "active_peft_config", None)
+        if config is None or not config.is_prompt_learning:
+            return self.decoder, None, 0
+        return self.decoder.get_base_model(), self.decoder.get_prompt(rows), config.num_virtual_tokens
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 20, num_beams: int = 1,
-                 output_attentions: bool = False) -> dict:
-        """Greedy (``num_beams=1``) or beam search from ``[prefix] [BOS]``; ``{"captions", "sequences"}``."""
+    def generate(self, batch: dict, max_new_tokens: int = 20, num_beams: int = 1) -> dict:
+        """Greedy (``num_beams=1``) or beam search from ``[prefix] [BOS]``; ``{"captions", "sequences"}``
+        (sequences: the generated token ids, without BOS, padded after EOS)."""
         prefix, extra = self.image_inputs(batch)
         size = (prefix if prefix is not None else extra["encoder_hidden_states"]).shape[0]
         device = next(self.decoder.parameters()).device
@@ -216,10 +240,75 @@ class Captioner(nn.Module):
         embeds = self.decoder.get_input_embeddings()(bos)
         if prefix is not None:
             embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        model, cache, virtual = self._generation_model(size * num_beams)
+        if cache is not None:  # positions the cache holds already: generate starts after them
+            embeds = torch.cat([embeds.new_zeros(size, virtual, embeds.shape[-1]), embeds], dim=1)
+            extra["past_key_values"] = cache
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
-        out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                    num_beams=num_beams, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
-                                    pad_token_id=self.tokenizer.pad_token_id, return_dict_in_generate=True,
-                                    output_attentions=output_attentions, **extra)
-        captions = [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.sequences]
-        return {"captions": captions, "sequences": out.sequences, "output": out}
+        sequences = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   num_beams=num_beams, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+                                   pad_token_id=self.tokenizer.pad_token_id, **extra)
+        captions = [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in sequences]
+        return {"captions": captions, "sequences": sequences}
+
+    def caption_tokens(self, sequence: torch.Tensor) -> list[int]:
+        """The generated token ids of one row of ``generate``'s sequences, up to (without) EOS."""
+        ids = sequence.tolist()
+        eos = self.tokenizer.eos_token_id
+        return ids[: ids.index(eos)] if eos in ids else ids
+
+    @torch.no_grad()
+    def attention_maps(self, batch: dict, sequences: torch.Tensor, layer: int | None = None) -> list[torch.Tensor]:
+        """Per image, ``(words, rows, cols)``: for every generated token the decoder's attention over the image
+        patches at the step that produced it (queries at ``[BOS] t_0 .. t_{n-2}``), mean over heads, of one
+        ``layer`` or the mean over layers, renormalised to sum to 1 over the patches (the class token, other
+        prefix positions and earlier words are left out). The patch-prefix bridge reads self-attention over the
+        prefix positions, the cross-attention bridge its cross-attention."""
+        if self.config.kind == "mapper":
+            raise ConfigError("attention maps need a patch bridge (patch-prefix or cross-attention); the mapper's "
+                              "prefix is made from the pooled embedding and has no patches")
+        rows = [self.caption_tokens(s) for s in sequences]
+        size, length = len(rows), max(1, max(len(r) for r in rows))
+        device = next(self.decoder.parameters()).device
+        input_ids = torch.full((size, length), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros((size, length), dtype=torch.long, device=device)
+        for i, row in enumerate(rows):
+            ids = [self.bos_id, *row[:-1]] if row else [self.bos_id]
+            input_ids[i, : len(ids)] = torch.tensor(ids, device=device)
+            mask[i, : len(ids)] = 1
+        prefix, extra = self.image_inputs(batch)
+        embeds = self.decoder.get_input_embeddings()(input_ids)
+        if prefix is not None:
+            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+            mask = torch.cat([torch.ones(size, prefix.shape[1], dtype=mask.dtype, device=device), mask], dim=1)
+        base = self.decoder.get_base_model() if hasattr(self.decoder, "get_base_model") else self.decoder
+        before = base.config._attn_implementation
+        base.set_attn_implementation("eager")  # only eager attention returns its weights
+        try:
+            out = self.decoder(inputs_embeds=embeds, attention_mask=mask, output_attentions=True, **extra)
+        finally:
+            base.set_attn_implementation(before)
+        cross = self.config.kind == "cross-attention"
+        maps = out.cross_attentions if cross else out.attentions
+        stacked = torch.stack([m.float() for m in maps])  # (layers, B, heads, queries, keys)
+        chosen = stacked.mean(0) if layer is None else stacked[_layer_index(layer, len(maps))]
+        chosen = chosen.mean(1)  # over heads: (B, queries, keys)
+        geometry = self.geometry
+        patches = geometry.grid[0] * geometry.grid[1]
+        # self-attention keys: [peft's virtual tokens] [class token] [patches] [words]; cross: [class] [patches]
+        virtual = 0 if cross else chosen.shape[-1] - embeds.shape[1]
+        start = virtual + geometry.prefix_tokens
+        queries_start = 0 if cross else self.prefix_length
+        result = []
+        for i, row in enumerate(rows):
+            weights = chosen[i, queries_start: queries_start + len(row), start: start + patches]
+            weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+            result.append(weights.reshape(len(row), *geometry.grid).cpu())
+        return result
+
+
+def _layer_index(layer: int, layers: int) -> int:
+    if not -layers <= layer < layers:
+        raise ConfigError(f"attention layer {layer} is out of range; the decoder has {layers} layers "
+                          f"(0..{layers - 1}, or negative from the end)")
+    return layer

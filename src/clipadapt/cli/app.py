@@ -7,6 +7,7 @@ import sys
 import typer
 
 from clipadapt.cli import bench, compare, demo, listing, predict, training, world, zeroshot
+from clipadapt.cli.caption import caption_app
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,6 +40,7 @@ for name, command in [
 ]:
     world_app.command(name)(command)
 app.add_typer(world_app, name="world")
+app.add_typer(caption_app, name="caption")
 
 
 def main() -> None:

@@ -119,8 +119,11 @@ def check_metadata(path: Path, expected: dict[str, str]) -> dict[str, str]:
                           f"not on this model ({expected['model_fingerprint']})")
     if found.get("method") != expected["method"]:
         raise ConfigError(f"checkpoint '{path}' holds '{found.get('method')}' weights, not '{expected['method']}'")
-    if found.get("classes") != expected["classes"]:
+    if found.get("classes") != expected.get("classes"):
         raise ConfigError(f"checkpoint '{path}' was trained on other classes")
+    for key in sorted(set(expected) - {"model_fingerprint", "method", "classes"}):  # e.g. a caption run's bridge
+        if found.get(key) != expected[key]:
+            raise ConfigError(f"checkpoint '{path}' has {key} '{found.get(key)}', not '{expected[key]}'")
     return found
 
 

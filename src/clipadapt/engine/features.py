@@ -75,7 +75,10 @@ def image_loader(split: Split, transform, batch_size: int, num_workers: int = -1
     workers = default_num_workers(num_workers)
     return DataLoader(
         SplitImages(split, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        collate_fn=collate_images, generator=generator, persistent_workers=False,
+        collate_fn=collate_images, persistent_workers=False,
+        # its own generator even unshuffled: a loader otherwise draws its seed from the global RNG, and encoding a
+        # split would change the dropout of the training that follows
+        generator=generator if generator is not None else torch.Generator().manual_seed(0),
         prefetch_factor=4 if workers > 0 else None,
     )
 

@@ -111,13 +111,42 @@ class Evaluation:
 Callback = Callable[["Trainer", dict[str, Any]], None]
 
 
+@dataclass
+class Validation:
+    """One epoch's validation: history fields, the score to maximise (compared as a list) and what it was."""
+
+    row: dict[str, float]
+    score: list[float]
+    selection: dict[str, float]
+
+
+class ClassificationTask:
+    """What the engine measures for classifiers: accuracy while training, (val acc, -val loss) for selection.
+
+    A task tells the engine how to read a training step's output and how to score an epoch on validation; the
+    captioning task (captioning/training.py) counts next-token accuracy and selects on loss or CIDEr. The engine
+    is the same for both, and never asks which method it runs.
+    """
+
+    def step_counts(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, int, int]:
+        """``(correct, predictions, items)`` of one training batch (items: images or feature vectors)."""
+        labels = batch["labels"]
+        return (out["logits"].detach().argmax(-1) == labels).sum(), len(labels), len(labels)
+
+    def validate(self, trainer: Trainer, method) -> Validation:
+        val = trainer.evaluate(method, "val")
+        return Validation({"val_loss": val.loss, "val_acc": val.metrics["acc1"]}, [val.metrics["acc1"], -val.loss],
+                          {"val_acc": val.metrics["acc1"], "val_loss": val.loss})
+
+
 class Trainer:
     """Fits methods under one protocol; ``callbacks["epoch_end"]`` see every history row (for tests and tools)."""
 
     def __init__(self, config: TrainConfig, data: TrainingData, accelerator, run_dir: Path | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, task=None) -> None:
         self.config, self.data, self.accelerator = config, data, accelerator
         self.run_dir, self.resume = run_dir, resume
+        self.task = task or ClassificationTask()
         self.callbacks: dict[str, list[Callback]] = {"epoch_end": []}
 
     def add_callback(self, event: str, callback: Callback) -> None:
@@ -152,8 +181,8 @@ class Trainer:
         model, optimizer = acc.prepare(method, optimizer)
         trainable = list(method.trainable_parameters().values())
 
-        progress = {"history": [], "best_score": None, "best_epoch": -1, "stale": 0, "train_time_s": 0.0,
-                    "train_images": 0}
+        progress = {"history": [], "best_score": None, "best_epoch": -1, "best_selection": {}, "stale": 0,
+                    "train_time_s": 0.0, "train_images": 0}
         best_weights = method.trainable_state()
         start_epoch = 0
         checkpoint = latest_checkpoint(self.run_dir) if (self.resume and self.run_dir) else None
@@ -174,16 +203,14 @@ class Trainer:
                 train_loss, train_acc, seen = self._train_epoch(model, method, optimizer, scheduler, trainable,
                                                                 epoch, bar)
                 train_seconds = time.perf_counter() - started
-                val = self.evaluate(method, "val")
-                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val.loss,
-                       "val_acc": val.metrics["acc1"], "lr": optimizer.param_groups[0]["lr"],
-                       "seconds": round(time.perf_counter() - started, 3)}
+                val = self.task.validate(self, method)
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, **val.row,
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3)}
                 progress["history"].append(row)
                 progress["train_time_s"] += train_seconds
                 progress["train_images"] += seen
-                score = [val.metrics["acc1"], -val.loss]
-                if progress["best_score"] is None or score > progress["best_score"]:
-                    progress.update(best_score=score, best_epoch=epoch + 1, stale=0)
+                if progress["best_score"] is None or val.score > progress["best_score"]:
+                    progress.update(best_score=val.score, best_epoch=epoch + 1, best_selection=val.selection, stale=0)
                     best_weights = method.trainable_state()
                 else:
                     progress["stale"] += 1
@@ -193,15 +220,14 @@ class Trainer:
                     callback(self, row)
 
         method.load_trainable_state(best_weights, source="best weights")
-        best = progress["best_score"] or [float("nan"), float("nan")]
         return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
                          train_time_s=progress["train_time_s"], train_images=progress["train_images"],
-                         selection={"val_acc": best[0], "val_loss": -best[1]})
+                         selection=dict(progress.get("best_selection", {})))
 
     def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar) -> tuple[float, float, int]:
         acc, cfg = self.accelerator, self.config
         model.train()
-        totals = torch.zeros(3, device=acc.device)  # loss sum, correct, count: on the device, no sync per step
+        totals = torch.zeros(4, device=acc.device)  # loss sum, correct, predictions, items: no sync per step
         batches = self.data.batches(method.inputs, "train", epoch, train=True, rank=acc.process_index,
                                     world_size=acc.num_processes)
         for group in _grouped(batches, cfg.grad_accum):
@@ -210,9 +236,11 @@ class Trainer:
                 with sync:
                     out = model({"inputs": batch["inputs"], "labels": batch["labels"]})
                     acc.backward(out["loss"] / len(group))
-                totals[0] += out["loss"].detach().float() * len(batch["labels"])
-                totals[1] += (out["logits"].detach().argmax(-1) == batch["labels"]).sum()
-                totals[2] += len(batch["labels"])
+                correct, predictions, items = self.task.step_counts(out, batch)
+                totals[0] += out["loss"].detach().float() * items
+                totals[1] += correct
+                totals[2] += predictions
+                totals[3] += items
             if cfg.grad_clip > 0:
                 acc.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
@@ -220,11 +248,11 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             bar.advance()
             if bar.wants_metrics:  # reading the running loss waits for the device; only when someone will see it
-                loss_sum, correct, count = totals.tolist()
-                bar.step(loss_sum / max(count, 1), correct / max(count, 1))
+                loss_sum, correct, predictions, items = totals.tolist()
+                bar.step(loss_sum / max(items, 1), correct / max(predictions, 1))
         totals = acc.reduce(totals, reduction="sum").cpu()
-        count = max(totals[2].item(), 1)
-        return totals[0].item() / count, totals[1].item() / count, int(totals[2].item())
+        loss_sum, correct, predictions, items = totals.tolist()
+        return loss_sum / max(items, 1), correct / max(predictions, 1), int(items)
 
     def _checkpoint(self, method, optimizer, scheduler, best_weights, progress, epoch: int) -> None:
         if self.run_dir is None:

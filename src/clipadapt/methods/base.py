@@ -125,10 +125,38 @@ def list_methods(pattern: str | None = None) -> list[str]:
     return METHODS.names(pattern)
 
 
-class Method(nn.Module):
-    """Base class: a head on image features; subclasses choose what else trains."""
+class TrainableModule(nn.Module):
+    """What the engine needs of anything it trains: the trainable parameters, and their state to keep and load.
+
+    Classification methods (``Method``) and captioning models (``captioning.training.CaptionModel``) both are one.
+    """
 
     name: ClassVar[str] = ""
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters the method trains, by name (everything else is frozen)."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        own = self.trainable_parameters()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ConfigError(f"{source} does not fit this {self.name} model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, param in own.items():
+                if state[name].shape != param.shape:
+                    raise ConfigError(f"{source} does not fit this model: '{name}' has shape "
+                                      f"{tuple(state[name].shape)}, expected {tuple(param.shape)}")
+                param.copy_(state[name].to(param.device, param.dtype))
+
+
+class Method(TrainableModule):
+    """Base class: a head on image features; subclasses choose what else trains."""
+
     inputs: ClassVar[str] = "pixels"  # "pixels" or "features"
     augment: ClassVar[str | None] = None  # training augmentation the method insists on (None: train.augment)
 
@@ -195,10 +223,6 @@ class Method(nn.Module):
         return self({"inputs": pixels})["logits"]
 
     # -- what trains --------------------------------------------------------------------------------------
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """Parameters the method trains, by name (everything else is frozen)."""
-        return {name: p for name, p in self.named_parameters() if p.requires_grad}
-
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups; the engine scales every group's ``lr`` by the schedule."""
         return [{"name": "all", "params": list(self.trainable_parameters().values()), "lr": self.config.lr}]
@@ -243,22 +267,6 @@ class Method(nn.Module):
             self.train(was_training)
 
     # -- weights ------------------------------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
-
-    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        own = self.trainable_parameters()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ConfigError(f"{source} does not fit this {self.name} model: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for name, param in own.items():
-                if state[name].shape != param.shape:
-                    raise ConfigError(f"{source} does not fit this model: '{name}' has shape "
-                                      f"{tuple(state[name].shape)}, expected {tuple(param.shape)}")
-                param.copy_(state[name].to(param.device, param.dtype))
-
     def metadata(self) -> dict[str, str]:
         return {"method": self.name, "model_fingerprint": self.fingerprint, "classes": "\n".join(self.classnames)}
 

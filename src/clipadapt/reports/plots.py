@@ -138,7 +138,7 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
 
 
 def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, title: str = "", log_x: bool = True,
-                          reference: list[tuple[str, float]] = ()) -> None:
+                          reference: list[tuple[str, float]] = (), ylabel: str = "top-1 accuracy") -> None:
     """acc1 (mean, with std error bars) against a cost; ``reference`` lines (e.g. zero-shot) are dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colours = plt.cm.tab10.colors if len(points) <= 10 else plt.cm.tab20.colors
@@ -154,7 +154,7 @@ def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, tit
     if log_x and points and min(p["x"] for p in points) > 0:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _separate_labels(fig, labels)

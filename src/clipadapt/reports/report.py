@@ -141,6 +141,12 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
     runs = find_runs(paths)
     if not runs:
         raise ClipAdaptError(f"no run directories under {', '.join(map(str, paths))}")
+    captions = [r for r in runs if r.config.get("task") == "captioning"]
+    if captions and len(captions) == len(runs):  # only caption runs: their own report
+        from clipadapt.captioning.report import build_caption_report
+
+        return build_caption_report(paths, out_dir)
+    runs = [r for r in runs if r.config.get("task") != "captioning"]  # mixed: captions get `caption report`
     datasets = sorted({r.dataset for r in runs if r.complete})
     if len(datasets) > 1 and not group:
         counts = ", ".join(f"{d} ({sum(r.dataset == d for r in runs)} runs)" for d in datasets)

@@ -1,0 +1,97 @@
+"""``clipadapt caption compare``: decoder methods x bridges x seeds as normal caption run directories, one report.
+
+Layout: ``OUT/<method>-<bridge>-seed<S>``, then ``OUT/report.md`` and ``OUT/report.html``. The encoder outputs are
+cached, so the image tower runs once per split for all runs. ``skip_existing`` keeps finished runs and resumes
+interrupted ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipadapt.captioning.methods import CAPTION_METHODS
+from clipadapt.captioning.model import BRIDGES
+from clipadapt.captioning.report import build_caption_report
+from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
+from clipadapt.config import override_section
+from clipadapt.errors import ConfigError
+from clipadapt.reports.report import ReportResult
+from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptionCompareConfig:
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    bridges: list[str] = field(default_factory=lambda: ["patch-prefix"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)  # --set for every run (a method's section: its runs only)
+    out: str = "runs/caption-compare"
+    skip_existing: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.methods in ([], ["all"]):
+            self.methods = CAPTION_METHODS.names()
+        for name in self.methods:
+            CAPTION_METHODS.get(name)
+        for bridge in self.bridges:
+            if bridge not in BRIDGES:
+                raise ConfigError(f"unknown bridge '{bridge}'; valid choices: {', '.join(BRIDGES)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"caption compare needs distinct seeds, got {self.seeds}")
+
+
+@dataclass
+class CaptionCompareResult:
+    runs: list[Path]
+    report: ReportResult
+    failed: list[tuple[Path, str]]
+
+
+def _overrides_for(method: str, overrides: list[str]) -> list[str]:
+    """Common overrides plus the method's own section (another method's section is not its business)."""
+    own = method.replace("-", "_")
+    others = {m.replace("-", "_") for m in CAPTION_METHODS.names()} - {own}
+    return [o for o in overrides if override_section(o) not in others]
+
+
+def run_caption_compare(config: CaptionCompareConfig,
+                        on_run: Callable[[str, str], None] | None = None) -> CaptionCompareResult:
+    from clipadapt.errors import ClipAdaptError
+
+    out = Path(config.out)
+    planned = []
+    for method in config.methods:
+        for bridge in config.bridges:
+            for seed in config.seeds:
+                run_dir = out / f"{method}-{bridge}-seed{seed}"
+                overrides = [*_overrides_for(method, config.overrides), f"bridge.kind={bridge}",
+                             f"run.seed={seed}", f"run.out={run_dir}"]
+                planned.append((run_dir, load_caption_experiment(method, None, overrides)))  # all checked
+    runs, failed = [], []
+    for run_dir, experiment in planned:
+        label = run_dir.name
+        if (run_dir / METRICS_FILE).is_file() and config.skip_existing:
+            runs.append(run_dir)
+            if on_run:
+                on_run(label, "kept")
+            continue
+        resume = config.skip_existing and (run_dir / CONFIG_FILE).is_file() and not (run_dir / METRICS_FILE).is_file()
+        experiment = dataclasses.replace(experiment, run=dataclasses.replace(
+            experiment.run, resume=resume, overwrite=config.overwrite))
+        if on_run:
+            on_run(label, "resuming" if resume else "training")
+        try:
+            run_caption_training(experiment)
+            runs.append(run_dir)
+        except ClipAdaptError as error:  # one bad cell does not lose the others
+            failed.append((run_dir, str(error)))
+            log.warning("%s failed: %s", run_dir, error)
+    report = build_caption_report([out], out)
+    return CaptionCompareResult(runs, report, failed)

@@ -1,0 +1,96 @@
+"""Captioning figures: training curves, the best and worst captions by CLIPScore, per-word attention maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipadapt.data.images import ImageLoadError, load_image
+from clipadapt.reports.plots import _save, plt
+
+
+def plot_caption_curves(history: list[dict], path: str | Path, title: str = "") -> None:
+    """Loss (train, val), next-token accuracy, and validation CIDEr when it selected the model."""
+    epochs = [r["epoch"] for r in history]
+    panels = 3 if history and "val_cider" in history[0] else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.5))
+    for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
+        axes[0].plot(epochs, [r[f"{split}_loss"] for r in history], "o-", color=colour, label=split)
+        axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], "o-", color=colour, label=split)
+    axes[0].set_ylabel("next-token cross-entropy")
+    axes[1].set_ylabel("next-token accuracy")
+    if panels == 3:
+        axes[2].plot(epochs, [r["val_cider"] for r in history], "o-", color="tab:green", label="val")
+        axes[2].set_ylabel("CIDEr-D (greedy)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _thumbnail(path: str, preprocess) -> np.ndarray:
+    """The image as the model saw it (resized and cropped), or grey where it cannot be read any more."""
+    try:
+        return preprocess.to_uint8(load_image(path)).permute(1, 2, 0).numpy()
+    except ImageLoadError:
+        return np.full((*preprocess.config.crop, 3), 128, dtype=np.uint8)
+
+
+def _wrap(text: str, width: int = 28) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or "(empty)"
+
+
+def plot_best_worst(predictions: list[dict], path: str | Path, preprocess, count: int = 4) -> None:
+    """The ``count`` best and worst captions by CLIPScore, each under its image with its scores."""
+    ranked = sorted(predictions, key=lambda p: p["scores"]["clip_score"], reverse=True)
+    count = min(count, max(1, len(ranked) // 2)) if len(ranked) > 1 else 1
+    rows = [("best", ranked[:count]), ("worst", ranked[::-1][:count] if len(ranked) > 1 else [])]
+    rows = [(name, items) for name, items in rows if items]
+    fig, axes = plt.subplots(len(rows), count, figsize=(3.0 * count, 3.6 * len(rows)), squeeze=False)
+    for r, (name, items) in enumerate(rows):
+        for c in range(count):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(items):
+                continue
+            p = items[c]
+            ax.imshow(_thumbnail(p["file"], preprocess))
+            scores = p["scores"]
+            ax.set_title(f"{name}: CLIPScore {scores['clip_score']:.3f}, CIDEr {scores.get('cider', float('nan')):.2f}"
+                         f"\n{_wrap(p['caption'])}\nref: {_wrap(p['references'][0])}", fontsize=7, loc="left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_word_attention(image: Image.Image, words: list[str], maps: torch.Tensor, path: str | Path, preprocess,
+                        title: str = "") -> None:
+    """The image, then one panel per generated word: its attention over the patches, upsampled over the image."""
+    picture = preprocess.to_uint8(image).permute(1, 2, 0).numpy()
+    height, width = picture.shape[:2]
+    panels = len(words) + 1
+    columns = min(panels, 6)
+    lines = -(-panels // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.2 * columns, 2.4 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0][0].imshow(picture)
+    axes[0][0].set_title("image", fontsize=8)
+    for k, word in enumerate(words):
+        ax = axes[(k + 1) // columns][(k + 1) % columns]
+        ax.imshow(picture)
+        heat = maps[k].float().numpy()
+        ax.imshow(heat, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
+        ax.set_title(word, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

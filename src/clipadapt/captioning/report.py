@@ -1,0 +1,112 @@
+"""The caption comparison report: ``report.md`` and a self-contained ``report.html`` from caption run directories.
+
+One row per (model, decoder, method, bridge) over its seeds, with every number read from the runs' metrics.json:
+CIDEr-D, BLEU-4, METEOR, ROUGE-L, CLIPScore and RefCLIPScore on the test split, trainable parameters, training
+time, peak memory and decoding speed; then CIDEr against trainable parameters, and per row the best and worst
+captions and one attention figure. Rendered by the classification report's Markdown/HTML writers.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from clipadapt.errors import ClipAdaptError
+from clipadapt.io import atomic_write_text
+from clipadapt.reports.collect import Row, RunInfo, find_runs
+from clipadapt.reports.report import Figure, ReportResult, Table, _number, _pm, render_html, render_markdown
+from clipadapt.runs import slug
+
+FILES_DIR = "report_files"
+METRIC_COLUMNS = [("cider", "CIDEr"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"),
+                  ("clip_score", "CLIPScore"), ("ref_clip_score", "RefCLIPScore")]
+COLUMNS = (["model", "decoder", "method", "bridge", "seeds"] + [name for _, name in METRIC_COLUMNS]
+           + ["trainable params", "train time (s)", "peak memory (MB)", "decode images/s"])
+
+
+def is_caption_run(run: RunInfo) -> bool:
+    return run.config.get("task") == "captioning"
+
+
+def caption_rows(runs: list[RunInfo]) -> list[Row]:
+    """Complete caption runs grouped by (dataset, model, decoder, method, bridge); best mean CIDEr first."""
+    rows: dict[tuple, Row] = {}
+    for run in runs:
+        if not run.complete or not is_caption_run(run):
+            continue
+        decoder = run.config.get("decoder", {}).get("spec", "?")
+        bridge = run.config.get("bridge", {}).get("kind", "?")
+        label = (run.config.get("run") or {}).get("label") or f"{run.method} ({bridge})"
+        key = (run.dataset, run.model, decoder, label)
+        rows.setdefault(key, Row(run.dataset, run.model, run.method, label)).runs.append(run)
+    return sorted(rows.values(), key=lambda r: -r.stat("metrics", "cider")[0])
+
+
+def caption_table(rows: list[Row]) -> Table:
+    table = Table(COLUMNS, [], [])
+    for row in rows:
+        first = row.runs[0].config
+        n = len(row.runs)
+        cells = [row.model, first.get("decoder", {}).get("spec", "?"), row.method,
+                 first.get("bridge", {}).get("kind", "?"), ",".join(map(str, row.seeds))]
+        cells += [_pm(*row.stat("metrics", key), n, digits=3) for key, _ in METRIC_COLUMNS]
+        cells += [_number(row.stat("params", "trainable")[0], ",.0f"),
+                  _number(row.stat("cost", "train_time_s")[0], ".1f"),
+                  _number(row.stat("cost", "peak_mem_mb")[0], ",.0f"),
+                  _number(row.stat("cost", "decode_images_per_s")[0], ".1f")]
+        table.rows.append(cells)
+        table.row_keys.append(row.label)
+    return table
+
+
+def build_caption_report(paths: list[str | Path], out_dir: str | Path) -> ReportResult:
+    """Collect the caption runs under ``paths``; write ``out_dir/report.md`` and ``out_dir/report.html``."""
+    from clipadapt.reports import plots
+
+    out_dir = Path(out_dir)
+    runs = [r for r in find_runs(paths) if is_caption_run(r)]
+    if not runs:
+        raise ClipAdaptError(f"no caption runs under {', '.join(map(str, paths))}")
+    datasets = sorted({r.dataset for r in runs if r.complete})
+    files = out_dir / FILES_DIR
+    shutil.rmtree(files, ignore_errors=True)
+    files.mkdir(parents=True)
+    blocks: list = [("h1", "clipadapt caption report"),
+                    ("p", f"{len([r for r in runs if r.complete])} complete caption runs from "
+                          f"{', '.join(map(str, paths))}; written {datetime.now():%Y-%m-%d %H:%M}. Every number is "
+                          f"read from a run's metrics.json: scores on the test split (mean ± sample std over seeds), "
+                          f"models selected on validation only. CLIPScore uses the run's own CLIP model.")]
+    all_rows = []
+    for index, dataset in enumerate(datasets):
+        rows = [r for r in caption_rows(runs) if r.dataset == dataset]
+        all_rows += rows
+        prefix = f"{index}-" if len(datasets) > 1 else ""
+        tokenizers = sorted({str(run.record.get("tokenizer")) for row in rows for run in row.runs})
+        blocks += [("h2", f"Dataset: {dataset}"), ("table", caption_table(rows)),
+                   ("p", f"n-gram metrics tokenised by: {', '.join(tokenizers)} (compare runs within one tokenizer).")]
+        scatter = files / f"{prefix}cider_vs_params.png"
+        points = [{"label": r.label, "x": r.stat("params", "trainable")[0], "y": r.stat("metrics", "cider")[0],
+                   "yerr": r.stat("metrics", "cider")[1]} for r in rows]
+        plots.plot_accuracy_scatter(points, scatter, "trainable parameters", title=f"{dataset}: CIDEr-D vs "
+                                    "trainable parameters", ylabel="CIDEr-D (test)")
+        blocks.append(("figure", Figure(scatter, "Test CIDEr-D against trainable parameters.")))
+        blocks.append(("h3", "Per method"))
+        for row in rows:
+            run = sorted(row.runs, key=lambda r: r.seed)[0]
+            name = f"{prefix}{slug(row.label)}"
+            for source, caption in ((run.path / "best_worst.png", "best and worst test captions by CLIPScore"),
+                                    (next(iter(sorted((run.path / "attention").glob("*.png"))), None),
+                                     "per-word attention over the image patches")):
+                if source is not None and source.is_file():
+                    target = files / f"{name}-{source.stem}.png"
+                    shutil.copyfile(source, target)
+                    blocks.append(("figure", Figure(target, f"{row.label}, seed {run.seed}: {caption}.")))
+    incomplete = [r for r in runs if not r.complete]
+    if incomplete:
+        blocks += [("h2", "Incomplete runs"),
+                   ("p", "No metrics.json yet (`clipadapt caption train ... --resume` continues them): "
+                         + ", ".join(str(r.path) for r in incomplete))]
+    atomic_write_text(out_dir / "report.md", render_markdown(blocks, out_dir))
+    atomic_write_text(out_dir / "report.html", render_html(blocks))
+    return ReportResult(out_dir / "report.md", out_dir / "report.html", all_rows, incomplete)

@@ -1,0 +1,338 @@
+"""Caption training on the one engine: the captioner as a trainable module, its batches, and how epochs are scored.
+
+The image tower is frozen in every captioning method, so by default the engine's batches carry the tower's cached
+outputs (``inputs = "features"``: tokens and pooled embedding, encoded once per model, images and preprocessing);
+``train.cache_encoder=false`` re-encodes the images every step instead (``inputs = "pixels"``, for comparison:
+docs/benchmarks.md). An item is one (image, reference caption) pair: every caption of every training image.
+``CaptionTask`` tells the engine what to count (next-token accuracy) and how to score an epoch: validation loss,
+and with ``train.select=cider`` the CIDEr-D of greedy captions of the validation images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipadapt.captioning.data import CaptionDataset, CaptionSplit
+from clipadapt.captioning.encoder import EncodedImages, EncoderCache, encode_cached, image_tokens
+from clipadapt.captioning.methods import DecoderMethod
+from clipadapt.captioning.model import Captioner, caption_ids, pad_captions
+from clipadapt.config import option, require_positive
+from clipadapt.data.images import ImageLoadError
+from clipadapt.engine.features import SkippedImage, collate_images, default_num_workers, report_skipped
+from clipadapt.engine.inputs import epoch_order
+from clipadapt.engine.trainer import TrainConfig, Validation
+from clipadapt.errors import ConfigError
+from clipadapt.methods.base import TrainableModule
+from clipadapt.models.bundle import ClipBundle
+
+SELECTIONS = ("loss", "cider")
+
+
+@dataclass
+class CaptionTrainConfig(TrainConfig):
+    epochs: int = option(10, help="maximum number of epochs")
+    batch_size: int = option(32, help="(image, caption) pairs per step and process")
+    select: str = option("loss", help="model selection on validation: loss (teacher-forced) or cider (greedy "
+                                      "captions of the validation images, CIDEr-D, every epoch)")
+    max_length: int = option(40, help="caption tokens kept for training, with BOS and EOS")
+    cache_encoder: bool = option(True, help="train on the frozen tower's cached outputs (false: re-encode the "
+                                            "images every step)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"unknown train.select '{self.select}'; valid choices: {', '.join(SELECTIONS)}")
+        if self.augment != "none":
+            raise ConfigError(f"train.augment '{self.augment}' is not available for captioning: the frozen encoder's "
+                              "outputs are computed once per image; valid choice: none")
+        if self.activation_checkpointing:
+            raise ConfigError("train.activation_checkpointing is not available for captioning")
+        require_positive(self, ("max_length",), "train:")
+        if self.max_length < 3:
+            raise ConfigError(f"train.max_length must leave room for BOS, a word and EOS (>= 3), got "
+                              f"{self.max_length}")
+
+
+TOKENIZERS = ("auto", "ptb", "simple")
+
+
+@dataclass
+class DecodeConfig:
+    max_new_tokens: int = option(20, help="longest caption generated, in tokens")
+    beams: int = option(1, help="beam width (1: greedy)")
+    tokenizer: str = option("auto", help="tokenizer of the n-gram metrics: auto (PTB where Java runs, else "
+                                         "simple), ptb or simple (no METEOR)")
+
+    def __post_init__(self) -> None:
+        require_positive(self, ("max_new_tokens", "beams"), "decode:")
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"unknown decode.tokenizer '{self.tokenizer}'; valid choices: {', '.join(TOKENIZERS)}")
+
+    @property
+    def use_java(self) -> bool | None:
+        return {"auto": None, "ptb": True, "simple": False}[self.tokenizer]
+
+
+class CaptionModel(TrainableModule):
+    """The captioner and the frozen tower, as the engine trains it (bridge + what the decoder method names)."""
+
+    def __init__(self, bundle: ClipBundle, captioner: Captioner, method: DecoderMethod,
+                 inputs: str = "features") -> None:
+        super().__init__()
+        self.name = method.name
+        self.config = method.config  # the optimizer reads lr (and weight decay, optimizer) from here
+        self.inputs = inputs
+        self.captioner = captioner
+        self.fingerprint = bundle.fingerprint
+        self._bundle = [bundle]  # not a submodule: frozen, and never saved with the run
+
+    @property
+    def bundle(self) -> ClipBundle:
+        return self._bundle[0]
+
+    def encode(self, inputs) -> dict[str, torch.Tensor]:
+        """Encoder outputs of a batch: cached ones as they are, pixels through the frozen tower."""
+        if self.inputs == "features":
+            return inputs
+        with torch.no_grad():
+            tokens, pooled = image_tokens(self.bundle, inputs)
+        return {"tokens": tokens.float(), "pooled": pooled.float()}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.captioner({**self.encode(batch["inputs"]), **batch["labels"]})
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        bridge = set(self.captioner.bridge_parameter_names())
+        groups: dict[str, list] = {"bridge": [], "decoder": []}
+        for name, parameter in self.captioner.named_parameters():
+            if parameter.requires_grad:
+                groups["bridge" if name in bridge else "decoder"].append(parameter)
+        return [{"name": "bridge", "params": groups["bridge"], "lr": self.captioner.config.lr},
+                {"name": "decoder", "params": groups["decoder"], "lr": self.config.lr}]
+
+    def num_parameters(self) -> dict[str, Any]:
+        trainable = sum(p.numel() for p in self.trainable_parameters().values())
+        bridge = set(self.captioner.bridge_parameter_names())
+        bridge_count = sum(p.numel() for n, p in self.captioner.named_parameters() if n in bridge)
+        total = sum(p.numel() for p in self.parameters()) + self.bundle.num_parameters()
+        return {"trainable": trainable, "bridge": bridge_count, "decoder_method": trainable - bridge_count,
+                "total": total, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+
+    def enable_activation_checkpointing(self) -> None:  # refused by CaptionTrainConfig; here for the protocol
+        raise ConfigError("activation checkpointing is not available for captioning")
+
+    def prepare(self, trainer) -> None:
+        pass
+
+    def fit(self, trainer):
+        return trainer.fit(self)
+
+    def evaluating(self):
+        return _evaluating(self)
+
+    def metadata(self) -> dict[str, str]:
+        return {"method": self.name, "model_fingerprint": self.fingerprint, "bridge": self.captioner.config.kind,
+                "task": "captioning"}
+
+
+class _evaluating:
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.was_training = module, module.training
+
+    def __enter__(self) -> None:
+        self.module.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.module.train(self.was_training)
+
+
+class _PairImages(Dataset):
+    """The image of each (image, caption) pair, decoded and resized (re-encoding mode)."""
+
+    def __init__(self, split: CaptionSplit, preprocess, pair_images: np.ndarray) -> None:
+        self.split, self.preprocess, self.pair_images = split, preprocess, pair_images
+
+    def __len__(self) -> int:
+        return len(self.pair_images)
+
+    def __getitem__(self, pair: int):
+        position = int(self.pair_images[pair])
+        try:
+            return self.preprocess.to_uint8(self.split.load(position)), pair, position, None
+        except ImageLoadError as error:  # skipped and reported, as in every other loader
+            return None, pair, position, str(error)
+
+
+@dataclass
+class CaptionPairs:
+    images: np.ndarray  # (pairs,) row of the pair's image in the encoded split (features) or split position
+    ids: list[list[int]]  # token ids of each pair's caption
+
+
+@dataclass
+class CaptionTrainingData:
+    """Batches of (encoder outputs or pixels, tokenised caption) pairs and of images alone (for decoding)."""
+
+    dataset: CaptionDataset
+    bundle: ClipBundle
+    decoder: Any  # captioning.model.Decoder (its tokenizer)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_length: int = 40
+    num_workers: int = -1
+    strict: bool = False
+    seed: int = 0
+    cache: EncoderCache | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    main_process_first: object = None
+    _encoded: dict[str, EncodedImages] = field(default_factory=dict)
+    _pairs: dict[tuple[str, str], CaptionPairs] = field(default_factory=dict)
+    skipped: dict[str, dict[int, SkippedImage]] = field(default_factory=dict)
+
+    def split(self, name: str) -> CaptionSplit:
+        return self.dataset.split(name)
+
+    def encoded(self, split: str) -> EncodedImages:
+        """The frozen tower's outputs for a split's readable images (encoded once, then from the cache)."""
+        if split not in self._encoded:
+            with self.main_process_first() if self.main_process_first is not None else nullcontext():
+                encoded = encode_cached(self.bundle, self.split(split).image_split(), self.cache,
+                                        self.eval_batch_size, self.num_workers, self.strict)
+            for s in encoded.skipped:
+                self.skipped.setdefault(split, {})[s.position] = s
+            self._encoded[split] = encoded
+        return self._encoded[split]
+
+    def pairs(self, kind: str, split: str) -> CaptionPairs:
+        if (kind, split) not in self._pairs:
+            images = self.split(split).images
+            # features: rows of the encoded split, where unreadable images are already gone
+            positions = self.encoded(split).positions if kind == "features" else np.arange(len(images))
+            rows, ids = [], []
+            for row, position in enumerate(positions):
+                for text in images[int(position)].captions:
+                    rows.append(row if kind == "features" else int(position))
+                    ids.append(caption_ids(self.decoder, text, self.max_length))
+            self._pairs[(kind, split)] = CaptionPairs(np.asarray(rows, dtype=np.int64), ids)
+        return self._pairs[(kind, split)]
+
+    def num_items(self, kind: str, split: str) -> int:
+        return len(self.pairs(kind, split).ids)
+
+    def batches(self, kind: str, split: str, epoch: int = 0, train: bool = False, rank: int = 0,
+                world_size: int = 1) -> Iterator[dict[str, Any]]:
+        """``{"inputs", "labels", "positions"}`` batches of pairs; ``train`` shuffles them."""
+        pairs = self.pairs(kind, split)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        order = epoch_order(len(pairs.ids), self.seed, epoch, train, rank, world_size)
+        pad = self.decoder.tokenizer.pad_token_id
+        if kind == "features":
+            encoded = self.encoded(split)
+            for start in range(0, len(order), batch_size):
+                index = order[start:start + batch_size]
+                rows = torch.as_tensor(pairs.images[index])
+                inputs = {"tokens": encoded.tokens[rows].to(self.device),
+                          "pooled": encoded.pooled[rows].to(self.device)}
+                yield {"inputs": inputs, "labels": self._labels(pairs, index, pad),
+                       "positions": torch.as_tensor(index)}
+            return
+        workers = default_num_workers(self.num_workers)
+        loader = DataLoader(_PairImages(self.split(split), self.bundle.preprocess, pairs.images), batch_size=batch_size,
+                            sampler=order.tolist(), num_workers=workers, collate_fn=collate_images,
+                            prefetch_factor=4 if workers > 0 else None,
+                            generator=torch.Generator().manual_seed(self.seed))  # leaves the global RNG (dropout) alone
+        for batch in loader:
+            for pair, reason in batch["skipped"]:
+                position = int(pairs.images[pair])
+                seen = self.skipped.setdefault(split, {})
+                if position not in seen:
+                    seen[position] = SkippedImage(position, self.split(split).describe(position), reason)
+                    report_skipped([seen[position]], self.strict, split)
+            if batch["images"] is None:
+                continue
+            index = batch["labels"].numpy()  # the pair indices of the images that loaded
+            yield {"inputs": self.bundle.preprocess.normalize(batch["images"]).to(self.device),
+                   "labels": self._labels(pairs, index, pad), "positions": torch.as_tensor(index)}
+
+    def _labels(self, pairs: CaptionPairs, index: np.ndarray, pad: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in pad_captions([pairs.ids[i] for i in index], pad).items()}
+
+    def image_batches(self, split: str, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, dict]]:
+        """``(split positions, encoder outputs)`` of a split's readable images, for decoding."""
+        encoded = self.encoded(split)
+        size = batch_size or self.eval_batch_size
+        for start in range(0, len(encoded.positions), size):
+            rows = slice(start, start + size)
+            yield encoded.positions[rows], {"tokens": encoded.tokens[rows].to(self.device),
+                                            "pooled": encoded.pooled[rows].to(self.device)}
+
+    def skipped_rows(self) -> list[tuple[str, str, str]]:
+        return [(split, s.item, s.reason) for split, items in self.skipped.items() for s in items.values()]
+
+
+@torch.no_grad()
+def generate_split(model: CaptionModel, data: CaptionTrainingData, split: str, decode: DecodeConfig,
+                   batch_size: int | None = None, progress: bool = False) -> tuple[dict[str, str], np.ndarray, float]:
+    """``({image_id: caption}, positions, seconds)`` for every readable image of a split."""
+    from clipadapt.progress import progress_bar
+
+    images = data.split(split).images
+    captions: dict[str, str] = {}
+    kept = []
+    start = time.perf_counter()
+    bar = progress_bar(f"captioning {split}", total=len(data.encoded(split).positions), unit="img") if progress \
+        else nullcontext(lambda n: None)
+    with model.evaluating(), bar as advance:
+        for positions, inputs in data.image_batches(split, batch_size):
+            out = model.captioner.generate(inputs, max_new_tokens=decode.max_new_tokens, num_beams=decode.beams)
+            for position, caption in zip(positions, out["captions"], strict=True):
+                captions[images[int(position)].image_id] = caption
+            kept.append(positions)
+            advance(len(positions))
+    return captions, (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), time.perf_counter() - start
+
+
+class CaptionTask:
+    """The engine's view of captioning: next-token accuracy while training; val loss (and CIDEr) per epoch."""
+
+    def __init__(self, select: str = "loss", decode: DecodeConfig | None = None) -> None:
+        self.select, self.decode = select, decode or DecodeConfig()
+
+    def step_counts(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, int, int]:
+        return out["correct"], out["count"], len(batch["positions"])
+
+    @torch.no_grad()
+    def validate(self, trainer, model: CaptionModel) -> Validation:
+        acc, data = trainer.accelerator, trainer.data
+        totals = torch.zeros(4, device=acc.device)
+        with model.evaluating(), acc.autocast():
+            for batch in data.batches(model.inputs, "val", rank=acc.process_index, world_size=acc.num_processes):
+                out = model({"inputs": batch["inputs"], "labels": batch["labels"]})
+                totals += torch.stack([out["loss"].float() * out["count"], out["count"].float(), out["correct"].float(),
+                                       torch.tensor(1.0, device=acc.device)])
+        totals = acc.reduce(totals, reduction="sum").cpu()
+        loss = totals[0].item() / max(totals[1].item(), 1)
+        row = {"val_loss": loss, "val_acc": totals[2].item() / max(totals[1].item(), 1)}
+        if self.select == "loss":
+            return Validation(row, [-loss], {"val_loss": loss})
+        cider = validation_cider(model, data, self.decode)
+        row["val_cider"] = cider
+        return Validation(row, [cider, -loss], {"val_cider": cider, "val_loss": loss})
+
+
+def validation_cider(model: CaptionModel, data: CaptionTrainingData, decode: DecodeConfig) -> float:
+    """CIDEr-D of greedy captions of the validation images (the simple tokenizer: no JVM every epoch)."""
+    from clipadapt.captioning.metrics import ngram_scores
+
+    greedy = DecodeConfig(max_new_tokens=decode.max_new_tokens, beams=1, tokenizer="simple")
+    captions, _, _ = generate_split(model, data, "val", greedy)
+    references = {k: v for k, v in data.split("val").references().items() if k in captions}
+    return ngram_scores(captions, references, use_java=False, only=("cider",)).metrics["cider"]

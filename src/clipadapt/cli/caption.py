@@ -1,0 +1,209 @@
+"""``clipadapt caption ...``: train, evaluate, compare and explain captioners (CLIP encoder + language decoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipadapt.cli.common import (
+    DeviceOpt,
+    SetOpt,
+    apply_flags,
+    err,
+    number_list,
+    out,
+    result_table,
+    setup_logging,
+    user_errors,
+)
+from clipadapt.errors import ClipAdaptError
+
+caption_app = typer.Typer(no_args_is_help=True, help="Image captioning: a frozen CLIP image tower, a trained bridge "
+                                                     "and a causal language model adapted with PEFT.")
+METRICS = [("cider", "CIDEr"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"),
+           ("clip_score", "CLIPScore"), ("ref_clip_score", "RefCLIPScore")]
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="CLIP model whose image tower encodes")]
+DecoderOpt = Annotated[str | None, typer.Option(help="causal LM: gpt2, a folder, or world:tiny-lm")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="coco:FILE.json|FOLDER, karpathy:FILE.json, "
+                                                                        "world:captions")]
+BridgeOpt = Annotated[str | None, typer.Option(help="patch-prefix, cross-attention or mapper")]
+
+
+def _metric(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def metric_row(metrics: dict) -> list[str]:
+    return [_metric(metrics.get(key)) for key, _ in METRICS]
+
+
+def _command(name: str):
+    def wrap(func):
+        caption_app.command(name)(user_errors(func))
+        return func
+
+    return wrap
+
+
+@_command("methods")
+def methods_command():
+    """List the decoder adaptation methods."""
+    from clipadapt.captioning.methods import CAPTION_METHODS
+
+    rows = [[name, CAPTION_METHODS.help(name)] for name in CAPTION_METHODS.names()]
+    out.print(result_table(["method", "what trains besides the bridge"], rows, text=[1]))
+
+
+@_command("train")
+def train_command(
+    method: Annotated[str, typer.Argument(help="decoder method (see `clipadapt caption methods`)")],
+    model: ModelOpt = None,
+    decoder: DecoderOpt = None,
+    dataset: DatasetOpt = None,
+    bridge: BridgeOpt = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (e.g. a run's config.yaml)")] = None,
+    set_: SetOpt = None,
+    seed: Annotated[int | None, typer.Option(help="seed of initialisation and shuffling")] = None,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs (train.epochs)")] = None,
+    select: Annotated[str | None, typer.Option(help="model selection on validation: loss or cider")] = None,
+    image_root: Annotated[str | None, typer.Option(help="folder the annotation's image paths are relative to")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted run in --out")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    device: DeviceOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Train a captioner; selected on validation, the test split captioned once and scored."""
+    setup_logging(verbose)
+    from clipadapt.captioning.methods import CAPTION_METHODS
+    from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
+    from clipadapt.reports.results import CONFIG_FILE
+
+    CAPTION_METHODS.get(method)
+    if resume and config is None and out_dir is not None and (out_dir / CONFIG_FILE).is_file():
+        config = out_dir / CONFIG_FILE
+    flags = {"model.spec": model, "model.device": device, "decoder.spec": decoder, "data.dataset": dataset,
+             "data.image_root": image_root, "bridge.kind": bridge, "run.seed": seed, "train.epochs": epochs,
+             "train.select": select, "run.out": str(out_dir) if out_dir else None,
+             "run.overwrite": overwrite or None, "run.resume": resume or None}
+    experiment = apply_flags(load_caption_experiment(method, config, list(set_ or [])), flags)
+    try:
+        result = run_caption_training(experiment)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted; continue with: clipadapt caption train {method} --out "
+                  f"{experiment.run.out or '<run dir>'} --resume", highlight=False)
+        raise typer.Exit(130) from None
+    if not result.main_process:
+        return
+    record = result.record
+    row = [record["method"], record["bridge"], *metric_row(record["metrics"]), f"{record['params']['trainable']:,}",
+           f"{record['cost']['train_time_s']:.1f} s"]
+    out.print(result_table(["method", "bridge", *[n for _, n in METRICS], "trainable params", "train time"], [row],
+                           names=2, title=f"{record['model']} + {record['decoder']} on {record['dataset']} "
+                                          f"(test, {len(result.result['predictions'])} images)"))
+    for line in record.get("skipped_metrics", []):
+        err.print(f"[yellow]skipped {line}", highlight=False)
+    out.print(f"run directory: {result.run_dir}", highlight=False)
+
+
+@_command("eval")
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="a finished caption run directory")],
+    split: Annotated[str, typer.Option(help="split to caption: test or val")] = "test",
+    beam: Annotated[int | None, typer.Option(help="beam width (default: the run's decode.beams)")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="longest caption in tokens")] = None,
+    device: DeviceOpt = None,
+):
+    """Caption a split again with a run's weights; prints the metrics, writes eval_<split>.json and predictions."""
+    setup_logging()
+    from clipadapt.captioning.runs import evaluate_caption_run
+
+    if beam is not None and beam < 1:
+        raise ClipAdaptError(f"--beam must be >= 1, got {beam}")
+    result = evaluate_caption_run(run_dir, split, beam, max_new_tokens, device)
+    row = [run_dir, result["method"], result["bridge"], split, result["decode"]["beams"], result["images"],
+           *metric_row(result["metrics"])]
+    out.print(result_table(["run", "method", "bridge", "split", "beams", "images", *[n for _, n in METRICS]], [row],
+                           names=3))
+    for line in result.get("skipped_metrics", []):
+        err.print(f"[yellow]skipped {line}", highlight=False)
+
+
+@_command("predict")
+def predict_command(
+    run_dir: Annotated[Path, typer.Argument(help="a finished caption run directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    attention: Annotated[bool, typer.Option(help="draw one attention map per generated word")] = False,
+    layer: Annotated[int | None, typer.Option(help="decoder layer of the maps (default: mean over layers)")] = None,
+    beam: Annotated[int | None, typer.Option(help="beam width")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="folder for the attention figures")] = None,
+    strict: Annotated[bool, typer.Option(help="fail on an unreadable image instead of skipping it")] = False,
+    device: DeviceOpt = None,
+):
+    """Caption your own images (with --attention: a figure per image, one panel per word)."""
+    setup_logging()
+    from clipadapt.captioning.runs import caption_images
+
+    results = caption_images(run_dir, images, attention, out_dir, layer, beam, device, strict)
+    bad = [r for r in results if "error" in r]
+    rows = [[r["file"], r["caption"], r.get("attention", "")] for r in results if "error" not in r]
+    out.print(result_table(["image", "caption", "attention figure"], rows, text=[1, 2]))
+    for r in bad:
+        err.print(f"[yellow]skipped {r['file']}: {r['error']}", highlight=False)
+
+
+@_command("compare")
+def compare_command(
+    methods: Annotated[str, typer.Option(help="comma-separated decoder methods, or all")] = "all",
+    bridges: Annotated[str, typer.Option(help="comma-separated bridges")] = "patch-prefix",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0",
+    model: ModelOpt = None,
+    decoder: DecoderOpt = None,
+    dataset: DatasetOpt = None,
+    set_: SetOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs of every run")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder of the runs and the report")] = Path(
+        "runs/caption-compare"),
+    skip_existing: Annotated[bool, typer.Option(help="keep finished runs, resume interrupted ones")] = False,
+    overwrite: Annotated[bool, typer.Option(help="retrain runs that exist")] = False,
+    device: DeviceOpt = None,
+):
+    """Train every method x bridge x seed as its own run, then write report.md and report.html."""
+    setup_logging()
+    from clipadapt.captioning.compare import CaptionCompareConfig, run_caption_compare
+    from clipadapt.config import format_overrides
+
+    flags = format_overrides({"model.spec": model, "model.device": device, "decoder.spec": decoder,
+                              "data.dataset": dataset, "train.epochs": epochs})
+    config = CaptionCompareConfig(methods=[m.strip() for m in methods.split(",") if m.strip()],
+                                  bridges=[b.strip() for b in bridges.split(",") if b.strip()],
+                                  seeds=number_list(seeds, "--seeds"), overrides=list(set_ or []) + flags,
+                                  out=str(out_dir), skip_existing=skip_existing, overwrite=overwrite)
+    result = run_caption_compare(config, on_run=lambda label, status: err.print(f"[bold]{label}[/]: {status}",
+                                                                                 highlight=False))
+    rows = [[row.label, ",".join(map(str, row.seeds)),
+             *[_metric(row.stat("metrics", key)[0] if row.values("metrics", key) else None) for key, _ in METRICS],
+             f"{row.stat('params', 'trainable')[0]:,.0f}"] for row in result.report.rows]
+    out.print(result_table(["method (bridge)", "seeds", *[n for _, n in METRICS], "trainable params"], rows,
+                           title="caption comparison (test, mean over seeds)"))
+    out.print(f"report: {result.report.markdown} ({result.report.html})", highlight=False)
+    for path, reason in result.failed:
+        err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@_command("report")
+def report_command(
+    paths: Annotated[list[Path], typer.Argument(help="caption run directories or folders holding them")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where report.md and report.html go")] = Path("."),
+):
+    """report.md and report.html from existing caption runs."""
+    setup_logging()
+    from clipadapt.captioning.report import build_caption_report
+
+    result = build_caption_report(list(paths), out_dir)
+    out.print(f"report: {result.markdown} ({result.html})", highlight=False)
