@@ -81,7 +81,8 @@ def test_trainable_counts_follow_their_formulas(tiny_bundle, tiny_lm_dir):
     assert counts["lora"] == layers * (r * width + 3 * width * r)  # c_attn: A (r x 32), B (96 x r)
     assert counts["adapter"] == layers * 2 * (width * bottleneck + bottleneck + bottleneck * width + width)
     length, hidden = 10, 512  # peft's prefix encoder: embedding (length x width), MLP width -> hidden -> 2 L width
-    assert counts["prefix"] == length * width + width * hidden + hidden + hidden * 2 * layers * width + 2 * layers * width
+    mlp = width * hidden + hidden + hidden * 2 * layers * width + 2 * layers * width
+    assert counts["prefix"] == length * width + mlp
     decoder = load_decoder(str(tiny_lm_dir)).model
     assert counts["full"] == sum(p.numel() for p in decoder.parameters())
 

@@ -3,7 +3,9 @@
 The world CLIP (``world:tiny``, pretrained on first use, about 4 minutes on 2 CPU cores, then cached) is adapted
 with every registered method to a few-shot task it has never seen: the 16 colour-shape pairs held out of its
 pretraining (``world:shapes-novel``, 8 images per class, labelled among all 48 classes). Then robustness to
-Gaussian noise, a speed and memory benchmark, and one report: ``runs/demo/report.html``.
+Gaussian noise, a speed and memory benchmark, and one report: ``runs/demo/report.html``. Last, captioning: the
+world CLIP's frozen image tower with the world language model (``world:tiny-lm``), its decoder frozen or adapted
+with LoRA, on two-object scenes (``world:captions``), with their own report: ``runs/demo/captions/report.html``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ DEMO_DATASET = "world:shapes-novel"
 DEMO_SHOTS = 8
 DEMO_SETTINGS = ["train.epochs=10", "train.patience=3", "baseline.classifier=world:tiny-resnet"]
 DEMO_SIGMAS = [0.0, 0.05, 0.1, 0.2]
+DEMO_CAPTION_METHODS = ["bridge-only", "lora"]
+DEMO_CAPTION_SETTINGS = ["data.max_images=300", "train.epochs=2", "decode.max_new_tokens=16"]
 
 
 @dataclass
@@ -28,28 +32,40 @@ class DemoResult:
     compare: CompareResult
     report: ReportResult
     bench: Path
+    captions: ReportResult | None = None
 
 
 def run_demo(out_dir: str | Path = "runs/demo", model: str = DEMO_MODEL,
-             say: Callable[[str], None] = lambda message: None) -> DemoResult:
+             say: Callable[[str], None] = lambda message: None, captions: bool = True) -> DemoResult:
     from clipadapt.bench import run_bench
     from clipadapt.methods import list_methods
     from clipadapt.predictors import load_predictor
     from clipadapt.robustness import evaluate_robustness
 
     out_dir = Path(out_dir)
-    say(f"1/4 compare: zero-shot and {len(list_methods())} methods, {model} on {DEMO_DATASET} ({DEMO_SHOTS} shots)")
+    say(f"1/5 compare: zero-shot and {len(list_methods())} methods, {model} on {DEMO_DATASET} ({DEMO_SHOTS} shots)")
     config = CompareConfig(models=[model], dataset=DEMO_DATASET, shots=DEMO_SHOTS, overrides=list(DEMO_SETTINGS),
                            out=str(out_dir), overwrite=True, device="cpu")
     compare = run_compare(config, on_run=lambda run, status: say(f"    {run.method}: {status}"), report=False)
-    say("2/4 robustness: Gaussian pixel noise, sigma " + ", ".join(f"{s:g}" for s in DEMO_SIGMAS))
+    say("2/5 robustness: Gaussian pixel noise, sigma " + ", ".join(f"{s:g}" for s in DEMO_SIGMAS))
     for run_dir in compare.finished + compare.skipped:
         evaluate_robustness(load_predictor(run_dir, "cpu"), "gaussian", DEMO_SIGMAS, seed=0)
-    say("3/4 bench: inference with and without gradients, and every method's training step")
+    say("3/5 bench: inference with and without gradients, and every method's training step")
     bench = run_bench([model], batch=32, methods=list_methods(), iterations=5, steps=2, device="cpu",
                       settings=DEMO_SETTINGS)
     bench_path = out_dir / "bench" / "bench.json"
     atomic_write_json(bench_path, bench)
-    say("4/4 report")
+    say("4/5 report")
     report = build_report([out_dir], out_dir)
-    return DemoResult(compare, report, bench_path)
+    caption_report = None
+    if captions:
+        from clipadapt.captioning.compare import CaptionCompareConfig, run_caption_compare
+
+        say(f"5/5 captioning: world:tiny + world:tiny-lm on world:captions, {', '.join(DEMO_CAPTION_METHODS)}")
+        caption_config = CaptionCompareConfig(
+            methods=DEMO_CAPTION_METHODS, overrides=[f"model.spec={model}", "model.device=cpu",
+                                                     *DEMO_CAPTION_SETTINGS],
+            out=str(out_dir / "captions"), overwrite=True)
+        caption_report = run_caption_compare(caption_config, on_run=lambda run, status: say(f"    {run}: {status}")
+                                             ).report
+    return DemoResult(compare, report, bench_path, caption_report)

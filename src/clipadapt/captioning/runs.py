@@ -114,6 +114,15 @@ def build_caption_model(experiment: CaptionExperiment, bundle, inputs: str = "fe
     decoder = load_decoder(experiment.decoder.spec, cross_attention=experiment.bridge.kind == "cross-attention",
                            device=bundle.device)
     captioner = Captioner(decoder, geometry, bundle.embed_dim, experiment.bridge)
+    positions = getattr(decoder.model.config, "n_positions", None) or getattr(
+        decoder.model.config, "max_position_embeddings", None)
+    virtual = getattr(method.config, "length", 0) if method.name == "prefix" else 0  # peft's prefix shifts positions
+    needed = captioner.prefix_length + virtual + max(experiment.train.max_length, experiment.decode.max_new_tokens + 1)
+    if positions is not None and needed > positions:
+        raise ConfigError(f"decoder '{experiment.decoder.spec}' has {positions} positions, fewer than the {needed} "
+                          f"needed ({captioner.prefix_length} image positions of the {experiment.bridge.kind} bridge, "
+                          f"{virtual} prefix, the caption); lower train.max_length or decode.max_new_tokens, or use "
+                          f"bridge.kind=mapper")
     apply_method(captioner, method)
     return CaptionModel(bundle, captioner, method, inputs).to(bundle.device)
 

@@ -26,3 +26,5 @@ def demo_command(
         err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
     out.print(f"bench: {result.bench}", highlight=False)
     out.print(f"report: {result.report.html}", highlight=False)
+    if result.captions is not None:
+        out.print(f"caption report: {result.captions.html}", highlight=False)

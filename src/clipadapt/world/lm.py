@@ -24,7 +24,7 @@ from clipadapt.world.pretrain import write_loss_curve
 from clipadapt.world.scenes import SceneSpec, held_out_combinations, sample_scene
 from clipadapt.world.tokenizer import build_world_tokenizer
 
-LM_VERSION = "1"
+LM_VERSION = "2"
 HELD_OUT_PHRASINGS = (5, 6)  # "... coloured ...", "a picture of ... background": never seen by the LM
 LM_PHRASINGS = tuple(i for i in range(len(ONE_OBJECT)) if i not in HELD_OUT_PHRASINGS)
 
@@ -39,6 +39,7 @@ class WorldLMRecipe:
     layers: int = option(2, help="transformer blocks")
     width: int = option(96, help="hidden size")
     heads: int = option(3, help="attention heads")
+    positions: int = option(128, help="position embeddings: room for an image prefix in front of a caption")
     version: str = option(LM_VERSION, help="recipe version; cached models are rebuilt when it changes")
 
     def __post_init__(self) -> None:
@@ -60,7 +61,8 @@ def pretrain_world_lm(out_dir: str | Path, recipe: WorldLMRecipe | None = None) 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_world_tokenizer()
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=tokenizer.model_max_length, n_embd=recipe.width,
+    # positions for a captioner's image prefix (world:tiny's 37 tokens) in front of a caption
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=recipe.positions, n_embd=recipe.width,
                         n_layer=recipe.layers, n_head=recipe.heads, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(recipe.seed)
