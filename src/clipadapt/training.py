@@ -71,26 +71,37 @@ class TrainExperiment:
         return getattr(self, METHODS.get(self.method).section)
 
 
+def method_experiment_class(base: type, method: str, section: str, config_class: type) -> type:
+    """A dataclass with ``base``'s common sections plus ``<section>: <config_class>`` (the method's own)."""
+    return dataclasses.make_dataclass(
+        f"{config_class.__name__}{base.__name__}",
+        [("method", str, option(method, help="adaptation method")),
+         (section, config_class, field(default_factory=config_class))],
+        bases=(base,),
+    )
+
+
+def load_method_experiment(cls: type, method: str, config_file: str | Path | None, overrides: list[str] | None,
+                           what: str = "method"):
+    """Defaults, then a YAML file (e.g. a run's config.yaml), then ``section.key=value`` overrides."""
+    from clipadapt.config import load_config
+
+    experiment = load_config(cls, config_file, overrides)
+    if experiment.method != method:
+        raise ConfigError(f"config file is for {what} '{experiment.method}', not '{method}'")
+    return experiment
+
+
 def experiment_class(method: str) -> type[TrainExperiment]:
     """A dataclass with the common sections plus ``<method>: <MethodConfig>``."""
     entry = METHODS.get(method)
-    return dataclasses.make_dataclass(
-        f"{entry.config_class.__name__}Experiment",
-        [("method", str, option(method, help="adaptation method")),
-         (entry.section, entry.config_class, field(default_factory=entry.config_class))],
-        bases=(TrainExperiment,),
-    )
+    return method_experiment_class(TrainExperiment, method, entry.section, entry.config_class)
 
 
 def load_experiment(method: str, config_file: str | Path | None = None,
                     overrides: list[str] | None = None) -> TrainExperiment:
     """Defaults, then a YAML file (e.g. a run's config.yaml), then ``section.key=value`` overrides."""
-    from clipadapt.config import load_config
-
-    experiment = load_config(experiment_class(method), config_file, overrides)
-    if experiment.method != method:
-        raise ConfigError(f"config file is for method '{experiment.method}', not '{method}'")
-    return experiment
+    return load_method_experiment(experiment_class(method), method, config_file, overrides)
 
 
 def head_templates(dataset) -> TemplateSet:

@@ -9,27 +9,19 @@ cache, so training epochs never run the image tower (docs/benchmarks.md has the 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from clipadapt.data.base import Split
-from clipadapt.engine.features import SkippedImage, image_loader, report_skipped
+from clipadapt.engine.features import SkippedImage, SplitCache, image_loader, report_skipped
 from clipadapt.errors import ConfigError
-from clipadapt.io import atomic_path
 from clipadapt.models.bundle import ClipBundle
-from clipadapt.paths import feature_cache_dir
 from clipadapt.progress import progress_bar
 
-log = logging.getLogger(__name__)
 ENCODER_CACHE_VERSION = 1
 
 
@@ -109,61 +101,32 @@ def encode_for_captioning(bundle: ClipBundle, split: Split, batch_size: int = 64
                          skipped, time.perf_counter() - start)
 
 
-class EncoderCache:
-    """safetensors files of ``EncodedImages``, written atomically, keyed by model x images x preprocessing."""
+class EncoderCache(SplitCache):
+    """``EncodedImages`` of caption splits, beside the classification feature cache."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else feature_cache_dir() / "captioning"
+    version = ENCODER_CACHE_VERSION
+    folder = "captioning"
+    description = "captioning encoder cache"
 
-    @staticmethod
-    def key(bundle: ClipBundle, split: Split) -> str:
-        identity = {"version": ENCODER_CACHE_VERSION, "model": bundle.fingerprint, "split": split.fingerprint(),
-                    "preprocess": bundle.preprocess.config.to_dict(), "dtype": str(bundle.dtype)}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-
-    def path(self, bundle: ClipBundle, split: Split) -> Path:
-        return self.root / f"{self.key(bundle, split)}.safetensors"
-
-    def load(self, bundle: ClipBundle, split: Split) -> EncodedImages | None:
-        path = self.path(bundle, split)
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no iter
-                meta = f.metadata() or {}
-            geometry = PatchGeometry(**json.loads(meta["geometry"]))
-            geometry.grid = tuple(geometry.grid)
-        except Exception:  # a corrupt entry is recomputed, never trusted
-            log.warning("ignoring unreadable captioning encoder cache entry %s", path)
-            return None
-        skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
-        return EncodedImages(tensors["tokens"], tensors["pooled"], tensors["positions"].numpy(), geometry, skipped,
-                             float(meta.get("encode_time_s", 0.0)), from_cache=True)
-
-    def save(self, bundle: ClipBundle, split: Split, encoded: EncodedImages) -> Path:
-        path = self.path(bundle, split)
-        tensors = {"tokens": encoded.tokens.contiguous(), "pooled": encoded.pooled.contiguous(),
-                   "positions": torch.from_numpy(np.ascontiguousarray(encoded.positions))}
+    def to_file(self, encoded: EncodedImages) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         geometry = {"grid": list(encoded.geometry.grid), "prefix_tokens": encoded.geometry.prefix_tokens,
                     "width": encoded.geometry.width}
-        meta = {"model": bundle.spec, "split": split.name, "geometry": json.dumps(geometry),
-                "skipped": json.dumps([s.__dict__ for s in encoded.skipped]),
-                "encode_time_s": f"{encoded.encode_time_s:.6f}"}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return path
+        return ({"tokens": encoded.tokens, "pooled": encoded.pooled,
+                 "positions": torch.from_numpy(np.ascontiguousarray(encoded.positions))},
+                {"geometry": json.dumps(geometry)})
+
+    def from_file(self, tensors, meta, skipped, encode_time_s) -> EncodedImages:
+        geometry = PatchGeometry(**json.loads(meta["geometry"]))
+        geometry.grid = tuple(geometry.grid)
+        return EncodedImages(tensors["tokens"], tensors["pooled"], tensors["positions"].numpy(), geometry, skipped,
+                             encode_time_s, from_cache=True)
 
 
 def encode_cached(bundle: ClipBundle, split: Split, cache: EncoderCache | None = None, batch_size: int = 64,
                   num_workers: int = -1, strict: bool = False) -> EncodedImages:
     """``encode_for_captioning`` through the cache: a second call with the same inputs reads the file."""
-    if cache is not None:
-        hit = cache.load(bundle, split)
-        if hit is not None:
-            report_skipped(hit.skipped, strict, split.name)
-            return hit
-    encoded = encode_for_captioning(bundle, split, batch_size, num_workers, strict)
-    if cache is not None:
-        cache.save(bundle, split, encoded)
-    return encoded
+
+    def encode() -> EncodedImages:
+        return encode_for_captioning(bundle, split, batch_size, num_workers, strict)
+
+    return cache.through(bundle, split, strict, encode) if cache is not None else encode()

@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -142,16 +144,21 @@ def encode_images(bundle: ClipBundle, split: Split, batch_size: int = 64, num_wo
     return EncodedSplit(torch.cat(features), np.concatenate(labels), np.concatenate(positions), skipped, elapsed)
 
 
-class FeatureCache:
-    """safetensors files of encoded splits, written atomically, keyed by model x split x preprocessing."""
+class SplitCache:
+    """safetensors files, one per encoded split, written atomically and keyed by model x split x preprocessing x
+    dtype (and the subclass's ``version``); an unreadable entry is recomputed, never trusted. Subclasses say what
+    the tensors are (``to_file``, ``from_file``)."""
+
+    version: ClassVar[int] = 1
+    folder: ClassVar[str] = ""  # under the feature cache directory
+    description: ClassVar[str] = "feature cache"
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else feature_cache_dir()
+        self.root = Path(root) if root is not None else feature_cache_dir() / self.folder
 
-    @staticmethod
-    def key(bundle: ClipBundle, split: Split) -> str:
+    def key(self, bundle: ClipBundle, split: Split) -> str:
         identity = {
-            "version": CACHE_VERSION,
+            "version": self.version,
             "model": bundle.fingerprint,
             "split": split.fingerprint(),
             "preprocess": bundle.preprocess.config.to_dict(),
@@ -162,49 +169,71 @@ class FeatureCache:
     def path(self, bundle: ClipBundle, split: Split) -> Path:
         return self.root / f"{self.key(bundle, split)}.safetensors"
 
-    def load(self, bundle: ClipBundle, split: Split) -> EncodedSplit | None:
+    def load(self, bundle: ClipBundle, split: Split):
         path = self.path(bundle, split)
         if not path.is_file():
             return None
         try:
-            tensors = load_file(str(path))
             from safetensors import safe_open
 
+            tensors = load_file(str(path))
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
+            skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
+            return self.from_file(tensors, meta, skipped, float(meta.get("encode_time_s", 0.0)))
         except Exception:  # a corrupt cache entry is recomputed, never trusted
-            log.warning("ignoring unreadable feature cache entry %s", path)
+            log.warning("ignoring unreadable %s entry %s", self.description, path)
             return None
-        skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
-        return EncodedSplit(tensors["features"], tensors["labels"].numpy(), tensors["positions"].numpy(),
-                            skipped, float(meta.get("encode_time_s", 0.0)), from_cache=True)
 
-    def save(self, bundle: ClipBundle, split: Split, encoded: EncodedSplit) -> Path:
+    def save(self, bundle: ClipBundle, split: Split, encoded) -> Path:
         path = self.path(bundle, split)
-        tensors = {
-            "features": encoded.features.contiguous(),
-            "labels": torch.from_numpy(np.ascontiguousarray(encoded.labels)),
-            "positions": torch.from_numpy(np.ascontiguousarray(encoded.positions)),
-        }
-        meta = {
-            "model": bundle.spec, "fingerprint": bundle.fingerprint, "split": split.name,
-            "skipped": json.dumps([s.__dict__ for s in encoded.skipped]),
-            "encode_time_s": f"{encoded.encode_time_s:.6f}",
-        }
+        tensors, extra = self.to_file(encoded)
+        meta = {"model": bundle.spec, "fingerprint": bundle.fingerprint, "split": split.name,
+                "skipped": json.dumps([s.__dict__ for s in encoded.skipped]),
+                "encode_time_s": f"{encoded.encode_time_s:.6f}", **extra}
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
         return path
+
+    def to_file(self, encoded) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tensors of an encoded split and any metadata of its own."""
+        raise NotImplementedError
+
+    def from_file(self, tensors: dict[str, torch.Tensor], meta: dict[str, str], skipped: list[SkippedImage],
+                  encode_time_s: float):
+        raise NotImplementedError
+
+    def through(self, bundle: ClipBundle, split: Split, strict: bool, encode: Callable[[], Any]):
+        """The cached encoding of ``split``, or ``encode()`` saved for next time."""
+        hit = self.load(bundle, split)
+        if hit is not None:
+            report_skipped(hit.skipped, strict, split.name)
+            return hit
+        encoded = encode()
+        self.save(bundle, split, encoded)
+        return encoded
+
+
+class FeatureCache(SplitCache):
+    """Encoded image features of classification splits."""
+
+    version = CACHE_VERSION
+
+    def to_file(self, encoded: EncodedSplit) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        return {"features": encoded.features,
+                "labels": torch.from_numpy(np.ascontiguousarray(encoded.labels)),
+                "positions": torch.from_numpy(np.ascontiguousarray(encoded.positions))}, {}
+
+    def from_file(self, tensors, meta, skipped, encode_time_s) -> EncodedSplit:
+        return EncodedSplit(tensors["features"], tensors["labels"].numpy(), tensors["positions"].numpy(),
+                            skipped, encode_time_s, from_cache=True)
 
 
 def encode_split(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
                  strict: bool = False, cache: FeatureCache | None = None) -> EncodedSplit:
     """Cached ``encode_images``: a second call with the same model, split and preprocessing reads the file."""
-    if cache is not None:
-        hit = cache.load(bundle, split)
-        if hit is not None:
-            report_skipped(hit.skipped, strict, split.name)
-            return hit
-    encoded = encode_images(bundle, split, batch_size, num_workers, strict, description=f"encoding {split.name}")
-    if cache is not None:
-        cache.save(bundle, split, encoded)
-    return encoded
+
+    def encode() -> EncodedSplit:
+        return encode_images(bundle, split, batch_size, num_workers, strict, description=f"encoding {split.name}")
+
+    return cache.through(bundle, split, strict, encode) if cache is not None else encode()

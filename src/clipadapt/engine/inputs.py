@@ -48,6 +48,15 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, wor
     return order
 
 
+def note_skipped(seen: dict[str, dict[int, SkippedImage]], split: Split, position: int, reason: str,
+                 strict: bool) -> None:
+    """Record an unreadable image of a split once, warning (or, ``strict``, failing) the first time only."""
+    images = seen.setdefault(split.name, {})
+    if position not in images:
+        images[position] = SkippedImage(position, split.describe(position), reason)
+        report_skipped([images[position]], strict, split.name)
+
+
 class AugmentedImages(SplitImages):
     """Images of a split as uint8 tensors; the augmentation of an item depends only on (seed, epoch, position)."""
 
@@ -136,11 +145,8 @@ class TrainingData:
                             collate_fn=collate_images, prefetch_factor=4 if workers > 0 else None,
                             generator=torch.Generator().manual_seed(self.seed))
         for batch in loader:
-            for position, reason in batch["skipped"]:
-                seen = self.skipped.setdefault(split, {})
-                if position not in seen:  # warn once, not every epoch
-                    seen[position] = SkippedImage(position, self.split(split).describe(position), reason)
-                    report_skipped([seen[position]], self.strict, split)
+            for position, reason in batch["skipped"]:  # warned once, not every epoch
+                note_skipped(self.skipped, self.split(split), position, reason, self.strict)
             if batch["images"] is None:
                 continue
             yield {"inputs": self.preprocess.normalize(batch["images"]).to(self.device),

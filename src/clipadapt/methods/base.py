@@ -126,12 +126,37 @@ def list_methods(pattern: str | None = None) -> list[str]:
 
 
 class TrainableModule(nn.Module):
-    """What the engine needs of anything it trains: the trainable parameters, and their state to keep and load.
+    """What the engine needs of anything it trains: the trainable parameters, their state to keep, save and load,
+    and the training hooks.
 
     Classification methods (``Method``) and captioning models (``captioning.training.CaptionModel``) both are one.
     """
 
     name: ClassVar[str] = ""
+
+    def metadata(self) -> dict[str, str]:
+        """What saved weights must match to be loaded here (model fingerprint, method, ...)."""
+        raise NotImplementedError
+
+    def prepare(self, trainer: Trainer) -> None:
+        """Called once before training (e.g. LP-FT fits its head on cached features here)."""
+
+    def fit(self, trainer: Trainer) -> FitResult:
+        """Train the method; gradient training by default, a closed-form method overrides this."""
+        return trainer.fit(self)
+
+    def enable_activation_checkpointing(self) -> None:
+        raise ConfigError(f"{self.name} does not support activation checkpointing")
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Evaluation mode for the block, then back to the mode before."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters the method trains, by name (everything else is frozen)."""
@@ -152,6 +177,18 @@ class TrainableModule(nn.Module):
                     raise ConfigError(f"{source} does not fit this model: '{name}' has shape "
                                       f"{tuple(state[name].shape)}, expected {tuple(param.shape)}")
                 param.copy_(state[name].to(param.device, param.dtype))
+
+    def save_weights(self, directory: Path) -> None:
+        """The trainable weights only, as safetensors (LoRA overrides this with a peft adapter)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous().cpu() for k, v in self.trainable_state().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_file(state, str(tmp), metadata=self.metadata())
+
+    def load_weights(self, directory: Path) -> None:
+        path = directory / WEIGHTS_FILE
+        check_metadata(path, self.metadata())
+        self.load_trainable_state(load_file(str(path)), source=str(path))
 
 
 class Method(TrainableModule):
@@ -244,43 +281,23 @@ class Method(TrainableModule):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     # -- hooks --------------------------------------------------------------------------------------------
-    def prepare(self, trainer: Trainer) -> None:
-        """Called once before training (e.g. LP-FT fits its head on cached features here)."""
-
-    def fit(self, trainer: Trainer) -> FitResult:
-        """Train the method; gradient training by default, a closed-form method overrides this."""
-        return trainer.fit(self)
-
     @contextmanager
     def evaluating(self) -> Iterator[None]:
         """Evaluation mode; methods may merge weights or precompute class vectors for speed here."""
-        was_training = self.training
-        self.eval()
         freeze = getattr(self.head, "freeze_for_evaluation", None)
-        if freeze:
-            freeze(True)
-        try:
-            yield
-        finally:
+        with super().evaluating():
             if freeze:
-                freeze(False)
-            self.train(was_training)
+                freeze(True)
+            try:
+                yield
+            finally:
+                if freeze:
+                    freeze(False)
 
     # -- weights ------------------------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
         return {"method": self.name, "model_fingerprint": self.fingerprint, "classes": "\n".join(self.classnames)}
 
-    def save_weights(self, directory: Path) -> None:
-        """The trainable weights only, as safetensors (LoRA overrides this with a peft adapter)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous().cpu() for k, v in self.trainable_state().items()}
-        with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_file(state, str(tmp), metadata=self.metadata())
-
-    def load_weights(self, directory: Path) -> None:
-        path = directory / WEIGHTS_FILE
-        check_metadata(path, self.metadata())
-        self.load_trainable_state(load_file(str(path)), source=str(path))
 
 
 def freeze(module: nn.Module) -> None:
