@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ def caption_folder(tmp_path_factory):
 def experiment(method, tiny_clip_dir, tiny_lm_dir, caption_folder, out, *overrides):
     return load_caption_experiment(method, None, [
         f"model.spec={tiny_clip_dir}", f"decoder.spec={tiny_lm_dir}", f"data.dataset=coco:{caption_folder}",
-        "train.epochs=2", "train.batch_size=16", "decode.max_new_tokens=6", "decode.tokenizer=simple",
+        "train.epochs=2", "train.batch_size=16", "train.max_length=24", "decode.max_new_tokens=6",
+        "decode.tokenizer=simple",
         "run.attention_images=2", f"run.out={out}", *overrides])
 
 
@@ -90,7 +92,8 @@ def test_reloaded_run_captions_as_it_did(tiny_clip_dir, tiny_lm_dir, caption_fol
     first = saved[0]
     [mine] = caption_images(out.run_dir, [first["file"]], attention=True, out_dir=tmp_path / "mine")
     assert mine["caption"] == first["caption"]
-    assert (tmp_path / "mine").glob("*-attention.png")
+    drawn = [p.name for p in (tmp_path / "mine").glob("*-attention.png")]
+    assert drawn == [f"{Path(first['file']).stem}-attention.png"] and mine["attention"].endswith(drawn[0])
 
 
 def test_cached_encoder_outputs_train_as_re_encoding_does(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):

@@ -84,6 +84,7 @@ def test_demo_runs_offline_on_the_world(with_world, tmp_path):
 
 def _check_demo_captions(captions, output):
     """The demo's caption runs: a report, and captions that fit their own image better than another image."""
+    from clipadapt.captioning.data import load_caption_dataset
     from clipadapt.captioning.metrics import clip_scores
     from clipadapt.captioning.runs import caption_data, load_caption_run
 
@@ -91,7 +92,8 @@ def _check_demo_captions(captions, output):
     report = (captions / "report.md").read_text()
     assert "bridge-only (patch-prefix)" in report and "lora (patch-prefix)" in report
     run = captions / "lora-patch-prefix-seed0"
-    experiment, dataset, model = load_caption_run(run, "cpu")
+    experiment, model = load_caption_run(run, "cpu")
+    dataset = load_caption_dataset(experiment.data)
     encoded = caption_data(experiment, dataset, model, model.bundle.device).encoded("test")
     generated = {p["image_id"]: p["caption"] for p in json.loads((run / "predictions.json").read_text())}
     images = dataset.split("test").images

@@ -17,8 +17,10 @@ from clipadapt.captioning.methods import CAPTION_METHODS
 from clipadapt.captioning.model import BRIDGES
 from clipadapt.captioning.report import build_caption_report
 from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
+from clipadapt.compare import refuse_existing
 from clipadapt.config import override_section
-from clipadapt.errors import ConfigError
+from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.methods.base import section_name
 from clipadapt.reports.report import ReportResult
 from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE
 
@@ -56,15 +58,13 @@ class CaptionCompareResult:
 
 def _overrides_for(method: str, overrides: list[str]) -> list[str]:
     """Common overrides plus the method's own section (another method's section is not its business)."""
-    own = method.replace("-", "_")
-    others = {m.replace("-", "_") for m in CAPTION_METHODS.names()} - {own}
+    own = section_name(method)
+    others = {section_name(m) for m in CAPTION_METHODS.names()} - {own}
     return [o for o in overrides if override_section(o) not in others]
 
 
 def run_caption_compare(config: CaptionCompareConfig,
                         on_run: Callable[[str, str], None] | None = None) -> CaptionCompareResult:
-    from clipadapt.errors import ClipAdaptError
-
     out = Path(config.out)
     planned = []
     for method in config.methods:
@@ -74,6 +74,7 @@ def run_caption_compare(config: CaptionCompareConfig,
                 overrides = [*_overrides_for(method, config.overrides), f"bridge.kind={bridge}",
                              f"run.seed={seed}", f"run.out={run_dir}"]
                 planned.append((run_dir, load_caption_experiment(method, None, overrides)))  # all checked
+    refuse_existing([run_dir for run_dir, _ in planned], config.out, config.skip_existing, config.overwrite)
     runs, failed = [], []
     for run_dir, experiment in planned:
         label = run_dir.name
@@ -82,9 +83,9 @@ def run_caption_compare(config: CaptionCompareConfig,
             if on_run:
                 on_run(label, "kept")
             continue
-        resume = config.skip_existing and (run_dir / CONFIG_FILE).is_file() and not (run_dir / METRICS_FILE).is_file()
+        resume = config.skip_existing and (run_dir / CONFIG_FILE).is_file()  # begun, not finished
         experiment = dataclasses.replace(experiment, run=dataclasses.replace(
-            experiment.run, resume=resume, overwrite=config.overwrite))
+            experiment.run, resume=resume, overwrite=not resume))  # existing directories were allowed above
         if on_run:
             on_run(label, "resuming" if resume else "training")
         try:

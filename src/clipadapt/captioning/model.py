@@ -183,6 +183,31 @@ class Captioner(nn.Module):
             return self.config.prefix_length
         return 0 if self.config.kind == "cross-attention" else self.geometry.num_tokens
 
+    @property
+    def virtual_tokens(self) -> int:
+        """Key/value positions a prefix-tuned (peft prompt-learning) decoder puts before everything else."""
+        config = getattr(self.decoder, "active_peft_config", None)
+        return config.num_virtual_tokens if config is not None and config.is_prompt_learning else 0
+
+    def check_positions(self, caption_tokens: int, spec: str) -> None:
+        """Refuse a decoder with fewer position embeddings than prefix-tuning, image prefix and caption take."""
+        config = getattr(self.decoder, "config", None)
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        needed = self.virtual_tokens + self.prefix_length + caption_tokens
+        if positions is not None and needed > positions:
+            raise ConfigError(f"decoder '{spec}' has {positions} positions, fewer than the {needed} needed "
+                              f"({self.prefix_length} image positions of the {self.config.kind} bridge, "
+                              f"{self.virtual_tokens} of prefix-tuning, {caption_tokens} of caption); lower "
+                              f"train.max_length or decode.max_new_tokens, or use bridge.kind=mapper")
+
+    def _with_prefix(self, prefix: torch.Tensor | None, embeds: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[prefix] embeds`` and the attention mask that shows the prefix to every position."""
+        if prefix is None:
+            return embeds, mask
+        ones = torch.ones(mask.shape[0], prefix.shape[1], dtype=mask.dtype, device=mask.device)
+        return torch.cat([prefix.to(embeds.dtype), embeds], dim=1), torch.cat([ones, mask], dim=1)
+
     def bridge_parameter_names(self) -> list[str]:
         """The bridge, and the decoder's new cross-attention layers (they are part of the bridge)."""
         names = [f"bridge.{n}" for n, _ in self.bridge.named_parameters()]
@@ -203,31 +228,17 @@ class Captioner(nn.Module):
     def forward(self, batch: dict) -> dict:
         """Teacher-forced loss of ``batch["input_ids"]`` given the images (labels -100 where not predicted)."""
         prefix, extra = self.image_inputs(batch)
-        embeds = self.decoder.get_input_embeddings()(batch["input_ids"])
-        mask, labels = batch["attention_mask"], batch["labels"]
-        if prefix is not None:
-            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
-            ones = torch.ones(mask.shape[0], prefix.shape[1], dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([ones, mask], dim=1)
-            labels = torch.cat([torch.full_like(ones, IGNORE, dtype=labels.dtype), labels], dim=1)
+        labels = batch["labels"]
+        embeds, mask = self._with_prefix(prefix, self.decoder.get_input_embeddings()(batch["input_ids"]),
+                                         batch["attention_mask"])
+        if prefix is not None:  # the prefix is given, not predicted
+            labels = nn.functional.pad(labels, (prefix.shape[1], 0), value=IGNORE)
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=labels, **extra)
         with torch.no_grad():  # next-token accuracy over the predicted positions
             target = labels[:, 1:]
             predicted = target != IGNORE
             correct = ((out.logits[:, :-1].argmax(-1) == target) & predicted).sum()
         return {"loss": out.loss, "logits": out.logits, "correct": correct, "count": predicted.sum()}
-
-    def _generation_model(self, rows: int) -> tuple[nn.Module, object | None, int]:
-        """The model whose ``generate`` decodes and its starting cache: a prefix-tuned decoder's own prefix.
-
-        peft's prompt-learning ``generate`` cannot start from ``inputs_embeds`` in transformers 5, so a prefix-tuned
-        decoder decodes through its base model with peft's prefix (``get_prompt``) as the cache; ``generate`` takes
-        that many leading positions as already computed (the captions equal peft's forward, tested).
-        """
-        config = getattr(self.decoder, "active_peft_config", None)
-        if config is None or not config.is_prompt_learning:
-            return self.decoder, None, 0
-        return self.decoder.get_base_model(), self.decoder.get_prompt(rows), config.num_virtual_tokens
 
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int = 20, num_beams: int = 1) -> dict:
@@ -237,14 +248,16 @@ class Captioner(nn.Module):
         size = (prefix if prefix is not None else extra["encoder_hidden_states"]).shape[0]
         device = next(self.decoder.parameters()).device
         bos = torch.full((size, 1), self.bos_id, dtype=torch.long, device=device)
-        embeds = self.decoder.get_input_embeddings()(bos)
-        if prefix is not None:
-            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
-        model, cache, virtual = self._generation_model(size * num_beams)
-        if cache is not None:  # positions the cache holds already: generate starts after them
-            embeds = torch.cat([embeds.new_zeros(size, virtual, embeds.shape[-1]), embeds], dim=1)
-            extra["past_key_values"] = cache
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
+        embeds, mask = self._with_prefix(prefix, self.decoder.get_input_embeddings()(bos), torch.ones_like(bos))
+        model = self.decoder
+        if self.virtual_tokens:
+            # peft's prompt-learning generate cannot start from inputs_embeds in transformers 5: decode through the
+            # base model with peft's prefix as the cache; generate skips the positions the cache holds, so that many
+            # placeholders go in front (the tokens equal peft's own forward, tested)
+            model = self.decoder.get_base_model()
+            extra["past_key_values"] = self.decoder.get_prompt(size * num_beams)
+            embeds, mask = self._with_prefix(embeds.new_zeros(size, self.virtual_tokens, embeds.shape[-1]), embeds,
+                                             mask)
         sequences = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                    num_beams=num_beams, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
                                    pad_token_id=self.tokenizer.pad_token_id, **extra)
@@ -257,6 +270,10 @@ class Captioner(nn.Module):
         eos = self.tokenizer.eos_token_id
         return ids[: ids.index(eos)] if eos in ids else ids
 
+    def caption_words(self, sequence: torch.Tensor) -> list[str]:
+        """Each generated token as text (the titles of the attention panels)."""
+        return [self.tokenizer.decode([t]).strip() or "?" for t in self.caption_tokens(sequence)]
+
     @torch.no_grad()
     def attention_maps(self, batch: dict, sequences: torch.Tensor, layer: int | None = None) -> list[torch.Tensor]:
         """Per image, ``(words, rows, cols)``: for every generated token the decoder's attention over the image
@@ -268,19 +285,11 @@ class Captioner(nn.Module):
             raise ConfigError("attention maps need a patch bridge (patch-prefix or cross-attention); the mapper's "
                               "prefix is made from the pooled embedding and has no patches")
         rows = [self.caption_tokens(s) for s in sequences]
-        size, length = len(rows), max(1, max(len(r) for r in rows))
         device = next(self.decoder.parameters()).device
-        input_ids = torch.full((size, length), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((size, length), dtype=torch.long, device=device)
-        for i, row in enumerate(rows):
-            ids = [self.bos_id, *row[:-1]] if row else [self.bos_id]
-            input_ids[i, : len(ids)] = torch.tensor(ids, device=device)
-            mask[i, : len(ids)] = 1
+        text = pad_captions([[self.bos_id, *row[:-1]] for row in rows], self.tokenizer.pad_token_id)
         prefix, extra = self.image_inputs(batch)
-        embeds = self.decoder.get_input_embeddings()(input_ids)
-        if prefix is not None:
-            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
-            mask = torch.cat([torch.ones(size, prefix.shape[1], dtype=mask.dtype, device=device), mask], dim=1)
+        embeds, mask = self._with_prefix(prefix, self.decoder.get_input_embeddings()(text["input_ids"].to(device)),
+                                         text["attention_mask"].to(device))
         base = self.decoder.get_base_model() if hasattr(self.decoder, "get_base_model") else self.decoder
         before = base.config._attn_implementation
         base.set_attn_implementation("eager")  # only eager attention returns its weights
@@ -296,8 +305,7 @@ class Captioner(nn.Module):
         geometry = self.geometry
         patches = geometry.grid[0] * geometry.grid[1]
         # self-attention keys: [peft's virtual tokens] [class token] [patches] [words]; cross: [class] [patches]
-        virtual = 0 if cross else chosen.shape[-1] - embeds.shape[1]
-        start = virtual + geometry.prefix_tokens
+        start = (0 if cross else self.virtual_tokens) + geometry.prefix_tokens
         queries_start = 0 if cross else self.prefix_length
         result = []
         for i, row in enumerate(rows):

@@ -1,4 +1,4 @@
-"""Captioning figures: training curves, the best and worst captions by CLIPScore, per-word attention maps."""
+"""Captioning figures: the best and worst captions by CLIPScore, per-word attention maps."""
 
 from __future__ import annotations
 
@@ -10,29 +10,6 @@ from PIL import Image
 
 from clipadapt.data.images import ImageLoadError, load_image
 from clipadapt.reports.plots import _save, plt
-
-
-def plot_caption_curves(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss (train, val), next-token accuracy, and validation CIDEr when it selected the model."""
-    epochs = [r["epoch"] for r in history]
-    panels = 3 if history and "val_cider" in history[0] else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.5))
-    for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
-        axes[0].plot(epochs, [r[f"{split}_loss"] for r in history], "o-", color=colour, label=split)
-        axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], "o-", color=colour, label=split)
-    axes[0].set_ylabel("next-token cross-entropy")
-    axes[1].set_ylabel("next-token accuracy")
-    if panels == 3:
-        axes[2].plot(epochs, [r["val_cider"] for r in history], "o-", color="tab:green", label="val")
-        axes[2].set_ylabel("CIDEr-D (greedy)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
 
 
 def _thumbnail(path: str, preprocess) -> np.ndarray:

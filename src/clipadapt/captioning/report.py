@@ -13,12 +13,10 @@ from datetime import datetime
 from pathlib import Path
 
 from clipadapt.errors import ClipAdaptError
-from clipadapt.io import atomic_write_text
 from clipadapt.reports.collect import Row, RunInfo, find_runs
-from clipadapt.reports.report import Figure, ReportResult, Table, _number, _pm, render_html, render_markdown
+from clipadapt.reports.report import Figure, ReportResult, Table, _number, _pm, fresh_files_dir, write_report
 from clipadapt.runs import slug
 
-FILES_DIR = "report_files"
 METRIC_COLUMNS = [("cider", "CIDEr"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"),
                   ("clip_score", "CLIPScore"), ("ref_clip_score", "RefCLIPScore")]
 COLUMNS = (["model", "decoder", "method", "bridge", "seeds"] + [name for _, name in METRIC_COLUMNS]
@@ -69,18 +67,15 @@ def build_caption_report(paths: list[str | Path], out_dir: str | Path) -> Report
     if not runs:
         raise ClipAdaptError(f"no caption runs under {', '.join(map(str, paths))}")
     datasets = sorted({r.dataset for r in runs if r.complete})
-    files = out_dir / FILES_DIR
-    shutil.rmtree(files, ignore_errors=True)
-    files.mkdir(parents=True)
+    files = fresh_files_dir(out_dir)
     blocks: list = [("h1", "clipadapt caption report"),
                     ("p", f"{len([r for r in runs if r.complete])} complete caption runs from "
                           f"{', '.join(map(str, paths))}; written {datetime.now():%Y-%m-%d %H:%M}. Every number is "
                           f"read from a run's metrics.json: scores on the test split (mean ± sample std over seeds), "
                           f"models selected on validation only. CLIPScore uses the run's own CLIP model.")]
-    all_rows = []
+    all_rows = caption_rows(runs)
     for index, dataset in enumerate(datasets):
-        rows = [r for r in caption_rows(runs) if r.dataset == dataset]
-        all_rows += rows
+        rows = [r for r in all_rows if r.dataset == dataset]
         prefix = f"{index}-" if len(datasets) > 1 else ""
         tokenizers = sorted({str(run.record.get("tokenizer")) for row in rows for run in row.runs})
         blocks += [("h2", f"Dataset: {dataset}"), ("table", caption_table(rows)),
@@ -102,11 +97,4 @@ def build_caption_report(paths: list[str | Path], out_dir: str | Path) -> Report
                     target = files / f"{name}-{source.stem}.png"
                     shutil.copyfile(source, target)
                     blocks.append(("figure", Figure(target, f"{row.label}, seed {run.seed}: {caption}.")))
-    incomplete = [r for r in runs if not r.complete]
-    if incomplete:
-        blocks += [("h2", "Incomplete runs"),
-                   ("p", "No metrics.json yet (`clipadapt caption train ... --resume` continues them): "
-                         + ", ".join(str(r.path) for r in incomplete))]
-    atomic_write_text(out_dir / "report.md", render_markdown(blocks, out_dir))
-    atomic_write_text(out_dir / "report.html", render_html(blocks))
-    return ReportResult(out_dir / "report.md", out_dir / "report.html", all_rows, incomplete)
+    return write_report(out_dir, blocks, all_rows, runs, "clipadapt caption train ... --resume")

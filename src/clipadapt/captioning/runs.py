@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from clipadapt.captioning.data import CaptionDataConfig, CaptionDataset, load_caption_dataset
 from clipadapt.captioning.encoder import EncoderCache, patch_geometry
@@ -34,21 +33,21 @@ from clipadapt.captioning.training import (
     DecodeConfig,
     generate_split,
 )
-from clipadapt.config import from_dict, load_config, option, to_dict
-from clipadapt.engine.checkpoint import check_metadata, remove_checkpoints
+from clipadapt.config import from_dict, option, to_dict
+from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.trainer import Trainer, make_accelerator
 from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.io import atomic_path, atomic_write_json, staged_directory
+from clipadapt.io import atomic_write_json, staged_directory
+from clipadapt.methods.base import WEIGHTS_FILE, section_name
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
 from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE, build_metrics_record, write_csv, write_skipped
 from clipadapt.runs import RunOutput, default_run_dir, save_config_dict
-from clipadapt.training import TrainRunConfig, check_train_run_dir
+from clipadapt.training import TrainRunConfig, check_train_run_dir, load_method_experiment, method_experiment_class
 
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
-WEIGHTS_FILE = "trainable.safetensors"
 PREDICTIONS_FILE = "predictions.json"
 ATTENTION_DIR = "attention"
 
@@ -83,7 +82,7 @@ class CaptionExperiment:
     run: CaptionRunConfig = field(default_factory=CaptionRunConfig)
 
     def method_section(self) -> str:
-        return self.method.replace("-", "_")
+        return section_name(self.method)
 
     def method_settings(self) -> dict[str, Any]:
         return to_dict(getattr(self, self.method_section()))
@@ -91,20 +90,13 @@ class CaptionExperiment:
 
 def caption_experiment_class(method: str) -> type[CaptionExperiment]:
     entry = CAPTION_METHODS.get(method)
-    return dataclasses.make_dataclass(
-        f"Caption{entry.config_cls.__name__}Experiment",
-        [("method", str, option(method, help="decoder method")),
-         (method.replace("-", "_"), entry.config_cls, field(default_factory=entry.config_cls))],
-        bases=(CaptionExperiment,),
-    )
+    return method_experiment_class(CaptionExperiment, method, section_name(method), entry.config_cls)
 
 
 def load_caption_experiment(method: str, config_file: str | Path | None = None,
                             overrides: list[str] | None = None) -> CaptionExperiment:
-    experiment = load_config(caption_experiment_class(method), config_file, overrides)
-    if experiment.method != method:
-        raise ConfigError(f"config file is for caption method '{experiment.method}', not '{method}'")
-    return experiment
+    return load_method_experiment(caption_experiment_class(method), method, config_file, overrides,
+                                  what="caption method")
 
 
 def build_caption_model(experiment: CaptionExperiment, bundle, inputs: str = "features") -> CaptionModel:
@@ -114,16 +106,9 @@ def build_caption_model(experiment: CaptionExperiment, bundle, inputs: str = "fe
     decoder = load_decoder(experiment.decoder.spec, cross_attention=experiment.bridge.kind == "cross-attention",
                            device=bundle.device)
     captioner = Captioner(decoder, geometry, bundle.embed_dim, experiment.bridge)
-    positions = getattr(decoder.model.config, "n_positions", None) or getattr(
-        decoder.model.config, "max_position_embeddings", None)
-    virtual = getattr(method.config, "length", 0) if method.name == "prefix" else 0  # peft's prefix shifts positions
-    needed = captioner.prefix_length + virtual + max(experiment.train.max_length, experiment.decode.max_new_tokens + 1)
-    if positions is not None and needed > positions:
-        raise ConfigError(f"decoder '{experiment.decoder.spec}' has {positions} positions, fewer than the {needed} "
-                          f"needed ({captioner.prefix_length} image positions of the {experiment.bridge.kind} bridge, "
-                          f"{virtual} prefix, the caption); lower train.max_length or decode.max_new_tokens, or use "
-                          f"bridge.kind=mapper")
     apply_method(captioner, method)
+    captioner.check_positions(max(experiment.train.max_length, experiment.decode.max_new_tokens + 1),
+                              experiment.decoder.spec)
     return CaptionModel(bundle, captioner, method, inputs).to(bundle.device)
 
 
@@ -202,92 +187,74 @@ def evaluate_captions(model: CaptionModel, data: CaptionTrainingData, split: str
     """Caption a split; the n-gram metrics, CLIPScore and RefCLIPScore, and one prediction entry per image."""
     from clipadapt.captioning.metrics import clip_scores, ngram_scores
 
-    captions, positions, seconds = generate_split(model, data, split, decode, progress=True)
+    captions, seconds = generate_split(model, data, split, decode, progress=True)
     if not captions:
         raise ClipAdaptError(f"no readable images in the {split} split to caption")
-    images = data.split(split).images
-    references = {images[int(p)].image_id: images[int(p)].captions for p in positions}
+    encoded = data.encoded(split)  # captions are in its order
+    images = [data.split(split).images[int(p)] for p in encoded.positions]
+    references = {image.image_id: image.captions for image in images}
     scores = ngram_scores(captions, references, decode.use_java)
-    encoded = data.encoded(split)
-    row_of = {int(p): i for i, p in enumerate(encoded.positions)}
-    pooled = encoded.pooled[[row_of[int(p)] for p in positions]]
-    ids = [images[int(p)].image_id for p in positions]
-    clip = clip_scores(model.bundle, pooled, [captions[i] for i in ids], [references[i] for i in ids])
-    metrics = dict(scores.metrics)
-    metrics["clip_score"] = float(np.mean(clip["clip_score"]))
-    metrics["ref_clip_score"] = float(np.mean(clip["ref_clip_score"]))
+    clip = clip_scores(model.bundle, encoded.pooled, list(captions.values()), list(references.values()))
+    metrics = {**scores.metrics, "clip_score": float(np.mean(clip["clip_score"])),
+               "ref_clip_score": float(np.mean(clip["ref_clip_score"]))}
     predictions = []
-    for k, (position, image_id) in enumerate(zip(positions, ids, strict=True)):
-        per_image = {**scores.per_image[image_id], "clip_score": float(clip["clip_score"][k]),
+    for k, image in enumerate(images):
+        per_image = {**scores.per_image[image.image_id], "clip_score": float(clip["clip_score"][k]),
                      "ref_clip_score": float(clip["ref_clip_score"][k])}
-        predictions.append({"image_id": image_id, "file": str(images[int(position)].path),
-                            "caption": captions[image_id], "references": references[image_id],
-                            "scores": {m: round(v, 6) for m, v in per_image.items()}})
+        predictions.append({"image_id": image.image_id, "file": str(image.path), "caption": captions[image.image_id],
+                            "references": image.captions, "scores": {m: round(v, 6) for m, v in per_image.items()}})
     return {"split": split, "metrics": {m: round(v, 6) for m, v in metrics.items()}, "predictions": predictions,
             "tokenizer": scores.tokenizer, "skipped": scores.skipped, "images": len(predictions),
-            "seconds": seconds, "images_per_s": len(predictions) / seconds if seconds > 0 else float("nan"),
-            "positions": positions}
-
-
-def save_caption_weights(model: CaptionModel, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous().cpu() for k, v in model.trainable_state().items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata=model.metadata())
-
-
-def load_caption_weights(model: CaptionModel, directory: Path) -> None:
-    path = directory / WEIGHTS_FILE
-    check_metadata(path, model.metadata())
-    model.load_trainable_state(load_file(str(path)), source=str(path))
+            "seconds": seconds, "images_per_s": len(predictions) / seconds if seconds > 0 else float("nan")}
 
 
 def _write_results(run_dir: Path, model: CaptionModel, dataset: CaptionDataset, fit, result: dict, record: dict,
                    data: CaptionTrainingData, cfg: CaptionExperiment) -> None:
     from clipadapt.captioning import plots
+    from clipadapt.reports import plots as curves
 
     with staged_directory(run_dir / WEIGHTS_DIR, overwrite=True) as stage:
-        save_caption_weights(model, stage)
+        model.save_weights(stage)
     write_csv(run_dir / "history.csv", fit.history)
-    plots.plot_caption_curves(fit.history, run_dir / "curves.png", title=f"{cfg.method} ({cfg.bridge.kind}) on "
-                                                                         f"{dataset.name}")
+    curves.plot_training_curves(fit.history, run_dir / "curves.png", f"{cfg.method} ({cfg.bridge.kind}) on "
+                                f"{dataset.name}", loss_label="next-token cross-entropy",
+                                acc_label="next-token accuracy", extra=(("val_cider", "CIDEr-D (greedy)"),),
+                                selected=fit.best_epoch)
     atomic_write_json(run_dir / PREDICTIONS_FILE, result["predictions"])
     plots.plot_best_worst(result["predictions"], run_dir / "best_worst.png", model.bundle.preprocess)
     if cfg.run.attention_images and cfg.bridge.kind != "mapper":
-        write_attention_figures(model, data, "test", result["positions"][: cfg.run.attention_images],
-                                run_dir / ATTENTION_DIR, cfg.decode)
+        write_attention_figures(model, data, "test", cfg.run.attention_images, run_dir / ATTENTION_DIR, cfg.decode)
     skipped = data.skipped_rows()
     record["skipped_images"] = {"count": len(skipped), "file": "skipped_images.txt" if skipped else None}
     write_skipped(run_dir, skipped)
     atomic_write_json(run_dir / METRICS_FILE, record)  # last: its presence marks the run complete
 
 
-def write_attention_figures(model: CaptionModel, data: CaptionTrainingData, split: str, positions,
-                            out_dir: Path, decode: DecodeConfig, layer: int | None = None) -> list[Path]:
-    """One figure per image: the image, then one panel per generated word with its attention over the patches."""
+def draw_attention(model: CaptionModel, batch: dict[str, torch.Tensor], pictures: list, targets: list[Path],
+                   decode: DecodeConfig, layer: int | None = None) -> list[str]:
+    """Caption a batch of encoder outputs and draw one figure per image: the image, then a panel per generated
+    word with its attention over the patches. Returns the captions."""
     from clipadapt.captioning import plots
 
-    encoded = data.encoded(split)
-    row_of = {int(p): i for i, p in enumerate(encoded.positions)}
-    rows = [row_of[int(p)] for p in positions if int(p) in row_of]
-    if not rows:
-        return []
-    batch = {"tokens": encoded.tokens[rows].to(data.device), "pooled": encoded.pooled[rows].to(data.device)}
-    images = data.split(split).images
     with model.evaluating():
         out = model.captioner.generate(batch, max_new_tokens=decode.max_new_tokens, num_beams=decode.beams)
         maps = model.captioner.attention_maps(batch, out["sequences"], layer)
+    for k, (picture, target) in enumerate(zip(pictures, targets, strict=True)):
+        plots.plot_word_attention(picture, model.captioner.caption_words(out["sequences"][k]), maps[k], target,
+                                  model.bundle.preprocess, title=out["captions"][k])
+    return out["captions"]
+
+
+def write_attention_figures(model: CaptionModel, data: CaptionTrainingData, split: str, count: int, out_dir: Path,
+                            decode: DecodeConfig, layer: int | None = None) -> None:
+    """Attention figures of the first ``count`` readable images of a split, into ``out_dir``."""
+    positions = data.encoded(split).positions[:count]
+    caption_split = data.split(split)
     with staged_directory(out_dir, overwrite=True) as stage:
-        written = []
-        for k, row in enumerate(rows):
-            image = images[int(encoded.positions[row])]
-            tokens = model.captioner.caption_tokens(out["sequences"][k])
-            words = [model.captioner.tokenizer.decode([t]).strip() or "?" for t in tokens]
-            name = f"{k:02d}-{_safe(image.image_id)}.png"
-            plots.plot_word_attention(data.split(split).load(int(encoded.positions[row])), words, maps[k],
-                                      stage / name, model.bundle.preprocess, title=out["captions"][k])
-            written.append(out_dir / name)
-    return written
+        names = [f"{k:02d}-{_safe(caption_split.images[int(p)].image_id)}.png" for k, p in enumerate(positions)]
+        draw_attention(model, data.image_inputs(split, slice(0, len(positions))),
+                       [caption_split.load(int(p)) for p in positions], [stage / name for name in names], decode,
+                       layer)
 
 
 def _safe(text: str) -> str:
@@ -298,7 +265,8 @@ def _safe(text: str) -> str:
 
 
 def load_caption_run(run_dir: str | Path, device: str | None = None):
-    """``(experiment, dataset, model)`` of a finished caption run with its trained weights loaded."""
+    """``(experiment, model)`` of a finished caption run with its trained weights loaded (the dataset is not read:
+    ``load_caption_dataset(experiment.data)`` where it is needed)."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -311,22 +279,26 @@ def load_caption_run(run_dir: str | Path, device: str | None = None):
         experiment.model.device = device
     if not (run_dir / WEIGHTS_DIR / WEIGHTS_FILE).is_file():
         raise ClipAdaptError(f"run '{run_dir}' has no trained weights (interrupted? resume it with --resume)")
-    dataset = load_caption_dataset(experiment.data)
     bundle = load_model(experiment.model.spec, device=resolve_device(experiment.model.device),
                         revision=experiment.model.revision, trust_remote_code=experiment.model.trust_remote_code)
     model = build_caption_model(experiment, bundle)
-    load_caption_weights(model, run_dir / WEIGHTS_DIR)
-    return experiment, dataset, model
+    model.load_weights(run_dir / WEIGHTS_DIR)
+    return experiment, model
+
+
+def with_decoding(decode: DecodeConfig, **changes: int | None) -> DecodeConfig:
+    """The run's decoding with the given changes (None: keep); bad values fail in DecodeConfig's own checks."""
+    return dataclasses.replace(decode, **{k: v for k, v in changes.items() if v is not None})
 
 
 def evaluate_caption_run(run_dir: str | Path, split: str = "test", beams: int | None = None,
                          max_new_tokens: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Re-caption a split of a finished run; writes ``eval_<split>[_beamN].json`` and its predictions."""
     run_dir = Path(run_dir)
-    experiment, dataset, model = load_caption_run(run_dir, device)
+    experiment, model = load_caption_run(run_dir, device)
+    dataset = load_caption_dataset(experiment.data)
     dataset.split(split)
-    decode = dataclasses.replace(experiment.decode, max_new_tokens=max_new_tokens or experiment.decode.max_new_tokens,
-                                 beams=beams or experiment.decode.beams)
+    decode = with_decoding(experiment.decode, beams=beams, max_new_tokens=max_new_tokens)
     data = caption_data(experiment, dataset, model, model.bundle.device)
     result = evaluate_captions(model, data, split, decode)
     stem = f"eval_{split}" + (f"_beam{decode.beams}" if decode.beams > 1 else "")
@@ -348,8 +320,6 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
 
     Unreadable images are skipped and returned with their ``error``; with ``strict`` the first one fails the call
     before anything is written."""
-    from clipadapt.captioning import plots
-    from clipadapt.captioning.encoder import image_tokens
     from clipadapt.data.images import ImageLoadError, load_image
 
     loaded: dict[str, Any] = {}
@@ -360,11 +330,8 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
             if strict:
                 raise ClipAdaptError(f"cannot read image '{path}': {error}") from None
             loaded[str(path)] = error
-    experiment, _, model = load_caption_run(run_dir, device)
-    if attention and experiment.bridge.kind == "mapper":
-        raise ConfigError("attention maps need a patch bridge (patch-prefix or cross-attention); this run uses the "
-                          "mapper")
-    decode = dataclasses.replace(experiment.decode, beams=beams or experiment.decode.beams)
+    experiment, model = load_caption_run(run_dir, device)
+    decode = with_decoding(experiment.decode, beams=beams)
     results = []
     out = Path(out_dir) if out_dir is not None else None
     for path in images:
@@ -373,20 +340,15 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
             results.append({"file": str(path), "error": str(image)})
             continue
         pixels = model.bundle.preprocess.normalize(model.bundle.preprocess.to_uint8(image)[None])
-        tokens, pooled = image_tokens(model.bundle, pixels)
-        batch = {"tokens": tokens.float(), "pooled": pooled.float()}
-        with model.evaluating():
-            generated = model.captioner.generate(batch, max_new_tokens=decode.max_new_tokens,
-                                                 num_beams=decode.beams)
-        entry: dict[str, Any] = {"file": str(path), "caption": generated["captions"][0]}
+        batch = model.encode_pixels(pixels)
+        entry: dict[str, Any] = {"file": str(path)}
         if attention:
-            with model.evaluating():
-                maps = model.captioner.attention_maps(batch, generated["sequences"], layer)[0]
-            token_ids = model.captioner.caption_tokens(generated["sequences"][0])
-            words = [model.captioner.tokenizer.decode([t]).strip() or "?" for t in token_ids]
             target = (out or Path(".")) / f"{Path(path).stem}-attention.png"
-            plots.plot_word_attention(image, words, maps, target, model.bundle.preprocess,
-                                      title=entry["caption"])
+            entry["caption"], = draw_attention(model, batch, [image], [target], decode, layer)
             entry["attention"] = str(target)
+        else:
+            with model.evaluating():
+                entry["caption"] = model.captioner.generate(batch, max_new_tokens=decode.max_new_tokens,
+                                                            num_beams=decode.beams)["captions"][0]
         results.append(entry)
     return results

@@ -18,16 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from clipadapt.captioning.data import CaptionDataset, CaptionSplit
 from clipadapt.captioning.encoder import EncodedImages, EncoderCache, encode_cached, image_tokens
 from clipadapt.captioning.methods import DecoderMethod
 from clipadapt.captioning.model import Captioner, caption_ids, pad_captions
 from clipadapt.config import option, require_positive
-from clipadapt.data.images import ImageLoadError
-from clipadapt.engine.features import SkippedImage, collate_images, default_num_workers, report_skipped
-from clipadapt.engine.inputs import epoch_order
+from clipadapt.engine.features import SkippedImage, image_loader
+from clipadapt.engine.inputs import epoch_order, note_skipped
 from clipadapt.engine.trainer import TrainConfig, Validation
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import TrainableModule
@@ -100,10 +98,11 @@ class CaptionModel(TrainableModule):
 
     def encode(self, inputs) -> dict[str, torch.Tensor]:
         """Encoder outputs of a batch: cached ones as they are, pixels through the frozen tower."""
-        if self.inputs == "features":
-            return inputs
-        with torch.no_grad():
-            tokens, pooled = image_tokens(self.bundle, inputs)
+        return inputs if self.inputs == "features" else self.encode_pixels(inputs)
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        tokens, pooled = image_tokens(self.bundle, pixels)
         return {"tokens": tokens.float(), "pooled": pooled.float()}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -126,49 +125,9 @@ class CaptionModel(TrainableModule):
         return {"trainable": trainable, "bridge": bridge_count, "decoder_method": trainable - bridge_count,
                 "total": total, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
 
-    def enable_activation_checkpointing(self) -> None:  # refused by CaptionTrainConfig; here for the protocol
-        raise ConfigError("activation checkpointing is not available for captioning")
-
-    def prepare(self, trainer) -> None:
-        pass
-
-    def fit(self, trainer):
-        return trainer.fit(self)
-
-    def evaluating(self):
-        return _evaluating(self)
-
     def metadata(self) -> dict[str, str]:
         return {"method": self.name, "model_fingerprint": self.fingerprint, "bridge": self.captioner.config.kind,
                 "task": "captioning"}
-
-
-class _evaluating:
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.was_training = module, module.training
-
-    def __enter__(self) -> None:
-        self.module.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.module.train(self.was_training)
-
-
-class _PairImages(Dataset):
-    """The image of each (image, caption) pair, decoded and resized (re-encoding mode)."""
-
-    def __init__(self, split: CaptionSplit, preprocess, pair_images: np.ndarray) -> None:
-        self.split, self.preprocess, self.pair_images = split, preprocess, pair_images
-
-    def __len__(self) -> int:
-        return len(self.pair_images)
-
-    def __getitem__(self, pair: int):
-        position = int(self.pair_images[pair])
-        try:
-            return self.preprocess.to_uint8(self.split.load(position)), pair, position, None
-        except ImageLoadError as error:  # skipped and reported, as in every other loader
-            return None, pair, position, str(error)
 
 
 @dataclass
@@ -235,44 +194,29 @@ class CaptionTrainingData:
         order = epoch_order(len(pairs.ids), self.seed, epoch, train, rank, world_size)
         pad = self.decoder.tokenizer.pad_token_id
         if kind == "features":
-            encoded = self.encoded(split)
             for start in range(0, len(order), batch_size):
                 index = order[start:start + batch_size]
-                rows = torch.as_tensor(pairs.images[index])
-                inputs = {"tokens": encoded.tokens[rows].to(self.device),
-                          "pooled": encoded.pooled[rows].to(self.device)}
-                yield {"inputs": inputs, "labels": self._labels(pairs, index, pad),
-                       "positions": torch.as_tensor(index)}
+                yield {"inputs": self.image_inputs(split, torch.as_tensor(pairs.images[index])),
+                       "labels": self._labels(pairs, index, pad), "positions": torch.as_tensor(index)}
             return
-        workers = default_num_workers(self.num_workers)
-        loader = DataLoader(_PairImages(self.split(split), self.bundle.preprocess, pairs.images), batch_size=batch_size,
-                            sampler=order.tolist(), num_workers=workers, collate_fn=collate_images,
-                            prefetch_factor=4 if workers > 0 else None,
-                            generator=torch.Generator().manual_seed(self.seed))  # leaves the global RNG (dropout) alone
-        for batch in loader:
-            for pair, reason in batch["skipped"]:
-                position = int(pairs.images[pair])
-                seen = self.skipped.setdefault(split, {})
-                if position not in seen:
-                    seen[position] = SkippedImage(position, self.split(split).describe(position), reason)
-                    report_skipped([seen[position]], self.strict, split)
+        images = self.split(split).image_split()
+        in_order = images.subset(pairs.images[order])  # the image of every pair, in this epoch's order
+        for batch in image_loader(in_order, self.bundle.preprocess, batch_size, self.num_workers):
+            for at, reason in batch["skipped"]:  # warned once per image, not per caption or epoch
+                note_skipped(self.skipped, images, int(pairs.images[order[at]]), reason, self.strict)
             if batch["images"] is None:
                 continue
-            index = batch["labels"].numpy()  # the pair indices of the images that loaded
+            index = order[batch["positions"].numpy()]  # the pairs whose images loaded
             yield {"inputs": self.bundle.preprocess.normalize(batch["images"]).to(self.device),
                    "labels": self._labels(pairs, index, pad), "positions": torch.as_tensor(index)}
 
     def _labels(self, pairs: CaptionPairs, index: np.ndarray, pad: int) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in pad_captions([pairs.ids[i] for i in index], pad).items()}
 
-    def image_batches(self, split: str, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, dict]]:
-        """``(split positions, encoder outputs)`` of a split's readable images, for decoding."""
+    def image_inputs(self, split: str, rows) -> dict[str, torch.Tensor]:
+        """Encoder outputs of some rows of ``encoded(split)`` (an index array or a slice), on the device."""
         encoded = self.encoded(split)
-        size = batch_size or self.eval_batch_size
-        for start in range(0, len(encoded.positions), size):
-            rows = slice(start, start + size)
-            yield encoded.positions[rows], {"tokens": encoded.tokens[rows].to(self.device),
-                                            "pooled": encoded.pooled[rows].to(self.device)}
+        return {"tokens": encoded.tokens[rows].to(self.device), "pooled": encoded.pooled[rows].to(self.device)}
 
     def skipped_rows(self) -> list[tuple[str, str, str]]:
         return [(split, s.item, s.reason) for split, items in self.skipped.items() for s in items.values()]
@@ -280,24 +224,25 @@ class CaptionTrainingData:
 
 @torch.no_grad()
 def generate_split(model: CaptionModel, data: CaptionTrainingData, split: str, decode: DecodeConfig,
-                   batch_size: int | None = None, progress: bool = False) -> tuple[dict[str, str], np.ndarray, float]:
-    """``({image_id: caption}, positions, seconds)`` for every readable image of a split."""
+                   progress: bool = False) -> tuple[dict[str, str], float]:
+    """``({image_id: caption}, seconds)`` for the readable images of a split, in the order of
+    ``data.encoded(split)`` (so row ``i`` of its pooled embeddings belongs to the ``i``-th caption)."""
     from clipadapt.progress import progress_bar
 
-    images = data.split(split).images
+    images, positions = data.split(split).images, data.encoded(split).positions
     captions: dict[str, str] = {}
-    kept = []
     start = time.perf_counter()
-    bar = progress_bar(f"captioning {split}", total=len(data.encoded(split).positions), unit="img") if progress \
+    bar = progress_bar(f"captioning {split}", total=len(positions), unit="img") if progress \
         else nullcontext(lambda n: None)
     with model.evaluating(), bar as advance:
-        for positions, inputs in data.image_batches(split, batch_size):
-            out = model.captioner.generate(inputs, max_new_tokens=decode.max_new_tokens, num_beams=decode.beams)
-            for position, caption in zip(positions, out["captions"], strict=True):
+        for first in range(0, len(positions), data.eval_batch_size):
+            rows = slice(first, first + data.eval_batch_size)
+            out = model.captioner.generate(data.image_inputs(split, rows), max_new_tokens=decode.max_new_tokens,
+                                           num_beams=decode.beams)
+            for position, caption in zip(positions[rows], out["captions"], strict=True):
                 captions[images[int(position)].image_id] = caption
-            kept.append(positions)
-            advance(len(positions))
-    return captions, (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), time.perf_counter() - start
+            advance(len(out["captions"]))
+    return captions, time.perf_counter() - start
 
 
 class CaptionTask:
@@ -312,12 +257,12 @@ class CaptionTask:
     @torch.no_grad()
     def validate(self, trainer, model: CaptionModel) -> Validation:
         acc, data = trainer.accelerator, trainer.data
-        totals = torch.zeros(4, device=acc.device)
+        totals = torch.zeros(3, device=acc.device)  # loss x tokens, tokens, correct tokens
         with model.evaluating(), acc.autocast():
             for batch in data.batches(model.inputs, "val", rank=acc.process_index, world_size=acc.num_processes):
                 out = model({"inputs": batch["inputs"], "labels": batch["labels"]})
-                totals += torch.stack([out["loss"].float() * out["count"], out["count"].float(), out["correct"].float(),
-                                       torch.tensor(1.0, device=acc.device)])
+                totals += torch.stack([out["loss"].float() * out["count"], out["count"].float(),
+                                       out["correct"].float()])
         totals = acc.reduce(totals, reduction="sum").cpu()
         loss = totals[0].item() / max(totals[1].item(), 1)
         row = {"val_loss": loss, "val_acc": totals[2].item() / max(totals[1].item(), 1)}
@@ -333,6 +278,6 @@ def validation_cider(model: CaptionModel, data: CaptionTrainingData, decode: Dec
     from clipadapt.captioning.metrics import ngram_scores
 
     greedy = DecodeConfig(max_new_tokens=decode.max_new_tokens, beams=1, tokenizer="simple")
-    captions, _, _ = generate_split(model, data, "val", greedy)
+    captions, _ = generate_split(model, data, "val", greedy)
     references = {k: v for k, v in data.split("val").references().items() if k in captions}
     return ngram_scores(captions, references, use_java=False, only=("cider",)).metrics["cider"]

@@ -18,7 +18,6 @@ from clipadapt.cli.common import (
     setup_logging,
     user_errors,
 )
-from clipadapt.errors import ClipAdaptError
 
 caption_app = typer.Typer(no_args_is_help=True, help="Image captioning: a frozen CLIP image tower, a trained bridge "
                                                      "and a causal language model adapted with PEFT.")
@@ -121,8 +120,6 @@ def eval_command(
     setup_logging()
     from clipadapt.captioning.runs import evaluate_caption_run
 
-    if beam is not None and beam < 1:
-        raise ClipAdaptError(f"--beam must be >= 1, got {beam}")
     result = evaluate_caption_run(run_dir, split, beam, max_new_tokens, device)
     row = [run_dir, result["method"], result["bridge"], split, result["decode"]["beams"], result["images"],
            *metric_row(result["metrics"])]
