@@ -112,3 +112,16 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoded(tiny_bundle):
+    """The tiny CLIP's tokens and pooled embeddings of three random images (what a captioner reads)."""
+    import torch
+
+    from clipadapt.captioning.encoder import image_tokens
+
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens, pooled = image_tokens(tiny_bundle, pixels)
+    return {"tokens": tokens, "pooled": pooled}

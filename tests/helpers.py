@@ -95,3 +95,23 @@ def clipadapt_home(path: Path) -> Iterator[Path]:
             os.environ.pop("CLIPADAPT_HOME", None)
         else:
             os.environ["CLIPADAPT_HOME"] = previous
+
+
+def train_captioner_steps(captioner, batch: dict, steps: int) -> list[float]:
+    """AdamW steps on what requires grad; checks every step that gradients reach exactly those parameters and
+    that the rest stays bit-identical. Returns the losses."""
+    import torch
+
+    trained = {n for n, p in captioner.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in captioner.named_parameters() if n not in trained}
+    optimizer = torch.optim.AdamW([p for p in captioner.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = captioner(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        assert {n for n, p in captioner.named_parameters() if p.grad is not None} == trained
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(torch.equal(p, frozen[n]) for n, p in captioner.named_parameters() if n in frozen)
+    return losses

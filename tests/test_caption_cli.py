@@ -70,6 +70,9 @@ def test_compare_writes_one_run_per_cell_and_a_report(tiny_clip_dir, tiny_lm_dir
     again = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
     assert again.exit_code == 0, again.output
     assert "clipadapt caption report" in (tmp_path / "rep" / "report.md").read_text()
+    refused = runner.invoke(app, ["caption", "compare", "--methods", "bridge-only,adapter",
+                                *common(tiny_clip_dir, tiny_lm_dir, caption_folder), "--out", str(out)])
+    assert refused.exit_code == 2 and "2 run directories already exist" in refused.output  # refused before training
     kept = runner.invoke(app, ["caption", "compare", "--methods", "bridge-only,adapter", "--skip-existing",
                                *common(tiny_clip_dir, tiny_lm_dir, caption_folder), "--out", str(out)])
     assert kept.exit_code == 0 and kept.output.count(": kept") == 2

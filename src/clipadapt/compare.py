@@ -122,6 +122,14 @@ def _experiment(run: PlannedRun, config: CompareConfig, overrides: list[str], re
     return apply_overrides(experiment, common + overrides + flags)
 
 
+def refuse_existing(run_dirs: list[Path], out: str, skip_existing: bool, overwrite: bool) -> None:
+    """Before anything trains: planned run directories that exist need --skip-existing or --overwrite."""
+    existing = [d for d in run_dirs if d.exists()]
+    if existing and not (skip_existing or overwrite):
+        raise ClipAdaptError(f"{len(existing)} run directories already exist under '{out}' (e.g. {existing[0]}); "
+                             f"pass --skip-existing to keep finished runs and resume interrupted ones, or --overwrite")
+
+
 def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None] | None = None,
                 report: bool = True) -> CompareResult:
     """Run (or keep, or resume) every planned run, then (``report``) build the report in ``config.out``."""
@@ -131,11 +139,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
 
     overrides = _split_overrides(config.overrides, config.methods)
     runs = plan(config)
-    existing = [r.run_dir for r in runs if r.run_dir.exists()]
-    if existing and not (config.skip_existing or config.overwrite):
-        raise ClipAdaptError(f"{len(existing)} run directories already exist under '{config.out}' (e.g. "
-                             f"{existing[0]}); pass --skip-existing to keep finished runs and resume interrupted "
-                             f"ones, or --overwrite")
+    refuse_existing([r.run_dir for r in runs], config.out, config.skip_existing, config.overwrite)
     if config.zeroshot and not config.templates:
         dataset = load_dataset(DataConfig(dataset=config.dataset))  # fails early on a bad dataset spec
         names = list(dict.fromkeys(list(dataset.templates) + list(ZEROSHOT_EXTRA_SETS)))

@@ -105,8 +105,12 @@ def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylab
     _save(fig, path)
 
 
-def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss and accuracy per epoch (train and val); a regularisation sweep (``C`` rows) as val accuracy vs C."""
+def plot_training_curves(history: list[dict], path: str | Path, title: str = "", loss_label: str = "cross-entropy",
+                         acc_label: str = "accuracy", extra: tuple[tuple[str, str], ...] = (),
+                         selected: int | None = None) -> None:
+    """Loss and accuracy per epoch (train and val), one more panel per ``extra`` (validation key, label) the
+    history has, the ``selected`` epoch marked (default: best val acc); a regularisation sweep (``C`` rows) as val
+    accuracy vs C."""
     if history and "C" in history[0]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.semilogx([r["C"] for r in history], [r["val_acc"] for r in history], "o-", color="tab:orange")
@@ -117,17 +121,24 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
         _save(fig, path)
         return
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    extra = tuple((key, label) for key, label in extra if history and key in history[0])
+    fig, axes = plt.subplots(1, 2 + len(extra), figsize=(5 * (2 + len(extra)), 3.6))
+    ax_loss, ax_acc = axes[0], axes[1]
     for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", color=colour, label=split)
         ax_acc.plot(epochs, [r[f"{split}_acc"] for r in history], "o-", color=colour, label=split)
-    best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]), default=None)
-    if best is not None:
-        ax_acc.axvline(best["epoch"], color="gray", linestyle="--", linewidth=1, label="selected")
-    ax_loss.set_ylabel("cross-entropy")
-    ax_acc.set_ylabel("accuracy")
+    for ax, (key, label) in zip(axes[2:], extra, strict=True):
+        ax.plot(epochs, [r[key] for r in history], "o-", color="tab:orange", label="val")
+        ax.set_ylabel(label)
+    if selected is None and history:
+        selected = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
+    if selected is not None:
+        for ax in axes[1:]:
+            ax.axvline(selected, color="gray", linestyle="--", linewidth=1, label="selected")
+    ax_loss.set_ylabel(loss_label)
+    ax_acc.set_ylabel(acc_label)
     ax_acc.set_ylim(0, 1.02)
-    for ax in (ax_loss, ax_acc):
+    for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -152,9 +152,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
         counts = ", ".join(f"{d} ({sum(r.dataset == d for r in runs)} runs)" for d in datasets)
         raise ClipAdaptError(f"runs from different datasets cannot share one table: {counts}; pass --group to "
                              f"report each dataset in its own section")
-    files = out_dir / FILES_DIR
-    shutil.rmtree(files, ignore_errors=True)
-    files.mkdir(parents=True)
+    files = fresh_files_dir(out_dir)
     blocks: list = [("h1", "clipadapt report"),
                     ("p", f"{len([r for r in runs if r.complete])} complete runs from "
                           f"{', '.join(map(str, paths))}; written {datetime.now():%Y-%m-%d %H:%M}. Every number "
@@ -169,14 +167,27 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
         blocks += [("figure", f) for f in _figures(rows, files, prefix)]
         blocks += [("h3", "Per method")] + [("figure", f) for f in _run_figures(rows, files, prefix)]
     blocks += _bench_blocks(paths, files)
+    return write_report(out_dir, blocks, all_rows, runs, "clipadapt train ... --resume")
+
+
+def fresh_files_dir(out_dir: Path) -> Path:
+    """``out_dir/report_files``, emptied: the figures of this report only."""
+    files = out_dir / FILES_DIR
+    shutil.rmtree(files, ignore_errors=True)
+    files.mkdir(parents=True)
+    return files
+
+
+def write_report(out_dir: Path, blocks: list, rows: list[Row], runs: list[RunInfo], resume: str) -> ReportResult:
+    """Add the incomplete runs (continued by the ``resume`` command), write report.md and report.html."""
     incomplete = [r for r in runs if not r.complete]
     if incomplete:
-        blocks += [("h2", "Incomplete runs"),
-                   ("p", "No metrics.json yet (interrupted or still running; `clipadapt train ... --resume` "
-                         "continues them): " + ", ".join(str(r.path) for r in incomplete))]
+        blocks = blocks + [("h2", "Incomplete runs"),
+                           ("p", f"No metrics.json yet (interrupted or still running; `{resume}` continues them): "
+                                 + ", ".join(str(r.path) for r in incomplete))]
     atomic_write_text(out_dir / "report.md", render_markdown(blocks, out_dir))
     atomic_write_text(out_dir / "report.html", render_html(blocks))
-    return ReportResult(out_dir / "report.md", out_dir / "report.html", all_rows, incomplete)
+    return ReportResult(out_dir / "report.md", out_dir / "report.html", rows, incomplete)
 
 
 def _bench_blocks(paths: list[str | Path], files: Path) -> list:
