@@ -21,6 +21,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+FIRST, LAST = "tests/test_world_slow.py", "tests/test_demo_slow.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The world tests first and the demo last (a stable sort): under ``make test`` (pytest-xdist, by file, in this
+    order) one worker builds world:tiny from the start while the other runs the rest, and the demo, which needs
+    the world too, starts on whichever worker is free once it is built."""
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return 0 if path == FIRST else 2 if path == LAST else 1
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own $CLIPADAPT_HOME, so caches never leak between tests."""
