@@ -1,6 +1,6 @@
 """Caption datasets: images with several reference captions each, split into train, val and test.
 
-Formats read here (the hub datasets, Flickr8k/30k and COCO through ``datasets``, come in a later step):
+Formats read here:
 
 * ``coco:FILE.json``: a COCO captions file (``images`` with ``id`` and ``file_name``, ``annotations`` with
   ``image_id`` and ``caption``). Images whose record carries a ``split`` use it; otherwise val and test are carved
@@ -10,6 +10,9 @@ Formats read here (the hub datasets, Flickr8k/30k and COCO through ``datasets``,
 * ``karpathy:FILE.json``: Karpathy's split file (``dataset_coco.json``, ``dataset_flickr8k.json``, ...): images with
   ``filepath``/``filename``, ``split`` (train, val, test; ``restval`` counts as train) and ``sentences`` with
   ``raw`` text.
+* ``flickr8k``, ``flickr30k``, ``coco-karpathy``: the hub datasets (through ``datasets``, or a local copy of one
+  with ``data.root``); ``hf-captions:ORG/NAME`` any hub caption dataset whose columns can be told apart (see
+  ``hub_captions.py``).
 
 Image paths are relative to the annotation file's folder or to ``image_root``. Entries that would read outside it
 (an absolute path, ``..``, a symlink pointing out), entries whose image is missing, annotations of an unknown image
@@ -26,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -47,6 +51,7 @@ class CaptionDataConfig:
     dataset: str = option("world:captions", help="coco:FILE.json, coco:FOLDER, karpathy:FILE.json or a name")
     image_root: str | None = option(None, help="folder the annotation's image paths are relative to "
                                                "(default: the annotation file's folder)")
+    root: str | None = option(None, help="local copy of a hub caption dataset (save_to_disk folder or parquet files)")
     val_fraction: float = option(0.1, help="share of the images carved out as val where the data has no val split")
     test_fraction: float = option(0.1, help="share carved out as test where the data has no test split")
     seed: int = option(0, help="seed of the carving")
@@ -65,9 +70,13 @@ class CaptionDataConfig:
 
 @dataclass
 class CaptionImage:
+    """One image and its reference captions: a file (``path``), or row ``row`` of a hub table (``source``)."""
+
     image_id: str
-    path: Path
+    path: Path | None
     captions: list[str]
+    row: int | None = None
+    source: Any = None  # a clipadapt.data.hub.HubSource where the image lives in a hub table
 
 
 @dataclass
@@ -88,10 +97,12 @@ class CaptionSplit:
         return len(self.images)
 
     def load(self, index: int) -> Image.Image:
-        return load_image(self.images[index].path)
+        image = self.images[index]
+        return load_image(image.path) if image.source is None else image.source.load(image.row)
 
     def describe(self, index: int) -> str:
-        return str(self.images[index].path)
+        image = self.images[index]
+        return str(image.path) if image.source is None else image.source.describe(image.row)
 
     @property
     def labels(self) -> np.ndarray:  # the image-source protocol; captions have no class labels
@@ -101,6 +112,9 @@ class CaptionSplit:
         """Changes with the image files (path, size, modification time), not with the captions."""
         digest = hashlib.sha256(self.name.encode())
         for image in self.images:
+            if image.source is not None:  # a hub table's fingerprint changes with its content
+                digest.update(f"{image.image_id}\0{image.source.fingerprint()}\0{image.row}\n".encode())
+                continue
             stat = image.path.stat()
             digest.update(f"{image.image_id}\0{image.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return f"captions:{digest.hexdigest()[:16]}:n{len(self.images)}"
@@ -145,9 +159,9 @@ class CaptionDataset:
 class _Collector:
     """Image records and captions of one annotation file, with every refusal counted."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.resolved_root = root.resolve()
+    def __init__(self, root: Path | None) -> None:
+        self.root = root  # None: the images are not files (a hub table holds them)
+        self.resolved_root = root.resolve() if root is not None else None
         self.refused: list[Refused] = []
 
     def refuse(self, item: str, reason: str) -> None:
@@ -158,6 +172,8 @@ class _Collector:
         if not isinstance(relative, str) or not relative.strip():
             self.refuse(str(relative), "no image file name")
             return None
+        if self.root is None:
+            raise DataError("image files without an image folder (set data.image_root)")
         pure = PurePosixPath(relative.replace("\\", "/"))
         if pure.is_absolute() or Path(relative).is_absolute() or ".." in pure.parts:
             self.refuse(relative, "path leaves the image folder")
@@ -288,7 +304,7 @@ def _dataset(name: str, grouped, collector: _Collector, config: CaptionDataConfi
         raise DataError(f"{name} has no usable training images"
                         + (f" ({_refusal_text(collector.refused)})" if collector.refused else ""))
     dataset = CaptionDataset(name, {k: CaptionSplit(k, v) for k, v in splits.items() if v}, collector.refused,
-                             {"image_root": str(collector.root), **info})
+                             {"image_root": str(collector.root) if collector.root else None, **info})
     if collector.refused:
         log.warning("%s: refused %s", name, _refusal_text(collector.refused))
     return dataset
@@ -372,6 +388,9 @@ def world_captions(config: CaptionDataConfig, argument: str | None) -> CaptionDa
     dataset = coco_captions(config, str(world_captions_dir()))
     dataset.name = "world:captions"
     return dataset
+
+
+from clipadapt.captioning import hub_captions  # noqa: E402,F401  (registers the hub datasets)
 
 
 def caption_dataset_usages() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,11 @@ from clipadapt.data.images import ImageLoadError, load_image
 from clipadapt.reports.plots import _save, plt
 
 
-def _thumbnail(path: str, preprocess) -> np.ndarray:
+def _thumbnail(prediction: dict, preprocess, load: Callable[[dict], Image.Image] | None) -> np.ndarray:
     """The image as the model saw it (resized and cropped), or grey where it cannot be read any more."""
     try:
-        return preprocess.to_uint8(load_image(path)).permute(1, 2, 0).numpy()
+        image = load(prediction) if load is not None else load_image(prediction["file"])
+        return preprocess.to_uint8(image).permute(1, 2, 0).numpy()
     except ImageLoadError:
         return np.full((*preprocess.config.crop, 3), 128, dtype=np.uint8)
 
@@ -26,8 +28,10 @@ def _wrap(text: str, width: int = 28) -> str:
     return "\n".join(textwrap.wrap(text, width)) or "(empty)"
 
 
-def plot_best_worst(predictions: list[dict], path: str | Path, preprocess, count: int = 4) -> None:
-    """The ``count`` best and worst captions by CLIPScore, each under its image with its scores."""
+def plot_best_worst(predictions: list[dict], path: str | Path, preprocess, count: int = 4,
+                    load: Callable[[dict], Image.Image] | None = None) -> None:
+    """The ``count`` best and worst captions by CLIPScore, each under its image with its scores. Images are read
+    from each prediction's ``file``, or by ``load(prediction)`` (images kept in a hub table have no file)."""
     ranked = sorted(predictions, key=lambda p: p["scores"]["clip_score"], reverse=True)
     count = min(count, max(1, len(ranked) // 2)) if len(ranked) > 1 else 1
     rows = [("best", ranked[:count]), ("worst", ranked[::-1][:count] if len(ranked) > 1 else [])]
@@ -40,7 +44,7 @@ def plot_best_worst(predictions: list[dict], path: str | Path, preprocess, count
             if c >= len(items):
                 continue
             p = items[c]
-            ax.imshow(_thumbnail(p["file"], preprocess))
+            ax.imshow(_thumbnail(p, preprocess, load))
             scores = p["scores"]
             ax.set_title(f"{name}: CLIPScore {scores['clip_score']:.3f}, CIDEr {scores.get('cider', float('nan')):.2f}"
                          f"\n{_wrap(p['caption'])}\nref: {_wrap(p['references'][0])}", fontsize=7, loc="left")

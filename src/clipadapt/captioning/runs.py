@@ -191,7 +191,9 @@ def evaluate_captions(model: CaptionModel, data: CaptionTrainingData, split: str
     if not captions:
         raise ClipAdaptError(f"no readable images in the {split} split to caption")
     encoded = data.encoded(split)  # captions are in its order
-    images = [data.split(split).images[int(p)] for p in encoded.positions]
+    caption_split = data.split(split)
+    images = [caption_split.images[int(p)] for p in encoded.positions]
+    files = [caption_split.describe(int(p)) for p in encoded.positions]
     references = {image.image_id: image.captions for image in images}
     scores = ngram_scores(captions, references, decode.use_java)
     clip = clip_scores(model.bundle, encoded.pooled, list(captions.values()), list(references.values()))
@@ -201,7 +203,7 @@ def evaluate_captions(model: CaptionModel, data: CaptionTrainingData, split: str
     for k, image in enumerate(images):
         per_image = {**scores.per_image[image.image_id], "clip_score": float(clip["clip_score"][k]),
                      "ref_clip_score": float(clip["ref_clip_score"][k])}
-        predictions.append({"image_id": image.image_id, "file": str(image.path), "caption": captions[image.image_id],
+        predictions.append({"image_id": image.image_id, "file": files[k], "caption": captions[image.image_id],
                             "references": image.captions, "scores": {m: round(v, 6) for m, v in per_image.items()}})
     return {"split": split, "metrics": {m: round(v, 6) for m, v in metrics.items()}, "predictions": predictions,
             "tokenizer": scores.tokenizer, "skipped": scores.skipped, "images": len(predictions),
@@ -221,7 +223,10 @@ def _write_results(run_dir: Path, model: CaptionModel, dataset: CaptionDataset, 
                                 acc_label="next-token accuracy", extra=(("val_cider", "CIDEr-D (greedy)"),),
                                 selected=fit.best_epoch)
     atomic_write_json(run_dir / PREDICTIONS_FILE, result["predictions"])
-    plots.plot_best_worst(result["predictions"], run_dir / "best_worst.png", model.bundle.preprocess)
+    test = data.split("test")
+    position = {image.image_id: k for k, image in enumerate(test.images)}
+    plots.plot_best_worst(result["predictions"], run_dir / "best_worst.png", model.bundle.preprocess,
+                          load=lambda prediction: test.load(position[prediction["image_id"]]))
     if cfg.run.attention_images and cfg.bridge.kind != "mapper":
         write_attention_figures(model, data, "test", cfg.run.attention_images, run_dir / ATTENTION_DIR, cfg.decode)
     skipped = data.skipped_rows()

@@ -27,7 +27,10 @@ METRICS = [("cider", "CIDEr"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("roug
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="CLIP model whose image tower encodes")]
 DecoderOpt = Annotated[str | None, typer.Option(help="causal LM: gpt2, a folder, or world:tiny-lm")]
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="coco:FILE.json|FOLDER, karpathy:FILE.json, "
-                                                                        "world:captions")]
+                                                                        "flickr8k, flickr30k, coco-karpathy, "
+                                                                        "hf-captions:ORG/NAME, world:captions")]
+ImageRootOpt = Annotated[str | None, typer.Option(help="folder the annotation's image paths are relative to")]
+DataRootOpt = Annotated[str | None, typer.Option(help="local copy of a hub caption dataset")]
 BridgeOpt = Annotated[str | None, typer.Option(help="patch-prefix, cross-attention or mapper")]
 
 
@@ -68,7 +71,8 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="seed of initialisation and shuffling")] = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs (train.epochs)")] = None,
     select: Annotated[str | None, typer.Option(help="model selection on validation: loss or cider")] = None,
-    image_root: Annotated[str | None, typer.Option(help="folder the annotation's image paths are relative to")] = None,
+    image_root: ImageRootOpt = None,
+    data_root: DataRootOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --out")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
@@ -85,8 +89,8 @@ def train_command(
     if resume and config is None and out_dir is not None and (out_dir / CONFIG_FILE).is_file():
         config = out_dir / CONFIG_FILE
     flags = {"model.spec": model, "model.device": device, "decoder.spec": decoder, "data.dataset": dataset,
-             "data.image_root": image_root, "bridge.kind": bridge, "run.seed": seed, "train.epochs": epochs,
-             "train.select": select, "run.out": str(out_dir) if out_dir else None,
+             "data.image_root": image_root, "data.root": data_root, "bridge.kind": bridge, "run.seed": seed,
+             "train.epochs": epochs, "train.select": select, "run.out": str(out_dir) if out_dir else None,
              "run.overwrite": overwrite or None, "run.resume": resume or None}
     experiment = apply_flags(load_caption_experiment(method, config, list(set_ or [])), flags)
     try:
@@ -160,6 +164,8 @@ def compare_command(
     model: ModelOpt = None,
     decoder: DecoderOpt = None,
     dataset: DatasetOpt = None,
+    image_root: ImageRootOpt = None,
+    data_root: DataRootOpt = None,
     set_: SetOpt = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs of every run")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder of the runs and the report")] = Path(
@@ -174,7 +180,8 @@ def compare_command(
     from clipadapt.config import format_overrides
 
     flags = format_overrides({"model.spec": model, "model.device": device, "decoder.spec": decoder,
-                              "data.dataset": dataset, "train.epochs": epochs})
+                              "data.dataset": dataset, "data.image_root": image_root, "data.root": data_root,
+                              "train.epochs": epochs})
     config = CaptionCompareConfig(methods=[m.strip() for m in methods.split(",") if m.strip()],
                                   bridges=[b.strip() for b in bridges.split(",") if b.strip()],
                                   seeds=number_list(seeds, "--seeds"), overrides=list(set_ or []) + flags,
