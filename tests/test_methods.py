@@ -36,12 +36,23 @@ def dataset(colour_folder):
     return load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0))
 
 
-def make_method(name: str, tiny_clip_dir, dataset, overrides=()):
-    """A fresh model per test: methods inject adapters and flip requires_grad."""
+def make_method(name: str, tiny_clip_dir, dataset, overrides=(), prepare: bool = True):
+    """A fresh model per test: methods inject adapters and flip requires_grad. ``prepare`` runs the method's
+    pre-training hook as the engine would (Tip-Adapter builds its cache of training features there)."""
+    from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
+
     bundle = load_model(str(tiny_clip_dir))
     torch.manual_seed(0)
     config = load_experiment(name, None, settings(name) + list(overrides)).method_config()
-    return build_method(METHODS.get(name), bundle, dataset, config)
+    method = build_method(METHODS.get(name), bundle, dataset, config)
+    if prepare:
+        data = TrainingData(dataset, bundle, batch_size=64, eval_batch_size=64, num_workers=0,
+                            preprocess=method.preprocess)
+        method.prepare(Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32")))
+    return method
+
+
+TRAINING_FREE = {"tip-adapter"}  # nothing trains: their fit builds state (a cache) and searches on val
 
 
 def first_batch(method, dataset, split="train"):
@@ -60,14 +71,20 @@ def experiment(name: str, tiny_clip_dir, colour_folder, out, *overrides):
 
 def test_registry_lists_every_method():
     assert {"linear-probe", "linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip", "visual-prompt",
-            "vpt", "vision-prefix", "coop"} <= set(ALL_METHODS)
+            "vpt", "vision-prefix", "coop", "tip-adapter", "tip-adapter-f", "clip-adapter"} <= set(ALL_METHODS)
     assert list_methods("lin*") == ["linear-head", "linear-probe"]
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_two_steps_lower_the_loss(name, tiny_clip_dir, dataset):
+    from clipadapt.errors import ConfigError
+
     method = make_method(name, tiny_clip_dir, dataset)
     batch = first_batch(method, dataset)
+    if name in TRAINING_FREE:
+        with pytest.raises(ConfigError, match=f"method '{name}' has no trainable parameters"):
+            build_optimizer(method)
+        return
     optimizer = build_optimizer(method)  # each method's own recipe (SGD at lr 40 for visual prompts)
 
     def loss() -> float:
@@ -88,7 +105,12 @@ def test_two_steps_lower_the_loss(name, tiny_clip_dir, dataset):
 def test_only_named_parameters_receive_gradients(name, tiny_clip_dir, dataset):
     method = make_method(name, tiny_clip_dir, dataset)
     method.train()
-    method(first_batch(method, dataset))["loss"].backward()
+    loss = method(first_batch(method, dataset))["loss"]
+    if name in TRAINING_FREE:
+        assert not loss.requires_grad and not method.trainable_parameters()
+        assert all(not p.requires_grad for p in method.bundle.model.parameters())
+        return
+    loss.backward()
     named = set(method.trainable_parameters())
     assert named, "a method must train something"
     with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
@@ -98,7 +120,7 @@ def test_only_named_parameters_receive_gradients(name, tiny_clip_dir, dataset):
     assert all(p.grad is None for p in method.bundle.model.parameters() if id(p) not in trained)
 
 
-def _expected_trainable(name: str, model, classes: int) -> int:
+def _expected_trainable(name: str, model, classes: int, train_images: int) -> int:
     """The textbook count for each method on the tiny CLIP (vision: 2 layers of width 64, projection 32)."""
     vision, projection = model.config.vision_config, model.config.projection_dim
     d, ff, layers = vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers
@@ -122,6 +144,9 @@ def _expected_trainable(name: str, model, classes: int) -> int:
         "vpt": 8 * d + cosine_head,  # 8 shallow tokens
         "vision-prefix": 10 * d + (d * 512 + 512) + (512 * layers * 2 * d + layers * 2 * d) + cosine_head,  # MLP
         "coop": 16 * text_width,  # 16 shared context vectors; no head of its own
+        "tip-adapter": 0,  # training-free: the cache is state, not trained
+        "tip-adapter-f": train_images * projection,  # the keys: one per training image
+        "clip-adapter": 2 * projection * (projection // 4),  # the bottleneck MLP, no biases; the head is frozen
     }[name]
 
 
@@ -129,7 +154,8 @@ def _expected_trainable(name: str, model, classes: int) -> int:
 def test_trainable_count_matches_formula(name, tiny_clip_dir, dataset):
     method = make_method(name, tiny_clip_dir, dataset)
     counts = method.num_parameters()
-    assert counts["trainable"] == _expected_trainable(name, method.bundle.model, dataset.num_classes)
+    expected = _expected_trainable(name, method.bundle.model, dataset.num_classes, len(dataset.split("train")))
+    assert counts["trainable"] == expected
     assert counts["trainable_pct"] == pytest.approx(100 * counts["trainable"] / counts["total"], abs=1e-3)
 
 
@@ -152,6 +178,7 @@ def test_training_leaves_frozen_weights_bit_identical(name, tiny_clip_dir, colou
         built["method"] = method
         built["before"] = {id(p): p.detach().clone() for p in
                            list(method.bundle.model.parameters()) + list(method.parameters())}
+        built["state"] = method.trainable_state()
         return method
 
     training.build_method = spy
@@ -164,7 +191,11 @@ def test_training_leaves_frozen_weights_bit_identical(name, tiny_clip_dir, colou
     params = {id(p): p for p in list(method.bundle.model.parameters()) + list(method.parameters())}
     frozen = [pid for pid in params if pid not in trainable]
     assert frozen and all(torch.equal(params[pid], built["before"][pid]) for pid in frozen)
-    assert any(not torch.equal(params[pid], built["before"][pid]) for pid in trainable)
+    if name in TRAINING_FREE:  # what it fits is its state (the cache), not weights
+        assert not trainable and any(not torch.equal(value, built["state"][key])
+                                     for key, value in method.trainable_state().items())
+    else:
+        assert any(not torch.equal(params[pid], built["before"][pid]) for pid in trainable)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
@@ -272,7 +303,7 @@ def test_lp_ft_starts_from_the_probe(tiny_clip_dir, dataset):
     from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
     from clipadapt.methods.linear_probe import sweep_logistic_regression
 
-    method = make_method("full-ft", tiny_clip_dir, dataset, ["full_ft.lp_ft=true"])
+    method = make_method("full-ft", tiny_clip_dir, dataset, ["full_ft.lp_ft=true"], prepare=False)
     data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0)
     trainer = Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32"))
     method.prepare(trainer)

@@ -3,11 +3,13 @@
 from clipadapt.methods import (  # noqa: F401 (registration)
     baseline,
     bitfit,
+    clip_adapter,
     coop,
     full_ft,
     linear_head,
     linear_probe,
     lora,
+    tip_adapter,
     vision_prefix,
     visual_prompt,
     vpt,

@@ -255,8 +255,8 @@ class Method(TrainableModule):
 
     def pixel_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Logits straight from preprocessed images, also for feature methods (prediction, robustness)."""
-        if self.inputs == "features":
-            return self.head(self.bundle.encode_image(pixels, normalize=False))
+        if self.inputs == "features":  # through forward: a feature method may do more than its head
+            return self({"inputs": self.bundle.encode_image(pixels, normalize=False)})["logits"]
         return self({"inputs": pixels})["logits"]
 
     # -- what trains --------------------------------------------------------------------------------------

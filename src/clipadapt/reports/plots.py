@@ -105,18 +105,23 @@ def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylab
     _save(fig, path)
 
 
+SEARCH_AXES = {"C": "C (inverse regularisation strength)", "beta": "beta (cache sharpness; best alpha at each)"}
+
+
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "", loss_label: str = "cross-entropy",
                          acc_label: str = "accuracy", extra: tuple[tuple[str, str], ...] = (),
                          selected: int | None = None) -> None:
     """Loss and accuracy per epoch (train and val), one more panel per ``extra`` (validation key, label) the
-    history has, the ``selected`` epoch marked (default: best val acc); a regularisation sweep (``C`` rows) as val
-    accuracy vs C."""
-    if history and "C" in history[0]:
+    history has, the ``selected`` epoch marked (default: best val acc); a closed-form method's search (rows of
+    ``C``, the linear probe's, or ``beta``, Tip-Adapter's, with the best ``alpha`` at each) as val accuracy vs it."""
+    swept = next((key for key in SEARCH_AXES if history and key in history[0]), None)
+    if swept is not None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.semilogx([r["C"] for r in history], [r["val_acc"] for r in history], "o-", color="tab:orange")
-        ax.set_xlabel("C (inverse regularisation strength)")
+        plot = ax.semilogx if swept == "C" else ax.plot
+        plot([r[swept] for r in history], [r["val_acc"] for r in history], "o-", color="tab:orange")
+        ax.set_xlabel(SEARCH_AXES[swept])
         ax.set_ylabel("validation accuracy")
-        ax.set_title(title or "regularisation sweep")
+        ax.set_title(title or "search on validation")
         ax.grid(alpha=0.3)
         _save(fig, path)
         return
