@@ -36,7 +36,8 @@ class Predictor:
 
 
 def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
-    """A training run with its trained weights, or a zero-shot run with its selected template set."""
+    """A training run with its trained weights, a zero-shot run with its selected template set, or an ensemble of
+    runs (each member loaded from its own directory)."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -44,6 +45,10 @@ def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
     if not (run_dir / METRICS_FILE).is_file():
         raise ClipAdaptError(f"run '{run_dir}' is incomplete (no {METRICS_FILE}); resume or rerun it first")
     raw = yaml.safe_load(config_path.read_text()) or {}
+    from clipadapt.ensemble import is_ensemble_config, load_ensemble_predictor
+
+    if is_ensemble_config(raw):
+        return load_ensemble_predictor(run_dir, raw, device)
     if raw.get("method"):
         from clipadapt.training import load_run
 

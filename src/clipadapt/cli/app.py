@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from clipadapt.cli import bench, compare, demo, listing, predict, training, world, zeroshot
+from clipadapt.cli import bench, combine, compare, demo, listing, predict, training, world, zeroshot
 from clipadapt.cli.caption import caption_app
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ for name, command in [
     ("coop-words", training.coop_words_command),
     ("compare", compare.compare_command),
     ("report", compare.report_command),
+    ("wise", combine.wise_command),
+    ("ensemble", combine.ensemble_command),
     ("predict", predict.predict_command),
     ("robustness", predict.robustness_command),
     ("bench", bench.bench_command),

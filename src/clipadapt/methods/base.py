@@ -196,6 +196,7 @@ class Method(TrainableModule):
 
     inputs: ClassVar[str] = "pixels"  # "pixels" or "features"
     augment: ClassVar[str | None] = None  # training augmentation the method insists on (None: train.augment)
+    starts_at_zero_shot: ClassVar[bool] = False  # built and untrained (head=zeroshot), it is the zero-shot model
 
     def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: MethodConfig,
                  templates: TemplateSet) -> None:
@@ -293,6 +294,23 @@ class Method(TrainableModule):
             finally:
                 if freeze:
                     freeze(False)
+
+    # -- weight-space ensembling (WiSE-FT) -----------------------------------------------------------------
+    def zero_shot_start_refusal(self) -> str | None:
+        """Why this method's untrained state is not the zero-shot model (None where it is)."""
+        if not self.starts_at_zero_shot:
+            return f"method '{self.name}' does not start from the zero-shot model"
+        if self.config.head != "zeroshot" or getattr(self.config, "lp_ft", False):
+            return f"its head does not start at the zero-shot classifier (head={self.config.head}" + (
+                ", lp_ft=true)" if getattr(self.config, "lp_ft", False) else ")")
+        return None
+
+    def interpolate(self, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                    alpha: float) -> dict[str, torch.Tensor]:
+        """The trainable state at ``alpha`` between the zero-shot start (0) and the trained end (1), weight by
+        weight; ``torch.lerp`` returns each end bit for bit."""
+        return {name: torch.lerp(start[name].float(), value.float(), alpha).to(value.dtype)
+                for name, value in end.items()}
 
     # -- weights ------------------------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:

@@ -17,6 +17,8 @@ class BitFitConfig(MethodConfig):
 class BitFit(Method):
     """Only the bias terms of the vision tower (and the head) are trained."""
 
+    starts_at_zero_shot = True
+
     def __init__(self, bundle, classnames, config, templates) -> None:
         super().__init__(bundle, classnames, config, templates)
         for module in bundle.image_tower_modules():

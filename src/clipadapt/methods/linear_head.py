@@ -17,4 +17,6 @@ class LinearHeadConfig(MethodConfig):
 class LinearHeadMethod(Method):
     """A head on frozen cached features, zero-shot-initialised (default) or random (head=linear)."""
 
+    starts_at_zero_shot = True
+
     inputs = "features"

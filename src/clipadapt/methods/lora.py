@@ -88,6 +88,14 @@ class LoRA(Method):
             warnings.simplefilter("ignore", FutureWarning)
             self._peft = [get_peft_model(model, peft_config)]  # injects in place; self.model now holds the adapters
 
+    starts_at_zero_shot = True  # lora_B starts at zero
+
+    def interpolate(self, start, end, alpha):
+        """WiSE-FT for LoRA scales the update B A: B moves from zero, A keeps its trained value (interpolating both
+        would scale the update by alpha^2-ish, not alpha)."""
+        state = super().interpolate(start, end, alpha)
+        return {name: end[name] if "lora_A" in name else value for name, value in state.items()}
+
     @property
     def peft_model(self) -> PeftModel:
         return self._peft[0]

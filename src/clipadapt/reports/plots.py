@@ -105,7 +105,8 @@ def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylab
     _save(fig, path)
 
 
-SEARCH_AXES = {"C": "C (inverse regularisation strength)", "beta": "beta (cache sharpness; best alpha at each)"}
+SEARCH_AXES = {"C": "C (inverse regularisation strength)", "beta": "beta (cache sharpness; best alpha at each)",
+               "alpha": "alpha (WiSE-FT: 0 zero-shot, 1 the run)"}
 
 
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "", loss_label: str = "cross-entropy",

@@ -1,0 +1,217 @@
+"""Ensembles of finished runs: class probabilities averaged, uniformly or with weights searched on validation.
+
+Members must share the dataset, its class list and the model (so one preprocessing feeds them all). The ensemble is
+written as a run directory: ``config.yaml`` names the members and their weights, and ``load_predictor`` rebuilds it
+from them, so ``report``, ``predict`` and ``robustness`` treat it as any run. Logits of the ensemble are the log of
+the averaged probabilities (its softmax is the average).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from clipadapt.config import from_dict, option, to_dict
+from clipadapt.data import DataConfig
+from clipadapt.engine.metrics import classification_metrics
+from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.io import atomic_write_json, staged_directory
+from clipadapt.models.config import ModelConfig
+from clipadapt.reports.results import CONFIG_FILE, build_metrics_record, write_csv, write_metrics
+from clipadapt.runs import RunConfig, check_run_dir, save_config_dict, write_evaluation_artifacts
+
+log = logging.getLogger(__name__)
+WEIGHT_MODES = ("uniform", "val")
+ENSEMBLE_FILE = "ensemble.json"
+
+
+@dataclass
+class EnsembleConfig:
+    runs: list[str] = option([], help="member run directories")
+    weights: list[float] = option([], help="weight of each member (sum 1)")
+    mode: str = option("uniform", help="uniform, or val (weights searched on the validation split)")
+
+
+@dataclass
+class EnsembleExperiment:
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def is_ensemble_config(raw: dict) -> bool:
+    return isinstance(raw, dict) and "ensemble" in raw
+
+
+def simplex_grid(members: int, steps: int) -> list[tuple[float, ...]]:
+    """Every weight vector with entries k / steps summing to 1."""
+    points = []
+    for cut in itertools.combinations(range(steps + members - 1), members - 1):
+        parts = np.diff([-1, *cut, steps + members - 1]) - 1
+        points.append(tuple(float(p) / steps for p in parts))
+    return points
+
+
+def search_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[list[float], list[dict]]:
+    """Weights on a simplex grid (tenths up to 4 members, fifths up to 10) scored on val: accuracy, then loss."""
+    n = len(probabilities)
+    steps = 10 if n <= 4 else 5
+    if n > 10:
+        raise ConfigError(f"--weights val searches a grid over at most 10 members, got {n}; use --weights uniform")
+    stacked = np.stack(probabilities)  # (members, images, classes)
+    rows = []
+    for weights in simplex_grid(n, steps):
+        mixed = np.tensordot(np.asarray(weights), stacked, axes=1)
+        accuracy = float((mixed.argmax(-1) == labels).mean())
+        loss = float(-np.log(np.clip(mixed[np.arange(len(labels)), labels], 1e-12, 1)).mean())
+        rows.append({"weights": list(weights), "val_acc": accuracy, "val_loss": loss})
+    uniform = 1.0 / n
+    best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"],
+                                    -sum(abs(w - uniform) for w in r["weights"])))  # ties: nearest to uniform
+    return best["weights"], rows
+
+
+def _members(run_dirs: list[Path], device: str | None):
+    from clipadapt.predictors import load_predictor
+    from clipadapt.reports.results import METRICS_FILE
+
+    if not run_dirs:
+        raise ConfigError("an ensemble needs at least one run directory")
+    predictors = []
+    for run_dir in run_dirs:
+        if not (run_dir / METRICS_FILE).is_file():
+            raise ClipAdaptError(f"'{run_dir}' is not a finished run (no {METRICS_FILE})")
+        predictors.append(load_predictor(run_dir, device))
+    first = predictors[0]
+    first_config = yaml.safe_load((run_dirs[0] / CONFIG_FILE).read_text())
+    for run_dir, predictor in zip(run_dirs[1:], predictors[1:], strict=True):
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        for key, what in (("dataset", "dataset"), ("shots", "shots"), ("seed", "data seed")):
+            if config["data"].get(key) != first_config["data"].get(key):
+                raise ConfigError(f"'{run_dir}' was trained on {what} {config['data'].get(key)!r}, '{run_dirs[0]}' "
+                                  f"on {first_config['data'].get(key)!r}: ensemble members must share the data")
+        if predictor.classnames != first.classnames:
+            from clipadapt.wise import same_classes
+
+            same_classes(f"'{run_dirs[0]}'", first.classnames, f"'{run_dir}'", predictor.classnames)
+        if config["model"]["spec"] != first_config["model"]["spec"] or predictor.preprocess.config != \
+                first.preprocess.config:
+            raise ConfigError(f"'{run_dir}' uses model {config['model']['spec']}, '{run_dirs[0]}' "
+                              f"{first_config['model']['spec']}: ensemble members must share the model")
+    return predictors, first_config
+
+
+def _split_probabilities(predictors, split: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Each member's class probabilities on a split (images read once, every member on each batch)."""
+    from clipadapt.engine.features import image_loader
+    from clipadapt.progress import progress_bar
+
+    data = predictors[0].dataset.split(split)
+    probabilities: list[list[torch.Tensor]] = [[] for _ in predictors]
+    labels, positions = [], []
+    with progress_bar(f"ensemble: {split}", total=len(data)) as advance:
+        for batch in image_loader(data, predictors[0].preprocess, 64, -1):
+            if batch["images"] is not None:
+                pixels = predictors[0].preprocess.normalize(batch["images"])
+                for k, predictor in enumerate(predictors):
+                    probabilities[k].append(predictor.probabilities(pixels))
+                labels.append(batch["labels"].numpy())
+                positions.append(batch["positions"].numpy())
+            advance(len(batch["labels"]) + len(batch["skipped"]) if batch["images"] is not None else
+                    len(batch["skipped"]))
+    return ([torch.cat(p).numpy() for p in probabilities], np.concatenate(labels), np.concatenate(positions))
+
+
+def ensemble_logits(probabilities: list[np.ndarray], weights: list[float]) -> torch.Tensor:
+    mixed = np.tensordot(np.asarray(weights, dtype=np.float64), np.stack(probabilities).astype(np.float64), axes=1)
+    return torch.from_numpy(np.log(np.clip(mixed, 1e-30, None))).float()
+
+
+def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "uniform", overwrite: bool = False,
+                 device: str | None = None, label: str | None = None) -> dict[str, Any]:
+    if mode not in WEIGHT_MODES:
+        raise ConfigError(f"unknown --weights '{mode}'; valid choices: {', '.join(WEIGHT_MODES)}")
+    run_dirs, out = [Path(r) for r in run_dirs], Path(out)
+    check_run_dir(out, overwrite)
+    started = time.perf_counter()
+    predictors, first_config = _members(run_dirs, device)
+    dataset = predictors[0].dataset
+    uniform = [1.0 / len(predictors)] * len(predictors)
+    search_rows: list[dict] = []
+    val_probabilities, val_labels, _ = _split_probabilities(predictors, "val")
+    val_members = [float((p.argmax(-1) == val_labels).mean()) for p in val_probabilities]
+    weights = uniform
+    if mode == "val" and len(predictors) > 1:
+        weights, search_rows = search_weights(val_probabilities, val_labels)
+    val_metrics = classification_metrics(ensemble_logits(val_probabilities, weights), val_labels)
+    split = first_config["data"].get("split", "test")
+    test_probabilities, labels, positions = _split_probabilities(predictors, split)  # read once, at the end
+    logits = ensemble_logits(test_probabilities, weights)
+    metrics = classification_metrics(logits, labels)
+    seconds = time.perf_counter() - started
+
+    experiment = EnsembleExperiment(
+        ensemble=EnsembleConfig(runs=[str(r) for r in run_dirs], weights=[round(w, 6) for w in weights], mode=mode),
+        model=from_dict(ModelConfig, first_config["model"]), data=from_dict(DataConfig, first_config["data"]),
+        run=RunConfig(out=str(out), seed=first_config["run"].get("seed", 0),
+                      label=label or f"ensemble of {len(run_dirs)}"))
+    resolved = to_dict(experiment)
+    members = [{"run": str(r), "label": p.label, "weight": w, "val_acc": a,
+                "test_acc": float((tp.argmax(-1) == labels).mean())}
+               for r, p, w, a, tp in zip(run_dirs, predictors, weights, val_members, test_probabilities, strict=True)]
+    record = build_metrics_record(
+        method="ensemble", model=experiment.model.spec, dataset=dataset.name, split=split, metrics=metrics,
+        params={"trainable": 0, "total": 0, "trainable_pct": 0.0, "members": len(run_dirs)},
+        cost={"train_time_s": round(seconds, 3), "peak_mem_mb": 0.0, "train_images_per_s": 0.0,
+              "eval_images_per_s": round(len(labels) / seconds, 2) if seconds > 0 else 0.0},
+        seed=experiment.run.seed, config=resolved, device=predictors[0].device, best_epoch=0,
+        selection={"on": "val", "weights": mode, "val_acc": val_metrics["acc1"]}, num_classes=dataset.num_classes,
+        members=members)
+    with staged_directory(out, overwrite=overwrite) as stage:
+        save_config_dict(resolved, stage / CONFIG_FILE)
+        atomic_write_json(stage / ENSEMBLE_FILE, {"members": members, "mode": mode, "weights": weights,
+                                                  "search": search_rows})
+        if search_rows:
+            write_csv(stage / "weight_search.csv", [{**{f"w{k}": w for k, w in enumerate(r["weights"])},
+                                                      "val_acc": r["val_acc"], "val_loss": r["val_loss"]}
+                                                     for r in search_rows])
+        write_evaluation_artifacts(stage, dataset, split, positions, labels, logits, "ensemble",
+                                   experiment.run.samples, experiment.run.seed)
+        write_metrics(stage, record)
+    log.info("wrote %s", out)
+    return {"run_dir": out, "record": record, "members": members, "weights": weights}
+
+
+def load_ensemble_predictor(run_dir: Path, raw: dict, device: str | None):
+    """A Predictor whose probabilities are the weighted mean of its members' (each loaded from its run)."""
+    from clipadapt.predictors import Predictor, load_predictor
+
+    experiment = from_dict(EnsembleExperiment, raw)
+    members = [load_predictor(Path(r), device) for r in experiment.ensemble.runs]
+    weights = torch.tensor(experiment.ensemble.weights, dtype=torch.float64)
+    first = members[0]
+
+    def logits(pixels: torch.Tensor) -> torch.Tensor:
+        mixed = sum(w * m.logits(pixels.to(m.device)).double().softmax(-1).cpu()
+                    for w, m in zip(weights, members, strict=True))
+        return mixed.clamp_min(1e-30).log().float()
+
+    @contextmanager
+    def context():
+        with ExitStack() as stack:
+            for member in members:
+                stack.enter_context(member.context())
+            yield
+
+    return Predictor(f"ensemble ({run_dir.name})", first.classnames, first.preprocess, logits, first.device,
+                     run_dir, first.dataset, context)
