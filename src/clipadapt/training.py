@@ -55,6 +55,8 @@ RESUMABLE_KEYS = {("run", "resume"), ("run", "overwrite"), ("run", "out")}  # ma
 @dataclass
 class TrainRunConfig(RunConfig):
     resume: bool = option(False, help="continue an interrupted run in the same directory")
+    init_from: str | None = option(None, help="a finished run to start from: its head and every trainable weight "
+                                              "whose name and shape match (two-stage training)")
 
 
 @dataclass
@@ -165,6 +167,11 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
                         trust_remote_code=cfg.model.trust_remote_code)
     set_seed(cfg.run.seed)
     method = build_method(entry, bundle, dataset, cfg.method_config())
+    initialised = None
+    if cfg.run.init_from:  # a resumed run then restores its own checkpoint over it
+        from clipadapt.two_stage import initialise_from_run
+
+        initialised = initialise_from_run(method, cfg.run.init_from, dataset, cfg.model.spec)
     data = training_data(cfg, dataset, method, device, accelerator)
 
     accelerator.wait_for_everyone()  # every process has checked the directory before the main one writes to it
@@ -182,6 +189,8 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     fit = method.fit(trainer)
     evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
     record = _record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
+    if initialised is not None:
+        record["init_from"] = initialised
     if accelerator.is_main_process:
         _write_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
         remove_checkpoints(run_dir)

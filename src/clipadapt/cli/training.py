@@ -48,6 +48,8 @@ def train_command(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs (train.epochs)")] = None,
     data_root: Annotated[str | None, typer.Option(help="local copy of a hub dataset")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="a finished run to start from (two-stage training: its "
+                                                        "head and every weight whose name and shape match)")] = None,
     device: DeviceOpt = None,
     strict: Annotated[bool | None, typer.Option("--strict/--skip-bad-images",
                                                 help="abort on unreadable images")] = None,
@@ -68,7 +70,8 @@ def train_command(
         if resume or seed is not None:
             raise ClipAdaptError("a sweep takes --seeds and --skip-existing, not --seed or --resume")
         flags = {"model.spec": model, "model.device": device, "data.dataset": dataset, "data.root": data_root,
-                 "data.shots": shots, "data.strict": strict, "train.epochs": epochs}
+                 "data.shots": shots, "data.strict": strict, "train.epochs": epochs,
+                 "run.init_from": str(init_from) if init_from else None}
         _sweep(method, config, list(set_ or []) + format_overrides(flags), list(sweep or []), seeds, out_dir,
                skip_existing, overwrite)
         return
@@ -79,6 +82,7 @@ def train_command(
         "data.shots": shots, "data.strict": strict, "data.seed": seed, "run.seed": seed,
         "run.out": str(out_dir) if out_dir else None, "run.overwrite": overwrite or None,
         "run.resume": resume or None, "train.epochs": epochs,
+        "run.init_from": str(init_from) if init_from else None,
     }
     experiment = apply_flags(load_experiment(method, config, list(set_ or [])), flags)
     try:
