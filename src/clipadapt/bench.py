@@ -98,8 +98,13 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     method = method.to(target)
     if checkpointing:
         method.enable_activation_checkpointing()
-    optimizer = build_optimizer(method)
     generator = torch.Generator().manual_seed(0)
+    set_cache = getattr(method, "set_cache", None)
+    if set_cache is not None:  # Tip-Adapter: a cache of 16 random "shots" per class
+        labels = torch.arange(len(names)).repeat_interleave(16)
+        set_cache(torch.randn(len(labels), bundle.embed_dim, generator=generator).to(target), labels.numpy())
+    training_free = not method.trainable_parameters()
+    optimizer = None if training_free else build_optimizer(method)
     if method.inputs == "features":
         inputs = torch.nn.functional.normalize(torch.randn(batch, bundle.embed_dim, generator=generator), dim=-1)
     else:
@@ -110,6 +115,10 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     reset_peak_memory(target)
 
     def step() -> None:
+        if optimizer is None:  # training-free: its "step" is the forward pass it costs per image
+            with torch.no_grad():
+                method(data)
+            return
         optimizer.zero_grad(set_to_none=True)
         method(data)["loss"].backward()
         optimizer.step()
