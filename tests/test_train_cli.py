@@ -108,8 +108,9 @@ def test_coop_words_command(tiny_clip_dir, colour_folder, tmp_path):
 def test_unknown_method(tmp_path):
     result = runner.invoke(app, ["train", "lorra"])
     assert result.exit_code == 2
-    assert ("unknown method 'lorra'; valid choices: baseline, baseline-flip, bitfit, coop, full-ft, linear-head, "
-            "linear-probe, lora, vision-prefix, visual-prompt, vpt") in result.output
+    assert ("unknown method 'lorra'; valid choices: baseline, baseline-flip, bitfit, clip-adapter, coop, full-ft, "
+            "linear-head, linear-probe, lora, tip-adapter, tip-adapter-f, vision-prefix, visual-prompt, vpt"
+            ) in result.output.replace("\n", " ").replace("  ", " ")
 
 
 def test_existing_directory_is_not_overwritten(tiny_clip_dir, colour_folder, tmp_path):
