@@ -140,6 +140,20 @@ def save_config_dict(data: dict, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def start_run_dir(accelerator, run_dir: Path, resolved: dict, resume: bool) -> None:
+    """A fresh run directory holding config.yaml (kept as it is when resuming), written by the main process once
+    every process has checked the directory."""
+    import shutil
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not resume:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        save_config_dict(resolved, run_dir / CONFIG_FILE)
+    accelerator.wait_for_everyone()
+
+
 def _write_zero_shot_artifacts(stage: Path, dataset, result: ZeroShotResult, samples: int, seed: int) -> None:
     write_evaluation_artifacts(stage, dataset, result.split, result.encoded.positions, result.encoded.labels,
                                result.logits, f"zero-shot ({result.best})", samples, seed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from clipadapt.runs import (
     RunOutput,
     check_run_dir,
     default_run_dir,
-    save_config_dict,
+    start_run_dir,
     write_evaluation_artifacts,
 )
 
@@ -174,13 +173,7 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
         initialised = initialise_from_run(method, cfg.run.init_from, dataset, cfg.model.spec)
     data = training_data(cfg, dataset, method, device, accelerator)
 
-    accelerator.wait_for_everyone()  # every process has checked the directory before the main one writes to it
-    if accelerator.is_main_process and not cfg.run.resume:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        save_config_dict(resolved, run_dir / CONFIG_FILE)
-    accelerator.wait_for_everyone()
+    start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
 
     trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume)
     for event, functions in (callbacks or {}).items():

@@ -9,12 +9,20 @@ captions and one attention figure. Rendered by the classification report's Markd
 from __future__ import annotations
 
 import shutil
-from datetime import datetime
 from pathlib import Path
 
 from clipadapt.errors import ClipAdaptError
 from clipadapt.reports.collect import Row, RunInfo, find_runs
-from clipadapt.reports.report import Figure, ReportResult, Table, _number, _pm, fresh_files_dir, write_report
+from clipadapt.reports.report import (
+    Figure,
+    ReportResult,
+    Table,
+    _number,
+    _pm,
+    fresh_files_dir,
+    report_intro,
+    write_report,
+)
 from clipadapt.runs import slug
 
 METRIC_COLUMNS = [("cider", "CIDEr"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"),
@@ -68,11 +76,9 @@ def build_caption_report(paths: list[str | Path], out_dir: str | Path) -> Report
         raise ClipAdaptError(f"no caption runs under {', '.join(map(str, paths))}")
     datasets = sorted({r.dataset for r in runs if r.complete})
     files = fresh_files_dir(out_dir)
-    blocks: list = [("h1", "clipadapt caption report"),
-                    ("p", f"{len([r for r in runs if r.complete])} complete caption runs from "
-                          f"{', '.join(map(str, paths))}; written {datetime.now():%Y-%m-%d %H:%M}. Every number is "
-                          f"read from a run's metrics.json: scores on the test split (mean ± sample std over seeds), "
-                          f"models selected on validation only. CLIPScore uses the run's own CLIP model.")]
+    blocks = report_intro("clipadapt caption report", "caption runs", runs, paths,
+                          "scores on the test split (mean ± sample std over seeds), models selected on validation "
+                          "only. CLIPScore uses the run's own CLIP model.")
     all_rows = caption_rows(runs)
     for index, dataset in enumerate(datasets):
         rows = [r for r in all_rows if r.dataset == dataset]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from clipadapt.methods.base import WEIGHTS_FILE, section_name
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
 from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE, build_metrics_record, write_csv, write_skipped
-from clipadapt.runs import RunOutput, default_run_dir, save_config_dict
+from clipadapt.runs import RunOutput, default_run_dir, start_run_dir
 from clipadapt.training import TrainRunConfig, check_train_run_dir, load_method_experiment, method_experiment_class
 
 log = logging.getLogger(__name__)
@@ -148,13 +147,7 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
     model = build_caption_model(cfg, bundle, "features" if cfg.train.cache_encoder else "pixels")
     data = caption_data(cfg, dataset, model, device, accelerator)
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and not cfg.run.resume:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        save_config_dict(resolved, run_dir / CONFIG_FILE)
-    accelerator.wait_for_everyone()
+    start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
 
     trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume,
                       task=CaptionTask(cfg.train.select, cfg.decode))

@@ -153,11 +153,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
         raise ClipAdaptError(f"runs from different datasets cannot share one table: {counts}; pass --group to "
                              f"report each dataset in its own section")
     files = fresh_files_dir(out_dir)
-    blocks: list = [("h1", "clipadapt report"),
-                    ("p", f"{len([r for r in runs if r.complete])} complete runs from "
-                          f"{', '.join(map(str, paths))}; written {datetime.now():%Y-%m-%d %H:%M}. Every number "
-                          f"is read from a run's metrics.json; acc is on the test split, mean ± sample std over "
-                          f"seeds; models were selected on validation only.")]
+    blocks = report_intro("clipadapt report", "runs", runs, paths,
+                          "acc is on the test split, mean ± sample std over seeds; models were selected on "
+                          "validation only.")
     all_rows = []
     for index, dataset in enumerate(datasets):
         rows = [r for r in table_rows(runs) if r.dataset == dataset]
@@ -168,6 +166,13 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
         blocks += [("h3", "Per method")] + [("figure", f) for f in _run_figures(rows, files, prefix)]
     blocks += _bench_blocks(paths, files)
     return write_report(out_dir, blocks, all_rows, runs, "clipadapt train ... --resume")
+
+
+def report_intro(title: str, kind: str, runs: list[RunInfo], paths: list[str | Path], what: str) -> list:
+    """The title and the paragraph every report opens with: how many runs, from where, when, what the numbers are."""
+    return [("h1", title),
+            ("p", f"{sum(r.complete for r in runs)} complete {kind} from {', '.join(map(str, paths))}; written "
+                  f"{datetime.now():%Y-%m-%d %H:%M}. Every number is read from a run's metrics.json; {what}")]
 
 
 def fresh_files_dir(out_dir: Path) -> Path:
