@@ -68,10 +68,9 @@ def search_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple
     steps = 10 if n <= 4 else 5
     if n > 10:
         raise ConfigError(f"--weights val searches a grid over at most 10 members, got {n}; use --weights uniform")
-    stacked = np.stack(probabilities)  # (members, images, classes)
     rows = []
     for weights in simplex_grid(n, steps):
-        mixed = np.tensordot(np.asarray(weights), stacked, axes=1)
+        mixed = mix(probabilities, weights)
         accuracy = float((mixed.argmax(-1) == labels).mean())
         loss = float(-np.log(np.clip(mixed[np.arange(len(labels)), labels], 1e-12, 1)).mean())
         rows.append({"weights": list(weights), "val_acc": accuracy, "val_loss": loss})
@@ -121,20 +120,25 @@ def _split_probabilities(predictors, split: str) -> tuple[list[np.ndarray], np.n
     labels, positions = [], []
     with progress_bar(f"ensemble: {split}", total=len(data)) as advance:
         for batch in image_loader(data, predictors[0].preprocess, 64, -1):
-            if batch["images"] is not None:
-                pixels = predictors[0].preprocess.normalize(batch["images"])
-                for k, predictor in enumerate(predictors):
-                    probabilities[k].append(predictor.probabilities(pixels))
-                labels.append(batch["labels"].numpy())
-                positions.append(batch["positions"].numpy())
-            advance(len(batch["labels"]) + len(batch["skipped"]) if batch["images"] is not None else
-                    len(batch["skipped"]))
+            advance(len(batch["skipped"]))
+            if batch["images"] is None:
+                continue
+            pixels = predictors[0].preprocess.normalize(batch["images"])
+            for k, predictor in enumerate(predictors):
+                probabilities[k].append(predictor.probabilities(pixels))
+            labels.append(batch["labels"].numpy())
+            positions.append(batch["positions"].numpy())
+            advance(len(batch["labels"]))
     return ([torch.cat(p).numpy() for p in probabilities], np.concatenate(labels), np.concatenate(positions))
 
 
+def mix(probabilities: list[np.ndarray], weights) -> np.ndarray:
+    """The weighted mean of the members' class probabilities, (images, classes)."""
+    return np.tensordot(np.asarray(weights, dtype=np.float64), np.stack(probabilities).astype(np.float64), axes=1)
+
+
 def ensemble_logits(probabilities: list[np.ndarray], weights: list[float]) -> torch.Tensor:
-    mixed = np.tensordot(np.asarray(weights, dtype=np.float64), np.stack(probabilities).astype(np.float64), axes=1)
-    return torch.from_numpy(np.log(np.clip(mixed, 1e-30, None))).float()
+    return torch.from_numpy(np.log(np.clip(mix(probabilities, weights), 1e-30, None))).float()
 
 
 def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "uniform", overwrite: bool = False,

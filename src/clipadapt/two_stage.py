@@ -70,7 +70,6 @@ def initialise_from_run(method, run_dir: str | Path, dataset, model_spec: str) -
     if not copied:
         raise ConfigError(f"nothing of --init-from run '{run_dir}' ({experiment.method}) fits this method: no "
                           "trainable weight has a matching name and shape")
-    del source
     log.info("--init-from %s: copied %d of %d trainable tensors", run_dir, len(copied), len(own))
     return {"run": str(run_dir), "method": experiment.method, "copied": len(copied), "changed": len(changed),
             "not_copied": len(skipped), "changed_parameters": sum(own[k].numel() for k in changed)}

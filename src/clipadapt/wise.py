@@ -20,7 +20,6 @@ import torch
 
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
-from clipadapt.engine.cost import peak_memory_mb
 from clipadapt.engine.trainer import FitResult, Trainer, make_accelerator
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
@@ -125,7 +124,6 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
                     selection={"alpha": chosen["alpha"], "val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"]})
     evaluation = evaluations[chosen["alpha"]]
     record = _record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1)
-    record["cost"]["peak_mem_mb"] = round(peak_memory_mb(device_), 1)
     record["wise"] = {k: summary[k] for k in ("source", "chosen_alpha", "alphas", "shift_dataset")}
     data = trainer.data
     with staged_directory(out, overwrite=overwrite) as stage:

@@ -15,6 +15,7 @@ from clipadapt.captioning.data import (
     CaptionImage,
     _Collector,
     _dataset,
+    image_root,
     register_caption_dataset,
 )
 from clipadapt.errors import DataError
@@ -92,13 +93,6 @@ def _image(collector: _Collector, image_id: str, relative, captions: list[str]) 
     return CaptionImage(image_id, path, captions)
 
 
-def _root(config: CaptionDataConfig, default: Path) -> Path:
-    root = Path(config.image_root) if config.image_root else default
-    if not root.is_dir():
-        raise DataError(f"image root '{root}' is not a folder")
-    return root
-
-
 @register_caption_dataset("coco", takes_argument=True, usage="coco:FILE.json|FOLDER")
 def coco_captions(config: CaptionDataConfig, argument: str | None) -> CaptionDataset:
     """COCO captions JSON (images + annotations), one file or captions_{train,val,test}.json in a folder."""
@@ -109,7 +103,7 @@ def coco_captions(config: CaptionDataConfig, argument: str | None) -> CaptionDat
         if not files:
             raise DataError(f"folder '{path}' holds none of captions_train.json, captions_val.json, "
                             "captions_test.json")
-        collector = _Collector(_root(config, path))
+        collector = _Collector(image_root(config, path))
         grouped: dict[str | None, list[CaptionImage]] = {}
         for split, file in files.items():
             for images in read_coco_file(file, collector).values():  # the file name decides the split
@@ -117,7 +111,7 @@ def coco_captions(config: CaptionDataConfig, argument: str | None) -> CaptionDat
         return _dataset(f"coco:{path}", grouped, collector, config, {"files": {k: str(v) for k, v in files.items()}})
     if not path.is_file():
         raise DataError(f"caption file '{path}' does not exist")
-    collector = _Collector(_root(config, path.parent))
+    collector = _Collector(image_root(config, path.parent))
     return _dataset(f"coco:{path}", read_coco_file(path, collector), collector, config, {"files": [str(path)]})
 
 
@@ -127,7 +121,7 @@ def karpathy_captions(config: CaptionDataConfig, argument: str | None) -> Captio
     path = Path(argument or "")
     if not path.is_file():
         raise DataError(f"caption file '{path}' does not exist")
-    collector = _Collector(_root(config, path.parent))
+    collector = _Collector(image_root(config, path.parent))
     return _dataset(f"karpathy:{path}", read_karpathy_file(path, collector), collector, config,
                     {"files": [str(path)]})
 

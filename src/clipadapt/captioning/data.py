@@ -227,6 +227,14 @@ def make_splits(grouped: dict[str | None, list[CaptionImage]], config: CaptionDa
     return splits
 
 
+def image_root(config: CaptionDataConfig, default: Path | None) -> Path | None:
+    """``data.image_root`` or ``default``, checked to be a folder (None: the images are not files)."""
+    root = Path(config.image_root) if config.image_root else default
+    if root is not None and not root.is_dir():
+        raise DataError(f"image root '{root}' is not a folder")
+    return root
+
+
 def _dataset(name: str, grouped, collector: _Collector, config: CaptionDataConfig, info: dict) -> CaptionDataset:
     splits = make_splits(grouped, config)
     if not splits["train"]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from clipadapt.captioning.data import (
     CaptionImage,
     _Collector,
     _dataset,
+    image_root,
     register_caption_dataset,
 )
 from clipadapt.data.hub import HubSource, _load_dataset_dict
@@ -111,7 +111,7 @@ def build_hub_captions(name: str, spec: HubCaptionSpec, config: CaptionDataConfi
     if not spec.image_column and not config.image_root:
         raise DataError(f"{name} holds no images, only their paths ({', '.join(spec.path_columns)}); pass the "
                         "folder that holds them as --image-root (data.image_root)")
-    collector = _Collector(Path(config.image_root) if config.image_root else None)
+    collector = _Collector(image_root(config, None))
     grouped: dict[str | None, dict[str, CaptionImage]] = {}
     text_columns = [c for c in (*spec.caption_columns, spec.id_column, spec.split_column, *spec.path_columns) if c]
     for hub_name, part in table.items():

@@ -147,13 +147,12 @@ class TipAdapter(Method):
         self.prepare(trainer)
         rows = self.search(trainer) if self.config.search else []
         return FitResult(history=_search_history(rows), best_epoch=0, train_time_s=time.perf_counter() - start,
-                         train_images=len(trainer.features("train").labels), selection=self.selection(rows))
+                         train_images=len(trainer.features("train").labels), selection=self.selection())
 
-    def selection(self, rows: list[dict]) -> dict:
+    def selection(self) -> dict:
         """alpha and beta in use, with the validation scores of the search's choice (where it searched)."""
-        chosen = self.chosen if rows else {}
         return {"alpha": float(self.alpha), "beta": float(self.beta),
-                **{k: chosen[k] for k in ("val_acc", "val_loss") if k in chosen}}
+                **{k: self.chosen[k] for k in ("val_acc", "val_loss") if k in self.chosen}}
 
     # -- weights: the cache is state even where nothing trains ----------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -169,10 +168,7 @@ class TipAdapter(Method):
                               f"{tuple(state['values'].shape)}")
         device = self.keys.device
         with torch.no_grad():
-            if state["keys"].shape != self.keys.shape:
-                self._replace_keys(state["keys"].to(device, torch.float32).clone())
-            else:
-                self.keys.copy_(state["keys"])
+            self._replace_keys(state["keys"].to(device, torch.float32).clone())
             self.values = state["values"].to(device, torch.float32).clone()
             self.alpha.copy_(state["alpha"])
             self.beta.copy_(state["beta"])
@@ -196,7 +192,8 @@ class TipAdapterF(TipAdapter):
     def fit(self, trainer: Trainer) -> FitResult:
         fit = trainer.fit(self)  # prepare() builds the cache; the engine trains the keys, selected on val
         started = time.perf_counter()
-        rows = self.search(trainer) if self.config.search else []
+        if self.config.search:
+            self.search(trainer)
         fit.train_time_s += time.perf_counter() - started
-        fit.selection = {**fit.selection, **self.selection(rows)}
+        fit.selection = {**fit.selection, **self.selection()}
         return fit
