@@ -151,7 +151,7 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, cfg.method)
     resolved = to_dict(cfg)
     resolved["run"]["out"] = str(run_dir)
-    accelerator = make_accelerator(resolve_device(cfg.model.device), cfg.train.precision)
+    accelerator = make_accelerator(resolve_device(cfg.model.device), cfg.train.precision, cfg.train.log_with, run_dir)
     check_train_run_dir(run_dir, resolved, cfg.run.resume, cfg.run.overwrite)
 
     dataset = load_dataset(cfg.data)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from clipadapt.cli.common import (
     DeviceOpt,
@@ -108,7 +109,7 @@ def train_command(
                            names=2, title=f"{record['model']} + {record['decoder']} on {record['dataset']} "
                                           f"(test, {len(result.result['predictions'])} images)"))
     for line in record.get("skipped_metrics", []):
-        err.print(f"[yellow]skipped {line}", highlight=False)
+        err.print(f"[yellow]skipped {escape(line)}", highlight=False)
     out.print(f"run directory: {result.run_dir}", highlight=False)
 
 
@@ -130,7 +131,7 @@ def eval_command(
     out.print(result_table(["run", "method", "bridge", "split", "beams", "images", *[n for _, n in METRICS]], [row],
                            names=3))
     for line in result.get("skipped_metrics", []):
-        err.print(f"[yellow]skipped {line}", highlight=False)
+        err.print(f"[yellow]skipped {escape(line)}", highlight=False)
 
 
 @_command("predict")
@@ -153,7 +154,7 @@ def predict_command(
     rows = [[r["file"], r["caption"], r.get("attention", "")] for r in results if "error" not in r]
     out.print(result_table(["image", "caption", "attention figure"], rows, text=[1, 2]))
     for r in bad:
-        err.print(f"[yellow]skipped {r['file']}: {r['error']}", highlight=False)
+        err.print("[yellow]skipped " + escape(f"{r['file']}: {r['error']}"), highlight=False)
 
 
 @_command("compare")
@@ -195,7 +196,7 @@ def compare_command(
                            title="caption comparison (test, mean over seeds)"))
     out.print(f"report: {result.report.markdown} ({result.report.html})", highlight=False)
     for path, reason in result.failed:
-        err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+        err.print(f"[red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
     if result.failed:
         raise typer.Exit(1)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from clipadapt.cli.common import DatasetOpt, err, number_list, out, result_table, setup_logging, user_errors
@@ -52,7 +53,7 @@ def compare_command(
         out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)
     if result.failed:
         for path, reason in result.failed:
-            err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+            err.print(f"[red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -89,5 +90,5 @@ def report_command(
     report = build_report(list(run_dirs), out_dir, group=group)
     out.print(report_table(report))
     for run in report.incomplete:
-        err.print(f"[yellow]incomplete (no metrics.json):[/] {run.path}", highlight=False)
+        err.print(f"[yellow]incomplete (no metrics.json):[/] {escape(str(run.path))}", highlight=False)
     out.print(f"report: {report.html}  ({report.markdown})", highlight=False)

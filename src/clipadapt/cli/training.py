@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from clipadapt.cli.common import (
@@ -137,7 +138,7 @@ def _sweep(method: str, config: Path | None, overrides: list[str], items: list[s
                            names=max(len(keys), 1)))
     out.print(f"sweep tables: {result.markdown}  ({result.csv})", highlight=False)
     for path, reason in result.failed:
-        err.print(f"[red]failed:[/] {path}: {reason}", highlight=False)
+        err.print(f"[red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
     if result.failed:
         raise typer.Exit(1)
 

@@ -33,6 +33,7 @@ from clipadapt.engine.checkpoint import (
 from clipadapt.engine.features import EncodedSplit
 from clipadapt.engine.inputs import AUGMENTATIONS, TrainingData
 from clipadapt.engine.metrics import classification_metrics
+from clipadapt.engine.tracking import Tracking, check_tracker
 from clipadapt.errors import ConfigError
 from clipadapt.progress import training_progress
 
@@ -53,6 +54,9 @@ class TrainConfig:
     activation_checkpointing: bool = option(False, help="recompute activations in the backward pass: far less "
                                                         "memory for methods that train through the image tower, "
                                                         "about a third slower")
+    log_with: str = option("none", help="experiment tracker through Accelerate: none or tensorboard (loss, "
+                                        "accuracy, lr per step and epoch into RUN/logs; pip install "
+                                        "'clipadapt[tensorboard]')")
 
     def __post_init__(self) -> None:
         require_positive(self, ("epochs", "batch_size", "grad_accum", "eval_batch_size"), "train:")
@@ -64,6 +68,7 @@ class TrainConfig:
             raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown train.precision '{self.precision}'; valid choices: {', '.join(PRECISIONS)}")
+        check_tracker(self.log_with)
 
 
 def mixed_precision(precision: str, device: torch.device) -> str:
@@ -74,10 +79,12 @@ def mixed_precision(precision: str, device: torch.device) -> str:
     return {"fp32": "no"}.get(precision, precision)
 
 
-def make_accelerator(device: torch.device, precision: str):
+def make_accelerator(device: torch.device, precision: str, log_with: str = "none", run_dir: Path | None = None):
+    """The run's Accelerator; ``log_with`` a tracker (train.log_with) writing under ``run_dir/logs``."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision(precision, device))
+    tracking = {"log_with": log_with, "project_dir": str(run_dir)} if log_with != "none" and run_dir else {}
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision(precision, device), **tracking)
 
 
 @dataclass
@@ -194,14 +201,15 @@ class Trainer:
             set_rng_state(state.rng)
             best_weights, progress, start_epoch = state.best_weights, state.progress, state.epoch
 
-        with training_progress(cfg.epochs, steps_per_epoch, enabled=acc.is_main_process) as bar:
+        with (training_progress(cfg.epochs, steps_per_epoch, enabled=acc.is_main_process) as bar,
+              Tracking(acc, cfg.log_with, self.run_dir) as tracking):
             bar.start(start_epoch)
             for epoch in range(start_epoch, cfg.epochs):
                 if progress["stale"] >= cfg.patience > 0:
                     break
                 started = time.perf_counter()
                 train_loss, train_acc, seen = self._train_epoch(model, method, optimizer, scheduler, trainable,
-                                                                epoch, bar)
+                                                                epoch, bar, tracking, epoch * steps_per_epoch)
                 train_seconds = time.perf_counter() - started
                 val = self.task.validate(self, method)
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, **val.row,
@@ -215,6 +223,7 @@ class Trainer:
                 else:
                     progress["stale"] += 1
                 bar.end_epoch(epoch, row)
+                tracking.epoch((epoch + 1) * steps_per_epoch, row)
                 self._checkpoint(method, optimizer, scheduler, best_weights, progress, epoch + 1)
                 for callback in self.callbacks["epoch_end"]:
                     callback(self, row)
@@ -224,13 +233,15 @@ class Trainer:
                          train_time_s=progress["train_time_s"], train_images=progress["train_images"],
                          selection=dict(progress.get("best_selection", {})))
 
-    def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar) -> tuple[float, float, int]:
+    def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar, tracking: Tracking,
+                     step: int) -> tuple[float, float, int]:
         acc, cfg = self.accelerator, self.config
         model.train()
         totals = torch.zeros(4, device=acc.device)  # loss sum, correct, predictions, items: no sync per step
         batches = self.data.batches(method.inputs, "train", epoch, train=True, rank=acc.process_index,
                                     world_size=acc.num_processes)
         for group in _grouped(batches, cfg.grad_accum):
+            before = totals.clone() if tracking.enabled else None
             for i, batch in enumerate(group):
                 sync = acc.no_sync(model) if i < len(group) - 1 else nullcontext()
                 with sync:
@@ -246,6 +257,10 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if before is not None:  # this step's own loss and accuracy (a device sync, only when tracking)
+                loss_sum, correct, predictions, items = (totals - before).tolist()
+                tracking.step(step, loss_sum / max(items, 1), correct / max(predictions, 1), optimizer)
             bar.advance()
             if bar.wants_metrics:  # reading the running loss waits for the device; only when someone will see it
                 loss_sum, correct, predictions, items = totals.tolist()
