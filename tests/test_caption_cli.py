@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -29,11 +30,22 @@ def common(tiny_clip_dir, tiny_lm_dir, caption_folder):
 def test_train_eval_predict(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):
     run = tmp_path / "run"
     trained = runner.invoke(app, ["caption", "train", "lora", *common(tiny_clip_dir, tiny_lm_dir, caption_folder),
-                                  "--out", str(run)])
+                                  "--out", str(run), "--set", "train.log_with=tensorboard"])
     assert trained.exit_code == 0, trained.output
     assert "CIDEr" in trained.output and "CLIPScore" in trained.output and "lora" in trained.output
     record = json.loads((run / "metrics.json").read_text())
     assert f"{record['metrics']['cider']:.3f}" in trained.output
+    # the caption engine's rows reach the tracker too (next-token accuracy per step, validation loss per epoch)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"step/train_loss", "step/train_acc", "epoch/val_loss"} <= tags
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [e.value for e in events.Scalars("epoch/val_loss")] == pytest.approx(
+        [float(r["val_loss"]) for r in rows], rel=1e-3)
 
     evaluated = runner.invoke(app, ["caption", "eval", str(run), "--beam", "2"])
     assert evaluated.exit_code == 0, evaluated.output
