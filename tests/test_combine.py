@@ -86,6 +86,28 @@ def test_wise_ends_are_zero_shot_and_the_run_bit_for_bit(name, trained, tiny_cli
     assert again.metrics["acc1"] == written["metrics"]["acc1"]
 
 
+def test_report_shows_the_wise_alpha_table_and_plot(trained, shifted_folder, tmp_path):
+    wise = tmp_path / "wise"
+    done = runner.invoke(app, ["wise", str(trained["lora"]), "--alphas", "0,0.5,1", "--shift-dataset",
+                               f"imagefolder:{shifted_folder}", "--out", str(wise)])
+    assert done.exit_code == 0, done.output
+    summary = json.loads((wise / "wise.json").read_text())
+    done = runner.invoke(app, ["report", str(wise), str(trained["lora"]), "--out", str(tmp_path / "rep")])
+    assert done.exit_code == 0, done.output
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "#### WiSE-FT: lora WiSE" in report and "| alpha | val acc1 | test acc1 | imagefolder:" in report
+    for row in summary["rows"]:
+        cells = [f"{row['alpha']:g}", f"{row['val_acc']:.4f}", f"{row['test_acc']:.4f}", f"{row['shift_acc']:.4f}"]
+        if row["alpha"] == summary["chosen_alpha"]:
+            cells = [f"**{c}**" for c in cells]
+        assert "| " + " | ".join(cells) + " |" in report
+    figure = next((tmp_path / "rep" / "report_files").glob("*-wise.png"))
+    assert figure.read_bytes() == (wise / "wise.png").read_bytes() and figure.name in report
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"<td><b>{summary['chosen_alpha']:g}</b></td>" in page and "**" not in page
+    assert page.count("<img") == report.count("![")
+
+
 def make_fresh_accuracy(name, tiny_clip_dir, run_dir) -> float:
     """Test accuracy of the method as built, before any training: the zero-shot model."""
     from clipadapt.engine.inputs import TrainingData
@@ -109,6 +131,28 @@ def test_wise_bad_input_is_one_line_and_writes_nothing(args, message, trained, o
     args = [a.replace("OTHER", f"imagefolder:{other_classes}") for a in args]
     result = runner.invoke(app, ["wise", str(trained["full-ft"]), *args, "--out", str(tmp_path / "never")])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_wise_reads_a_local_copy_of_a_hub_shift_dataset(trained, tmp_path):
+    """--shift-root: the shift as a hub dataset saved to disk (same class names, string labels)."""
+    import datasets as hfds
+
+    from tests.helpers import COLOURS, coloured_image
+
+    names = sorted(COLOURS)
+    rows = {"image": [coloured_image(COLOURS[names[i % 3]], seed=i) for i in range(12)],
+            "label": [names[i % 3] for i in range(12)]}
+    table = hfds.Dataset.from_dict(rows, features=hfds.Features({"image": hfds.Image(), "label": hfds.Value("string")}))
+    hfds.DatasetDict({"test": table}).save_to_disk(str(tmp_path / "copy"))
+    args = ["wise", str(trained["lora"]), "--alphas", "0,1", "--shift-dataset", "hf:me/shifted-colours"]
+    done = runner.invoke(app, [*args, "--shift-root", str(tmp_path / "copy"), "--out", str(tmp_path / "wise")])
+    assert done.exit_code == 0, done.output
+    summary = json.loads((tmp_path / "wise" / "wise.json").read_text())
+    assert summary["shift_dataset"] == "hf:me/shifted-colours" and all("shift_acc" in r for r in summary["rows"])
+    alone = runner.invoke(app, ["wise", str(trained["lora"]), "--shift-root", str(tmp_path / "copy"), "--out",
+                                str(tmp_path / "never")])
+    assert alone.exit_code == 2 and "--shift-root is the local copy of --shift-dataset" in alone.output
     assert not (tmp_path / "never").exists()
 
 
@@ -145,7 +189,11 @@ def test_ensemble_weights_on_validation_and_the_run_directory_works_everywhere(t
                     ["robustness", str(tmp_path / "ens"), "--sigmas", "0,0.2"]):
         done = runner.invoke(app, command)
         assert done.exit_code == 0, done.output
-    assert "ensemble" in (tmp_path / "rep" / "report.md").read_text()
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "ensemble" in report and "### Combined runs" in report and "#### Ensemble: ensemble of 3" in report
+    for member in saved["members"]:  # each member's weight, and its own accuracies beside the ensemble's
+        assert f"| {member['label']} | {member['weight']:.3f} | {member['val_acc']:.4f} | " \
+               f"{member['test_acc']:.4f} |" in report
     robustness = json.loads((tmp_path / "ens" / "robustness.json").read_text())
     assert robustness["gaussian"]["accuracy"]["0"] == json.loads(
         (tmp_path / "ens" / "metrics.json").read_text())["metrics"]["acc1"]

@@ -38,9 +38,30 @@ def test_demo_runs_offline_on_the_world(with_world, tmp_path):
         record = json.loads((run / "metrics.json").read_text())
         robustness = json.loads((run / "robustness.json").read_text())["gaussian"]["accuracy"]
         assert robustness["0"] == pytest.approx(record["metrics"]["acc1"])
+    _check_demo_combined(out, accuracy)
     bench = json.loads((out / "bench" / "bench.json").read_text())
     assert {r["method"] for r in bench["training"]} == set(list_methods())
     _check_demo_captions(out / "captions", result.output)
+
+
+def _check_demo_combined(out, accuracy):
+    """WiSE-FT of the LoRA run and the ensemble: run directories with robustness, and sections of the report."""
+    wise = json.loads((out / "combined" / "wise-lora" / "wise.json").read_text())
+    rows = {r["alpha"]: r for r in wise["rows"]}
+    assert sorted(rows) == [0.0, 0.25, 0.5, 0.75, 1.0] and all("shift_acc" in r for r in rows.values())
+    assert rows[1.0]["test_acc"] == accuracy["lora"]  # alpha 1 is the run itself
+    assert rows[wise["chosen_alpha"]]["val_acc"] == max(r["val_acc"] for r in rows.values())
+    ensemble = json.loads((out / "combined" / "ensemble" / "metrics.json").read_text())
+    assert [m["label"].split()[0] for m in ensemble["members"]] == ["linear-probe", "tip-adapter", "lora"]
+    # the searched weights include each member alone, so validation can only gain
+    assert ensemble["selection"]["val_acc"] >= max(m["val_acc"] for m in ensemble["members"])
+    for run in (out / "combined" / "wise-lora", out / "combined" / "ensemble"):
+        record = json.loads((run / "metrics.json").read_text())
+        robustness = json.loads((run / "robustness.json").read_text())["gaussian"]["accuracy"]
+        assert robustness["0"] == pytest.approx(record["metrics"]["acc1"])
+    report = (out / "report.md").read_text()
+    assert "### Combined runs" in report and "#### WiSE-FT: lora WiSE" in report
+    assert "#### Ensemble: ensemble of 3" in report and "-wise.png)" in report
 
 
 def _check_demo_captions(captions, output):

@@ -66,8 +66,11 @@ def _zero_shot_state(experiment, dataset, method) -> dict[str, torch.Tensor]:
 
 
 def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_dataset: str | None = None,
-             overwrite: bool = False, device: str | None = None) -> dict[str, Any]:
-    """Evaluate the interpolations, choose alpha on val, write the chosen one as a run directory at ``out``."""
+             overwrite: bool = False, device: str | None = None, shift_root: str | None = None) -> dict[str, Any]:
+    """Evaluate the interpolations, choose alpha on val, write the chosen one as a run directory at ``out``.
+
+    The shift dataset is read with the run's data settings (columns, image checks) but all of its test split
+    (no shots) and, for a hub dataset, from ``shift_root`` when given (a local copy)."""
     from clipadapt.runs import check_run_dir
     from clipadapt.training import _record, _write_results, load_run, training_data
 
@@ -80,8 +83,10 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
         raise ConfigError(f"cannot interpolate '{run_dir}' with zero-shot: {refusal}; WiSE-FT works on runs of "
                           "full-ft, bitfit, lora and linear-head with head=zeroshot")
     shift = None
+    if shift_root and not shift_dataset:
+        raise ConfigError("--shift-root is the local copy of --shift-dataset; give --shift-dataset too")
     if shift_dataset:
-        shift = load_dataset(dataclasses.replace(experiment.data, dataset=shift_dataset, root=None, shots=None))
+        shift = load_dataset(dataclasses.replace(experiment.data, dataset=shift_dataset, root=shift_root, shots=None))
         same_classes(f"the run's dataset {dataset.name}", dataset.classnames, f"shift dataset {shift.name}",
                      shift.classnames)
         shift.split("test")

@@ -17,6 +17,8 @@ def wise_command(
     "0,0.25,0.5,0.75,1",
     shift_dataset: Annotated[str | None, typer.Option(help="a dataset with the same classes, evaluated at every "
                                                            "alpha (e.g. world:shapes-shifted)")] = None,
+    shift_root: Annotated[str | None, typer.Option(help="local copy of the shift dataset (a hub dataset saved "
+                                                        "to disk)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run directory of the chosen alpha")] = Path("runs/wise"),
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
     device: DeviceOpt = None,
@@ -25,7 +27,8 @@ def wise_command(
     setup_logging()
     from clipadapt.wise import run_wise
 
-    result = run_wise(run_dir, number_list(alphas, "--alphas", float), out_dir, shift_dataset, overwrite, device)
+    result = run_wise(run_dir, number_list(alphas, "--alphas", float), out_dir, shift_dataset, overwrite, device,
+                      shift_root=shift_root)
     shift = result["shift_dataset"]
     rows = [[f"{r['alpha']:g}" + (" *" if r["alpha"] == result["chosen_alpha"] else ""), f"{r['val_acc']:.3f}",
              f"{r['test_acc']:.3f}", *([f"{r['shift_acc']:.3f}"] if shift else [])] for r in result["rows"]]

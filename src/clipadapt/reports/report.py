@@ -18,9 +18,11 @@ from clipadapt.errors import ClipAdaptError
 from clipadapt.io import atomic_write_text
 from clipadapt.reports import plots
 from clipadapt.reports.collect import Row, RunInfo, find_runs, table_rows
+from clipadapt.reports.combined import combined_blocks
 from clipadapt.runs import slug
 
 FILES_DIR = "report_files"
+HEADINGS = ("h1", "h2", "h3", "h4")
 COLUMNS = ["model", "method", "seeds", "acc1", "acc5", "mean per-class", "trainable params", "% of model",
            "train time (s)", "peak memory (MB)", "eval images/s"]
 
@@ -164,6 +166,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, group: bool = Fal
         blocks += [("h2", f"Dataset: {dataset}"), ("table", summary_table(rows))]
         blocks += [("figure", f) for f in _figures(rows, files, prefix)]
         blocks += [("h3", "Per method")] + [("figure", f) for f in _run_figures(rows, files, prefix)]
+        blocks += combined_blocks([r for r in runs if r.dataset == dataset], files, prefix)
     blocks += _bench_blocks(paths, files)
     return write_report(out_dir, blocks, all_rows, runs, "clipadapt train ... --resume")
 
@@ -233,7 +236,7 @@ def _bench_blocks(paths: list[str | Path], files: Path) -> list:
 def render_markdown(blocks: list, out_dir: Path) -> str:
     lines = []
     for kind, value in blocks:
-        if kind in ("h1", "h2", "h3"):
+        if kind in HEADINGS:
             lines += ["#" * int(kind[1]) + " " + value, ""]
         elif kind == "p":
             lines += [value, ""]
@@ -257,11 +260,18 @@ var broken=imgs.filter(function(i){return !(i.complete&&i.naturalWidth>0);}).len
 document.body.setAttribute('data-images',imgs.length);document.body.setAttribute('data-broken-images',broken);});"""
 
 
+def _html_cell(text: str) -> str:
+    """A table cell; ``**text**`` (Markdown bold, e.g. a chosen row) becomes bold in HTML too."""
+    if len(text) > 4 and text.startswith("**") and text.endswith("**"):
+        return f"<b>{html.escape(text[2:-2])}</b>"
+    return html.escape(text)
+
+
 def render_html(blocks: list) -> str:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipadapt report</title>",
              f"<style>{STYLE}</style><script>{CHECK_IMAGES}</script></head><body>"]
     for kind, value in blocks:
-        if kind in ("h1", "h2", "h3"):
+        if kind in HEADINGS:
             parts.append(f"<{kind}>{html.escape(value)}</{kind}>")
         elif kind == "p":
             parts.append(f"<p>{html.escape(value)}</p>")
@@ -269,9 +279,9 @@ def render_html(blocks: list) -> str:
             css = " class='summary'" if value.headers == COLUMNS else ""
             parts.append(f"<table{css}><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in value.headers)
                          + "</tr></thead><tbody>")
-            for key, row in zip(value.row_keys, value.rows, strict=True):
-                parts.append(f"<tr class='method-row' data-method='{html.escape(key)}'>"
-                             + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+            for key, row in zip(value.row_keys or [""] * len(value.rows), value.rows, strict=True):
+                parts.append((f"<tr class='method-row' data-method='{html.escape(key)}'>" if key else "<tr>")
+                             + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>")
             parts.append("</tbody></table>")
         elif kind == "figure":
             data = base64.b64encode(value.path.read_bytes()).decode()
