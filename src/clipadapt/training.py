@@ -181,11 +181,11 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
             trainer.add_callback(event, function)
     fit = method.fit(trainer)
     evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
-    record = _record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
+    record = run_record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
     if initialised is not None:
         record["init_from"] = initialised
     if accelerator.is_main_process:
-        _write_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
+        write_run_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
         remove_checkpoints(run_dir)
     accelerator.wait_for_everyone()
     log.info("wrote %s", run_dir)
@@ -201,8 +201,9 @@ def training_data(cfg: TrainExperiment, dataset, method: Method, device, acceler
         device=device, main_process_first=accelerator.main_process_first if accelerator is not None else None)
 
 
-def _record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device,
-            processes: int) -> dict:
+def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device,
+               processes: int) -> dict:
+    """metrics.json of a classification run (also of a WiSE-FT run, whose "fit" is its alpha search)."""
     return build_metrics_record(
         method=cfg.method, model=cfg.model.spec, dataset=dataset.name, split=evaluation.split,
         metrics=evaluation.metrics, params=method.num_parameters(),
@@ -215,8 +216,9 @@ def _record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: 
     )
 
 
-def _write_results(run_dir: Path, method: Method, dataset, fit: FitResult, evaluation: Evaluation, record: dict,
-                   data: TrainingData, samples: int, seed: int) -> None:
+def write_run_results(run_dir: Path, method: Method, dataset, fit: FitResult, evaluation: Evaluation,
+                      record: dict, data: TrainingData, samples: int, seed: int) -> None:
+    """Weights, history, curves, evaluation figures and metrics.json of a finished run."""
     from clipadapt.reports import plots  # matplotlib only where a figure is drawn
 
     with staged_directory(run_dir / WEIGHTS_DIR, overwrite=True) as stage:

@@ -72,7 +72,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     The shift dataset is read with the run's data settings (columns, image checks) but all of its test split
     (no shots) and, for a hub dataset, from ``shift_root`` when given (a local copy)."""
     from clipadapt.runs import check_run_dir
-    from clipadapt.training import _record, _write_results, load_run, training_data
+    from clipadapt.training import load_run, run_record, training_data, write_run_results
 
     alphas = check_alphas(alphas)
     run_dir, out = Path(run_dir), Path(out)
@@ -128,7 +128,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
                     train_time_s=seconds, train_images=0,
                     selection={"alpha": chosen["alpha"], "val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"]})
     evaluation = evaluations[chosen["alpha"]]
-    record = _record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1)
+    record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1)
     record["wise"] = {k: summary[k] for k in ("source", "chosen_alpha", "alphas", "shift_dataset")}
     data = trainer.data
     with staged_directory(out, overwrite=overwrite) as stage:
@@ -137,7 +137,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
         write_csv(stage / "wise.csv", rows)
         plot_wise(rows, stage / "wise.png", f"WiSE-FT of {source_label} on {dataset.name}", chosen["alpha"],
                   shift.name if shift else None)
-        _write_results(stage, method, dataset, fit, evaluation, record, data, experiment.run.samples,
+        write_run_results(stage, method, dataset, fit, evaluation, record, data, experiment.run.samples,
                        experiment.run.seed)
     log.info("wrote %s", out)
     return {"run_dir": out, "record": record, **summary}
