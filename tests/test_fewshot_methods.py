@@ -45,7 +45,7 @@ def test_tip_adapter_without_its_cache_term_is_zero_shot_exactly(tiny_clip_dir, 
     train = trainer.features("train")  # with K shots of every class (the few-shot setting) the shift is constant
     shots = int(counts.min())
     balanced = np.concatenate([np.flatnonzero(train.labels == c)[:shots] for c in range(dataset.num_classes)])
-    method.set_cache(train.features[balanced], train.labels[balanced])
+    method.state_from_features(train.features[balanced], train.labels[balanced])
     with torch.no_grad():
         assert torch.equal(method({"inputs": test})["logits"].argmax(-1), zero_shot.argmax(-1))
 

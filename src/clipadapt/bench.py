@@ -99,10 +99,9 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     if checkpointing:
         method.enable_activation_checkpointing()
     generator = torch.Generator().manual_seed(0)
-    set_cache = getattr(method, "set_cache", None)
-    if set_cache is not None:  # Tip-Adapter: a cache of 16 random "shots" per class
-        labels = torch.arange(len(names)).repeat_interleave(16)
-        set_cache(torch.randn(len(labels), bundle.embed_dim, generator=generator).to(target), labels.numpy())
+    labels = torch.arange(len(names)).repeat_interleave(16)  # 16 random "shots" per class (Tip-Adapter's cache)
+    method.state_from_features(torch.randn(len(labels), bundle.embed_dim, generator=generator).to(target),
+                               labels.numpy())
     training_free = not method.trainable_parameters()
     optimizer = None if training_free else build_optimizer(method)
     if method.inputs == "features":

@@ -282,6 +282,12 @@ class Method(TrainableModule):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     # -- hooks --------------------------------------------------------------------------------------------
+    def state_from_features(self, features: torch.Tensor, labels) -> None:
+        """State a method builds from training features before any step (Tip-Adapter's cache); nothing by default.
+
+        ``prepare`` passes the cached training split; ``clipadapt bench`` passes random features, so that a
+        benchmarked step sees a state of realistic size for every method alike."""
+
     @contextmanager
     def evaluating(self) -> Iterator[None]:
         """Evaluation mode; methods may merge weights or precompute class vectors for speed here."""

@@ -82,7 +82,7 @@ class TipAdapter(Method):
         self.chosen: dict = {}  # the search's best row
 
     # -- the cache ----------------------------------------------------------------------------------------
-    def set_cache(self, features: torch.Tensor, labels: np.ndarray | torch.Tensor) -> None:
+    def state_from_features(self, features: torch.Tensor, labels: np.ndarray | torch.Tensor) -> None:
         """Keys from training features (normalised), values their one-hot labels."""
         keys = nn.functional.normalize(features.float(), dim=-1).to(self.keys.device)
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.keys.device)
@@ -114,7 +114,7 @@ class TipAdapter(Method):
     # -- fitting ------------------------------------------------------------------------------------------
     def prepare(self, trainer: Trainer) -> None:
         train = trainer.features("train")
-        self.set_cache(train.features, train.labels)
+        self.state_from_features(train.features, train.labels)
 
     @torch.no_grad()
     def search(self, trainer: Trainer) -> list[dict]:
