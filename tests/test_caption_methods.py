@@ -56,6 +56,17 @@ def test_adapters_start_as_the_pretrained_decoder(method, tiny_bundle, tiny_lm_d
     assert any(name.startswith("decoder.") or name.startswith("adapters.") for name in trained)
 
 
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_peft_methods_apply_without_warnings(method, tiny_bundle, tiny_lm_dir):
+    """peft reads transformers 5's deprecated is_gradient_checkpointing; that FutureWarning printed in every run."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build(method, "patch-prefix", tiny_bundle, tiny_lm_dir)
+    assert not [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, UserWarning))]
+
+
 def test_trainable_counts_follow_their_formulas(tiny_bundle, tiny_lm_dir):
     width, layers, bottleneck, r = 32, 2, 64, 8
     geometry = patch_geometry(tiny_bundle)

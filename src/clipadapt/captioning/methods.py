@@ -25,6 +25,7 @@ from torch import nn
 from clipadapt.captioning.model import Captioner
 from clipadapt.config import option, require_positive
 from clipadapt.errors import ConfigError
+from clipadapt.models.peft_wrap import get_peft_model_quietly
 from clipadapt.registry import Registry
 
 
@@ -137,7 +138,7 @@ class DecoderLoRA(DecoderMethod):
     def apply(self, captioner: Captioner) -> list[str]:
         import warnings
 
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         names = {name.rsplit(".", 1)[-1] for name, _ in captioner.decoder.named_modules()}
         targets = self.config.targets or (["c_attn"] if "c_attn" in names else ["q_proj", "v_proj"])
@@ -148,7 +149,7 @@ class DecoderLoRA(DecoderMethod):
                             target_modules=targets, fan_in_fan_out="c_attn" in targets)
         with warnings.catch_warnings():  # peft's note that GPT-2's Conv1D needs fan_in_fan_out, which we set
             warnings.simplefilter("ignore", UserWarning)
-            captioner.decoder = get_peft_model(captioner.decoder, config)
+            captioner.decoder = get_peft_model_quietly(captioner.decoder, config)
         return [f"decoder.{n}" for n, _ in captioner.decoder.named_parameters() if "lora_" in n]
 
 
@@ -216,12 +217,12 @@ class DecoderPrefix(DecoderMethod):
     """peft prefix-tuning: learned keys and values in every decoder layer (10 per layer)."""
 
     def apply(self, captioner: Captioner) -> list[str]:
-        from peft import PrefixTuningConfig, get_peft_model
+        from peft import PrefixTuningConfig
 
         config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.config.length,
                                     prefix_projection=self.config.projection,
                                     encoder_hidden_size=self.config.hidden)
-        captioner.decoder = get_peft_model(captioner.decoder, config)
+        captioner.decoder = get_peft_model_quietly(captioner.decoder, config)
         return [f"decoder.{n}" for n, _ in captioner.decoder.named_parameters() if "prompt_encoder" in n]
 
 

@@ -7,14 +7,13 @@ clipadapt. For evaluation the adapters are merged into the base weights (and the
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -24,6 +23,7 @@ from clipadapt.engine.checkpoint import check_metadata
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_path, staged_directory
 from clipadapt.methods.base import Method, MethodConfig, register_method
+from clipadapt.models.peft_wrap import get_peft_model_quietly
 
 ADAPTER_DIR = "adapter"
 HEAD_FILE = "head.safetensors"
@@ -84,9 +84,7 @@ class LoRA(Method):
             targets += resolve_targets(module_names(model, bundle.text_tower), config.targets, "text tower")
         peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                  target_modules=targets, bias="none")
-        with warnings.catch_warnings():  # peft asks transformers a deprecated question about checkpointing
-            warnings.simplefilter("ignore", FutureWarning)
-            self._peft = [get_peft_model(model, peft_config)]  # injects in place; self.model now holds the adapters
+        self._peft = [get_peft_model_quietly(model, peft_config)]  # injects in place; self.model holds the adapters
 
     starts_at_zero_shot = True  # lora_B starts at zero
 
