@@ -60,7 +60,7 @@ def plot_word_attention(image: Image.Image, words: list[str], maps: torch.Tensor
     panels = len(words) + 1
     columns = min(panels, 6)
     lines = -(-panels // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(2.2 * columns, 2.4 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.2 * columns, 2.5 * lines + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes[0][0].imshow(picture)
@@ -69,7 +69,8 @@ def plot_word_attention(image: Image.Image, words: list[str], maps: torch.Tensor
         ax = axes[(k + 1) // columns][(k + 1) % columns]
         ax.imshow(picture)
         heat = maps[k].float().numpy()
-        ax.imshow(heat, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
+        ax.imshow(heat, cmap="jet", alpha=0.5, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                  interpolation="bilinear")  # exactly over the picture: the panel keeps the picture's size
         ax.set_title(word, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
