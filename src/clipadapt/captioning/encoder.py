@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from clipadapt.data.base import Split
-from clipadapt.engine.features import SkippedImage, SplitCache, image_loader, report_skipped
+from clipadapt.engine.features import SkippedImage, SplitCache, readable_batches
 from clipadapt.errors import ConfigError
 from clipadapt.models.bundle import ClipBundle
-from clipadapt.progress import progress_bar
 
 ENCODER_CACHE_VERSION = 1
 
@@ -77,23 +76,14 @@ class EncodedImages:
 def encode_for_captioning(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
                           strict: bool = False) -> EncodedImages:
     geometry = patch_geometry(bundle)
-    loader = image_loader(split, bundle.preprocess, batch_size, num_workers)
     tokens, pooled, positions, skipped = [], [], [], []
     start = time.perf_counter()
-    with progress_bar(f"encoding {split.name} for captioning", total=len(split), unit="img") as advance:
-        for batch in loader:
-            for position, reason in batch["skipped"]:
-                skipped.append(SkippedImage(position, split.describe(position), reason))
-                if strict:
-                    report_skipped(skipped, strict=True, split_name=split.name)
-            if batch["images"] is not None:
-                pixels = bundle.preprocess.normalize(batch["images"])
-                batch_tokens, batch_pooled = image_tokens(bundle, pixels)
-                tokens.append(batch_tokens.float().cpu())
-                pooled.append(batch_pooled.float().cpu())
-                positions.append(batch["positions"].numpy())
-            advance(len(batch["labels"]) + len(batch["skipped"]))
-    report_skipped(skipped, strict, split.name)
+    for pixels, batch in readable_batches(split, bundle.preprocess, batch_size, num_workers, strict, skipped,
+                                          f"encoding {split.name} for captioning"):
+        batch_tokens, batch_pooled = image_tokens(bundle, pixels)
+        tokens.append(batch_tokens.float().cpu())
+        pooled.append(batch_pooled.float().cpu())
+        positions.append(batch["positions"].numpy())
     empty = torch.zeros(0, geometry.num_tokens, geometry.width)
     return EncodedImages(torch.cat(tokens) if tokens else empty,
                          torch.cat(pooled) if pooled else torch.zeros(0, bundle.embed_dim),

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,13 +118,11 @@ def report_skipped(skipped: list[SkippedImage], strict: bool, split_name: str) -
                 len(skipped), split_name, skipped[0].item, skipped[0].reason)
 
 
-@torch.inference_mode()
-def encode_images(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
-                  strict: bool = False, description: str = "encoding") -> EncodedSplit:
-    """Encode every readable image of ``split`` with the bundle's image tower."""
-    loader = image_loader(split, bundle.preprocess, batch_size, num_workers)
-    features, labels, positions, skipped = [], [], [], []
-    start = time.perf_counter()
+def readable_batches(split: Split, preprocess, batch_size: int, num_workers: int, strict: bool,
+                     skipped: list[SkippedImage], description: str) -> Iterator[tuple[torch.Tensor, dict]]:
+    """``(pixels, batch)`` for every batch of readable images of ``split``, normalised for the model; unreadable
+    images are appended to ``skipped`` (with ``strict`` the first one raises), and the progress bar counts both."""
+    loader = image_loader(split, preprocess, batch_size, num_workers)
     with progress_bar(description, total=len(split)) as advance:
         for batch in loader:
             for position, reason in batch["skipped"]:
@@ -132,13 +130,23 @@ def encode_images(bundle: ClipBundle, split: Split, batch_size: int = 64, num_wo
                 if strict:
                     report_skipped(skipped, strict=True, split_name=split.name)
             if batch["images"] is not None:
-                pixels = bundle.preprocess.normalize(batch["images"])
-                features.append(bundle.encode_image(pixels).float().cpu())
-                labels.append(batch["labels"].numpy())
-                positions.append(batch["positions"].numpy())
+                yield preprocess.normalize(batch["images"]), batch
             advance(len(batch["labels"]) + len(batch["skipped"]))
-    elapsed = time.perf_counter() - start
     report_skipped(skipped, strict, split.name)
+
+
+@torch.inference_mode()
+def encode_images(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
+                  strict: bool = False, description: str = "encoding") -> EncodedSplit:
+    """Encode every readable image of ``split`` with the bundle's image tower."""
+    features, labels, positions, skipped = [], [], [], []
+    start = time.perf_counter()
+    for pixels, batch in readable_batches(split, bundle.preprocess, batch_size, num_workers, strict, skipped,
+                                          description):
+        features.append(bundle.encode_image(pixels).float().cpu())
+        labels.append(batch["labels"].numpy())
+        positions.append(batch["positions"].numpy())
+    elapsed = time.perf_counter() - start
     if not features:
         raise DataError(f"no readable images in split '{split.name}' ({len(skipped)} skipped)")
     return EncodedSplit(torch.cat(features), np.concatenate(labels), np.concatenate(positions), skipped, elapsed)
