@@ -175,7 +175,8 @@ def test_an_ensemble_of_one_run_is_that_run(trained, colour_folder, tmp_path):
     torch.testing.assert_close(ensemble.probabilities(pixels), single.probabilities(pixels), rtol=0, atol=1e-6)
 
 
-def test_ensemble_weights_on_validation_and_the_run_directory_works_everywhere(trained, tmp_path):
+def test_ensemble_weights_on_validation_and_the_run_directory_works_everywhere(trained, tiny_clip_dir, colour_folder,
+                                                                              tmp_path):
     runs = [str(trained[n]) for n in ("full-ft", "lora", "linear-head")]
     result = runner.invoke(app, ["ensemble", *runs, "--weights", "val", "--out", str(tmp_path / "ens")])
     assert result.exit_code == 0, result.output
@@ -185,12 +186,21 @@ def test_ensemble_weights_on_validation_and_the_run_directory_works_everywhere(t
     assert best["val_acc"] == pytest.approx(json.loads(
         (tmp_path / "ens" / "metrics.json").read_text())["selection"]["val_acc"])
     assert sum(saved["weights"]) == pytest.approx(1.0)
-    for command in (["report", str(tmp_path / "ens"), str(trained["lora"]), "--out", str(tmp_path / "rep")],
+    zero_shot = tmp_path / "zs"
+    done = runner.invoke(app, ["zeroshot", "--model", str(tiny_clip_dir), "--dataset", f"imagefolder:{colour_folder}",
+                               "--templates", "simple", "--out", str(zero_shot), "--set", "data.num_workers=0"])
+    assert done.exit_code == 0, done.output
+    reported = [str(tmp_path / "ens"), str(trained["lora"]), str(zero_shot)]
+    for command in (["report", *reported, "--out", str(tmp_path / "rep")],
                     ["robustness", str(tmp_path / "ens"), "--sigmas", "0,0.2"]):
         done = runner.invoke(app, command)
         assert done.exit_code == 0, done.output
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "ensemble" in report and "### Combined runs" in report and "#### Ensemble: ensemble of 3" in report
+    # its own row, not merged with zero-shot's (an ensemble's config has no method key)
+    record = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    assert f"| ensemble of 3 | 0 | {record['metrics']['acc1']:.4f} |" in report
+    assert "| zeroshot (simple) | 0 |" in report
     for member in saved["members"]:  # each member's weight, and its own accuracies beside the ensemble's
         assert f"| {member['label']} | {member['weight']:.3f} | {member['val_acc']:.4f} | " \
                f"{member['test_acc']:.4f} |" in report

@@ -62,6 +62,7 @@ def _check_demo_combined(out, accuracy):
     report = (out / "report.md").read_text()
     assert "### Combined runs" in report and "#### WiSE-FT: lora WiSE" in report
     assert "#### Ensemble: ensemble of 3" in report and "-wise.png)" in report
+    assert f"| ensemble of 3 | 0 | {ensemble['metrics']['acc1']:.4f} |" in report  # a row of its own
 
 
 def _check_demo_captions(captions, output):
