@@ -200,6 +200,7 @@ def test_ensemble_weights_on_validation_and_the_run_directory_works_everywhere(t
     # its own row, not merged with zero-shot's (an ensemble's config has no method key)
     record = json.loads((tmp_path / "ens" / "metrics.json").read_text())
     assert f"| ensemble of 3 | 0 | {record['metrics']['acc1']:.4f} |" in report
+    assert record["cost"]["peak_mem_mb"] > 0  # measured, like a training run's
     assert "| zeroshot (simple) | 0 |" in report
     for member in saved["members"]:  # each member's weight, and its own accuracies beside the ensemble's
         assert f"| {member['label']} | {member['weight']:.3f} | {member['val_acc']:.4f} | " \

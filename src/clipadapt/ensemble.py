@@ -22,6 +22,7 @@ import yaml
 
 from clipadapt.config import from_dict, option, to_dict
 from clipadapt.data import DataConfig
+from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.metrics import classification_metrics
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
@@ -149,6 +150,7 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
     check_run_dir(out, overwrite)
     started = time.perf_counter()
     predictors, first_config = _members(run_dirs, device)
+    reset_peak_memory(predictors[0].device)  # the members loaded: the peak of scoring with all of them
     dataset = predictors[0].dataset
     uniform = [1.0 / len(predictors)] * len(predictors)
     search_rows: list[dict] = []
@@ -176,7 +178,8 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
     record = build_metrics_record(
         method="ensemble", model=experiment.model.spec, dataset=dataset.name, split=split, metrics=metrics,
         params={"trainable": 0, "total": 0, "trainable_pct": 0.0, "members": len(run_dirs)},
-        cost={"train_time_s": round(seconds, 3), "peak_mem_mb": 0.0, "train_images_per_s": 0.0,
+        cost={"train_time_s": round(seconds, 3), "peak_mem_mb": round(peak_memory_mb(predictors[0].device), 1),
+              "train_images_per_s": 0.0,
               "eval_images_per_s": round(len(labels) / seconds, 2) if seconds > 0 else 0.0},
         seed=experiment.run.seed, config=resolved, device=predictors[0].device, best_epoch=0,
         selection={"on": "val", "weights": mode, "val_acc": val_metrics["acc1"]}, num_classes=dataset.num_classes,
