@@ -31,7 +31,7 @@ def test_methods_lists_fields_and_defaults():
 
 
 def test_train_then_eval(tiny_clip_dir, colour_folder, tmp_path):
-    out = tmp_path / "run"
+    out = tmp_path / "run[lr-1e-3]"  # brackets in a path are printed as they are, not read as rich markup
     result = runner.invoke(app, train_args("bitfit", tiny_clip_dir, colour_folder, out, "--seed", "3"))
     assert result.exit_code == 0, result.output
     assert "trainable params" in result.output and str(out) in result.output

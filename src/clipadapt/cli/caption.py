@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from clipadapt.cli.common import (
     DeviceOpt,
     SetOpt,
     apply_flags,
-    err,
+    notice,
     number_list,
     out,
+    print_failed,
     result_table,
     setup_logging,
     user_errors,
@@ -97,8 +97,8 @@ def train_command(
     try:
         result = run_caption_training(experiment)
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted; continue with: clipadapt caption train {method} --out "
-                  f"{experiment.run.out or '<run dir>'} --resume", highlight=False)
+        notice(f"interrupted; continue with: clipadapt caption train {method} --out "
+               f"{experiment.run.out or '<run dir>'} --resume")
         raise typer.Exit(130) from None
     if not result.main_process:
         return
@@ -109,7 +109,7 @@ def train_command(
                            names=2, title=f"{record['model']} + {record['decoder']} on {record['dataset']} "
                                           f"(test, {len(result.result['predictions'])} images)"))
     for line in record.get("skipped_metrics", []):
-        err.print(f"[yellow]skipped {escape(line)}", highlight=False)
+        notice("skipped", line)
     out.print(f"run directory: {result.run_dir}", highlight=False)
 
 
@@ -131,7 +131,7 @@ def eval_command(
     out.print(result_table(["run", "method", "bridge", "split", "beams", "images", *[n for _, n in METRICS]], [row],
                            names=3))
     for line in result.get("skipped_metrics", []):
-        err.print(f"[yellow]skipped {escape(line)}", highlight=False)
+        notice("skipped", line)
 
 
 @_command("predict")
@@ -154,7 +154,7 @@ def predict_command(
     rows = [[r["file"], r["caption"], r.get("attention", "")] for r in results if "error" not in r]
     out.print(result_table(["image", "caption", "attention figure"], rows, text=[1, 2]))
     for r in bad:
-        err.print("[yellow]skipped " + escape(f"{r['file']}: {r['error']}"), highlight=False)
+        notice("skipped", f"{r['file']}: {r['error']}")
 
 
 @_command("compare")
@@ -187,16 +187,14 @@ def compare_command(
                                   bridges=[b.strip() for b in bridges.split(",") if b.strip()],
                                   seeds=number_list(seeds, "--seeds"), overrides=list(set_ or []) + flags,
                                   out=str(out_dir), skip_existing=skip_existing, overwrite=overwrite)
-    result = run_caption_compare(config, on_run=lambda label, status: err.print(f"[bold]{label}[/]: {status}",
-                                                                                 highlight=False))
+    result = run_caption_compare(config, on_run=lambda label, status: notice(f"{label}:", status, "bold"))
     rows = [[row.label, ",".join(map(str, row.seeds)),
              *[_metric(row.stat("metrics", key)[0] if row.values("metrics", key) else None) for key, _ in METRICS],
              f"{row.stat('params', 'trainable')[0]:,.0f}"] for row in result.report.rows]
     out.print(result_table(["method (bridge)", "seeds", *[n for _, n in METRICS], "trainable params"], rows,
                            title="caption comparison (test, mean over seeds)"))
     out.print(f"report: {result.report.markdown} ({result.report.html})", highlight=False)
-    for path, reason in result.failed:
-        err.print(f"[red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
+    print_failed(result.failed)
     if result.failed:
         raise typer.Exit(1)
 

@@ -14,13 +14,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from clipadapt.errors import ClipAdaptError
 
-out = Console()
-err = Console(stderr=True)
+# Printed text is never read as rich markup: paths, labels and messages keep their brackets
+# ("pip install 'clipadapt[tensorboard]'"); styled labels go through ``notice``.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="model spec (see `clipadapt models`)")]
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="dataset spec (see `clipadapt datasets`)")]
@@ -46,13 +48,24 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except ClipAdaptError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            notice("error:", str(e), "bold red")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]")
+            notice("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def notice(label: str, text: str = "", style: str = "yellow") -> None:
+    """One line on stderr: ``label`` in ``style``, then ``text`` exactly as it is (never wrapped mid-line)."""
+    err.print(Text.assemble((label, style), f" {text}" if text else ""), highlight=False, soft_wrap=True)
+
+
+def print_failed(failed) -> None:
+    """The runs of a comparison, sweep or demo that failed, one ``failed: PATH: REASON`` line each."""
+    for path, reason in failed:
+        notice("failed:", f"{path}: {reason}", "red")
 
 
 def split_classes(classes: str | None) -> list[str] | None:

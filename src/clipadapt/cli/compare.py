@@ -6,10 +6,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from clipadapt.cli.common import DatasetOpt, err, number_list, out, result_table, setup_logging, user_errors
+from clipadapt.cli.common import (
+    DatasetOpt,
+    notice,
+    number_list,
+    out,
+    print_failed,
+    result_table,
+    setup_logging,
+    user_errors,
+)
 from clipadapt.errors import ClipAdaptError
 
 
@@ -45,15 +53,14 @@ def compare_command(
     )
 
     def show(run, status: str) -> None:
-        err.print(f"[bold]{run.method}[/] seed {run.seed} on {run.model}: {status}", highlight=False)
+        notice(run.method, f"seed {run.seed} on {run.model}: {status}", "bold")
 
     result = run_compare(config, on_run=show)
     if result.report is not None:
         out.print(report_table(result.report))
         out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)
     if result.failed:
-        for path, reason in result.failed:
-            err.print(f"[red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
+        print_failed(result.failed)
         raise typer.Exit(1)
 
 
@@ -90,5 +97,5 @@ def report_command(
     report = build_report(list(run_dirs), out_dir, group=group)
     out.print(report_table(report))
     for run in report.incomplete:
-        err.print(f"[yellow]incomplete (no metrics.json):[/] {escape(str(run.path))}", highlight=False)
+        notice("incomplete (no metrics.json):", str(run.path))
     out.print(f"report: {report.html}  ({report.markdown})", highlight=False)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from clipadapt.cli.common import err, out, setup_logging, user_errors
+from clipadapt.cli.common import err, out, print_failed, setup_logging, user_errors
 from clipadapt.cli.compare import report_table
 
 
@@ -23,8 +22,7 @@ def demo_command(
 
     result = run_demo(out_dir, say=lambda message: err.print(message, highlight=False))
     out.print(report_table(result.report))
-    for path, reason in result.compare.failed:
-        err.print(f"[red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
+    print_failed(result.compare.failed)
     out.print(f"bench: {result.bench}", highlight=False)
     out.print(f"report: {result.report.html}", highlight=False)
     if result.captions is not None:

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from clipadapt.cli.common import (
     DeviceOpt,
-    err,
+    notice,
     number_list,
     out,
     result_table,
@@ -55,7 +54,7 @@ def predict_command(
         predictors.append(zero_shot_predictor(model, names, prompts, device or "auto"))
     results, skipped = predict_images(predictors, images, topk, out_dir)
     for path, reason in skipped:
-        err.print(f"[yellow]skipped {escape(f'{path}: {reason}')}", highlight=False)
+        notice("skipped", f"{path}: {reason}")
     for result in results:
         rows = [[label, *[f"{name} {p:.3f}" for name, p in top]] for label, top in result.top.items()]
         out.print(result_table(["run", *[f"top {i + 1}" for i in range(topk)]], rows, title=str(result.image),

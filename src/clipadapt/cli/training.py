@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from clipadapt.cli.common import (
@@ -15,9 +14,10 @@ from clipadapt.cli.common import (
     ModelOpt,
     SetOpt,
     apply_flags,
-    err,
+    notice,
     number_list,
     out,
+    print_failed,
     result_table,
     setup_logging,
     user_errors,
@@ -92,15 +92,14 @@ def train_command(
         from clipadapt.runs import default_run_dir
 
         run_dir = experiment.run.out or default_run_dir(experiment.model.spec, experiment.data.dataset, method)
-        err.print(f"[yellow]interrupted; continue with: clipadapt train {method} --out {run_dir} --resume",
-                  highlight=False)
+        notice(f"interrupted; continue with: clipadapt train {method} --out {run_dir} --resume")
         raise typer.Exit(130) from None
     if not result.main_process:
         return
     out.print(training_results_table(result.record))
     skipped = result.record["skipped_images"]["count"]
     if skipped:
-        err.print(f"[yellow]{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
+        notice(f"{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
     out.print(f"run directory: {result.run_dir}", highlight=False)
 
 
@@ -127,8 +126,7 @@ def _sweep(method: str, config: Path | None, overrides: list[str], items: list[s
 
     sweep = SweepConfig(method, parse_sweep(items), number_list(seeds or "0", "--seeds"), overrides,
                         str(config) if config else None, str(out_dir) if out_dir else None, skip_existing, overwrite)
-    result = run_sweep(sweep, on_run=lambda cell, status: err.print(f"[bold]{cell.label}[/] seed {cell.seed}: "
-                                                                     f"{status}", highlight=False))
+    result = run_sweep(sweep, on_run=lambda cell, status: notice(cell.label, f"seed {cell.seed}: {status}", "bold"))
     keys = list(sweep.axes)
     names = short_names(keys)
     rows = [[*[row["values"][k] for k in keys], len(row["runs"]), _accuracy(row["val_acc"]),
@@ -137,8 +135,7 @@ def _sweep(method: str, config: Path | None, overrides: list[str], items: list[s
                            title=f"sweep of {method} (mean over seeds; * chosen on validation)",
                            names=max(len(keys), 1)))
     out.print(f"sweep tables: {result.markdown}  ({result.csv})", highlight=False)
-    for path, reason in result.failed:
-        err.print(f"[red]failed:[/] {escape(f'{path}: {reason}')}", highlight=False)
+    print_failed(result.failed)
     if result.failed:
         raise typer.Exit(1)
 

@@ -14,7 +14,7 @@ from clipadapt.cli.common import (
     ModelOpt,
     SetOpt,
     apply_flags,
-    err,
+    notice,
     out,
     result_table,
     setup_logging,
@@ -85,5 +85,5 @@ def zeroshot_command(
     out.print(zero_shot_results_table(result.record))
     skipped = result.record["skipped_images"]["count"]
     if skipped:
-        err.print(f"[yellow]{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
+        notice(f"{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
     out.print(f"run directory: {result.run_dir}", highlight=False)
