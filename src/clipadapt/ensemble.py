@@ -84,6 +84,7 @@ def search_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple
 def _members(run_dirs: list[Path], device: str | None):
     from clipadapt.predictors import load_predictor
     from clipadapt.reports.results import METRICS_FILE
+    from clipadapt.wise import same_classes
 
     if not run_dirs:
         raise ConfigError("an ensemble needs at least one run directory")
@@ -100,10 +101,7 @@ def _members(run_dirs: list[Path], device: str | None):
             if config["data"].get(key) != first_config["data"].get(key):
                 raise ConfigError(f"'{run_dir}' was trained on {what} {config['data'].get(key)!r}, '{run_dirs[0]}' "
                                   f"on {first_config['data'].get(key)!r}: ensemble members must share the data")
-        if predictor.classnames != first.classnames:
-            from clipadapt.wise import same_classes
-
-            same_classes(f"'{run_dirs[0]}'", first.classnames, f"'{run_dir}'", predictor.classnames)
+        same_classes(f"'{run_dirs[0]}'", first.classnames, f"'{run_dir}'", predictor.classnames)
         if config["model"]["spec"] != first_config["model"]["spec"] or predictor.preprocess.config != \
                 first.preprocess.config:
             raise ConfigError(f"'{run_dir}' uses model {config['model']['spec']}, '{run_dirs[0]}' "
@@ -113,23 +111,16 @@ def _members(run_dirs: list[Path], device: str | None):
 
 def _split_probabilities(predictors, split: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Each member's class probabilities on a split (images read once, every member on each batch)."""
-    from clipadapt.engine.features import image_loader
-    from clipadapt.progress import progress_bar
+    from clipadapt.engine.features import readable_batches
 
     data = predictors[0].dataset.split(split)
     probabilities: list[list[torch.Tensor]] = [[] for _ in predictors]
     labels, positions = [], []
-    with progress_bar(f"ensemble: {split}", total=len(data)) as advance:
-        for batch in image_loader(data, predictors[0].preprocess, 64, -1):
-            advance(len(batch["skipped"]))
-            if batch["images"] is None:
-                continue
-            pixels = predictors[0].preprocess.normalize(batch["images"])
-            for k, predictor in enumerate(predictors):
-                probabilities[k].append(predictor.probabilities(pixels))
-            labels.append(batch["labels"].numpy())
-            positions.append(batch["positions"].numpy())
-            advance(len(batch["labels"]))
+    for pixels, batch in readable_batches(data, predictors[0].preprocess, 64, -1, False, [], f"ensemble: {split}"):
+        for k, predictor in enumerate(predictors):
+            probabilities[k].append(predictor.probabilities(pixels))
+        labels.append(batch["labels"].numpy())
+        positions.append(batch["positions"].numpy())
     return ([torch.cat(p).numpy() for p in probabilities], np.concatenate(labels), np.concatenate(positions))
 
 
