@@ -247,8 +247,13 @@ class Method(TrainableModule):
             return inputs
         return self.bundle.encode_image(inputs, normalize=False)
 
+    def classify(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of inputs (features or pixels, as ``inputs`` says); methods that do more than a head
+        on image features override this, and ``forward`` adds the loss."""
+        return self.head(self.image_features(inputs))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.head(self.image_features(batch["inputs"]))
+        logits = self.classify(batch["inputs"])
         out = {"logits": logits}
         if "labels" in batch:
             out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])

@@ -133,15 +133,8 @@ class Baseline(Method):
     def preprocess(self) -> ClipPreprocess:
         return self._preprocess
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.net(pixel_values=batch["inputs"]).logits
-        out = {"logits": logits}
-        if "labels" in batch:
-            out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
-        return out
-
-    def pixel_logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self({"inputs": pixels})["logits"]
+    def classify(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=inputs).logits
 
     def param_groups(self) -> list[dict[str, Any]]:
         head = list(self.head.parameters())

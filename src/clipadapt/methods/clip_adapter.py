@@ -58,9 +58,5 @@ class ClipAdapter(Method):
         if not config.train_head:
             freeze(self.head)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.head(self.adapter(self.image_features(batch["inputs"])))
-        out = {"logits": logits}
-        if "labels" in batch:
-            out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
-        return out
+    def classify(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.adapter(self.image_features(inputs)))

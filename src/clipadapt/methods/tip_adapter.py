@@ -103,13 +103,9 @@ class TipAdapter(Method):
         cache = torch.exp(-beta * (1 - affinity)) @ self.values.to(affinity.dtype)
         return zero_shot + (alpha * self.head.scale / 100.0) * cache
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        features = self.image_features(batch["inputs"])
-        logits = self.blend(self.head(features), self.cache_affinity(features), self.alpha, self.beta)
-        out = {"logits": logits}
-        if "labels" in batch:
-            out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
-        return out
+    def classify(self, inputs: torch.Tensor) -> torch.Tensor:
+        features = self.image_features(inputs)
+        return self.blend(self.head(features), self.cache_affinity(features), self.alpha, self.beta)
 
     # -- fitting ------------------------------------------------------------------------------------------
     def prepare(self, trainer: Trainer) -> None:
