@@ -6,15 +6,13 @@ import csv
 
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # the dev extra has it
 from typer.testing import CliRunner
 
 from clipadapt.cli import app
 from clipadapt.errors import ConfigError
 from clipadapt.training import run_training
 from tests.test_methods import experiment
-
-pytest.importorskip("tensorboard", reason="the tensorboard extra is part of the dev environment")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 
 def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:

@@ -34,12 +34,9 @@ class RunInfo:
 
     @property
     def method(self) -> str:
-        """The record's method (``zeroshot``, ``ensemble``, a registered method), else the config's: an ensemble's
-        config has no ``method`` key and must not be taken for zero-shot (it would share its table row)."""
-        named = (self.record or {}).get("method") or self.config.get("method")
-        if named:
-            return named
-        return "ensemble" if "ensemble" in self.config else "zeroshot"
+        """The record's method (``zeroshot``, ``ensemble``, a registered method), else the config's (an ensemble's
+        config has no ``method`` key, but an ensemble is written whole, never without its record)."""
+        return (self.record or {}).get("method") or self.config.get("method") or "zeroshot"
 
     @property
     def model(self) -> str:

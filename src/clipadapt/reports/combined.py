@@ -15,16 +15,12 @@ from clipadapt.reports.collect import RunInfo
 from clipadapt.runs import slug
 
 
-def _acc(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def _bold_if(text: str, chosen: bool) -> str:
     return f"**{text}**" if chosen else text
 
 
 def wise_blocks(run: RunInfo, files: Path, prefix: str) -> list:
-    from clipadapt.reports.report import Figure, Table
+    from clipadapt.reports.report import Figure, Table, _number
     from clipadapt.wise import WISE_FILE
 
     path = run.path / WISE_FILE
@@ -35,8 +31,8 @@ def wise_blocks(run: RunInfo, files: Path, prefix: str) -> list:
     headers = ["alpha", "val acc1", "test acc1"] + ([f"{shift} acc1"] if shift else [])
     table = Table(headers, [])
     for row in summary["rows"]:
-        cells = [f"{row['alpha']:g}", _acc(row["val_acc"]), _acc(row["test_acc"])]
-        cells += [_acc(row.get("shift_acc"))] if shift else []
+        cells = [f"{row['alpha']:g}", _number(row["val_acc"], ".4f"), _number(row["test_acc"], ".4f")]
+        cells += [_number(row["shift_acc"], ".4f")] if shift else []
         table.rows.append([_bold_if(c, row["alpha"] == chosen) for c in cells])
     where = f"; {shift} is the shifted test set." if shift else "."
     blocks = [("h4", f"WiSE-FT: {run.label}"),
@@ -54,15 +50,16 @@ def wise_blocks(run: RunInfo, files: Path, prefix: str) -> list:
 
 
 def ensemble_blocks(run: RunInfo) -> list:
-    from clipadapt.reports.report import Table
+    from clipadapt.reports.report import Table, _number
 
     members = (run.record or {}).get("members")
     if not members:
         return []
     table = Table(["member", "weight", "val acc1", "test acc1"], [
-        [m["label"], f"{m['weight']:.3f}", _acc(m["val_acc"]), _acc(m["test_acc"])] for m in members])
+        [m["label"], f"{m['weight']:.3f}", _number(m["val_acc"], ".4f"), _number(m["test_acc"], ".4f")]
+        for m in members])
     mode = run.record.get("selection", {}).get("weights", "uniform")
-    table.rows.append([f"**{run.label}**", "1", _acc(run.record.get("selection", {}).get("val_acc")),
+    table.rows.append([f"**{run.label}**", "1", _number(run.record["selection"]["val_acc"], ".4f"),
                        f"**{run.record['metrics']['acc1']:.4f}**"])
     how = "weights searched on validation" if mode == "val" else "equal weights"
     return [("h4", f"Ensemble: {run.label}"), ("p", f"Class probabilities averaged with {how}."), ("table", table)]
