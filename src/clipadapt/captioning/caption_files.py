@@ -1,6 +1,6 @@
 """Caption annotation files: COCO captions JSON (a file or a folder of per-split files), Karpathy's split files, and
-``world:captions`` (a COCO folder built offline). Every entry goes through ``_Collector``'s checks before an image
-is opened (see ``captioning/data.py``)."""
+``world:captions`` (a COCO folder built offline). Every entry goes through ``EntryCollector``'s checks before an
+image is opened (see ``captioning/data.py``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from clipadapt.captioning.data import (
     CaptionDataConfig,
     CaptionDataset,
     CaptionImage,
-    _Collector,
-    _dataset,
+    EntryCollector,
+    caption_dataset_from,
     image_root,
     register_caption_dataset,
 )
@@ -33,7 +33,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def read_coco_file(path: Path, collector: _Collector) -> dict[str | None, list[CaptionImage]]:
+def read_coco_file(path: Path, collector: EntryCollector) -> dict[str | None, list[CaptionImage]]:
     """Images of one COCO captions file, grouped by their ``split`` field (None where absent)."""
     data = _read_json(path)
     if not isinstance(data.get("annotations"), list):
@@ -62,7 +62,7 @@ def read_coco_file(path: Path, collector: _Collector) -> dict[str | None, list[C
     return grouped
 
 
-def read_karpathy_file(path: Path, collector: _Collector) -> dict[str | None, list[CaptionImage]]:
+def read_karpathy_file(path: Path, collector: EntryCollector) -> dict[str | None, list[CaptionImage]]:
     data = _read_json(path)
     grouped: dict[str | None, list[CaptionImage]] = {}
     for index, record in enumerate(data["images"]):
@@ -83,7 +83,7 @@ def read_karpathy_file(path: Path, collector: _Collector) -> dict[str | None, li
     return grouped
 
 
-def _image(collector: _Collector, image_id: str, relative, captions: list[str]) -> CaptionImage | None:
+def _image(collector: EntryCollector, image_id: str, relative, captions: list[str]) -> CaptionImage | None:
     path = collector.image_path(relative)
     if path is None:
         return None
@@ -103,16 +103,18 @@ def coco_captions(config: CaptionDataConfig, argument: str | None) -> CaptionDat
         if not files:
             raise DataError(f"folder '{path}' holds none of captions_train.json, captions_val.json, "
                             "captions_test.json")
-        collector = _Collector(image_root(config, path))
+        collector = EntryCollector(image_root(config, path))
         grouped: dict[str | None, list[CaptionImage]] = {}
         for split, file in files.items():
             for images in read_coco_file(file, collector).values():  # the file name decides the split
                 grouped.setdefault(split, []).extend(images)
-        return _dataset(f"coco:{path}", grouped, collector, config, {"files": {k: str(v) for k, v in files.items()}})
+        return caption_dataset_from(f"coco:{path}", grouped, collector, config,
+                                    {"files": {k: str(v) for k, v in files.items()}})
     if not path.is_file():
         raise DataError(f"caption file '{path}' does not exist")
-    collector = _Collector(image_root(config, path.parent))
-    return _dataset(f"coco:{path}", read_coco_file(path, collector), collector, config, {"files": [str(path)]})
+    collector = EntryCollector(image_root(config, path.parent))
+    return caption_dataset_from(f"coco:{path}", read_coco_file(path, collector), collector, config,
+                                {"files": [str(path)]})
 
 
 @register_caption_dataset("karpathy", takes_argument=True, usage="karpathy:FILE.json")
@@ -121,9 +123,9 @@ def karpathy_captions(config: CaptionDataConfig, argument: str | None) -> Captio
     path = Path(argument or "")
     if not path.is_file():
         raise DataError(f"caption file '{path}' does not exist")
-    collector = _Collector(image_root(config, path.parent))
-    return _dataset(f"karpathy:{path}", read_karpathy_file(path, collector), collector, config,
-                    {"files": [str(path)]})
+    collector = EntryCollector(image_root(config, path.parent))
+    return caption_dataset_from(f"karpathy:{path}", read_karpathy_file(path, collector), collector, config,
+                                {"files": [str(path)]})
 
 
 @register_caption_dataset("world:captions")

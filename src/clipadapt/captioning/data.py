@@ -157,7 +157,7 @@ class CaptionDataset:
 # -- reading annotation files ---------------------------------------------------------------------------------
 
 
-class _Collector:
+class EntryCollector:
     """Image records and captions of one annotation file, with every refusal counted."""
 
     def __init__(self, root: Path | None) -> None:
@@ -235,7 +235,9 @@ def image_root(config: CaptionDataConfig, default: Path | None) -> Path | None:
     return root
 
 
-def _dataset(name: str, grouped, collector: _Collector, config: CaptionDataConfig, info: dict) -> CaptionDataset:
+def caption_dataset_from(name: str, grouped, collector: EntryCollector, config: CaptionDataConfig,
+                         info: dict) -> CaptionDataset:
+    """The dataset of a reader's images grouped by split (None: to be carved), with the collector's refusals."""
     splits = make_splits(grouped, config)
     if not splits["train"]:
         raise DataError(f"{name} has no usable training images"

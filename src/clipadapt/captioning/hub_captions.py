@@ -28,12 +28,12 @@ from clipadapt.captioning.data import (
     CaptionDataConfig,
     CaptionDataset,
     CaptionImage,
-    _Collector,
-    _dataset,
+    EntryCollector,
+    caption_dataset_from,
     image_root,
     register_caption_dataset,
 )
-from clipadapt.data.hub import HubSource, _load_dataset_dict
+from clipadapt.data.hub import HubSource, load_dataset_dict
 from clipadapt.errors import DataError
 
 HUB_SPLITS = {**KARPATHY_SPLITS, "validation": "val", "valid": "val"}
@@ -105,13 +105,13 @@ def _texts(value) -> list:
 
 
 def build_hub_captions(name: str, spec: HubCaptionSpec, config: CaptionDataConfig) -> CaptionDataset:
-    table = _load_dataset_dict(spec.repo, config.root)
+    table = load_dataset_dict(spec.repo, config.root)
     first = table[next(iter(table))]
     spec = _detect(spec, first.features, list(first.column_names))
     if not spec.image_column and not config.image_root:
         raise DataError(f"{name} holds no images, only their paths ({', '.join(spec.path_columns)}); pass the "
                         "folder that holds them as --image-root (data.image_root)")
-    collector = _Collector(image_root(config, None))
+    collector = EntryCollector(image_root(config, None))
     grouped: dict[str | None, dict[str, CaptionImage]] = {}
     text_columns = [c for c in (*spec.caption_columns, spec.id_column, spec.split_column, *spec.path_columns) if c]
     for hub_name, part in table.items():
@@ -149,9 +149,10 @@ def build_hub_captions(name: str, spec: HubCaptionSpec, config: CaptionDataConfi
         for image_id in [i for i, image in images.items() if not image.captions]:
             collector.refuse(f"image {image_id}", "no captions")
             del images[image_id]
-    return _dataset(name, {split: list(images.values()) for split, images in grouped.items()}, collector, config,
-                    {"repo": spec.repo, "local_copy": config.root, "image_column": spec.image_column or None,
-                     "caption_columns": list(spec.caption_columns)})
+    info = {"repo": spec.repo, "local_copy": config.root, "image_column": spec.image_column or None,
+            "caption_columns": list(spec.caption_columns)}
+    return caption_dataset_from(name, {split: list(images.values()) for split, images in grouped.items()}, collector,
+                                config, info)
 
 
 def _register(key: str, spec: HubCaptionSpec) -> None:

@@ -115,7 +115,7 @@ def _load_local_copy(root: Path):
     return datasets.load_dataset("parquet", data_files=data_files)
 
 
-def _load_dataset_dict(repo: str, root: str | None):
+def load_dataset_dict(repo: str, root: str | None):
     if root:
         return _load_local_copy(Path(root).expanduser())
     import datasets
@@ -156,7 +156,7 @@ def build_hub_dataset(
 ) -> ClassificationDataset:
     import datasets
 
-    table = _load_dataset_dict(repo, config.root)
+    table = load_dataset_dict(repo, config.root)
     available_splits = list(table.keys())
     first = table[available_splits[0]]
     columns = list(first.column_names)
