@@ -16,15 +16,14 @@ import argparse
 import csv
 import json
 import os
-import platform
-import tempfile
-from datetime import date
+import sys
 from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CLIPADAPT_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def gpt2_small_sized(path: Path) -> Path:
@@ -57,18 +56,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from clipadapt.captioning.runs import evaluate_caption_run, load_caption_experiment, run_caption_training
-    from clipadapt.models.random_init import save_random_clip
     from clipadapt.world.caption_data import write_caption_dataset
+    from common import header, workspace
 
-    work = Path(tempfile.mkdtemp(prefix="clipadapt-bench-captions-"))
-    os.environ["CLIPADAPT_HOME"] = str(work / "home")
-    clip_dir = save_random_clip(work / "vit-b-32", preset="vit-b-32")
+    work, clip_dir = workspace("captions")
     decoder_dir = gpt2_small_sized(work / "gpt2-small-sized")
     splits = {"train": (1, args.images), "val": (2, 16), "test": (3, 16)}
     data_dir = write_caption_dataset(work / "captions", splits, resolution=224)
-    results: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "method": args.method,
-                     "train_pairs": args.images * 5, "batch": args.batch, "epochs": args.epochs, "runs": {}}
+    results = header(method=args.method, train_pairs=args.images * 5, batch=args.batch, epochs=args.epochs, runs={})
     for mode, cached in (("cached", "true"), ("re-encoding", "false")):
         output = run_caption_training(load_caption_experiment(args.method, None, [
             f"model.spec={clip_dir}", "model.device=cpu", f"decoder.spec={decoder_dir}",

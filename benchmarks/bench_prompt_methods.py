@@ -17,14 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
-from datetime import date
 from pathlib import Path
-
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CLIPADAPT_PROGRESS", "0")
@@ -98,13 +93,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/prompt_methods.json"))
     args = parser.parse_args()
 
-    from clipadapt.models.random_init import save_random_clip
+    from common import header, workspace
 
-    work = Path(tempfile.mkdtemp(prefix="clipadapt-bench-prompts-"))
-    os.environ["CLIPADAPT_HOME"] = str(work / "home")
-    model_dir = save_random_clip(work / "vit-b-32", preset="vit-b-32")
-    results: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "batch": args.batch}
+    work, model_dir = workspace("prompts")
+    results = header(batch=args.batch)
     parts = args.parts.split(",")
     if "coop-cache" in parts:
         results["coop_cache"] = coop_cache(work, model_dir, args.images, args.classes, args.epochs)

@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -105,14 +102,11 @@ def main() -> None:
         return
 
     from clipadapt.methods import list_methods
-    from clipadapt.models.random_init import save_random_clip
+    from common import header, workspace
 
-    work = Path(tempfile.mkdtemp(prefix="clipadapt-bench-train-"))
-    os.environ["CLIPADAPT_HOME"] = str(work / "home")
-    model_dir = save_random_clip(work / "vit-b-32", preset="vit-b-32")
+    work, model_dir = workspace("train")
     settings = [f"baseline.classifier={save_random_resnet18(work / 'resnet-18')}"]
-    results: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "batch": args.batch}
+    results = header(batch=args.batch)
     parts = args.parts.split(",")
     if "lp-cache" in parts:
         results["lp_cache"] = lp_cache(work, model_dir, args.images, args.classes)

@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +61,15 @@ def main() -> None:
     from clipadapt.engine.features import FeatureCache
     from clipadapt.engine.zeroshot import evaluate_zero_shot
     from clipadapt.models import load_model
-    from clipadapt.models.random_init import save_random_clip
+    from common import header, workspace
 
-    work = Path(tempfile.mkdtemp(prefix="clipadapt-bench-"))
-    os.environ["CLIPADAPT_HOME"] = str(work / "home")
-    model_dir = save_random_clip(work / "vit-b-32", preset="vit-b-32")
+    work, model_dir = workspace("zeroshot")
     print(f"generating {args.images} JPEGs ...", flush=True)
     paths = make_jpeg_folder(work / "images", args.images, args.classes)
     bundle = load_model(str(model_dir))
     dataset = load_dataset(DataConfig(dataset=f"imagefolder:{work / 'images'}", val_fraction=0.0))
     split = dataset.split("all")
-    results: dict = {"images": len(split), "classes": dataset.num_classes, "batch": args.batch,
-                     "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    results = header(images=len(split), classes=dataset.num_classes, batch=args.batch, cpus=os.cpu_count())
 
     # warm-up: one batch through everything
     with torch.inference_mode():
@@ -141,9 +135,6 @@ def main() -> None:
     results["forward_only_vs_pipeline_batched"] = (results["forward_only_images_per_s"]
                                                    / results["pipeline_batched_images_per_s"])
     results["ratio_vs_forward_only"] = results["clipadapt_images_per_s"] / results["forward_only_images_per_s"]
-    results["date"] = date.today().isoformat()
-    results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform(terse=True)}"
-    results["torch"] = torch.__version__
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
