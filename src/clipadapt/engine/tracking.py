@@ -46,12 +46,12 @@ def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, bool | i
 
 
 class Tracking:
-    """What the engine logs, when ``train.log_with`` names a tracker and the run has a directory."""
+    """What the engine logs, when the run's Accelerator was made with a tracker (``make_accelerator`` gives it one
+    for ``train.log_with`` and a run directory, its project directory)."""
 
-    def __init__(self, accelerator, name: str, run_dir: Path | None) -> None:
+    def __init__(self, accelerator) -> None:
         self.accelerator = accelerator
-        self.enabled = name != "none" and run_dir is not None
-        self.run_dir = run_dir
+        self.enabled = bool(accelerator.log_with)
 
     def start(self) -> None:
         if not self.enabled:
@@ -60,7 +60,7 @@ class Tracking:
 
         from clipadapt.reports.results import CONFIG_FILE
 
-        config = self.run_dir / CONFIG_FILE
+        config = Path(self.accelerator.project_dir) / CONFIG_FILE
         hparams = flat_hparams(yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
         self.accelerator.init_trackers(LOG_DIR, config=hparams)
 

@@ -202,7 +202,7 @@ class Trainer:
             best_weights, progress, start_epoch = state.best_weights, state.progress, state.epoch
 
         with (training_progress(cfg.epochs, steps_per_epoch, enabled=acc.is_main_process) as bar,
-              Tracking(acc, cfg.log_with, self.run_dir) as tracking):
+              Tracking(acc) as tracking):
             bar.start(start_epoch)
             for epoch in range(start_epoch, cfg.epochs):
                 if progress["stale"] >= cfg.patience > 0:
