@@ -4,9 +4,9 @@
   the images are encoded once, then only the text tower runs per step) and once re-encoding the images every step
   (``coop.image_features=recompute``, what the paper's implementation does). Reports the time per epoch of each,
   their ratio (target >= 10x) and both test accuracies (which must agree).
-* ``step``: one fresh process per method and variant (``clipadapt.bench.measure_training_step``, the code behind
-  ``clipadapt bench --methods``): batch 32 of 224 px images, a warm-up step, then timed training steps. Training
-  images/s, peak memory, saved activations and tensor memory for visual-prompt, vpt shallow and deep,
+* ``step``: one fresh process per method and variant (``clipadapt.experiments.bench.measure_training_step``,
+  the code behind ``clipadapt bench --methods``): batch 32 of 224 px images, a warm-up step, then timed training
+  steps. Training images/s, peak memory, saved activations and tensor memory for visual-prompt, vpt shallow and deep,
   vision-prefix and coop beside lora and full fine-tuning.
 
 Run: ``python benchmarks/bench_prompt_methods.py [--images 200] [--epochs 2] [--parts coop-cache,step]``
@@ -39,7 +39,8 @@ STEP_VARIANTS = [  # (row label, method, settings)
 
 def coop_cache(work: Path, model_dir: Path, n_images: int, classes: int, epochs: int) -> dict:
     from bench_zeroshot import make_jpeg_folder
-    from clipadapt.training import load_experiment, run_training
+    from clipadapt.classification.experiment import load_experiment
+    from clipadapt.classification.training import run_training
 
     print(f"generating {n_images} JPEGs ...", flush=True)
     make_jpeg_folder(work / "images", n_images, classes)
@@ -71,7 +72,7 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def steps(model_dir: Path, batch: int, n_steps: int) -> list[dict]:
-    from clipadapt.bench import measure_in_child
+    from clipadapt.experiments.bench import measure_in_child
 
     rows = []
     for label, method, settings in STEP_VARIANTS:

@@ -2,7 +2,7 @@
 
 * ``lp-cache``: a linear probe twice in one process with the same feature cache; the first run encodes
   train/val/test images, the second reads the cache. Reports the ratio (target >= 20x).
-* ``step``: one process per method (``clipadapt.bench.measure_training_step``, the code behind ``clipadapt
+* ``step``: one process per method (``clipadapt.experiments.bench.measure_training_step``, the code behind ``clipadapt
   bench --methods``): batch 32 of 224 px images, a warm-up step, then timed training steps (forward, backward,
   AdamW). Reports training images/s and peak memory (CUDA peak allocated on a GPU, the process's VmHWM on CPU);
   target: LoRA <= 0.7x full fine-tuning.
@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def lp_cache(work: Path, model_dir: Path, n_images: int, classes: int) -> dict:
     from bench_zeroshot import make_jpeg_folder
+    from clipadapt.classification.experiment import build_method
     from clipadapt.data import DataConfig, load_dataset
     from clipadapt.engine.features import FeatureCache
     from clipadapt.engine.inputs import TrainingData
     from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
     from clipadapt.methods import METHODS
     from clipadapt.models import load_model
-    from clipadapt.training import build_method
 
     print(f"generating {n_images} JPEGs ...", flush=True)
     make_jpeg_folder(work / "images", n_images, classes)
@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        from clipadapt.bench import measure_training_step
+        from clipadapt.experiments.bench import measure_training_step
 
         print(json.dumps(measure_training_step(args.child[0], args.child[1], args.batch, args.steps, "auto",
                                                checkpointing=args.checkpointing, detail=True,

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from clipadapt.classification.evaluation import load_run
+from clipadapt.classification.training import run_training
+from clipadapt.engine.trainable import build_optimizer
 from clipadapt.errors import ConfigError
-from clipadapt.methods.base import build_optimizer
 from clipadapt.methods.baseline import TRAIN_CHOICES, backbone_layers
-from clipadapt.training import load_run, run_training
 from tests.test_methods import _offline_classifier, experiment, first_batch, make_method  # noqa: F401
 
 STEM, STAGE0, STAGE1 = "net.resnet.embedder.", "net.resnet.encoder.stages.0.", "net.resnet.encoder.stages.1."
@@ -63,7 +64,7 @@ def test_backbone_learns_at_the_scaled_rate(tiny_clip_dir, dataset):
 
 
 def test_training_the_last_stage_keeps_the_rest_and_the_statistics(tiny_clip_dir, colour_folder, tmp_path):
-    import clipadapt.training as training
+    import clipadapt.classification.training as training
 
     built = {}
     original = training.build_method

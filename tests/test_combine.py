@@ -11,8 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from clipadapt.classification.evaluation import load_run
+from clipadapt.classification.training import run_training
 from clipadapt.cli import app
-from clipadapt.training import load_run, run_training
 from tests.helpers import make_image_folder
 from tests.test_methods import experiment
 
@@ -56,7 +57,7 @@ def _test_logits(run_dir):
 
 @pytest.mark.parametrize("name", ["full-ft", "lora"])
 def test_wise_ends_are_zero_shot_and_the_run_bit_for_bit(name, trained, tiny_clip_dir, shifted_folder, tmp_path):
-    from clipadapt.wise import _zero_shot_state
+    from clipadapt.experiments.wise import _zero_shot_state
 
     experiment_, dataset, method = load_run(trained[name])
     end = method.trainable_state()
@@ -110,11 +111,11 @@ def test_report_shows_the_wise_alpha_table_and_plot(trained, shifted_folder, tmp
 
 def make_fresh_accuracy(name, tiny_clip_dir, run_dir) -> float:
     """Test accuracy of the method as built, before any training: the zero-shot model."""
+    from clipadapt.classification.experiment import build_method
     from clipadapt.engine.inputs import TrainingData
     from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
     from clipadapt.methods import METHODS
     from clipadapt.models import load_model
-    from clipadapt.training import build_method
 
     experiment_, dataset, _ = load_run(run_dir)
     method = build_method(METHODS.get(name), load_model(str(tiny_clip_dir)), dataset, experiment_.method_config())
@@ -163,7 +164,7 @@ def test_wise_refuses_runs_that_do_not_start_at_zero_shot(trained, tmp_path):
 
 
 def test_an_ensemble_of_one_run_is_that_run(trained, colour_folder, tmp_path):
-    from clipadapt.predictors import load_predictor
+    from clipadapt.classification.predictors import load_predictor
 
     result = runner.invoke(app, ["ensemble", str(trained["lora"]), "--out", str(tmp_path / "one")])
     assert result.exit_code == 0, result.output
@@ -220,7 +221,7 @@ def test_ensemble_refuses_runs_of_other_data(trained, tiny_clip_dir, other_class
 
 
 def test_simplex_grid_covers_the_simplex():
-    from clipadapt.ensemble import simplex_grid
+    from clipadapt.experiments.ensemble import simplex_grid
 
     grid = simplex_grid(3, 10)
     assert len(grid) == 66 and all(sum(p) == pytest.approx(1.0) for p in grid)

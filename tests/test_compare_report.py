@@ -15,10 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from clipadapt.cli import app
-from clipadapt.compare import CompareConfig, run_compare
 from clipadapt.errors import ClipAdaptError
+from clipadapt.experiments.compare import CompareConfig, run_compare
+from clipadapt.experiments.report import build_report
 from clipadapt.reports.collect import find_runs, mean_std
-from clipadapt.reports.report import build_report
 from tests.helpers import clipadapt_home
 
 runner = CliRunner()
@@ -58,7 +58,7 @@ def test_compare_writes_one_run_per_method_and_seed(compared):
 
 
 def test_compare_two_models_one_table(tmp_path, tiny_clip_dir, colour_folder):
-    from clipadapt.compare import plan
+    from clipadapt.experiments.compare import plan
     from clipadapt.models.random_init import save_random_clip
 
     other = save_random_clip(tmp_path / "other-clip", "tiny", seed=1)
@@ -157,9 +157,9 @@ def test_report_refuses_mixed_datasets_and_lists_incomplete_runs(compared, tmp_p
 
 
 def test_predict_probabilities_equal_the_runs_own_evaluation(compared):
-    from clipadapt.predict import predict_images
-    from clipadapt.predictors import load_predictor
-    from clipadapt.training import load_run
+    from clipadapt.classification.evaluation import load_run
+    from clipadapt.classification.predict import predict_images
+    from clipadapt.classification.predictors import load_predictor
 
     out, _ = compared
     for method in METHODS:
@@ -196,8 +196,8 @@ def test_predict_cli_skips_non_images(compared, tmp_path):
 
 
 def test_robustness_at_sigma_zero_is_the_clean_accuracy(compared):
-    from clipadapt.predictors import load_predictor
-    from clipadapt.robustness import evaluate_robustness
+    from clipadapt.classification.predictors import load_predictor
+    from clipadapt.classification.robustness import evaluate_robustness
 
     out, _ = compared
     for name in ("zeroshot", "linear-head-seed0", "lora-seed0"):
@@ -218,7 +218,7 @@ def test_robustness_rejects_negative_sigma(compared):
 
 
 def test_bench_reports_positive_figures_for_both_modes(compared, tiny_clip_dir, tmp_path):
-    from clipadapt.bench import accuracy_vs_speed, run_bench
+    from clipadapt.experiments.bench import accuracy_vs_speed, run_bench
 
     results = run_bench([str(tiny_clip_dir)], batch=4, methods=["linear-head", "lora"], iterations=2, steps=1,
                         device="cpu")
@@ -236,8 +236,8 @@ def test_bench_reports_positive_figures_for_both_modes(compared, tiny_clip_dir, 
 
 
 def test_bench_child_failure_is_one_clear_error(tmp_path):
-    from clipadapt.bench import measure_in_child
     from clipadapt.errors import ClipAdaptError
+    from clipadapt.experiments.bench import measure_in_child
 
     missing = tmp_path / "no-model"
     with pytest.raises(ClipAdaptError) as error:
@@ -247,7 +247,7 @@ def test_bench_child_failure_is_one_clear_error(tmp_path):
 
 
 def test_bench_child_sees_the_environment_of_the_call_not_of_the_server(monkeypatch):
-    from clipadapt.bench import run_in_child
+    from clipadapt.experiments.bench import run_in_child
 
     assert run_in_child(os.getpid) != os.getpid()  # the forkserver is up from here on
     monkeypatch.setenv("CLIPADAPT_HOME", "/somewhere/else")  # a later $CLIPADAPT_HOME, as a test or user sets it

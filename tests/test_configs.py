@@ -11,9 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from clipadapt.captioning.runs import load_caption_experiment
+from clipadapt.classification.experiment import load_experiment
 from clipadapt.cli import app
 from clipadapt.config import to_dict
-from clipadapt.training import load_experiment
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from clipadapt.classification.evaluation import load_run
+from clipadapt.classification.experiment import build_method, load_experiment
+from clipadapt.classification.training import run_training
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.inputs import TrainingData
+from clipadapt.engine.trainable import build_optimizer
 from clipadapt.methods import METHODS, list_methods
-from clipadapt.methods.base import build_optimizer
 from clipadapt.models import load_model
-from clipadapt.training import build_method, load_experiment, load_run, run_training
 
 ALL_METHODS = list_methods()
 
@@ -168,7 +170,7 @@ def test_lora_rank_and_targets_change_the_count(tiny_clip_dir, dataset):
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_training_leaves_frozen_weights_bit_identical(name, tiny_clip_dir, colour_folder, tmp_path):
-    import clipadapt.training as training
+    import clipadapt.classification.training as training
 
     built = {}
     original = training.build_method
@@ -268,7 +270,7 @@ def test_resume_equals_uninterrupted_run(name, tiny_clip_dir, colour_folder, tmp
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_test_split_is_read_only_after_training(name, tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
-    import clipadapt.training as training
+    import clipadapt.classification.training as training
     events = []
     real_load_dataset = training.load_dataset
 

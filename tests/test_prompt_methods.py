@@ -6,13 +6,13 @@ import pytest
 import torch
 from transformers import CLIPModel
 
+from clipadapt.classification.experiment import build_method, head_templates, load_experiment
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.zeroshot import build_zero_shot_head, zero_shot_logits
 from clipadapt.errors import ConfigError
 from clipadapt.methods import METHODS
 from clipadapt.methods.visual_prompt import PixelPrompt, scaled_size
 from clipadapt.models import load_model
-from clipadapt.training import build_method, head_templates, load_experiment
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_visual_prompt_changes_pixels_but_not_the_model(tiny_clip_dir, dataset):
     alone = make("visual-prompt", tiny_clip_dir, dataset, "visual_prompt.train_head=false")
     assert set(alone.trainable_parameters()) == {"prompter.pad_up", "prompter.pad_down", "prompter.pad_left",
                                                  "prompter.pad_right"}
-    from clipadapt.methods.base import build_optimizer
+    from clipadapt.engine.trainable import build_optimizer
 
     paper = make("visual-prompt", tiny_clip_dir, dataset, "visual_prompt.optimizer=sgd", "visual_prompt.lr=40")
     optimizer = build_optimizer(paper)  # the paper's recipe, one setting away
@@ -340,10 +340,10 @@ def test_layer_beyond_the_depth(name, setting, tiny_clip_dir, dataset):
 
 @pytest.mark.parametrize("name", ["visual-prompt", "vpt", "vision-prefix", "coop"])
 def test_finished_runs_predict_and_reproduce_their_accuracy(name, tiny_clip_dir, colour_folder, tmp_path):
-    from clipadapt.predict import predict_images
-    from clipadapt.predictors import load_predictor
-    from clipadapt.robustness import evaluate_robustness
-    from clipadapt.training import run_training
+    from clipadapt.classification.predict import predict_images
+    from clipadapt.classification.predictors import load_predictor
+    from clipadapt.classification.robustness import evaluate_robustness
+    from clipadapt.classification.training import run_training
 
     output = run_training(load_experiment(name, None, [
         f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{colour_folder}",
@@ -381,7 +381,7 @@ def test_class_specific_context_shares_nothing(tiny_clip_dir, dataset):
 
 
 def test_coop_on_cached_features_equals_coop_re_encoding_the_images(tiny_clip_dir, colour_folder, tmp_path):
-    from clipadapt.training import run_training
+    from clipadapt.classification.training import run_training
 
     outputs = []
     for mode in ("cached", "recompute"):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from clipadapt.cli import app
 from clipadapt.errors import ConfigError
-from clipadapt.sweep import parse_sweep, split_values
+from clipadapt.experiments.sweep import parse_sweep, split_values
 
 runner = CliRunner()
 

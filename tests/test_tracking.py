@@ -9,9 +9,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # the dev extra has it
 from typer.testing import CliRunner
 
+from clipadapt.classification.training import run_training
 from clipadapt.cli import app
 from clipadapt.errors import ConfigError
-from clipadapt.training import run_training
 from tests.test_methods import experiment
 
 

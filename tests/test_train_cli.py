@@ -151,7 +151,8 @@ def test_weights_from_another_model_are_refused(tiny_clip_dir, colour_folder, tm
 
 
 def test_resume_from_the_cli_continues_an_interrupted_run(tiny_clip_dir, colour_folder, tmp_path):
-    from clipadapt.training import load_experiment, run_training
+    from clipadapt.classification.experiment import load_experiment
+    from clipadapt.classification.training import run_training
 
     out = tmp_path / "run"
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from clipadapt.classification.evaluation import load_run
+from clipadapt.classification.training import run_training
 from clipadapt.cli import app
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
 from clipadapt.errors import ConfigError
-from clipadapt.training import load_run, run_training
 from tests.test_methods import dataset, experiment, make_method  # noqa: F401 (the dataset fixture)
 
 runner = CliRunner()
@@ -39,7 +40,7 @@ def _val(method, dataset_):
 ])
 def test_init_from_reproduces_the_source_before_the_first_step(source, target, settings, sources, tiny_clip_dir,
                                                               dataset):  # noqa: F811
-    from clipadapt.two_stage import initialise_from_run
+    from clipadapt.classification.two_stage import initialise_from_run
 
     _, _, finished = load_run(sources[source])
     expected = _val(finished, dataset)
@@ -57,7 +58,7 @@ def test_init_from_reproduces_the_source_before_the_first_step(source, target, s
 
 
 def test_a_head_that_does_not_fit_names_the_setting(sources, tiny_clip_dir, dataset):  # noqa: F811
-    from clipadapt.two_stage import initialise_from_run
+    from clipadapt.classification.two_stage import initialise_from_run
 
     method = make_method("lora", tiny_clip_dir, dataset, prepare=False)
     with pytest.raises(ConfigError, match=r"head of --init-from run .*\(LinearHead\) does not fit this method's head "

@@ -6,10 +6,11 @@ import time
 
 import pytest
 
+from clipadapt.classification.experiment import load_experiment
+from clipadapt.classification.training import run_training
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.zeroshot import evaluate_zero_shot
 from clipadapt.models import load_model
-from clipadapt.training import load_experiment, run_training
 from tests.helpers import clipadapt_home
 
 # `make test` distributes by file (pytest-xdist --dist loadfile) in collection order, and conftest.py puts this file

@@ -50,6 +50,31 @@ def require_positive(cfg: Any, names: tuple[str, ...], what: str) -> None:
             raise ConfigError(f"{what} {name} must be positive, got {getattr(cfg, name)}")
 
 
+def section_name(name: str) -> str:
+    """The config section of a registered method: ``full-ft`` -> ``full_ft`` (``--set full_ft.lp_ft=true``)."""
+    return name.replace("-", "_")
+
+
+def method_experiment_class(base: type, method: str, section: str, config_class: type) -> type:
+    """A dataclass with ``base``'s common sections plus ``<section>: <config_class>`` (the method's own)."""
+    return dataclasses.make_dataclass(
+        f"{config_class.__name__}{base.__name__}",
+        [("method", str, option(method, help="adaptation method")),
+         (section, config_class, dataclasses.field(default_factory=config_class))],
+        bases=(base,),
+    )
+
+
+def load_method_experiment(cls: type, method: str, config_file: str | Path | None, overrides: list[str] | None,
+                           what: str = "method"):
+    """Defaults, then a YAML file (e.g. a run's config.yaml), then ``section.key=value`` overrides; the file must
+    be for ``method``."""
+    experiment = load_config(cls, config_file, overrides)
+    if experiment.method != method:
+        raise ConfigError(f"config file is for {what} '{experiment.method}', not '{method}'")
+    return experiment
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

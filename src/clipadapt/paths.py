@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -12,3 +13,8 @@ def clipadapt_home() -> Path:
 
 def feature_cache_dir() -> Path:
     return clipadapt_home() / "features"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe, lower-case form of ``text`` (run directories, report figures)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:60] or "run"

@@ -1,5 +1,5 @@
 """Caption annotation files: COCO captions JSON (a file or a folder of per-split files), Karpathy's split files, and
-``world:captions`` (a COCO folder built offline). Every entry goes through ``EntryCollector``'s checks before an
+Every entry goes through ``EntryCollector``'s checks before an
 image is opened (see ``captioning/data.py``)."""
 
 from __future__ import annotations
@@ -126,13 +126,3 @@ def karpathy_captions(config: CaptionDataConfig, argument: str | None) -> Captio
     collector = EntryCollector(image_root(config, path.parent))
     return caption_dataset_from(f"karpathy:{path}", read_karpathy_file(path, collector), collector, config,
                                 {"files": [str(path)]})
-
-
-@register_caption_dataset("world:captions")
-def world_captions(config: CaptionDataConfig, argument: str | None) -> CaptionDataset:
-    """Generated one- and two-object scenes with five captions each (built once, offline)."""
-    from clipadapt.world.caption_data import world_captions_dir
-
-    dataset = coco_captions(config, str(world_captions_dir()))
-    dataset.name = "world:captions"
-    return dataset

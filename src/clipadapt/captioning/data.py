@@ -279,9 +279,6 @@ def register_caption_dataset(name: str, takes_argument: bool = False, usage: str
     return wrap
 
 
-from clipadapt.captioning import caption_files, hub_captions  # noqa: E402,F401  (registers the datasets)
-
-
 def caption_dataset_usages() -> list[str]:
     return [entry.usage for _, entry in CAPTION_DATASETS.items()]
 

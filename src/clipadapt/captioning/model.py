@@ -68,13 +68,14 @@ def load_decoder(spec: str, cross_attention: bool = False, device: str | torch.d
     """A causal LM and its tokenizer from a hub id, a folder, or ``world:tiny-lm``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    source = spec
-    if spec == "world:tiny-lm":
-        from clipadapt.world.lm import world_lm_dir
+    from clipadapt.models.checkpoints import named_checkpoint, named_checkpoints
 
-        source = str(world_lm_dir())
+    source = spec
+    named = named_checkpoint(spec, "decoder")
+    if named is not None:
+        source = str(named.locate())
     elif spec.startswith("world:"):
-        raise ConfigError(f"unknown decoder '{spec}'; the built-in one is world:tiny-lm")
+        raise ConfigError(f"unknown decoder '{spec}'; the built-in ones are {', '.join(named_checkpoints('decoder'))}")
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:

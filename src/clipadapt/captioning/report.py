@@ -3,7 +3,7 @@
 One row per (model, decoder, method, bridge) over its seeds, with every number read from the runs' metrics.json:
 CIDEr-D, BLEU-4, METEOR, ROUGE-L, CLIPScore and RefCLIPScore on the test split, trainable parameters, training
 time, peak memory and decoding speed; then CIDEr against trainable parameters, and per row the best and worst
-captions and one attention figure. Rendered by the classification report's Markdown/HTML writers.
+captions and one attention figure. Rendered by the generic report writers (``reports.report``).
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import shutil
 from pathlib import Path
 
 from clipadapt.errors import ClipAdaptError
+from clipadapt.paths import slug
 from clipadapt.reports.collect import Row, RunInfo, find_runs
 from clipadapt.reports.report import (
     Figure,
     ReportResult,
     Table,
-    _number,
-    _pm,
     fresh_files_dir,
+    number,
+    plus_minus,
     report_intro,
     write_report,
 )
-from clipadapt.runs import slug
 
 METRIC_COLUMNS = [("cider", "CIDEr"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"),
                   ("clip_score", "CLIPScore"), ("ref_clip_score", "RefCLIPScore")]
@@ -56,11 +56,11 @@ def caption_table(rows: list[Row]) -> Table:
         n = len(row.runs)
         cells = [row.model, first.get("decoder", {}).get("spec", "?"), row.method,
                  first.get("bridge", {}).get("kind", "?"), ",".join(map(str, row.seeds))]
-        cells += [_pm(*row.stat("metrics", key), n, digits=3) for key, _ in METRIC_COLUMNS]
-        cells += [_number(row.stat("params", "trainable")[0], ",.0f"),
-                  _number(row.stat("cost", "train_time_s")[0], ".1f"),
-                  _number(row.stat("cost", "peak_mem_mb")[0], ",.0f"),
-                  _number(row.stat("cost", "decode_images_per_s")[0], ".1f")]
+        cells += [plus_minus(*row.stat("metrics", key), n, digits=3) for key, _ in METRIC_COLUMNS]
+        cells += [number(row.stat("params", "trainable")[0], ",.0f"),
+                  number(row.stat("cost", "train_time_s")[0], ".1f"),
+                  number(row.stat("cost", "peak_mem_mb")[0], ",.0f"),
+                  number(row.stat("cost", "decode_images_per_s")[0], ".1f")]
         table.rows.append(cells)
         table.row_keys.append(row.label)
     return table

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from clipadapt.captioning.data import CaptionDataConfig, CaptionDataset, load_caption_dataset
 from clipadapt.captioning.encoder import EncoderCache, patch_geometry
@@ -32,18 +31,24 @@ from clipadapt.captioning.training import (
     DecodeConfig,
     generate_split,
 )
-from clipadapt.config import from_dict, option, to_dict
+from clipadapt.config import from_dict, load_method_experiment, method_experiment_class, option, section_name, to_dict
 from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
+from clipadapt.engine.records import METRICS_FILE, build_metrics_record, write_csv, write_skipped
+from clipadapt.engine.rundir import (
+    RunOutput,
+    TrainRunConfig,
+    check_train_run_dir,
+    default_run_dir,
+    read_run_config,
+    start_run_dir,
+)
+from clipadapt.engine.trainable import WEIGHTS_FILE
 from clipadapt.engine.trainer import Trainer, make_accelerator
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
-from clipadapt.methods.base import WEIGHTS_FILE, section_name
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
-from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE, build_metrics_record, write_csv, write_skipped
-from clipadapt.runs import RunOutput, default_run_dir, start_run_dir
-from clipadapt.training import TrainRunConfig, check_train_run_dir, load_method_experiment, method_experiment_class
 
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
@@ -266,10 +271,7 @@ def load_caption_run(run_dir: str | Path, device: str | None = None):
     """``(experiment, model)`` of a finished caption run with its trained weights loaded (the dataset is not read:
     ``load_caption_dataset(experiment.data)`` where it is needed)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise ClipAdaptError(f"'{run_dir}' is not a run directory (no {CONFIG_FILE})")
-    raw = yaml.safe_load(config_path.read_text()) or {}
+    raw = read_run_config(run_dir)
     if raw.get("task") != "captioning":
         raise ClipAdaptError(f"'{run_dir}' is not a caption run (use `clipadapt eval` for classification runs)")
     experiment = from_dict(caption_experiment_class(raw.get("method", "lora")), raw)

@@ -26,9 +26,9 @@ from clipadapt.captioning.model import Captioner, caption_ids, pad_captions
 from clipadapt.config import option, require_positive
 from clipadapt.engine.features import SkippedImage, image_loader
 from clipadapt.engine.inputs import epoch_order, note_skipped
+from clipadapt.engine.trainable import TrainableModule
 from clipadapt.engine.trainer import TrainConfig, Validation
 from clipadapt.errors import ConfigError
-from clipadapt.methods.base import TrainableModule
 from clipadapt.models.bundle import ClipBundle
 
 SELECTIONS = ("loss", "cider")

@@ -27,8 +27,8 @@ def bench_command(
 ):
     """Inference images/s, latency p50/p95 and peak memory with and without gradients; training steps per method."""
     setup_logging()
-    from clipadapt.bench import accuracy_vs_speed, run_bench
-    from clipadapt.compare import resolve_methods
+    from clipadapt.experiments.bench import accuracy_vs_speed, run_bench
+    from clipadapt.experiments.compare import resolve_methods
     from clipadapt.io import atomic_write_json
 
     names = resolve_methods([m.strip() for m in methods.split(",")]) if methods else []

@@ -84,7 +84,7 @@ def train_command(
     setup_logging(verbose)
     from clipadapt.captioning.methods import CAPTION_METHODS
     from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
-    from clipadapt.reports.results import CONFIG_FILE
+    from clipadapt.engine.records import CONFIG_FILE
 
     CAPTION_METHODS.get(method)
     if resume and config is None and out_dir is not None and (out_dir / CONFIG_FILE).is_file():
@@ -177,8 +177,8 @@ def compare_command(
 ):
     """Train every method x bridge x seed as its own run, then write report.md and report.html."""
     setup_logging()
-    from clipadapt.captioning.compare import CaptionCompareConfig, run_caption_compare
     from clipadapt.config import format_overrides
+    from clipadapt.experiments.caption_compare import CaptionCompareConfig, run_caption_compare
 
     flags = format_overrides({"model.spec": model, "model.device": device, "decoder.spec": decoder,
                               "data.dataset": dataset, "data.image_root": image_root, "data.root": data_root,

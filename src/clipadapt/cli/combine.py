@@ -25,7 +25,7 @@ def wise_command(
 ):
     """WiSE-FT: interpolate a run's weights with zero-shot, choose alpha on val, plot test against shift."""
     setup_logging()
-    from clipadapt.wise import run_wise
+    from clipadapt.experiments.wise import run_wise
 
     result = run_wise(run_dir, number_list(alphas, "--alphas", float), out_dir, shift_dataset, overwrite, device,
                       shift_root=shift_root)
@@ -49,7 +49,7 @@ def ensemble_command(
 ):
     """Average the class probabilities of finished runs; written as a run directory (report, predict, robustness)."""
     setup_logging()
-    from clipadapt.ensemble import run_ensemble
+    from clipadapt.experiments.ensemble import run_ensemble
 
     result = run_ensemble(run_dirs, out_dir, weights, overwrite, device, label)
     rows = [[m["label"], f"{m['weight']:.2f}", f"{m['val_acc']:.3f}", f"{m['test_acc']:.3f}"]

@@ -42,7 +42,7 @@ def compare_command(
 ):
     """Zero-shot and every chosen method on one dataset, each a run directory, then one report."""
     setup_logging(verbose)
-    from clipadapt.compare import CompareConfig, run_compare
+    from clipadapt.experiments.compare import CompareConfig, run_compare
 
     if dataset is None:
         raise ClipAdaptError("compare needs --dataset (see `clipadapt datasets`)")
@@ -66,7 +66,7 @@ def compare_command(
 
 def report_table(report) -> Table:
     """The report's table, narrowed for a terminal (report.md/html have every column)."""
-    from clipadapt.reports.report import summary_table
+    from clipadapt.classification.report import summary_table
 
     summary = summary_table(report.rows)
     several_models = len({row.model for row in report.rows}) > 1
@@ -88,7 +88,7 @@ def report_command(
 ):
     """Rebuild or merge reports from run directories (never recomputes a result)."""
     setup_logging()
-    from clipadapt.reports.report import build_report
+    from clipadapt.experiments.report import build_report
 
     if out_dir is None:
         if len(run_dirs) != 1:

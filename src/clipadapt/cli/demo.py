@@ -18,7 +18,7 @@ def demo_command(
 ):
     """Offline demo: every method on the built-in world, robustness, bench, one report (first run pretrains)."""
     setup_logging()
-    from clipadapt.demo import run_demo
+    from clipadapt.experiments.demo import run_demo
 
     result = run_demo(out_dir, say=lambda message: err.print(message, highlight=False))
     out.print(report_table(result.report))

@@ -32,10 +32,10 @@ def predict_command(
 ):
     """Top-k classes and probabilities of every run for each image, as a table and one bar chart per image."""
     setup_logging()
+    from clipadapt.classification.predict import predict_images
+    from clipadapt.classification.predictors import load_predictor, zero_shot_predictor
     from clipadapt.data.prompts import resolve_template_sets
-    from clipadapt.predict import predict_images
-    from clipadapt.predictors import load_predictor, zero_shot_predictor
-    from clipadapt.reports.results import CONFIG_FILE
+    from clipadapt.engine.records import CONFIG_FILE
 
     run_dirs = [p for p in paths if p.is_dir() and (p / CONFIG_FILE).is_file()]
     images = [p for p in paths if p not in run_dirs]
@@ -76,8 +76,8 @@ def robustness_command(
 ):
     """Accuracy under seeded corruptions per run; saved as robustness.json/png in each run, shown in reports."""
     setup_logging()
-    from clipadapt.predictors import load_predictor
-    from clipadapt.robustness import CORRUPTIONS, check_levels, evaluate_robustness
+    from clipadapt.classification.predictors import load_predictor
+    from clipadapt.classification.robustness import CORRUPTIONS, check_levels, evaluate_robustness
 
     entry = CORRUPTIONS.get(noise)
     levels = check_levels(noise, list(entry.default_levels) if sigmas is None

@@ -62,9 +62,10 @@ def train_command(
 ):
     """Train an adaptation method; selected on validation, evaluated once on test (--sweep: a grid of runs)."""
     setup_logging(verbose)
+    from clipadapt.classification.experiment import load_experiment
+    from clipadapt.classification.training import run_training
+    from clipadapt.engine.records import CONFIG_FILE
     from clipadapt.methods import METHODS
-    from clipadapt.reports.results import CONFIG_FILE
-    from clipadapt.training import load_experiment, run_training
 
     METHODS.get(method)
     if sweep or seeds is not None:
@@ -89,7 +90,7 @@ def train_command(
     try:
         result = run_training(experiment)
     except KeyboardInterrupt:
-        from clipadapt.runs import default_run_dir
+        from clipadapt.engine.rundir import default_run_dir
 
         run_dir = experiment.run.out or default_run_dir(experiment.model.spec, experiment.data.dataset, method)
         notice(f"interrupted; continue with: clipadapt train {method} --out {run_dir} --resume")
@@ -111,7 +112,7 @@ def eval_command(
 ):
     """Re-evaluate a saved run's weights on a split (writes eval_<split>.json into the run)."""
     setup_logging()
-    from clipadapt.training import evaluate_run
+    from clipadapt.classification.evaluation import evaluate_run
 
     result = evaluate_run(run_dir, split, device)
     m = result["metrics"]
@@ -122,7 +123,7 @@ def eval_command(
 
 def _sweep(method: str, config: Path | None, overrides: list[str], items: list[str], seeds: str | None,
            out_dir: Path | None, skip_existing: bool, overwrite: bool) -> None:
-    from clipadapt.sweep import SweepConfig, parse_sweep, run_sweep, short_names
+    from clipadapt.experiments.sweep import SweepConfig, parse_sweep, run_sweep, short_names
 
     sweep = SweepConfig(method, parse_sweep(items), number_list(seeds or "0", "--seeds"), overrides,
                         str(config) if config else None, str(out_dir) if out_dir else None, skip_existing, overwrite)
@@ -152,7 +153,7 @@ def coop_words_command(
 ):
     """The vocabulary words nearest to each learned CoOp context vector (Euclidean, in embedding space)."""
     setup_logging()
-    from clipadapt.methods.coop import coop_words
+    from clipadapt.classification.evaluation import coop_words
 
     words = coop_words(run_dir, top, device)
     per_class = any(w.classname for w in words)

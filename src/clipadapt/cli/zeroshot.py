@@ -65,8 +65,8 @@ def zeroshot_command(
 ):
     """Zero-shot accuracy of a model on a dataset, one row per template set."""
     setup_logging(verbose)
+    from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
     from clipadapt.config import load_config
-    from clipadapt.runs import ZeroShotExperiment, run_zero_shot
 
     overrides = list(set_ or [])
     flags = {

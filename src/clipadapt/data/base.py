@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from clipadapt.data.images import load_image
-from clipadapt.errors import DataError, UnknownNameError
+from clipadapt.errors import ConfigError, DataError, UnknownNameError
 
 
 class ImageSource(Protocol):
@@ -161,3 +161,14 @@ def make_splits(
     if not splits:
         raise DataError(f"dataset '{name}' has no splits")
     return splits
+
+
+def same_classes(name: str, classnames: list[str], other_name: str, other: list[str]) -> None:
+    """One-line error naming the first difference between two class lists."""
+    if classnames == other:
+        return
+    if len(classnames) != len(other):
+        raise ConfigError(f"{other_name} has {len(other)} classes, {name} has {len(classnames)}: they must match")
+    k = next(i for i, (a, b) in enumerate(zip(classnames, other, strict=True)) if a != b)
+    raise ConfigError(f"{other_name} has other classes than {name}: class {k} is '{other[k]}', not "
+                      f"'{classnames[k]}'")

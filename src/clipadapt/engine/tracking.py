@@ -58,7 +58,7 @@ class Tracking:
             return
         import yaml
 
-        from clipadapt.reports.results import CONFIG_FILE
+        from clipadapt.engine.records import CONFIG_FILE
 
         config = Path(self.accelerator.project_dir) / CONFIG_FILE
         hparams = flat_hparams(yaml.safe_load(config.read_text()) or {}) if config.exists() else {}

@@ -34,6 +34,7 @@ from clipadapt.engine.features import EncodedSplit
 from clipadapt.engine.inputs import AUGMENTATIONS, TrainingData
 from clipadapt.engine.metrics import classification_metrics
 from clipadapt.engine.tracking import Tracking, check_tracker
+from clipadapt.engine.trainable import build_optimizer
 from clipadapt.errors import ConfigError
 from clipadapt.progress import training_progress
 
@@ -167,8 +168,6 @@ class Trainer:
     # -- training -----------------------------------------------------------------------------------------
     def build_optimizer(self, method) -> tuple[torch.optim.Optimizer, Any, int]:
         from transformers import get_cosine_schedule_with_warmup
-
-        from clipadapt.methods.base import build_optimizer
 
         optimizer = build_optimizer(method)
         world = self.accelerator.num_processes

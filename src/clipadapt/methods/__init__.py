@@ -1,19 +1,12 @@
-"""Adaptation methods, one module each, registered by name (``clipadapt methods`` lists them)."""
+"""Adaptation methods, one module each, registered by name (``clipadapt methods`` lists them).
 
-from clipadapt.methods import (  # noqa: F401 (registration)
-    baseline,
-    bitfit,
-    clip_adapter,
-    coop,
-    full_ft,
-    linear_head,
-    linear_probe,
-    lora,
-    tip_adapter,
-    vision_prefix,
-    visual_prompt,
-    vpt,
-)
+Every module of this package is imported here, so a new method is one new file that registers itself with
+``@register_method`` (docs/architecture.md).
+"""
+
 from clipadapt.methods.base import METHODS, Method, MethodConfig, MethodEntry, list_methods, register_method
+from clipadapt.registry import import_submodules
+
+import_submodules(__name__, __path__)
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodEntry", "list_methods", "register_method"]

@@ -27,8 +27,9 @@ from torch import nn
 
 from clipadapt.config import option, require_positive
 from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
+from clipadapt.engine.trainable import OptimizerConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.methods.base import Method, OptimizerConfig, freeze, register_method
+from clipadapt.methods.base import Method, freeze, register_method
 
 log = logging.getLogger(__name__)
 WORLD_CLASSIFIER = "world:tiny-resnet"
@@ -58,14 +59,13 @@ def load_classifier(spec: str):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
+    from clipadapt.models.checkpoints import named_checkpoint
     from clipadapt.models.hf import fingerprint_local
 
-    if spec == WORLD_CLASSIFIER:
-        from clipadapt.world.cache import read_manifest
-        from clipadapt.world.resnet import world_resnet_dir
-
-        location = world_resnet_dir()
-        fingerprint = f"{spec}:{(read_manifest(location) or {}).get('files', {}).get('model.safetensors', '')[:16]}"
+    named = named_checkpoint(spec, "classifier")
+    if named is not None:
+        location = named.locate()
+        fingerprint = named.fingerprint(location)
     else:
         location = Path(spec).expanduser()
         fingerprint = f"local:{fingerprint_local(location)}" if location.is_dir() else f"hub:{spec}"

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from clipadapt.config import option
+from clipadapt.engine.trainable import OptimizerConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.methods.attention import install
-from clipadapt.methods.base import Method, OptimizerConfig, register_method
+from clipadapt.methods.base import Method, register_method
 from clipadapt.methods.heads import cosine_logits
 from clipadapt.methods.towers import text_token_embedding
 from clipadapt.models.bundle import ClipBundle
@@ -267,13 +267,3 @@ def nearest_words(method: CoOp, top: int = 3) -> list[ContextWord]:
             names = bundle.token_names_fn(row_ids)
             out.append(ContextWord(position, classname, list(zip(names, row_d, strict=True))))
     return out
-
-
-def coop_words(run_dir: str | Path, top: int = 3, device: str | None = None) -> list[ContextWord]:
-    """``clipadapt coop-words RUN_DIR``: nearest words of a finished CoOp run's context vectors."""
-    from clipadapt.training import load_run
-
-    experiment, _, method = load_run(run_dir, device)
-    if experiment.method != "coop":
-        raise ClipAdaptError(f"'{run_dir}' is a {experiment.method} run, not a coop run")
-    return nearest_words(method, top)

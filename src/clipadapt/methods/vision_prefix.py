@@ -23,9 +23,10 @@ from torch import nn
 
 from clipadapt.config import option
 from clipadapt.engine.checkpoint import check_metadata
+from clipadapt.engine.trainable import WEIGHTS_FILE
 from clipadapt.errors import ConfigError
 from clipadapt.methods.attention import install
-from clipadapt.methods.base import WEIGHTS_FILE, register_method
+from clipadapt.methods.base import register_method
 from clipadapt.methods.prompt_base import PromptMethod, PromptMethodConfig
 from clipadapt.methods.towers import check_layer, vision_layers
 

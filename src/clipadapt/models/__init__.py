@@ -67,14 +67,6 @@ for _preset in ("tiny", "vit-b-32"):
     MODELS.register(f"random:{_preset}", _random_model(_preset))
 
 
-@MODELS.register("world:tiny")
-def _world_tiny(spec: str, **kwargs) -> ClipBundle:
-    """the built-in world CLIP, pretrained offline on generated scenes (cached; built on first use)"""
-    from clipadapt.world.models import load_world_clip
-
-    return load_world_clip(spec)
-
-
 @SCHEMES.register("open_clip")
 def _open_clip(argument: str, spec: str, **kwargs) -> ClipBundle:
     """open_clip:ARCH/TAG (optional extra clipadapt[openclip])"""

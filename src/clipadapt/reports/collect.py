@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE
+from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
 
 ROBUSTNESS_FILE = "robustness.json"
 SKIP_DIRS = {"checkpoints", "weights", "report_files"}

@@ -13,15 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipadapt.classification.experiment import TrainExperiment, experiment_class
+from clipadapt.classification.training import run_training
+from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
 from clipadapt.config import apply_overrides, format_overrides, override_section
 from clipadapt.data import DataConfig
+from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.rundir import RunConfig
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.methods import METHODS, list_methods
 from clipadapt.models.config import ModelConfig
-from clipadapt.reports.results import METRICS_FILE
-from clipadapt.runs import RunConfig, ZeroShotExperiment, run_zero_shot, slug
-from clipadapt.training import TrainExperiment, experiment_class, run_training
+from clipadapt.paths import slug
 
 log = logging.getLogger(__name__)
 ZEROSHOT_EXTRA_SETS = ("simple", "clip")  # always compared besides the dataset's recommended sets
@@ -135,7 +138,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
     """Run (or keep, or resume) every planned run, then (``report``) build the report in ``config.out``."""
     from clipadapt.data import load_dataset
     from clipadapt.data.prompts import resolve_template_sets
-    from clipadapt.reports.report import build_report
+    from clipadapt.experiments.report import build_report
 
     overrides = _split_overrides(config.overrides, config.methods)
     runs = plan(config)

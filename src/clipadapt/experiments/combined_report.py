@@ -11,8 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+from clipadapt.experiments.wise import WISE_FILE
+from clipadapt.paths import slug
 from clipadapt.reports.collect import RunInfo
-from clipadapt.runs import slug
+from clipadapt.reports.report import Figure, Table, number
 
 
 def _bold_if(text: str, chosen: bool) -> str:
@@ -20,9 +22,6 @@ def _bold_if(text: str, chosen: bool) -> str:
 
 
 def wise_blocks(run: RunInfo, files: Path, prefix: str) -> list:
-    from clipadapt.reports.report import Figure, Table, _number
-    from clipadapt.wise import WISE_FILE
-
     path = run.path / WISE_FILE
     if not path.is_file():
         return []
@@ -31,8 +30,8 @@ def wise_blocks(run: RunInfo, files: Path, prefix: str) -> list:
     headers = ["alpha", "val acc1", "test acc1"] + ([f"{shift} acc1"] if shift else [])
     table = Table(headers, [])
     for row in summary["rows"]:
-        cells = [f"{row['alpha']:g}", _number(row["val_acc"], ".4f"), _number(row["test_acc"], ".4f")]
-        cells += [_number(row["shift_acc"], ".4f")] if shift else []
+        cells = [f"{row['alpha']:g}", number(row["val_acc"], ".4f"), number(row["test_acc"], ".4f")]
+        cells += [number(row["shift_acc"], ".4f")] if shift else []
         table.rows.append([_bold_if(c, row["alpha"] == chosen) for c in cells])
     where = f"; {shift} is the shifted test set." if shift else "."
     blocks = [("h4", f"WiSE-FT: {run.label}"),
@@ -50,16 +49,14 @@ def wise_blocks(run: RunInfo, files: Path, prefix: str) -> list:
 
 
 def ensemble_blocks(run: RunInfo) -> list:
-    from clipadapt.reports.report import Table, _number
-
     members = (run.record or {}).get("members")
     if not members:
         return []
     table = Table(["member", "weight", "val acc1", "test acc1"], [
-        [m["label"], f"{m['weight']:.3f}", _number(m["val_acc"], ".4f"), _number(m["test_acc"], ".4f")]
+        [m["label"], f"{m['weight']:.3f}", number(m["val_acc"], ".4f"), number(m["test_acc"], ".4f")]
         for m in members])
     mode = run.record.get("selection", {}).get("weights", "uniform")
-    table.rows.append([f"**{run.label}**", "1", _number(run.record["selection"]["val_acc"], ".4f"),
+    table.rows.append([f"**{run.label}**", "1", number(run.record["selection"]["val_acc"], ".4f"),
                        f"**{run.record['metrics']['acc1']:.4f}**"])
     how = "weights searched on validation" if mode == "val" else "equal weights"
     return [("h4", f"Ensemble: {run.label}"), ("p", f"Class probabilities averaged with {how}."), ("table", table)]

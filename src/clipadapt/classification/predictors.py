@@ -1,21 +1,30 @@
 """A finished run (or a model's zero-shot classifier) as something that maps pixels to class logits.
 
-``predict`` and ``robustness`` use these, so they treat zero-shot runs, feature methods and pixel methods alike.
+``predict`` and ``robustness`` use these, so they treat zero-shot runs, feature methods, pixel methods and ensembles
+alike. An ensemble's run directory (written by ``experiments.ensemble``) names its members and weights in
+``config.yaml``; its predictor loads each member from its own directory and averages their class probabilities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
+from clipadapt.classification.evaluation import load_run
+from clipadapt.classification.zeroshot import ZeroShotExperiment
+from clipadapt.config import from_dict, option
+from clipadapt.data import DataConfig, load_dataset
 from clipadapt.data.transforms import ClipPreprocess
+from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.rundir import RunConfig, read_run_config
+from clipadapt.engine.zeroshot import build_zero_shot_head, zero_shot_logits
 from clipadapt.errors import ClipAdaptError
-from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE
+from clipadapt.models import load_model, resolve_device
+from clipadapt.models.config import ModelConfig
 
 
 @dataclass
@@ -39,19 +48,12 @@ def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
     """A training run with its trained weights, a zero-shot run with its selected template set, or an ensemble of
     runs (each member loaded from its own directory)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise ClipAdaptError(f"'{run_dir}' is not a run directory (no {CONFIG_FILE})")
+    raw = read_run_config(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise ClipAdaptError(f"run '{run_dir}' is incomplete (no {METRICS_FILE}); resume or rerun it first")
-    raw = yaml.safe_load(config_path.read_text()) or {}
-    from clipadapt.ensemble import is_ensemble_config, load_ensemble_predictor
-
     if is_ensemble_config(raw):
         return load_ensemble_predictor(run_dir, raw, device)
     if raw.get("method"):
-        from clipadapt.training import load_run
-
         _, dataset, method = load_run(run_dir, device)
         method.eval()
         return Predictor(f"{method.name} ({run_dir.name})", dataset.classnames, method.preprocess,
@@ -62,9 +64,6 @@ def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
 def _zero_shot_run(run_dir: Path, raw: dict, device: str | None) -> Predictor:
     import json
 
-    from clipadapt.config import from_dict
-    from clipadapt.data import load_dataset
-    from clipadapt.runs import ZeroShotExperiment
 
     experiment = from_dict(ZeroShotExperiment, raw)
     record = json.loads((run_dir / METRICS_FILE).read_text())
@@ -79,10 +78,50 @@ def _zero_shot_run(run_dir: Path, raw: dict, device: str | None) -> Predictor:
 
 def zero_shot_predictor(model: str, classnames: list[str], templates: list[str], device: str = "auto",
                         label: str | None = None) -> Predictor:
-    from clipadapt.engine.zeroshot import build_zero_shot_head, zero_shot_logits
-    from clipadapt.models import load_model, resolve_device
 
     bundle = load_model(model, device=resolve_device(device))
     head = build_zero_shot_head(bundle, classnames, templates)
     return Predictor(label or f"zeroshot ({model})", list(classnames), bundle.preprocess,
                      lambda pixels: zero_shot_logits(bundle, bundle.encode_image(pixels), head), bundle.device)
+
+
+@dataclass
+class EnsembleConfig:
+    runs: list[str] = option([], help="member run directories")
+    weights: list[float] = option([], help="weight of each member (sum 1)")
+    mode: str = option("uniform", help="uniform, or val (weights searched on the validation split)")
+
+
+@dataclass
+class EnsembleExperiment:
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def is_ensemble_config(raw: dict) -> bool:
+    return isinstance(raw, dict) and "ensemble" in raw
+
+
+def load_ensemble_predictor(run_dir: Path, raw: dict, device: str | None):
+    """A Predictor whose probabilities are the weighted mean of its members' (each loaded from its run)."""
+    experiment = from_dict(EnsembleExperiment, raw)
+    members = [load_predictor(Path(r), device) for r in experiment.ensemble.runs]
+    weights = torch.tensor(experiment.ensemble.weights, dtype=torch.float64)
+    first = members[0]
+
+    def logits(pixels: torch.Tensor) -> torch.Tensor:
+        mixed = sum(w * m.logits(pixels.to(m.device)).double().softmax(-1).cpu()
+                    for w, m in zip(weights, members, strict=True))
+        return mixed.clamp_min(1e-30).log().float()
+
+    @contextmanager
+    def context():
+        with ExitStack() as stack:
+            for member in members:
+                stack.enter_context(member.context())
+            yield
+
+    return Predictor(f"ensemble ({run_dir.name})", first.classnames, first.preprocess, logits, first.device,
+                     run_dir, first.dataset, context)

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from clipadapt.classification.predictors import Predictor
 from clipadapt.engine.features import image_loader
 from clipadapt.engine.metrics import classification_metrics
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_json
-from clipadapt.predictors import Predictor
 from clipadapt.progress import progress_bar
 from clipadapt.registry import Registry
 from clipadapt.reports.collect import ROBUSTNESS_FILE

@@ -17,12 +17,11 @@ from clipadapt.captioning.methods import CAPTION_METHODS
 from clipadapt.captioning.model import BRIDGES
 from clipadapt.captioning.report import build_caption_report
 from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
-from clipadapt.compare import refuse_existing
-from clipadapt.config import override_section
+from clipadapt.config import override_section, section_name
+from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
 from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.methods.base import section_name
+from clipadapt.experiments.compare import refuse_existing
 from clipadapt.reports.report import ReportResult
-from clipadapt.reports.results import CONFIG_FILE, METRICS_FILE
 
 log = logging.getLogger(__name__)
 

@@ -1,52 +1,28 @@
-"""Experiments that produce a run directory. The CLI builds a config and calls one of these."""
+"""Zero-shot runs: ``clipadapt zeroshot`` as a library call, writing a complete run directory (or nothing)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from clipadapt.config import option, save_config, to_dict
+from clipadapt.classification.artifacts import write_evaluation_artifacts
+from clipadapt.config import to_dict
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.data.prompts import resolve_template_sets
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.features import FeatureCache
-from clipadapt.engine.metrics import confusion, per_class_rows
+from clipadapt.engine.records import CONFIG_FILE, build_metrics_record, write_metrics, write_skipped
+from clipadapt.engine.rundir import RunConfig, RunOutput, check_run_dir, default_run_dir, save_config_dict
 from clipadapt.engine.zeroshot import ZeroShotConfig, ZeroShotResult, evaluate_zero_shot
-from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import staged_directory
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
-from clipadapt.reports.results import (
-    CONFIG_FILE,
-    PER_CLASS_FILE,
-    build_metrics_record,
-    write_csv,
-    write_metrics,
-    write_skipped,
-)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunConfig:
-    out: str | None = option(None, help="run directory (default: runs/<dataset>-<model>-<method>)")
-    overwrite: bool = option(False, help="replace an existing run directory")
-    seed: int = option(0, help="global seed")
-    feature_cache: bool = option(True, help="reuse image features cached under $CLIPADAPT_HOME/features")
-    samples: int = option(16, help="images in the sample prediction grid")
-    label: str | None = option(None, help="row name in reports (default: the method; sweeps name their cells)")
-
-    def __post_init__(self) -> None:
-        if self.samples < 0:
-            raise ConfigError(f"run.samples must be >= 0, got {self.samples}")
 
 
 @dataclass
@@ -55,29 +31,6 @@ class ZeroShotExperiment:
     data: DataConfig = field(default_factory=DataConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-@dataclass
-class RunOutput:
-    run_dir: Path
-    record: dict[str, Any]
-    result: Any = None
-    main_process: bool = True  # False in the other processes of a multi-process run (they print nothing)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:60] or "run"
-
-
-def default_run_dir(model: str, dataset: str, method: str) -> Path:
-    return Path("runs") / f"{slug(dataset)}-{slug(Path(model).name if Path(model).is_dir() else model)}-{method}"
-
-
-def check_run_dir(path: Path, overwrite: bool, resumable: bool = False) -> None:
-    """Refuse to replace an existing run directory unless asked to."""
-    if path.exists() and not overwrite:
-        choices = "--resume to continue it, --overwrite to replace it," if resumable else "--overwrite"
-        raise ClipAdaptError(f"run directory '{path}' already exists; pass {choices} or choose another --out")
 
 
 def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
@@ -132,28 +85,6 @@ def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
     return RunOutput(run_dir, record, result)
 
 
-def save_config_dict(data: dict, path: Path) -> None:
-    import yaml
-
-    from clipadapt.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
-
-
-def start_run_dir(accelerator, run_dir: Path, resolved: dict, resume: bool) -> None:
-    """A fresh run directory holding config.yaml (kept as it is when resuming), written by the main process once
-    every process has checked the directory."""
-    import shutil
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and not resume:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        save_config_dict(resolved, run_dir / CONFIG_FILE)
-    accelerator.wait_for_everyone()
-
-
 def _write_zero_shot_artifacts(stage: Path, dataset, result: ZeroShotResult, samples: int, seed: int) -> None:
     write_evaluation_artifacts(stage, dataset, result.split, result.encoded.positions, result.encoded.labels,
                                result.logits, f"zero-shot ({result.best})", samples, seed)
@@ -162,38 +93,6 @@ def _write_zero_shot_artifacts(stage: Path, dataset, result: ZeroShotResult, sam
 
         plots.plot_template_sets([r.template_set.name for r in result.results],
                                  [r.metrics["acc1"] for r in result.results], stage / "templates.png")
-
-
-def write_evaluation_artifacts(run_dir: Path, dataset, split: str, positions: np.ndarray, labels: np.ndarray,
-                               logits: torch.Tensor, title: str, samples: int, seed: int) -> None:
-    """per_class.csv, confusion.png and predictions.png of one evaluation (zero-shot and trained runs alike)."""
-    from clipadapt.reports import plots  # matplotlib only where a figure is drawn
-
-    write_csv(run_dir / PER_CLASS_FILE, per_class_rows(logits, labels, dataset.classnames))
-    plots.plot_confusion(confusion(logits, labels, dataset.num_classes), dataset.classnames,
-                         run_dir / "confusion.png", title=f"{title} on {dataset.name} {split}")
-    write_prediction_grid(run_dir / "predictions.png", dataset, split, positions, labels, logits, samples, seed,
-                          title=title)
-
-
-def write_prediction_grid(path: Path, dataset, split_name: str, positions: np.ndarray, labels: np.ndarray,
-                          logits: torch.Tensor, samples: int, seed: int, title: str = "") -> None:
-    if samples == 0 or len(positions) == 0:
-        return
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(positions), size=min(samples, len(positions)), replace=False))
-    split = dataset.split(split_name)
-    probs = logits[torch.as_tensor(chosen)].softmax(dim=-1)
-    k = min(5, dataset.num_classes)
-    top = probs.topk(k, dim=-1)
-    images = [split.load(int(positions[i])) for i in chosen]
-    from clipadapt.reports import plots
-
-    plots.plot_prediction_grid(
-        images, [dataset.classnames[int(labels[i])] for i in chosen],
-        [[dataset.classnames[j] for j in row] for row in top.indices.tolist()],
-        top.values.tolist(), path, title=title,
-    )
 
 
 class _autocast:
@@ -211,4 +110,3 @@ class _autocast:
         return self.ctx.__exit__(*exc) if self.ctx else False
 
 
-__all__ = ["RunConfig", "RunOutput", "ZeroShotExperiment", "run_zero_shot", "save_config"]

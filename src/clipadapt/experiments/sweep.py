@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipadapt.classification.experiment import TrainExperiment, load_experiment
+from clipadapt.classification.training import run_training
 from clipadapt.config import format_overrides, to_dict
+from clipadapt.engine.records import METRICS_FILE
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_text
+from clipadapt.paths import slug
 from clipadapt.reports.collect import mean_std
-from clipadapt.reports.results import METRICS_FILE
-from clipadapt.runs import slug
-from clipadapt.training import TrainExperiment, load_experiment, run_training
 
 log = logging.getLogger(__name__)
 RESERVED = {"run.out", "run.seed", "run.resume", "run.overwrite", "run.label", "method", "data.seed"}
@@ -194,7 +195,7 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
 
 
 def _default_out(experiment: TrainExperiment) -> Path:
-    from clipadapt.runs import default_run_dir
+    from clipadapt.engine.rundir import default_run_dir
 
     return Path(f"{default_run_dir(experiment.model.spec, experiment.data.dataset, experiment.method)}-sweep")
 

@@ -11,47 +11,27 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from clipadapt.config import from_dict, option, to_dict
+from clipadapt.classification.artifacts import write_evaluation_artifacts
+from clipadapt.classification.predictors import EnsembleConfig, EnsembleExperiment, load_predictor
+from clipadapt.config import from_dict, to_dict
 from clipadapt.data import DataConfig
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.metrics import classification_metrics
+from clipadapt.engine.records import CONFIG_FILE, build_metrics_record, write_csv, write_metrics
+from clipadapt.engine.rundir import RunConfig, check_run_dir, read_run_config, save_config_dict
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
 from clipadapt.models.config import ModelConfig
-from clipadapt.reports.results import CONFIG_FILE, build_metrics_record, write_csv, write_metrics
-from clipadapt.runs import RunConfig, check_run_dir, save_config_dict, write_evaluation_artifacts
 
 log = logging.getLogger(__name__)
 WEIGHT_MODES = ("uniform", "val")
 ENSEMBLE_FILE = "ensemble.json"
-
-
-@dataclass
-class EnsembleConfig:
-    runs: list[str] = option([], help="member run directories")
-    weights: list[float] = option([], help="weight of each member (sum 1)")
-    mode: str = option("uniform", help="uniform, or val (weights searched on the validation split)")
-
-
-@dataclass
-class EnsembleExperiment:
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-
-def is_ensemble_config(raw: dict) -> bool:
-    return isinstance(raw, dict) and "ensemble" in raw
 
 
 def simplex_grid(members: int, steps: int) -> list[tuple[float, ...]]:
@@ -82,9 +62,8 @@ def search_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple
 
 
 def _members(run_dirs: list[Path], device: str | None):
-    from clipadapt.predictors import load_predictor
-    from clipadapt.reports.results import METRICS_FILE
-    from clipadapt.wise import same_classes
+    from clipadapt.data.base import same_classes
+    from clipadapt.engine.records import METRICS_FILE
 
     if not run_dirs:
         raise ConfigError("an ensemble needs at least one run directory")
@@ -94,9 +73,9 @@ def _members(run_dirs: list[Path], device: str | None):
             raise ClipAdaptError(f"'{run_dir}' is not a finished run (no {METRICS_FILE})")
         predictors.append(load_predictor(run_dir, device))
     first = predictors[0]
-    first_config = yaml.safe_load((run_dirs[0] / CONFIG_FILE).read_text())
+    first_config = read_run_config(run_dirs[0])
     for run_dir, predictor in zip(run_dirs[1:], predictors[1:], strict=True):
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        config = read_run_config(run_dir)
         for key, what in (("dataset", "dataset"), ("shots", "shots"), ("seed", "data seed")):
             if config["data"].get(key) != first_config["data"].get(key):
                 raise ConfigError(f"'{run_dir}' was trained on {what} {config['data'].get(key)!r}, '{run_dirs[0]}' "
@@ -188,28 +167,3 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
         write_metrics(stage, record)
     log.info("wrote %s", out)
     return {"run_dir": out, "record": record, "members": members, "weights": weights}
-
-
-def load_ensemble_predictor(run_dir: Path, raw: dict, device: str | None):
-    """A Predictor whose probabilities are the weighted mean of its members' (each loaded from its run)."""
-    from clipadapt.predictors import Predictor, load_predictor
-
-    experiment = from_dict(EnsembleExperiment, raw)
-    members = [load_predictor(Path(r), device) for r in experiment.ensemble.runs]
-    weights = torch.tensor(experiment.ensemble.weights, dtype=torch.float64)
-    first = members[0]
-
-    def logits(pixels: torch.Tensor) -> torch.Tensor:
-        mixed = sum(w * m.logits(pixels.to(m.device)).double().softmax(-1).cpu()
-                    for w, m in zip(weights, members, strict=True))
-        return mixed.clamp_min(1e-30).log().float()
-
-    @contextmanager
-    def context():
-        with ExitStack() as stack:
-            for member in members:
-                stack.enter_context(member.context())
-            yield
-
-    return Predictor(f"ensemble ({run_dir.name})", first.classnames, first.preprocess, logits, first.device,
-                     run_dir, first.dataset, context)

@@ -20,13 +20,14 @@ import torch
 
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
+from clipadapt.data.base import same_classes
+from clipadapt.engine.records import CONFIG_FILE, write_csv
+from clipadapt.engine.rundir import save_config_dict
 from clipadapt.engine.trainer import FitResult, Trainer, make_accelerator
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
 from clipadapt.models import load_model
 from clipadapt.progress import progress_bar
-from clipadapt.reports.results import CONFIG_FILE, write_csv
-from clipadapt.runs import save_config_dict
 
 log = logging.getLogger(__name__)
 WISE_FILE = "wise.json"
@@ -41,21 +42,10 @@ def check_alphas(alphas: list[float]) -> list[float]:
     return sorted(set(alphas))
 
 
-def same_classes(name: str, classnames: list[str], other_name: str, other: list[str]) -> None:
-    """One-line error naming the first difference between two class lists."""
-    if classnames == other:
-        return
-    if len(classnames) != len(other):
-        raise ConfigError(f"{other_name} has {len(other)} classes, {name} has {len(classnames)}: they must match")
-    k = next(i for i, (a, b) in enumerate(zip(classnames, other, strict=True)) if a != b)
-    raise ConfigError(f"{other_name} has other classes than {name}: class {k} is '{other[k]}', not "
-                      f"'{classnames[k]}'")
-
-
 def _zero_shot_state(experiment, dataset, method) -> dict[str, torch.Tensor]:
     """The trainable state of the method as built, untrained: a fresh model, so the run's weights stay intact."""
+    from clipadapt.classification.experiment import build_method
     from clipadapt.methods import METHODS
-    from clipadapt.training import build_method
 
     bundle = load_model(experiment.model.spec, device=method.bundle.device, revision=experiment.model.revision,
                         trust_remote_code=experiment.model.trust_remote_code)
@@ -71,8 +61,10 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
 
     The shift dataset is read with the run's data settings (columns, image checks) but all of its test split
     (no shots) and, for a hub dataset, from ``shift_root`` when given (a local copy)."""
-    from clipadapt.runs import check_run_dir
-    from clipadapt.training import load_run, run_record, training_data, write_run_results
+    from clipadapt.classification.evaluation import load_run
+    from clipadapt.classification.experiment import training_data
+    from clipadapt.classification.training import run_record, write_run_results
+    from clipadapt.engine.rundir import check_run_dir
 
     alphas = check_alphas(alphas)
     run_dir, out = Path(run_dir), Path(out)

@@ -1,4 +1,7 @@
-"""metrics.json and the other per-run files. Field names here are a public schema: add, never rename."""
+"""Run-directory records: metrics.json and the other per-run files, for every task.
+
+Field names here are a public schema: add, never rename.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from typing import Any
 import torch
 import transformers
 
-import clipadapt
 from clipadapt.io import atomic_write_json, atomic_write_text
+from clipadapt.version import __version__
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -22,7 +25,7 @@ SKIPPED_FILE = "skipped_images.txt"
 
 def environment(device: torch.device | str) -> dict[str, str]:
     return {
-        "clipadapt": clipadapt.__version__,
+        "clipadapt": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": str(device),

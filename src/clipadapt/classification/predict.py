@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from clipadapt.classification.predictors import Predictor
 from clipadapt.data.images import ImageLoadError, load_image
 from clipadapt.errors import ClipAdaptError
-from clipadapt.predictors import Predictor
+from clipadapt.paths import slug
 from clipadapt.reports.plots import plot_image_predictions
-from clipadapt.runs import slug
 
 
 @dataclass

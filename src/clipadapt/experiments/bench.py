@@ -4,7 +4,7 @@ Every measurement runs in a fresh process: on CPU the peak memory figure is the 
 new process can attribute to one measurement. On a GPU it is CUDA's peak allocated memory. The processes are forked
 from a multiprocessing forkserver that has imported torch, transformers and clipadapt once (it never touches the
 model or CUDA), so each measurement starts in well under a second instead of paying the ~6 s of imports again;
-``python -m clipadapt.bench JSON`` runs one measurement in the current process. Inference is measured with
+``python -m clipadapt.experiments.bench JSON`` runs one measurement in the current process. Inference is measured with
 ``torch.inference_mode()`` and with gradients enabled (what a training forward pays), on random pixels of the
 model's input size.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from clipadapt.errors import ClipAdaptError
+from clipadapt.reports.report import Figure, Table
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -79,13 +81,13 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     ``detail`` adds the activations autograd saves and the tensor memory a GPU would count (weights, gradients,
     AdamW moments and saved activations), measured after the peak was read.
     """
+    from clipadapt.classification.experiment import build_method, load_experiment
     from clipadapt.config import override_section
     from clipadapt.data.base import ClassificationDataset, InMemorySource, Split
     from clipadapt.engine.cost import current_rss_mb, peak_memory_mb, reset_peak_memory
+    from clipadapt.engine.trainable import build_optimizer
     from clipadapt.methods import METHODS
-    from clipadapt.methods.base import build_optimizer
     from clipadapt.models import load_model, resolve_device
-    from clipadapt.training import build_method, load_experiment
 
     target = resolve_device(device)
     bundle = load_model(model, device=target)
@@ -163,7 +165,7 @@ def saved_activation_mb(method, batch: dict) -> float:
 
 
 MEASUREMENTS = {"inference": measure_inference, "training": measure_training_step}
-PRELOAD = ["clipadapt.bench", "clipadapt.training"]
+PRELOAD = ["clipadapt.experiments.bench", "clipadapt.classification.training"]
 
 
 def _call_quietly(environment: dict[str, str], function: Callable, args: tuple, kwargs: dict) -> Any:
@@ -251,3 +253,38 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def bench_report_blocks(paths: list[str | Path], files: Path) -> list:
+    """Tables of every ``clipadapt bench`` result (bench.json) found under ``paths``."""
+    blocks: list = []
+    for path in sorted({p.resolve() for root in map(Path, paths) for p in root.rglob("bench.json")}):
+        bench = json.loads(path.read_text())
+        blocks += [("h2", f"Efficiency ({path.parent.name}/bench.json)"),
+                   ("p", f"Image tower forward, batch {bench['batch']}, {bench['dtype']}; peak memory is CUDA peak "
+                         f"allocated on a GPU, peak RSS of a fresh process on CPU.")]
+        inference = Table(["model", "mode", "images/s", "latency p50 (ms)", "latency p95 (ms)", "peak memory (MB)",
+                           "params"], [], [])
+        for row in bench.get("inference", []):
+            inference.rows.append([row["model"], row["mode"], f"{row['images_per_s']:,.1f}",
+                                   f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p95']:.1f}",
+                                   f"{row['peak_mem_mb']:,.0f}", f"{row['params']:,}"])
+            inference.row_keys.append(f"bench-{row['mode']}")
+        blocks.append(("table", inference))
+        if bench.get("training"):
+            training = Table(["model", "method", "train images/s", "peak memory (MB)", "trainable", "% of model"],
+                             [], [])
+            for row in bench["training"]:
+                training.rows.append([row["model"], row["method"], f"{row['train_images_per_s']:,.1f}",
+                                      f"{row['peak_mem_mb']:,.0f}", f"{row['trainable']:,}",
+                                      f"{row['trainable_pct']:.3f}"])
+                training.row_keys.append(f"bench-{row['method']}")
+            blocks.append(("table", training))
+        scatter = path.parent / "accuracy_vs_speed.png"
+        if scatter.is_file():
+            target = files / f"{path.parent.name}-accuracy_vs_speed.png"
+            shutil.copyfile(scatter, target)
+            blocks.append(("figure", Figure(target, "Test accuracy against the model's inference speed.")))
+    return blocks
+
+

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from clipadapt.classification.evaluation import load_run
+from clipadapt.data.base import same_classes
 from clipadapt.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,6 @@ def run_weights(source) -> dict[str, torch.Tensor]:
 
 def initialise_from_run(method, run_dir: str | Path, dataset, model_spec: str) -> dict:
     """Copy what fits from a finished run into ``method``; returns what was copied (for metrics.json)."""
-    from clipadapt.training import load_run
-    from clipadapt.wise import same_classes
-
     experiment, source_dataset, source = load_run(run_dir, str(method.bundle.device))
     if experiment.model.spec != model_spec:
         raise ConfigError(f"--init-from run '{run_dir}' used model {experiment.model.spec}, this run {model_spec}: "

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipadapt.compare import CompareConfig, CompareResult, run_compare
+from clipadapt.engine.rundir import read_run_config
+from clipadapt.experiments.compare import CompareConfig, CompareResult, run_compare
+from clipadapt.experiments.report import build_report
 from clipadapt.io import atomic_write_json
-from clipadapt.reports.report import ReportResult, build_report
+from clipadapt.reports.report import ReportResult
 
 DEMO_MODEL = "world:tiny"
 DEMO_DATASET = "world:shapes-novel"
@@ -41,10 +43,10 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "runs/demo", model: str = DEMO_MODEL,
              say: Callable[[str], None] = lambda message: None, captions: bool = True) -> DemoResult:
-    from clipadapt.bench import run_bench
+    from clipadapt.classification.predictors import load_predictor
+    from clipadapt.classification.robustness import evaluate_robustness
+    from clipadapt.experiments.bench import run_bench
     from clipadapt.methods import list_methods
-    from clipadapt.predictors import load_predictor
-    from clipadapt.robustness import evaluate_robustness
 
     out_dir = Path(out_dir)
     say(f"1/6 compare: zero-shot and {len(list_methods())} methods, {model} on {DEMO_DATASET} ({DEMO_SHOTS} shots)")
@@ -65,7 +67,7 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = DEMO_MODEL,
     report = build_report([out_dir], out_dir)
     caption_report = None
     if captions:
-        from clipadapt.captioning.compare import CaptionCompareConfig, run_caption_compare
+        from clipadapt.experiments.caption_compare import CaptionCompareConfig, run_caption_compare
 
         say(f"6/6 captioning: world:tiny + world:tiny-lm on world:captions, {', '.join(DEMO_CAPTION_METHODS)}")
         caption_config = CaptionCompareConfig(
@@ -80,12 +82,10 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = DEMO_MODEL,
 def combine_runs(run_dirs: list[Path], out_dir: Path, say: Callable[[str], None]) -> list[Path]:
     """WiSE-FT of one finished run and an ensemble of three, as run directories under ``out_dir``; a method whose
     run failed is left out (and said)."""
-    import yaml
+    from clipadapt.experiments.ensemble import run_ensemble
+    from clipadapt.experiments.wise import run_wise
 
-    from clipadapt.ensemble import run_ensemble
-    from clipadapt.wise import run_wise
-
-    by_method = {yaml.safe_load((d / "config.yaml").read_text()).get("method"): d for d in run_dirs}
+    by_method = {read_run_config(d).get("method"): d for d in run_dirs}
     written = []
     method, shift, alphas = DEMO_WISE
     if method in by_method:

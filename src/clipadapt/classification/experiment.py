@@ -1,0 +1,66 @@
+"""A classification training experiment: its config (the common sections plus the method's own), the method
+built from it, and the inputs it trains on. Shared by training, re-evaluation, WiSE-FT and bench."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipadapt.config import load_method_experiment, method_experiment_class, option
+from clipadapt.data import DataConfig
+from clipadapt.data.prompts import TemplateSet, resolve_template_sets
+from clipadapt.engine.features import FeatureCache
+from clipadapt.engine.inputs import TrainingData
+from clipadapt.engine.rundir import TrainRunConfig
+from clipadapt.engine.trainer import TrainConfig
+from clipadapt.methods import METHODS, Method, MethodEntry
+from clipadapt.models.config import ModelConfig
+
+WEIGHTS_DIR = "weights"
+
+
+@dataclass
+class TrainExperiment:
+    """Common sections; ``experiment_class(method)`` adds the method's own section (``lora:``, ``full_ft:``)."""
+
+    method: str = option("linear-probe", help="adaptation method (see `clipadapt methods`)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: TrainRunConfig = field(default_factory=TrainRunConfig)
+
+    def method_config(self):
+        return getattr(self, METHODS.get(self.method).section)
+
+
+def experiment_class(method: str) -> type[TrainExperiment]:
+    """A dataclass with the common sections plus ``<method>: <MethodConfig>``."""
+    entry = METHODS.get(method)
+    return method_experiment_class(TrainExperiment, method, entry.section, entry.config_class)
+
+
+def load_experiment(method: str, config_file: str | Path | None = None,
+                    overrides: list[str] | None = None) -> TrainExperiment:
+    """Defaults, then a YAML file (e.g. a run's config.yaml), then ``section.key=value`` overrides."""
+    return load_method_experiment(experiment_class(method), method, config_file, overrides)
+
+
+def head_templates(dataset) -> TemplateSet:
+    """The dataset's recommended template sets as one ensemble (for zero-shot-initialised heads)."""
+    templates: list = []
+    for template_set in resolve_template_sets(dataset.templates):
+        templates += [t for t in template_set.templates if t not in templates]
+    return TemplateSet("head", templates)
+
+
+def build_method(entry: MethodEntry, bundle, dataset, method_config) -> Method:
+    return entry.method_class(bundle, dataset.classnames, method_config, head_templates(dataset))
+
+
+def training_data(cfg: TrainExperiment, dataset, method: Method, device, accelerator=None) -> TrainingData:
+    """A run's inputs as its config says: the method's own preprocessing and augmentation, the feature cache."""
+    return TrainingData(
+        dataset, method.bundle, batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
+        num_workers=cfg.data.num_workers, strict=cfg.data.strict, augment=method.augment or cfg.train.augment,
+        preprocess=method.preprocess, seed=cfg.run.seed, cache=FeatureCache() if cfg.run.feature_cache else None,
+        device=device, main_process_first=accelerator.main_process_first if accelerator is not None else None)

@@ -1,0 +1,110 @@
+"""Training runs: ``clipadapt train METHOD`` as a library call.
+
+A run directory holds ``config.yaml`` from the start (with ``checkpoints/`` while training) and gets its results
+at the end: ``weights/``, ``history.csv``, ``curves.png``, ``confusion.png``, ``per_class.csv``, ``predictions.png``
+and, last, ``metrics.json``. A directory without metrics.json is an interrupted run that ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from clipadapt.classification.artifacts import write_evaluation_artifacts
+from clipadapt.classification.experiment import WEIGHTS_DIR, TrainExperiment, build_method, training_data
+from clipadapt.classification.two_stage import initialise_from_run
+from clipadapt.config import to_dict
+from clipadapt.data import load_dataset
+from clipadapt.engine.checkpoint import remove_checkpoints
+from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
+from clipadapt.engine.inputs import TrainingData
+from clipadapt.engine.records import build_metrics_record, write_csv, write_metrics, write_skipped
+from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, start_run_dir
+from clipadapt.engine.trainer import Evaluation, FitResult, Trainer, make_accelerator
+from clipadapt.errors import ConfigError
+from clipadapt.io import staged_directory
+from clipadapt.methods import METHODS, Method
+from clipadapt.models import load_model, resolve_device
+
+log = logging.getLogger(__name__)
+HISTORY_FILE = "history.csv"
+
+
+def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None = None) -> RunOutput:
+    """Train one method, select it on validation, evaluate the test split once and write the run directory."""
+    from accelerate.utils import set_seed
+
+    cfg = experiment
+    entry = METHODS.get(cfg.method)
+    run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, cfg.method)
+    resolved = to_dict(cfg)
+    resolved["run"]["out"] = str(run_dir)
+    accelerator = make_accelerator(resolve_device(cfg.model.device), cfg.train.precision, cfg.train.log_with, run_dir)
+    check_train_run_dir(run_dir, resolved, cfg.run.resume, cfg.run.overwrite)
+
+    dataset = load_dataset(cfg.data)
+    for split in ("train", "val", cfg.data.split):
+        dataset.split(split)  # a clear error before any heavy work
+    if cfg.data.split in ("train", "val"):
+        raise ConfigError(f"data.split '{cfg.data.split}' is used for training or model selection; "
+                          f"evaluate on a held-out split (test)")
+    device = accelerator.device
+    reset_peak_memory(device)
+    bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,
+                        trust_remote_code=cfg.model.trust_remote_code)
+    set_seed(cfg.run.seed)
+    method = build_method(entry, bundle, dataset, cfg.method_config())
+    initialised = None
+    if cfg.run.init_from:  # a resumed run then restores its own checkpoint over it
+        initialised = initialise_from_run(method, cfg.run.init_from, dataset, cfg.model.spec)
+    data = training_data(cfg, dataset, method, device, accelerator)
+
+    start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
+
+    trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume)
+    for event, functions in (callbacks or {}).items():
+        for function in functions:
+            trainer.add_callback(event, function)
+    fit = method.fit(trainer)
+    evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
+    record = run_record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
+    if initialised is not None:
+        record["init_from"] = initialised
+    if accelerator.is_main_process:
+        write_run_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
+        remove_checkpoints(run_dir)
+    accelerator.wait_for_everyone()
+    log.info("wrote %s", run_dir)
+    return RunOutput(run_dir, record, evaluation, main_process=accelerator.is_main_process)
+
+
+def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device,
+               processes: int) -> dict:
+    """metrics.json of a classification run (also of a WiSE-FT run, whose "fit" is its alpha search)."""
+    return build_metrics_record(
+        method=cfg.method, model=cfg.model.spec, dataset=dataset.name, split=evaluation.split,
+        metrics=evaluation.metrics, params=method.num_parameters(),
+        cost={"train_time_s": round(fit.train_time_s, 3), "peak_mem_mb": round(peak_memory_mb(device), 1),
+              "train_images_per_s": round(fit.train_images_per_s, 2),
+              "eval_images_per_s": round(evaluation.images_per_s, 2)},
+        seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
+        selection={"on": "val", **fit.selection}, num_classes=dataset.num_classes,
+        shots=dataset.info.get("shots"), test_loss=round(evaluation.loss, 6), processes=processes,
+    )
+
+
+def write_run_results(run_dir: Path, method: Method, dataset, fit: FitResult, evaluation: Evaluation,
+                      record: dict, data: TrainingData, samples: int, seed: int) -> None:
+    """Weights, history, curves, evaluation figures and metrics.json of a finished run."""
+    from clipadapt.reports import plots  # matplotlib only where a figure is drawn
+
+    with staged_directory(run_dir / WEIGHTS_DIR, overwrite=True) as stage:
+        method.save_weights(stage)
+    write_csv(run_dir / HISTORY_FILE, fit.history)
+    plots.plot_training_curves(fit.history, run_dir / "curves.png", title=f"{method.name} on {dataset.name}")
+    write_evaluation_artifacts(run_dir, dataset, evaluation.split, evaluation.positions, evaluation.labels,
+                               evaluation.logits, method.name, samples, seed)
+    skipped = data.skipped_rows()
+    record["skipped_images"] = {"count": len(skipped), "file": "skipped_images.txt" if skipped else None}
+    write_skipped(run_dir, skipped)
+    write_metrics(run_dir, record)  # last: its presence marks the run complete

@@ -1,0 +1,113 @@
+"""Run directories, for every task: the run settings every experiment has, where a run goes, when an existing
+directory may be replaced or resumed, and how it starts (config.yaml first, results last).
+
+A run directory holds ``config.yaml`` from the start (with ``checkpoints/`` while training) and gets its results at
+the end, ``metrics.json`` last: a directory without metrics.json is an interrupted run that ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipadapt.config import option
+from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
+from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.io import atomic_write_text
+from clipadapt.paths import slug
+
+RESUMABLE_KEYS = {("run", "resume"), ("run", "overwrite"), ("run", "out")}  # may differ when resuming
+
+
+@dataclass
+class RunConfig:
+    out: str | None = option(None, help="run directory (default: runs/<dataset>-<model>-<method>)")
+    overwrite: bool = option(False, help="replace an existing run directory")
+    seed: int = option(0, help="global seed")
+    feature_cache: bool = option(True, help="reuse image features cached under $CLIPADAPT_HOME/features")
+    samples: int = option(16, help="images in the sample prediction grid")
+    label: str | None = option(None, help="row name in reports (default: the method; sweeps name their cells)")
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ConfigError(f"run.samples must be >= 0, got {self.samples}")
+
+
+@dataclass
+class TrainRunConfig(RunConfig):
+    resume: bool = option(False, help="continue an interrupted run in the same directory")
+    init_from: str | None = option(None, help="a finished run to start from: its head and every trainable weight "
+                                              "whose name and shape match (two-stage training)")
+
+
+@dataclass
+class RunOutput:
+    run_dir: Path
+    record: dict[str, Any]
+    result: Any = None
+    main_process: bool = True  # False in the other processes of a multi-process run (they print nothing)
+
+
+def default_run_dir(model: str, dataset: str, method: str) -> Path:
+    return Path("runs") / f"{slug(dataset)}-{slug(Path(model).name if Path(model).is_dir() else model)}-{method}"
+
+
+def check_run_dir(path: Path, overwrite: bool, resumable: bool = False) -> None:
+    """Refuse to replace an existing run directory unless asked to."""
+    if path.exists() and not overwrite:
+        choices = "--resume to continue it, --overwrite to replace it," if resumable else "--overwrite"
+        raise ClipAdaptError(f"run directory '{path}' already exists; pass {choices} or choose another --out")
+
+
+def _differences(old: Any, new: Any, prefix: tuple = ()) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key), new.get(key), prefix + (key,))
+        return out
+    if prefix in RESUMABLE_KEYS or old == new:
+        return []
+    return [f"{'.'.join(map(str, prefix))}: {old!r} -> {new!r}"]
+
+
+def check_train_run_dir(run_dir: Path, resolved: dict, resume: bool, overwrite: bool) -> None:
+    """A training run may start fresh, replace (``overwrite``) or continue (``resume``, same config) a directory."""
+    if resume:
+        saved = run_dir / CONFIG_FILE
+        if not saved.is_file():
+            raise ClipAdaptError(f"cannot resume: '{run_dir}' is not a run directory (no {CONFIG_FILE})")
+        if (run_dir / METRICS_FILE).is_file():
+            raise ClipAdaptError(f"run '{run_dir}' is already complete; nothing to resume (--overwrite retrains it)")
+        changed = _differences(yaml.safe_load(saved.read_text()), resolved)
+        if changed:
+            raise ClipAdaptError(f"cannot resume '{run_dir}' with a different config: {'; '.join(changed[:6])}")
+    else:
+        check_run_dir(run_dir, overwrite, resumable=True)
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's config.yaml as a dict; a one-line error when ``run_dir`` is not a run directory."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ClipAdaptError(f"'{run_dir}' is not a run directory (no {CONFIG_FILE})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def save_config_dict(data: dict, path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def start_run_dir(accelerator, run_dir: Path, resolved: dict, resume: bool) -> None:
+    """A fresh run directory holding config.yaml (kept as it is when resuming), written by the main process once
+    every process has checked the directory."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not resume:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        save_config_dict(resolved, run_dir / CONFIG_FILE)
+    accelerator.wait_for_everyone()
