@@ -115,3 +115,38 @@ def train_captioner_steps(captioner, batch: dict, steps: int) -> list[float]:
         losses.append(float(loss.detach()))
     assert all(torch.equal(p, frozen[n]) for n, p in captioner.named_parameters() if n in frozen)
     return losses
+
+
+DISAGREE_COLOURS = {"amber": (200, 125, 45), "rust": (185, 100, 60)}  # close: no candidate is perfect
+
+
+def make_disagreeing_folder(root: Path, colours: dict[str, tuple[int, int, int]] | None = None,
+                            train_per_class: int = 12, val_per_class: tuple[int, int] = (7, 6)) -> Path:
+    """An image folder on which validation and test disagree about every candidate, by construction.
+
+    Two colour classes (close ones by default). ``train/`` and ``val/`` are labelled truly; ``test/`` holds
+    byte-identical copies of the ``val/`` images with the two labels swapped. A deterministic classifier predicts the
+    same on an image and its copy, so for every candidate (template set, C, epoch, alpha, weights, sweep cell) test
+    accuracy = 1 - val accuracy, exactly: the candidate best on validation is the worst on test. An odd number of
+    val images (7 + 6) rules out the tie at 0.5. A selection that read test would report 1 - min(val), not
+    1 - max(val).
+    """
+    colours = colours or DISAGREE_COLOURS
+    rng = np.random.default_rng(11)
+    names = list(colours)
+    for split, counts in (("train", (train_per_class, train_per_class)), ("val", val_per_class)):
+        for name, count in zip(names, counts, strict=True):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.array(colours[name], dtype=np.int16)[None, None, :]
+                size = (int(rng.integers(28, 48)), int(rng.integers(28, 48)))
+                noise = rng.integers(-70, 70, size=(size[1], size[0], 3))
+                pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, mode="RGB").save(folder / f"{name}-{i}.png")
+    for true_name, swapped in zip(names, reversed(names), strict=True):
+        target = root / "test" / swapped
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted((root / "val" / true_name).glob("*.png")):
+            (target / path.name).write_bytes(path.read_bytes())
+    return root

@@ -99,6 +99,12 @@ def dataset_sections(runs: list[RunInfo], dataset: str, files: Path, prefix: str
     """One dataset's table, figures and per-method figures, and the table's rows."""
     rows = [r for r in table_rows(runs) if r.dataset == dataset]
     blocks = [("h2", f"Dataset: {dataset}"), ("table", summary_table(rows))]
+    oracles = [r for r in table_rows(runs, oracles=True) if r.dataset == dataset]
+    if oracles:
+        table = summary_table(oracles)
+        table.css_class = "oracle"
+        blocks += [("p", "Oracles, chosen on the test split they report (zeroshot.select_on=test): upper bounds, "
+                         "not results; they are in no comparison."), ("table", table)]
     blocks += [("figure", f) for f in _figures(rows, files, prefix)]
     blocks += [("h3", "Per method")] + [("figure", f) for f in _run_figures(rows, files, prefix)]
     return blocks, rows

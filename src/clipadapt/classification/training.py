@@ -21,7 +21,6 @@ from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.records import build_metrics_record, write_csv, write_metrics, write_skipped
 from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, start_run_dir
 from clipadapt.engine.trainer import Evaluation, FitResult, Trainer, make_accelerator
-from clipadapt.errors import ConfigError
 from clipadapt.io import staged_directory
 from clipadapt.methods import METHODS, Method
 from clipadapt.models import load_model, resolve_device
@@ -45,9 +44,7 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     dataset = load_dataset(cfg.data)
     for split in ("train", "val", cfg.data.split):
         dataset.split(split)  # a clear error before any heavy work
-    if cfg.data.split in ("train", "val"):
-        raise ConfigError(f"data.split '{cfg.data.split}' is used for training or model selection; "
-                          f"evaluate on a held-out split (test)")
+    dataset.check_held_out(cfg.data.split)
     device = accelerator.device
     reset_peak_memory(device)
     bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,

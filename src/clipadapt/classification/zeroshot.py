@@ -17,7 +17,7 @@ from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.records import CONFIG_FILE, build_metrics_record, write_metrics, write_skipped
 from clipadapt.engine.rundir import RunConfig, RunOutput, check_run_dir, default_run_dir, save_config_dict
-from clipadapt.engine.zeroshot import ZeroShotConfig, ZeroShotResult, evaluate_zero_shot
+from clipadapt.engine.zeroshot import ZeroShotConfig, ZeroShotResult, choose_selection, evaluate_zero_shot
 from clipadapt.io import staged_directory
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
@@ -42,7 +42,8 @@ def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
         resolve_template_sets(cfg.zeroshot.templates)  # fail on a bad template before any heavy work
     torch.manual_seed(cfg.run.seed)
     dataset = load_dataset(cfg.data)
-    dataset.split(cfg.data.split)
+    candidates = resolve_template_sets(cfg.zeroshot.templates or dataset.templates)
+    choose_selection(dataset, cfg.data.split, cfg.zeroshot.select_on, len(candidates), cfg.data.seed)  # errors first
     device = resolve_device(cfg.model.device)
     reset_peak_memory(device)
     bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,
@@ -52,7 +53,7 @@ def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
         result = evaluate_zero_shot(
             bundle, dataset, cfg.data.split, cfg.zeroshot.templates or None, cfg.data.batch_size,
             cfg.data.num_workers, cfg.data.strict, cfg.zeroshot.select_on,
-            FeatureCache() if cfg.run.feature_cache else None, cfg.zeroshot.text_batch_size,
+            FeatureCache() if cfg.run.feature_cache else None, cfg.zeroshot.text_batch_size, cfg.data.seed,
         )
     elapsed = time.perf_counter() - start
     resolved = to_dict(cfg)
@@ -72,7 +73,8 @@ def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
         seed=cfg.run.seed, config=resolved, device=device,
         templates={r.template_set.name: {"templates": r.template_set.as_strings(), "metrics": r.metrics,
                                          "selection_metrics": r.selection_metrics} for r in result.results},
-        best_template_set=result.best, selected_on=result.selected_on,
+        best_template_set=result.best, selected_on=result.selected_on, selection=result.selection,
+        oracle=result.oracle,
         num_classes=dataset.num_classes,
         skipped_images={"count": len(skipped), "file": "skipped_images.txt" if skipped else None},
     )

@@ -25,7 +25,7 @@ from clipadapt.cli.common import (
 
 def zero_shot_results_table(record: dict) -> Table:
     selected_on = record.get("selected_on")
-    show_selection = any(t.get("selection_metrics") for t in record["templates"].values())
+    show_selection = selected_on == "val" and any(t.get("selection_metrics") for t in record["templates"].values())
     headers = ["template set", "prompts", "acc1", "acc5", "mean per-class"] + [f"{selected_on} acc1"] * show_selection
     rows = []
     for name, entry in record["templates"].items():
@@ -38,6 +38,18 @@ def zero_shot_results_table(record: dict) -> Table:
         rows.append(row)
     return result_table(headers, rows, title=f"zero-shot: {record['model']} on {record['dataset']} "
                                              f"({record['split']}, n={record['metrics']['n']})")
+
+
+def selection_line(record: dict) -> str:
+    """How the reported template set (marked *) was chosen."""
+    selection = record.get("selection") or {}
+    best = record["best_template_set"]
+    if record.get("oracle"):
+        return f"{best}: {selection.get('oracle', 'oracle')}: an upper bound, not a result"
+    if record.get("selected_on") == "val":
+        carved = f", carved from {selection['carved_from']}" if selection.get("carved_from") else ""
+        return f"{best}: chosen on validation ({selection.get('images', '?')} images{carved})"
+    return f"{best}: the a-priori default, nothing chosen ({selection.get('reason', 'zeroshot.select_on=none')})"
 
 
 @user_errors
@@ -83,6 +95,10 @@ def zeroshot_command(
         experiment.data.classes = split_classes(classes)
     result = run_zero_shot(experiment)
     out.print(zero_shot_results_table(result.record))
+    if result.record.get("oracle"):
+        notice("oracle:", selection_line(result.record))
+    else:
+        out.print(selection_line(result.record), highlight=False)
     skipped = result.record["skipped_images"]["count"]
     if skipped:
         notice(f"{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")

@@ -101,12 +101,44 @@ class ClassificationDataset:
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    @property
+    def default_template_set(self) -> str:
+        """The a-priori template set: the dataset's own (listed last: ``flowers`` for flowers102), else ``simple``."""
+        return self.templates[-1] if self.templates else "simple"
+
+    def held_out_splits(self, used: tuple[str, ...] = ("train", "val")) -> list[str]:
+        """The splits that share no image with the ``used`` ones (what may be evaluated)."""
+        return [name for name, split in self.splits.items() if name not in used
+                and not any(shared_images(split, self.splits[u]) for u in used if u in self.splits)]
+
+    def check_held_out(self, name: str, used: tuple[str, ...] = ("train", "val")) -> None:
+        """Refuse to evaluate a split that is one of, or shares images with, the splits used to train and select."""
+        split = self.split(name)
+        if name in used:
+            problem = f"is used for {'training' if name == 'train' else 'model selection'}"
+        else:
+            shared = {u: shared_images(split, self.splits[u]) for u in used if u in self.splits}
+            overlapping = [f"{count} images with {u}" for u, count in shared.items() if count]
+            if not overlapping:
+                return
+            problem = f"shares {' and '.join(overlapping)}"
+        raise ConfigError(f"data.split '{name}' {problem}; evaluate on a held-out split; valid choices: "
+                          f"{', '.join(self.held_out_splits(used)) or 'none (add a test/ folder)'}")
+
     def split(self, name: str) -> Split:
         if name not in self.splits:
             raise UnknownNameError(
                 f"dataset '{self.name}' has no split '{name}'; valid choices: {', '.join(self.splits)}"
             )
         return self.splits[name]
+
+
+def shared_images(a: Split, b: Split) -> int:
+    """How many images two splits share: views of one source with common indices (splits of different sources,
+    e.g. a hub dataset's official splits or separate split folders, share none)."""
+    if a.source is not b.source:
+        return 0
+    return int(np.intersect1d(a.indices, b.indices).size)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 PER_CLASS_FILE = "per_class.csv"
 SKIPPED_FILE = "skipped_images.txt"
+ORACLE_LABEL = "oracle (selected on test)"  # a number chosen on the split it reports: shown, never compared
 
 
 def environment(device: torch.device | str) -> dict[str, str]:

@@ -1,4 +1,17 @@
-"""Zero-shot classification with prompt engineering (CLIP paper, section 3.1.4)."""
+"""Zero-shot classification with prompt engineering (CLIP paper, section 3.1.4).
+
+With several template sets, one is chosen, and never on the split that is reported (``zeroshot.select_on``):
+
+* ``val`` (default): on the validation split; where the dataset has none (``data.val_fraction=0``), on a seeded,
+  stratified tenth carved out of train (recorded); where there is no train split either (an image folder with only
+  ``test/``), nothing is chosen: the a-priori default is reported (``selected_on: none``).
+* ``none``: no choice; the a-priori default: the dataset's own set (the last one it recommends: ``flowers`` for
+  flowers102, ``simple`` for an image folder) when it is a candidate, else the first set given.
+* ``test``: the oracle, chosen on the evaluated test split itself; labelled "oracle (selected on test)" everywhere
+  and refused by ``compare``: it is an upper bound, not a result.
+
+Every candidate's numbers are recorded either way.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +21,24 @@ from dataclasses import dataclass, field
 import torch
 
 from clipadapt.config import option
-from clipadapt.data.base import ClassificationDataset
+from clipadapt.data.base import ClassificationDataset, Split, shared_images, stratified_split
 from clipadapt.data.prompts import TemplateSet, resolve_template_sets
 from clipadapt.engine.features import EncodedSplit, FeatureCache, encode_split
 from clipadapt.engine.metrics import classification_metrics
+from clipadapt.engine.records import ORACLE_LABEL
 from clipadapt.errors import ConfigError
 from clipadapt.models.bundle import ClipBundle
 
-SELECT_ON = ("val", "eval")
+SELECT_ON = ("val", "none", "test")
+CARVED_VAL_FRACTION = 0.1  # of train, per class, when the dataset has no validation split
 
 
 @dataclass
 class ZeroShotConfig:
     templates: list[str] = option([], help="template sets, template files, or templates with {} "
                                            "(empty: the dataset's recommended sets)")
-    select_on: str = option("val", help="split that picks the best template set: val (honest) or eval")
+    select_on: str = option("val", help="what picks the template set: val (validation, carved from train when "
+                                        "there is none), none (the a-priori default), test (an oracle, labelled)")
     text_batch_size: int = option(256, help="prompts per text-encoder batch")
 
     def __post_init__(self) -> None:
@@ -72,10 +88,70 @@ class ZeroShotResult:
     logits: torch.Tensor  # of the best set, on the evaluated split
     heads: dict[str, torch.Tensor] = field(default_factory=dict)
     selection_encoded: EncodedSplit | None = None
+    selection: dict = field(default_factory=dict)  # how the set was chosen (metrics.json "selection")
+
+    @property
+    def oracle(self) -> bool:
+        return self.selected_on == "test"
 
     @property
     def best_result(self) -> TemplateResult:
         return next(r for r in self.results if r.template_set.name == self.best)
+
+
+@dataclass
+class Selection:
+    """Where the template set was chosen: ``on`` is val, none or test; ``split`` what was read."""
+
+    on: str
+    split: Split | None = None
+    carved_from: str | None = None
+    reason: str = ""
+
+    def record(self, default: str) -> dict:
+        out: dict = {"on": self.on}
+        if self.split is not None:
+            out["images"] = len(self.split)
+        if self.carved_from:
+            out.update(carved_from=self.carved_from, fraction=CARVED_VAL_FRACTION)
+        if self.on == "none":
+            out["default"] = default
+        if self.reason:
+            out["reason"] = self.reason
+        if self.on == "test":
+            out["oracle"] = ORACLE_LABEL
+        return out
+
+
+def choose_selection(dataset: ClassificationDataset, split: str, select_on: str, candidates: int,
+                     seed: int = 0) -> Selection:
+    """What selects among ``candidates`` template sets when ``split`` is reported (see the module docstring)."""
+    if select_on not in SELECT_ON:
+        raise ConfigError(f"unknown zeroshot.select_on '{select_on}'; valid choices: {', '.join(SELECT_ON)}")
+    evaluated = dataset.split(split)
+    if candidates < 2:
+        return Selection("none", reason="one template set: nothing to choose")
+    if select_on == "none":
+        return Selection("none", reason="zeroshot.select_on=none")
+    if select_on == "test":
+        if split != "test":
+            raise ConfigError(f"zeroshot.select_on=test chooses on the evaluated test split, and data.split is "
+                              f"'{split}'; valid choices with data.split={split}: val, none")
+        return Selection("test", evaluated)
+    for name, carve in (("val", False), ("train", True)):
+        source = dataset.splits.get(name)
+        if source is None or name == split:
+            continue
+        shared = shared_images(evaluated, source)
+        if shared:
+            raise ConfigError(f"data.split '{split}' shares {shared} images with {name}, which chooses the template "
+                              f"set; evaluate a held-out split ({', '.join(dataset.held_out_splits()) or 'none'}) "
+                              f"or pass --set zeroshot.select_on=none")
+        if not carve:
+            return Selection("val", source)
+        _, held = stratified_split(source.labels, CARVED_VAL_FRACTION, seed)
+        return Selection("val", source.subset(held, "val"), carved_from=name)
+    return Selection("none", reason=f"no validation or training split besides '{split}'")
 
 
 def evaluate_zero_shot(
@@ -89,37 +165,42 @@ def evaluate_zero_shot(
     select_on: str = "val",
     cache: FeatureCache | None = None,
     text_batch_size: int = 256,
+    seed: int = 0,
 ) -> ZeroShotResult:
     """Evaluate one or more template sets; images are encoded once (and cached), text once per set.
 
-    With several sets, the best is chosen on the validation split (``select_on="val"``) when the dataset has
-    one and it is not the evaluated split, so the reported number is not selected on test data.
-    """
+    With several sets, the one reported is chosen as ``select_on`` says (module docstring): never on the reported
+    split, except as the labelled test oracle."""
     template_sets = resolve_template_sets(list(templates) if templates else dataset.templates)
+    names = [t.name for t in template_sets]
+    default = dataset.default_template_set if dataset.default_template_set in names else names[0]
+    selection = choose_selection(dataset, split, select_on, len(template_sets), seed)
     encoded = encode_split(bundle, dataset.split(split), batch_size, num_workers, strict, cache)
-    selection_split = None
-    if len(template_sets) > 1 and select_on == "val" and split != "val" and "val" in dataset.splits:
-        selection_split = "val"
-    selection_encoded = (encode_split(bundle, dataset.split("val"), batch_size, num_workers, strict, cache)
-                         if selection_split else None)
+    selection_encoded = None
+    if selection.on == "val":
+        selection_encoded = encode_split(bundle, selection.split, batch_size, num_workers, strict, cache)
 
     results, heads, logits_by_set = [], {}, {}
     for template_set in template_sets:
         head = build_zero_shot_head(bundle, dataset.classnames, template_set, text_batch_size)
         logits = zero_shot_logits(bundle, encoded.features, head)
-        selection = None
+        metrics = classification_metrics(logits, encoded.labels)
+        chosen_by = None
         if selection_encoded is not None:
-            selection = classification_metrics(zero_shot_logits(bundle, selection_encoded.features, head),
+            chosen_by = classification_metrics(zero_shot_logits(bundle, selection_encoded.features, head),
                                                selection_encoded.labels)
-        results.append(TemplateResult(template_set, classification_metrics(logits, encoded.labels), selection))
+        elif selection.on == "test":
+            chosen_by = metrics
+        results.append(TemplateResult(template_set, metrics, chosen_by))
         heads[template_set.name], logits_by_set[template_set.name] = head, logits
 
     def score(result: TemplateResult) -> tuple[float, float]:
-        m = result.selection_metrics or result.metrics
-        return m["acc1"], m["mean_per_class_acc"]
+        return result.selection_metrics["acc1"], result.selection_metrics["mean_per_class_acc"]
 
-    best = max(results, key=score).template_set.name  # ties: the first listed set wins
+    # ties: the first listed set wins
+    best = default if selection.on == "none" else max(results, key=score).template_set.name
     return ZeroShotResult(
-        split=split, results=results, best=best, selected_on=selection_split or split, encoded=encoded,
+        split=split, results=results, best=best, selected_on=selection.on, encoded=encoded,
         logits=logits_by_set[best], heads=heads, selection_encoded=selection_encoded,
+        selection=selection.record(default),
     )

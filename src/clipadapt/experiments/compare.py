@@ -119,6 +119,10 @@ def _experiment(run: PlannedRun, config: CompareConfig, overrides: list[str], re
         experiment = apply_overrides(experiment, common + overrides + ["run.overwrite=true"])
         if not experiment.zeroshot.templates:
             experiment.zeroshot.templates = list(config.templates)
+        if experiment.zeroshot.select_on == "test":
+            raise ConfigError("compare puts results side by side; zeroshot.select_on=test is an oracle (selected on "
+                              "test), not a result: valid choices in compare: val, none (`clipadapt zeroshot` runs "
+                              "the oracle on its own)")
         return experiment
     experiment: TrainExperiment = experiment_class(run.method)()
     flags = ["run.resume=true"] if resume else ["run.overwrite=true"]

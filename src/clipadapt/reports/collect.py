@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
+from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE, ORACLE_LABEL
 
 ROBUSTNESS_FILE = "robustness.json"
 SKIP_DIRS = {"checkpoints", "weights", "report_files"}
@@ -58,8 +58,14 @@ class RunInfo:
         if named:
             return str(named)
         if self.method == "zeroshot" and self.record:
-            return f"zeroshot ({self.record.get('best_template_set')})"
+            label = f"zeroshot ({self.record.get('best_template_set')})"
+            return f"{label} {ORACLE_LABEL}" if self.oracle else label
         return self.method
+
+    @property
+    def oracle(self) -> bool:
+        """Selected on the test split it reports (``zeroshot.select_on=test``): an upper bound, not a result."""
+        return bool((self.record or {}).get("oracle"))
 
     def history(self) -> list[dict[str, float]]:
         path = self.path / "history.csv"
@@ -128,13 +134,14 @@ class Row:
         return sorted(run.seed for run in self.runs)
 
 
-def table_rows(runs: list[RunInfo]) -> list[Row]:
-    """Complete runs grouped by (dataset, model, label); zero-shot first, then by mean acc1."""
+def table_rows(runs: list[RunInfo], oracles: bool = False) -> list[Row]:
+    """Complete runs grouped by (dataset, model, label); zero-shot first, then by mean acc1. Oracle runs (selected
+    on test) are never rows of a results table: ``oracles=True`` returns them alone, for a table of their own."""
     rows: dict[tuple[str, str, str], Row] = {}
     for run in runs:
-        if not run.complete:
+        if not run.complete or run.oracle != oracles:
             continue
-        key = (run.dataset, run.model, run.method if run.method == "zeroshot" else run.label)
+        key = (run.dataset, run.model, run.method if run.method == "zeroshot" and not run.oracle else run.label)
         rows.setdefault(key, Row(run.dataset, run.model, run.method, run.label)).runs.append(run)
     return sorted(rows.values(), key=lambda r: (r.dataset, r.model, r.method != "zeroshot",
                                                 -(r.stat("metrics", "acc1")[0])))

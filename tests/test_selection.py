@@ -1,0 +1,248 @@
+"""Every selecting feature chooses on validation and reports test once, proved on a dataset where the two disagree.
+
+``make_disagreeing_folder``: test holds the val images with the two labels swapped, so every candidate's test
+accuracy is 1 - its val accuracy. Each test checks that the candidates differ on val (else any rule would pass),
+that the candidate chosen is the val-best one, and that the reported test number is 1 - max(val): a selection that
+read test would report 1 - min(val). Run against a copy of the code whose "val" is the test split, every selecting
+test here fails (see the issue note).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from clipadapt.classification.experiment import load_experiment
+from clipadapt.classification.training import run_training
+from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
+from clipadapt.cli import app
+from clipadapt.config import apply_overrides
+from clipadapt.data import DataConfig, load_dataset
+from clipadapt.data.prompts import TemplateSet
+from clipadapt.engine.zeroshot import evaluate_zero_shot
+from clipadapt.errors import ConfigError
+from clipadapt.experiments.ensemble import run_ensemble
+from clipadapt.experiments.sweep import SweepConfig, run_sweep
+from clipadapt.experiments.wise import run_wise
+from clipadapt.models import load_model
+from tests.helpers import COLOURS, make_disagreeing_folder, make_image_folder
+
+runner = CliRunner()
+EXACT = 1e-6
+
+
+@pytest.fixture(scope="module")
+def disagree(tmp_path_factory):
+    return make_disagreeing_folder(tmp_path_factory.mktemp("data") / "disagree")
+
+
+@pytest.fixture(scope="module")
+def disagree_distinct(tmp_path_factory):
+    """The same construction with two clearly different colours (cache methods need separable features)."""
+    return make_disagreeing_folder(tmp_path_factory.mktemp("data") / "distinct",
+                                   colours={"red": COLOURS["red"], "blue": COLOURS["blue"]})
+
+
+def train(name, tiny_clip_dir, folder, out, *overrides):
+    experiment = load_experiment(name, None, [
+        f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{folder}",
+        "data.num_workers=0", "train.batch_size=8", "train.patience=0", f"run.out={out}", "run.samples=0",
+        *overrides])
+    return run_training(experiment).record
+
+
+def history(run_dir) -> list[dict]:
+    with (run_dir / "history.csv").open() as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def assert_val_chosen(record: dict, val_accs: list[float]) -> None:
+    """The candidates differ on val; the chosen one is the val-best; test is its mirror, the worst on test."""
+    assert max(val_accs) > min(val_accs), f"the fixture must make candidates differ on val: {val_accs}"
+    assert record["selection"]["on"] == "val"
+    assert record["selection"]["val_acc"] == pytest.approx(max(val_accs), abs=EXACT)
+    assert record["metrics"]["acc1"] == pytest.approx(1 - max(val_accs), abs=EXACT)  # test-chosen: 1 - min
+
+
+def test_the_fixture_mirrors_val_in_test(disagree):
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{disagree}"))
+    val, test = dataset.split("val"), dataset.split("test")
+    assert len(val) == len(test) == 13 and len(dataset.split("train")) == 24
+    val_items = {val.describe(i).rsplit("/", 1)[1]: (int(val.labels[i]), val.load(i).tobytes()) for i in range(13)}
+    for i in range(len(test)):
+        label, pixels = val_items[test.describe(i).rsplit("/", 1)[1]]
+        assert int(test.labels[i]) == 1 - label and test.load(i).tobytes() == pixels
+
+
+SWAP = {"amber": "rust", "rust": "amber"}
+
+
+def test_zero_shot_template_set(tiny_clip_dir, disagree):
+    bundle = load_model(str(tiny_clip_dir))
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{disagree}"))
+    sets = [TemplateSet("names", ["a photo of a {}."]),
+            TemplateSet("swapped", [lambda name: f"a photo of a {SWAP[name]}."])]  # the two classes' prompts swapped
+    result = evaluate_zero_shot(bundle, dataset, "test", sets, num_workers=0)
+    val = {r.template_set.name: r.selection_metrics["acc1"] for r in result.results}
+    test = {r.template_set.name: r.metrics["acc1"] for r in result.results}
+    assert max(val.values()) > min(val.values())
+    assert all(test[name] == pytest.approx(1 - val[name], abs=EXACT) for name in val)
+    assert result.selected_on == "val" and result.best == max(val, key=val.get)
+    assert result.best_result.metrics["acc1"] == pytest.approx(1 - max(val.values()), abs=EXACT)
+    oracle = evaluate_zero_shot(bundle, dataset, "test", sets, num_workers=0, select_on="test")
+    assert oracle.oracle and oracle.best == max(test, key=test.get) != result.best
+
+
+def test_linear_probe_c(tiny_clip_dir, disagree, tmp_path):
+    record = train("linear-probe", tiny_clip_dir, disagree, tmp_path / "run")
+    assert_val_chosen(record, [row["val_acc"] for row in history(tmp_path / "run")])
+
+
+def test_best_epoch(tiny_clip_dir, disagree, tmp_path):
+    record = train("linear-head", tiny_clip_dir, disagree, tmp_path / "run", "linear_head.head=linear",
+                   "linear_head.lr=0.003", "train.epochs=6")
+    rows = history(tmp_path / "run")
+    assert_val_chosen(record, [row["val_acc"] for row in rows])
+    assert rows[record["best_epoch"] - 1]["val_acc"] == pytest.approx(max(r["val_acc"] for r in rows), abs=EXACT)
+
+
+def test_tip_adapter_alpha_and_beta(tiny_clip_dir, disagree_distinct, tmp_path):
+    record = train("tip-adapter", tiny_clip_dir, disagree_distinct, tmp_path / "run")
+    assert_val_chosen(record, [row["val_acc"] for row in history(tmp_path / "run")])
+
+
+def test_wise_alpha(tiny_clip_dir, disagree, tmp_path):
+    train("linear-head", tiny_clip_dir, disagree, tmp_path / "run", "linear_head.lr=0.01", "train.epochs=4")
+    result = run_wise(tmp_path / "run", [0, 0.25, 0.5, 0.75, 1], tmp_path / "wise")
+    rows = json.loads((tmp_path / "wise" / "wise.json").read_text())["rows"]
+    assert all(r["test_acc"] == pytest.approx(1 - r["val_acc"], abs=EXACT) for r in rows)
+    assert_val_chosen(result["record"], [r["val_acc"] for r in rows])
+
+
+def test_ensemble_weights(tiny_clip_dir, disagree, tmp_path):
+    train("linear-probe", tiny_clip_dir, disagree, tmp_path / "probe")
+    zero_shot = apply_overrides(ZeroShotExperiment(), [
+        f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{disagree}",
+        "data.num_workers=0", f"run.out={tmp_path / 'zeroshot'}", "run.samples=0"])
+    run_zero_shot(zero_shot)
+    result = run_ensemble([tmp_path / "probe", tmp_path / "zeroshot"], tmp_path / "ensemble", mode="val")
+    search = json.loads((tmp_path / "ensemble" / "ensemble.json").read_text())["search"]
+    assert_val_chosen(result["record"], [row["val_acc"] for row in search])
+
+
+def test_sweep_cell(tiny_clip_dir, disagree, tmp_path):
+    result = run_sweep(SweepConfig(
+        method="linear-head", axes={"linear_head.lr": ["0.0001", "0.003", "0.1"]}, out=str(tmp_path / "sweep"),
+        overrides=[f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{disagree}",
+                   "data.num_workers=0", "train.batch_size=8", "train.epochs=3", "train.patience=0",
+                   "run.samples=0", "linear_head.head=linear"]))
+    val = [row["val_acc"] for row in result.rows]
+    assert max(val) > min(val)
+    assert all(row["test_acc"] == pytest.approx(1 - row["val_acc"], abs=EXACT) for row in result.rows)
+    assert result.chosen["val_acc"] == pytest.approx(max(val), abs=EXACT)
+    assert result.chosen["test_acc"] == pytest.approx(min(row["test_acc"] for row in result.rows), abs=EXACT)
+
+
+# -- no validation split: carve it from train, or choose nothing ------------------------------------------------
+
+
+def zero_shot_run(tiny_clip_dir, folder, out, *overrides) -> dict:
+    experiment = apply_overrides(ZeroShotExperiment(), [
+        f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{folder}",
+        "data.num_workers=0", f"run.out={out}", "run.samples=0", *overrides])
+    return run_zero_shot(experiment).record
+
+
+def test_zero_shot_without_val_chooses_on_a_part_carved_from_train(tiny_clip_dir, tmp_path):
+    folder = make_image_folder(tmp_path / "data", per_class=10, splits=("train", "test"))
+    record = zero_shot_run(tiny_clip_dir, folder, tmp_path / "run", "data.val_fraction=0",
+                           "zeroshot.templates=[simple,clip]")
+    assert record["selected_on"] == "val" and not record["oracle"]
+    assert record["selection"] == {"on": "val", "images": 3, "carved_from": "train", "fraction": 0.1}
+    assert all(entry["selection_metrics"] for entry in record["templates"].values())
+
+
+def test_zero_shot_with_only_a_test_split_reports_the_a_priori_default(tiny_clip_dir, tmp_path):
+    folder = make_image_folder(tmp_path / "data", per_class=4, splits=("test",))
+    record = zero_shot_run(tiny_clip_dir, folder, tmp_path / "run", "zeroshot.templates=[clip,simple]")
+    assert record["selected_on"] == "none" and record["best_template_set"] == "simple"  # the folder's own set
+    assert record["selection"]["default"] == "simple" and "no validation" in record["selection"]["reason"]
+    assert record["metrics"] == record["templates"]["simple"]["metrics"]
+    assert all(entry["selection_metrics"] is None for entry in record["templates"].values())
+
+
+def test_select_on_none_makes_no_choice(tiny_clip_dir, disagree, tmp_path):
+    record = zero_shot_run(tiny_clip_dir, disagree, tmp_path / "run", "zeroshot.templates=[clip,simple]",
+                           "zeroshot.select_on=none")
+    assert record["selected_on"] == "none" and record["best_template_set"] == "simple"
+
+
+def test_the_test_oracle_is_labelled_everywhere_and_compared_nowhere(tiny_clip_dir, disagree, tmp_path):
+    from clipadapt.experiments.compare import CompareConfig, run_compare
+    from clipadapt.experiments.report import build_report
+
+    record = zero_shot_run(tiny_clip_dir, disagree, tmp_path / "runs" / "oracle", "zeroshot.templates=[clip,simple]",
+                           "zeroshot.select_on=test")
+    assert record["oracle"] and record["selected_on"] == "test"
+    assert record["selection"]["oracle"] == "oracle (selected on test)"
+    tests = {name: entry["metrics"]["acc1"] for name, entry in record["templates"].items()}
+    assert record["metrics"]["acc1"] == max(tests.values())
+    honest = zero_shot_run(tiny_clip_dir, disagree, tmp_path / "runs" / "honest", "zeroshot.templates=[clip,simple]")
+    report = build_report([tmp_path / "runs"], tmp_path / "report")
+    assert [row.label for row in report.rows] == [f"zeroshot ({honest['best_template_set']})"]  # no oracle row
+    markdown = report.markdown.read_text()
+    assert f"zeroshot ({record['best_template_set']}) oracle (selected on test)" in markdown
+    assert "upper bounds, not results" in markdown
+    html = report.html.read_text()
+    assert html.count("class='oracle'") == 1 and html.count("class='summary'") == 1
+    with pytest.raises(ConfigError, match="oracle"):
+        run_compare(CompareConfig(models=[str(tiny_clip_dir)], dataset=f"imagefolder:{disagree}", methods=[],
+                                  out=str(tmp_path / "compare"), overrides=["zeroshot.select_on=test"],
+                                  device="cpu"), report=False)
+    assert not (tmp_path / "compare").exists()
+
+
+# -- evaluation splits that overlap training ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flat_folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "flat", per_class=8)
+
+
+def test_training_refuses_an_evaluation_split_that_holds_training_images(tiny_clip_dir, flat_folder, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "linear-head", "--model", str(tiny_clip_dir), "--dataset",
+                                 f"imagefolder:{flat_folder}", "--device", "cpu", "--out", str(out),
+                                 "--set", "data.split=all"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = [line for line in result.output.splitlines() if "data.split" in line]
+    assert message == ["error: data.split 'all' shares 15 images with train and 3 images with val; evaluate on a "
+                       "held-out split; valid choices: test"]
+    assert not out.exists()
+    for used in ("train", "val"):
+        with pytest.raises(ConfigError, match=f"data.split '{used}' is used for"):
+            load_dataset(DataConfig(dataset=f"imagefolder:{flat_folder}")).check_held_out(used)
+
+
+def test_zero_shot_that_selects_refuses_an_overlapping_split(tiny_clip_dir, flat_folder, tmp_path):
+    args = ["zeroshot", "--model", str(tiny_clip_dir), "--dataset", f"imagefolder:{flat_folder}", "--device", "cpu",
+            "--split", "all", "-t", "simple", "-t", "clip"]
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 2 and "shares 3 images with val, which chooses the template set" in refused.output
+    assert "zeroshot.select_on=none" in refused.output and not (tmp_path / "refused").exists()
+    chosen_nothing = runner.invoke(app, [*args, "--out", str(tmp_path / "none"), "--set", "zeroshot.select_on=none"])
+    assert chosen_nothing.exit_code == 0, chosen_nothing.output
+    assert "the a-priori default, nothing chosen" in chosen_nothing.output
+
+
+@pytest.mark.parametrize(("value", "split"), [("eval", "test"), ("test", "val")])
+def test_bad_select_on_is_one_line(value, split, tiny_clip_dir, disagree, tmp_path):
+    result = runner.invoke(app, ["zeroshot", "--model", str(tiny_clip_dir), "--dataset", f"imagefolder:{disagree}",
+                                 "--device", "cpu", "--split", split, "-t", "simple", "-t", "clip",
+                                 "--out", str(tmp_path / "run"), "--set", f"zeroshot.select_on={value}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "run").exists()
+    assert "valid choices" in result.output and "val, none" in result.output
