@@ -150,3 +150,26 @@ def make_disagreeing_folder(root: Path, colours: dict[str, tuple[int, int, int]]
         for path in sorted((root / "val" / true_name).glob("*.png")):
             (target / path.name).write_bytes(path.read_bytes())
     return root
+
+
+def make_disagreeing_captions(root: Path, train: int = 12, val: int = 6) -> Path:
+    """A COCO caption folder (world scenes) whose test split is the val images with their captions rotated: image k
+    carries image k+1's five captions. The epoch whose captions fit val best is not the one that fits test best."""
+    import json
+    import shutil
+
+    from clipadapt.world.caption_data import write_caption_dataset
+
+    write_caption_dataset(root, {"train": (1, train), "val": (2, val)}, resolution=32)
+    data = json.loads((root / "captions_val.json").read_text())
+    (root / "images" / "test").mkdir(parents=True, exist_ok=True)
+    images = []
+    for record in data["images"]:
+        name = Path(record["file_name"]).name
+        shutil.copyfile(root / record["file_name"], root / "images" / "test" / name)
+        images.append({**record, "file_name": f"images/test/{name}"})
+    ids = [record["id"] for record in data["images"]]
+    rotated = {ids[(k + 1) % len(ids)]: ids[k] for k in range(len(ids))}  # captions of k+1 -> image k
+    annotations = [{**a, "image_id": rotated[a["image_id"]]} for a in data["annotations"]]
+    (root / "captions_test.json").write_text(json.dumps({"images": images, "annotations": annotations}) + "\n")
+    return root

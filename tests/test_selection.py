@@ -246,3 +246,25 @@ def test_bad_select_on_is_one_line(value, split, tiny_clip_dir, disagree, tmp_pa
                                  "--out", str(tmp_path / "run"), "--set", f"zeroshot.select_on={value}"])
     assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "run").exists()
     assert "valid choices" in result.output and "val, none" in result.output
+
+
+def test_caption_best_epoch(tiny_clip_dir, tiny_lm_dir, tmp_path):
+    """Captions have no exact mirror; instead the saved model is re-scored on val: its CIDEr-D there must be the best
+    of the epochs' validation CIDEr-D. Were those numbers read from test (the rotated captions), they would belong to
+    another epoch's weights and the saved model's val score would not match."""
+    from clipadapt.captioning.runs import evaluate_caption_run, load_caption_experiment, run_caption_training
+    from tests.helpers import make_disagreeing_captions
+
+    folder = make_disagreeing_captions(tmp_path / "captions")
+    experiment = load_caption_experiment("lora", None, [
+        f"model.spec={tiny_clip_dir}", f"decoder.spec={tiny_lm_dir}", f"data.dataset=coco:{folder}",
+        "train.epochs=4", "train.batch_size=16", "train.max_length=24", "decode.max_new_tokens=6",
+        "decode.tokenizer=simple", "train.select=cider", "train.patience=0", "run.attention_images=0",
+        f"run.out={tmp_path / 'run'}"])
+    out = run_caption_training(experiment)
+    rows = history(out.run_dir)
+    val = [row["val_cider"] for row in rows]
+    assert max(val) > min(val), f"the epochs must differ on val: {val}"
+    assert out.record["selection"]["val_cider"] == pytest.approx(max(val), abs=EXACT)
+    rescored = evaluate_caption_run(out.run_dir, split="val")
+    assert rescored["metrics"]["cider"] == pytest.approx(max(val), abs=1e-4)
