@@ -6,26 +6,58 @@ from clipadapt.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPre
 from clipadapt.errors import ClipAdaptError
 from clipadapt.models.bundle import ClipBundle
 
+EXAMPLE_SPEC = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+INSTALL = "pip install -c constraints.txt 'clipadapt[openclip]'"
 
-def _import_open_clip():
+
+def _open_clip_if_installed():
     try:
         import open_clip
     except ImportError:
-        raise ClipAdaptError(
-            "open_clip models need the optional extra: pip install -c constraints.txt 'clipadapt[openclip]'"
-        ) from None
+        return None
     return open_clip
+
+
+def _import_open_clip():
+    open_clip = _open_clip_if_installed()
+    if open_clip is None:
+        raise ClipAdaptError(f"open_clip models need the optional extra: {INSTALL}")
+    return open_clip
+
+
+def parse_open_clip_spec(arch_and_tag: str, spec: str) -> tuple[str, str]:
+    """``(ARCH, TAG)``; a spec without a pretrained tag is refused (open_clip would build random weights).
+
+    Decided before open_clip is imported where it can be: the refusal needs open_clip only to list the tags."""
+    arch, _, tag = arch_and_tag.partition("/")
+    arch, tag = arch.strip(), tag.strip()
+    if not arch:
+        raise ClipAdaptError(f"model '{spec}' names no open_clip architecture; use open_clip:ARCH/TAG, "
+                             f"e.g. {EXAMPLE_SPEC}")
+    if tag:
+        return arch, tag
+    open_clip = _open_clip_if_installed()
+    if open_clip is None:
+        where = f"open_clip.list_pretrained() lists the tags once the extra is installed: {INSTALL}"
+    elif arch not in open_clip.list_models():
+        where = f"'{arch}' is not an open_clip architecture either; architectures: {', '.join(open_clip.list_models())}"
+    else:
+        tags = list(open_clip.list_pretrained_tags_by_model(arch))
+        where = (f"pretrained tags for {arch}: {', '.join(tags)}" if tags
+                 else f"open_clip has no pretrained weights for {arch}")
+    raise ClipAdaptError(f"model '{spec}' names no pretrained tag, and open_clip would load random weights; "
+                         f"use open_clip:ARCH/TAG, e.g. {EXAMPLE_SPEC}; {where}")
 
 
 def load_open_clip(arch_and_tag: str, spec: str) -> ClipBundle:
     """``ARCH/TAG`` as in ``open_clip.list_pretrained()``, e.g. ``ViT-B-32/laion2b_s34b_b79k``."""
+    arch, tag = parse_open_clip_spec(arch_and_tag, spec)
     open_clip = _import_open_clip()
-    arch, _, tag = arch_and_tag.partition("/")
     if arch not in open_clip.list_models():
         raise ClipAdaptError(f"unknown open_clip architecture '{arch}'; valid choices: "
                              f"{', '.join(open_clip.list_models())}")
     try:
-        model = open_clip.create_model(arch, pretrained=tag or None)
+        model = open_clip.create_model(arch, pretrained=tag)
     except RuntimeError as e:
         raise ClipAdaptError(f"open_clip could not load '{arch_and_tag}': {str(e).splitlines()[0]}") from None
     model.eval()
