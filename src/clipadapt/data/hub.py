@@ -115,6 +115,34 @@ def _load_local_copy(root: Path):
     return datasets.load_dataset("parquet", data_files=data_files)
 
 
+# Transport failures of the HTTP stacks under datasets/huggingface_hub (httpx, requests, urllib3, aiohttp), matched
+# by class name so that none of them has to be importable; builtin ConnectionError and TimeoutError also cover
+# huggingface_hub's OfflineModeIsEnabled and datasets' "Couldn't reach ... on the Hub"
+NETWORK_ERROR_NAMES = frozenset({"ConnectionError", "TimeoutError", "TransportError", "NetworkError", "ConnectError",
+                                 "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError", "NewConnectionError",
+                                 "ClientConnectionError", "gaierror"})
+
+
+def network_failure(error: BaseException | None) -> BaseException | None:
+    """``error``, or the error it was raised from (followed as a traceback shows them), that failed to reach the hub;
+    None when there is none."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if any(c.__name__ in NETWORK_ERROR_NAMES for c in type(error).__mro__):
+            return error
+        if error.__cause__ is not None:
+            error = error.__cause__
+        else:
+            error = None if error.__suppress_context__ else error.__context__
+    return None
+
+
+def _first_line(error: BaseException, limit: int) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def load_dataset_dict(repo: str, root: str | None):
     if root:
         return _load_local_copy(Path(root).expanduser())
@@ -122,8 +150,12 @@ def load_dataset_dict(repo: str, root: str | None):
 
     try:
         return datasets.load_dataset(repo)
-    except Exception as e:  # network errors come in many types (ConnectionError, OSError, hub errors)
-        raise DataError(_offline_message(repo, str(e).splitlines()[0][:120] or type(e).__name__)) from None
+    except Exception as e:
+        network = network_failure(e)
+        if network is not None:  # the offline advice helps only when the hub could not be reached
+            raise DataError(_offline_message(repo, _first_line(network, 120))) from None
+        # anything else (no such dataset, a gated one, a bad config) keeps its own message
+        raise DataError(f"could not load hub dataset '{repo}': {_first_line(e, 300)}") from e
 
 
 def _pick_column(features, wanted: str | None, kind: str, available: list[str], repo: str) -> str:
