@@ -85,7 +85,19 @@ def make_accelerator(device: torch.device, precision: str, log_with: str = "none
     from accelerate import Accelerator
 
     tracking = {"log_with": log_with, "project_dir": str(run_dir)} if log_with != "none" and run_dir else {}
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision(precision, device), **tracking)
+    settings = {"cpu": device.type == "cpu", "mixed_precision": mixed_precision(precision, device), **tracking}
+    try:
+        return Accelerator(**settings)
+    except ValueError as e:
+        # Accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+        # precision; runs in one process (a sweep over train.precision, a notebook) are sequential, so the next
+        # run starts a fresh state (the process group, in PartialState, is kept)
+        if "already been initialized" not in str(e):
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+        return Accelerator(**settings)
 
 
 @dataclass
