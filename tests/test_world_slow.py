@@ -88,3 +88,36 @@ def test_class_specific_coop_beats_zero_shot_on_novel_pairs(with_world, tmp_path
     record = run_training(load_experiment("coop", None, overrides)).record
     assert record["metrics"]["acc1"] > zero_shot + 0.10, (record["metrics"]["acc1"], zero_shot)
     assert record["shots"] == 8 and record["selection"]["val_acc"] > 0
+
+
+# Corruptions cost the pretrained model accuracy. Measured on world:shapes test, the first 5 images of each of the 48
+# classes (240), zero-shot with the simple template: blur radius 0/0.5/1/2/4: 0.817 0.808 0.725 0.417 0.233; JPEG
+# 100 - quality 0/50/80/90/95: 0.817 0.629 0.517 0.412 0.308 (all 960 images: 0.829 0.826 0.715 0.392 0.229 and
+# 0.829 0.645 0.486 0.384 0.275). A level may score up to ROBUSTNESS_NOISE above the one before it (one image is
+# 0.004; blur 0.5 barely changes a 64-pixel scene, so those two levels are a near tie), and the strongest level is
+# far below clean. About 2-4 s each once the world exists.
+ROBUSTNESS_NOISE = 0.02
+
+
+@pytest.mark.parametrize("corruption", ["blur", "jpeg"])
+def test_corruption_accuracy_does_not_rise_with_severity(corruption, with_world):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from clipadapt.classification.predictors import zero_shot_predictor
+    from clipadapt.classification.robustness import CORRUPTIONS, evaluate_robustness
+    from clipadapt.data.prompts import resolve_template_set
+
+    dataset = load_dataset(DataConfig(dataset="world:shapes"))
+    test = dataset.split("test")
+    keep = np.concatenate([np.flatnonzero(test.labels == c)[:5] for c in range(len(dataset.classnames))])
+    predictor = zero_shot_predictor("world:tiny", dataset.classnames, resolve_template_set("simple").templates, "cpu")
+    predictor.dataset = replace(dataset, splits={"test": test.subset(np.sort(keep))})
+    levels = list(CORRUPTIONS.get(corruption).default_levels)
+    accuracy = list(evaluate_robustness(predictor, corruption, levels)["accuracy"].values())
+    assert len(accuracy) == len(levels) == 5
+    assert accuracy[0] >= 0.75, accuracy  # clean: the model is good on these images
+    assert all(later <= earlier + ROBUSTNESS_NOISE for earlier, later in zip(accuracy, accuracy[1:], strict=False)), \
+        accuracy
+    assert accuracy[-1] <= accuracy[0] - 0.3, accuracy  # the strongest level costs a lot
