@@ -20,3 +20,7 @@ class ConfigError(ClipAdaptError, ValueError):
 
 class DataError(ClipAdaptError):
     """A dataset that cannot be read, or an image that cannot be decoded under --strict."""
+
+
+class NameTakenError(ConfigError):
+    """A method, dataset, model or template set registered under a name that is already taken."""

@@ -30,14 +30,29 @@ LINE_SECONDS = 20.0  # then at least this often
 LINE_PERCENT = 10  # and at every step of this many percent
 
 
+_SILENCED = [0]  # progress_disabled() blocks in force
+
+
+@contextmanager
+def progress_disabled() -> Iterator[None]:
+    """No progress display inside the block (``progress=False`` of the Python API)."""
+    _SILENCED[0] += 1
+    try:
+        yield
+    finally:
+        _SILENCED[0] -= 1
+
+
 def progress_mode() -> str:
-    """``off``, ``bars`` (a terminal) or ``lines`` (a log file or pipe)."""
+    """``off``, ``bars`` (a terminal or a notebook) or ``lines`` (a log file or pipe)."""
+    if _SILENCED[0]:
+        return "off"
     setting = os.environ.get("CLIPADAPT_PROGRESS", "1").strip().lower()
     if setting in ("0", "off", "false"):
         return "off"
     if setting == "lines":
         return "lines"
-    return "bars" if sys.stderr.isatty() else "lines"
+    return "bars" if sys.stderr.isatty() or console.is_jupyter else "lines"  # rich renders bars in notebooks
 
 
 def progress_enabled() -> bool:

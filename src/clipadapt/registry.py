@@ -11,25 +11,32 @@ Usage::
     DATASETS.names()           # -> ["digits", ...]
 
 Plug-ins (the built-in world, a user's package) register from their own side: ``add_plugin("pkg.module:function")``
-names a function that registers names into any registries; every registry calls the functions not yet called on
-its first lookup (``get``, ``names``, ``in``...), so a plug-in is never imported by the layers it extends, and
-nothing is imported before a name is looked up.
+names a function that registers names into any registries, and a pip-installed package declares entry points in the
+groups ``clipadapt.methods``, ``clipadapt.datasets``, ``clipadapt.models`` (or ``clipadapt.plugins``): a module whose
+import registers its names, or ``module:function``. Every registry loads the plug-ins not loaded yet on its first
+lookup (``get``, ``names``, ``in``...): a plug-in is never imported by the layers it extends, nothing is imported
+before a name is looked up, and each name remembers the package that registered it (``Registry.origin``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.metadata
+import logging
 import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from clipadapt.errors import UnknownNameError
+from clipadapt.errors import NameTakenError, UnknownNameError
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUPS = ("clipadapt.plugins", "clipadapt.models", "clipadapt.datasets", "clipadapt.methods")
 _PLUGINS: list[str] = []  # "module:function", in the order they were added
 _LOADED: set[str] = set()  # called, or being called (a lookup from inside a plug-in does not call it again)
+_ORIGIN: list[str | None] = [None]  # the package whose plug-in is registering now (None: clipadapt itself)
 
 
 def add_plugin(target: str) -> None:
@@ -41,12 +48,37 @@ def add_plugin(target: str) -> None:
         _PLUGINS.append(target)
 
 
+def _entry_points() -> list[tuple[str, str]]:
+    """``(target, package)`` of every installed package's clipadapt entry points."""
+    found = []
+    for group in ENTRY_POINT_GROUPS:
+        for entry in importlib.metadata.entry_points(group=group):
+            package = entry.dist.name if entry.dist is not None else entry.module.split(".")[0]
+            found.append((entry.value.replace(" ", ""), package))
+    return found
+
+
 def load_plugins() -> None:
-    """Call every plug-in's registration function not called yet."""
-    for target in [t for t in _PLUGINS if t not in _LOADED]:
+    """Load every plug-in not loaded yet: those named by ``add_plugin`` (clipadapt's own world), then installed
+    packages' entry points. A plug-in that fails to load is reported and skipped: its names are missing."""
+    pending = [(t, None) for t in _PLUGINS if t not in _LOADED]
+    if not _LOADED or pending:
+        pending += [(t, p) for t, p in _entry_points() if t not in _LOADED and t not in _PLUGINS]
+    for target, package in pending:
         _LOADED.add(target)
         module, _, function = target.partition(":")
-        getattr(importlib.import_module(module), function)()
+        _ORIGIN[0] = package
+        try:
+            loaded = importlib.import_module(module)
+            if function:
+                getattr(loaded, function)()
+        except Exception as e:  # a broken plug-in must not take clipadapt down with it
+            if package is None:
+                raise
+            log.warning("plug-in %s (%s) could not be loaded, its names are missing: %s", target, package,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+        finally:
+            _ORIGIN[0] = None
 
 
 class Registry(Generic[T]):
@@ -56,14 +88,17 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._origin: dict[str, str | None] = {}
 
     def register(self, name: str, obj: T | None = None, *, help: str = "") -> Any:
         """Register ``obj`` under ``name``; without ``obj`` this is a decorator."""
 
         def add(item: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.kind} '{name}' is already registered")
+                by = self._origin.get(name) or "clipadapt"
+                raise NameTakenError(f"{self.kind} '{name}' is already registered (by {by}); choose another name")
             self._entries[name] = item
+            self._origin[name] = _ORIGIN[0]
             doc = help or (getattr(item, "__doc__", None) or "").strip().splitlines()
             self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
             return item
@@ -86,6 +121,11 @@ class Registry(Generic[T]):
         load_plugins()
         names = sorted(self._entries)
         return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+    def origin(self, name: str) -> str | None:
+        """The package of the plug-in that registered ``name`` (None: clipadapt or code run in this process)."""
+        self.get(name)
+        return self._origin.get(name)
 
     def help(self, name: str) -> str:
         self.get(name)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from clipadapt.classification.predictors import Predictor
 from clipadapt.data.images import ImageLoadError, load_image
@@ -22,21 +23,26 @@ class ImagePrediction:
     figure: Path | None = None
 
 
-def predict_images(predictors: list[Predictor], images: list[Path], topk: int = 5,
+def predict_images(predictors: list[Predictor], images: list[Path | str | Image.Image], topk: int = 5,
                    out_dir: Path | None = None) -> tuple[list[ImagePrediction], list[tuple[Path, str]]]:
-    """Predictions per image and predictor; unreadable images are skipped and returned with the reason."""
+    """Predictions per image (a file, or a PIL image already in memory, named ``image-N``) and predictor;
+    unreadable files are skipped and returned with the reason."""
     if topk <= 0:
         raise ClipAdaptError(f"--topk must be positive, got {topk}")
     if not predictors:
         raise ClipAdaptError("nothing to predict with: give run directories or --model")
     results, skipped = [], []
-    for path in images:
-        try:
-            image = load_image(Path(path))
-        except (ImageLoadError, OSError) as e:
-            skipped.append((Path(path), str(e)))
-            continue
-        prediction = ImagePrediction(Path(path))
+    for index, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            path, image = Path(f"image-{index}"), item.convert("RGB")
+        else:
+            path = Path(item)
+            try:
+                image = load_image(path)
+            except (ImageLoadError, OSError) as e:
+                skipped.append((path, str(e)))
+                continue
+        prediction = ImagePrediction(path)
         for predictor in predictors:
             probs = predictor.probabilities(predictor.preprocess(image).unsqueeze(0))[0].numpy()
             order = np.argsort(-probs, kind="stable")[: min(topk, len(probs))]

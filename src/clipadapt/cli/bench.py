@@ -27,18 +27,14 @@ def bench_command(
 ):
     """Inference images/s, latency p50/p95 and peak memory with and without gradients; training steps per method."""
     setup_logging()
-    from clipadapt.experiments.bench import accuracy_vs_speed, run_bench
-    from clipadapt.experiments.compare import resolve_methods
-    from clipadapt.io import atomic_write_json
-
-    names = resolve_methods([m.strip() for m in methods.split(",")]) if methods else []
+    from clipadapt.api import bench
 
     def show(row: dict) -> None:
         what = row.get("mode") or row.get("method")
         err.print(f"measured {what} on {row['model']}", highlight=False)
 
-    results = run_bench(list(model), batch, dtype, names, iterations, steps, device, on_result=show,
-                        settings=list(set_ or []))
+    results = bench(list(model), batch, dtype, methods or (), iterations, steps, out_dir, compare=compare_dir,
+                    device=device, overrides=set_ or [], on_result=show)
     rows = [[row["model"], row["mode"], f"{row['images_per_s']:.1f}", f"{row['latency_ms_p50']:.1f}",
              f"{row['latency_ms_p95']:.1f}", f"{row['peak_mem_mb']:,.0f}", f"{row['params']:,}"]
             for row in results["inference"]]
@@ -49,7 +45,4 @@ def bench_command(
                  f"{row['trainable']:,}", f"{row['trainable_pct']:.3f}"] for row in results["training"]]
         out.print(result_table(["model", "method", "train images/s", "peak memory (MB)", "trainable", "% of model"],
                                rows, title=f"training step, batch {batch}", names=2))
-    if compare_dir is not None:
-        results["accuracy_vs_speed"] = accuracy_vs_speed(results, compare_dir, out_dir / "accuracy_vs_speed.png")
-    atomic_write_json(out_dir / "bench.json", results)
     out.print(f"results: {out_dir / 'bench.json'}", highlight=False)

@@ -25,16 +25,18 @@ def wise_command(
 ):
     """WiSE-FT: interpolate a run's weights with zero-shot, choose alpha on val, plot test against shift."""
     setup_logging()
-    from clipadapt.experiments.wise import run_wise
+    import json
 
-    result = run_wise(run_dir, number_list(alphas, "--alphas", float), out_dir, shift_dataset, overwrite, device,
-                      shift_root=shift_root)
+    from clipadapt.api import wise
+
+    run = wise(run_dir, number_list(alphas, "--alphas", float), out_dir, shift_dataset, shift_root, overwrite, device)
+    result = json.loads((run.dir / "wise.json").read_text())
     shift = result["shift_dataset"]
     rows = [[f"{r['alpha']:g}" + (" *" if r["alpha"] == result["chosen_alpha"] else ""), f"{r['val_acc']:.3f}",
              f"{r['test_acc']:.3f}", *([f"{r['shift_acc']:.3f}"] if shift else [])] for r in result["rows"]]
     out.print(result_table(["alpha", "val acc", "test acc", *([f"{shift} acc"] if shift else [])], rows,
                            title=f"WiSE-FT of {run_dir} (* chosen on val)"))
-    out.print(f"run: {result['run_dir']} (wise.png, wise.json)", highlight=False)
+    out.print(f"run: {run.dir} (wise.png, wise.json)", highlight=False)
 
 
 @user_errors
@@ -49,12 +51,12 @@ def ensemble_command(
 ):
     """Average the class probabilities of finished runs; written as a run directory (report, predict, robustness)."""
     setup_logging()
-    from clipadapt.experiments.ensemble import run_ensemble
+    from clipadapt.api import ensemble
 
-    result = run_ensemble(run_dirs, out_dir, weights, overwrite, device, label)
+    run = ensemble(run_dirs, out_dir, weights, label, overwrite, device)
+    record = run.record
     rows = [[m["label"], f"{m['weight']:.2f}", f"{m['val_acc']:.3f}", f"{m['test_acc']:.3f}"]
-            for m in result["members"]]
-    metrics = result["record"]["metrics"]
-    rows.append(["ensemble", "1.00", f"{result['record']['selection']['val_acc']:.3f}", f"{metrics['acc1']:.3f}"])
+            for m in record["members"]]
+    rows.append(["ensemble", "1.00", f"{record['selection']['val_acc']:.3f}", f"{record['metrics']['acc1']:.3f}"])
     out.print(result_table(["run", "weight", "val acc", "test acc"], rows, text=[0]))
-    err.print(f"run: {result['run_dir']}", highlight=False)
+    err.print(f"run: {run.dir}", highlight=False)

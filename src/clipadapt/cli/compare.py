@@ -42,20 +42,17 @@ def compare_command(
 ):
     """Zero-shot and every chosen method on one dataset, each a run directory, then one report."""
     setup_logging(verbose)
-    from clipadapt.experiments.compare import CompareConfig, run_compare
+    from clipadapt.api import compare
 
     if dataset is None:
         raise ClipAdaptError("compare needs --dataset (see `clipadapt datasets`)")
-    config = CompareConfig(
-        models=list(model), dataset=dataset, methods=[m.strip() for m in methods.split(",") if m.strip()],
-        seeds=number_list(seeds, "--seeds"), shots=shots, overrides=list(set_ or []), templates=list(templates or []),
-        out=str(out_dir), skip_existing=skip_existing, overwrite=overwrite, zeroshot=not no_zeroshot, device=device,
-    )
 
     def show(run, status: str) -> None:
         notice(run.method, f"seed {run.seed} on {run.model}: {status}", "bold")
 
-    result = run_compare(config, on_run=show)
+    result = compare(list(model), dataset, methods, number_list(seeds, "--seeds"), shots, out_dir,
+                     templates=list(templates or []), zeroshot=not no_zeroshot, skip_existing=skip_existing,
+                     overwrite=overwrite, device=device, overrides=set_ or [], on_run=show)
     if result.report is not None:
         out.print(report_table(result.report))
         out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)
@@ -88,12 +85,8 @@ def report_command(
 ):
     """Rebuild or merge reports from run directories (never recomputes a result)."""
     setup_logging()
-    from clipadapt.experiments.report import build_report
+    from clipadapt.api import report as build_report
 
-    if out_dir is None:
-        if len(run_dirs) != 1:
-            raise ClipAdaptError("several inputs: say where the merged report goes with --out DIR")
-        out_dir = run_dirs[0]
     report = build_report(list(run_dirs), out_dir, group=group)
     out.print(report_table(report))
     for run in report.incomplete:

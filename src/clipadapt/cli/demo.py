@@ -18,9 +18,9 @@ def demo_command(
 ):
     """Offline demo: every method on the built-in world, robustness, bench, one report (first run pretrains)."""
     setup_logging()
-    from clipadapt.experiments.demo import run_demo
+    from clipadapt.api import demo
 
-    result = run_demo(out_dir, say=lambda message: err.print(message, highlight=False))
+    result = demo(out_dir, say=lambda message: err.print(message, highlight=False))
     out.print(report_table(result.report))
     print_failed(result.compare.failed)
     out.print(f"bench: {result.bench}", highlight=False)

@@ -9,12 +9,17 @@ import typer
 from clipadapt.cli.common import out, result_table, user_errors
 
 
+def _package(row: dict) -> str:
+    return f" [{row['package']}]" if row["package"] else ""
+
+
 @user_errors
 def models_command(pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'ViT-*'")] = None):
     """List named models and the other accepted model specs."""
-    from clipadapt.models import MODELS, SCHEMES
+    from clipadapt.api import models
+    from clipadapt.models import SCHEMES
 
-    rows = [[name, MODELS.help(name)] for name in MODELS.names(pattern)]
+    rows = [[row["name"], row["description"] + _package(row)] for row in models(pattern)]
     out.print(result_table(["model", "what it is"], rows, title="named models", text=[1]))
     out.print("Also accepted: any transformers CLIP/SigLIP hub id (org/name), a local model folder, "
               + ", ".join(f"{s}:..." for s in SCHEMES.names()) + " (optional extra).")
@@ -23,39 +28,40 @@ def models_command(pattern: Annotated[str | None, typer.Argument(help="shell pat
 @user_errors
 def datasets_command():
     """List registered datasets."""
-    from clipadapt.data import DATASETS
+    from clipadapt.api import datasets
 
-    rows = [[entry.usage, DATASETS.help(name)] for name, entry in DATASETS.items()]
+    rows = [[row["usage"], row["description"] + _package(row)] for row in datasets()]
     out.print(result_table(["dataset", "what it is"], rows, text=[1]))
 
 
 @user_errors
 def templates_command(name: Annotated[str | None, typer.Argument(help="show the templates of one set")] = None):
     """List prompt template sets, or the templates of one set."""
+    from clipadapt.api import template_sets
     from clipadapt.data.prompts import TEMPLATE_SETS
 
     if name:
-        template_set = TEMPLATE_SETS.get(name)
-        for template in template_set.as_strings():
+        TEMPLATE_SETS.get(name)  # the unknown-name message lists the sets
+        for template in template_sets(name)[0]["templates"]:
             out.print(template, highlight=False)
         return
-    rows = [[set_name, len(template_set.templates), template_set.description]
-            for set_name, template_set in TEMPLATE_SETS.items()]
+    rows = [[row["name"], len(row["templates"]), row["description"] + _package(row)] for row in template_sets()]
     out.print(result_table(["template set", "templates", "description"], rows, text=[2]))
 
 
 @user_errors
 def methods_command(pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'lin*'")] = None):
     """List adaptation methods with their config fields and defaults (set them with --set SECTION.KEY=VALUE)."""
+    from clipadapt.api import methods
     from clipadapt.config import field_help
     from clipadapt.methods import METHODS
 
-    for name in METHODS.names(pattern):
-        entry = METHODS.get(name)
+    for row in methods(pattern):
+        entry = METHODS.get(row["name"])
         rows = [[f"{entry.section}.{key}", default, text]
                 for key, (default, text) in field_help(entry.config_class).items()]
-        table = result_table(["field", "default", "help"], rows, title=f"{name}: {METHODS.help(name)}",
-                             text=[2])
+        table = result_table(["field", "default", "help"], rows,
+                             title=f"{row['name']}: {row['description']}{_package(row)}", text=[2])
         table.title_justify = "left"
         out.print(table)
     out.print("Shared sections: train.* (see `clipadapt train --help`), data.*, model.*, run.*", highlight=False)

@@ -32,9 +32,7 @@ def predict_command(
 ):
     """Top-k classes and probabilities of every run for each image, as a table and one bar chart per image."""
     setup_logging()
-    from clipadapt.classification.predict import predict_images
-    from clipadapt.classification.predictors import load_predictor, zero_shot_predictor
-    from clipadapt.data.prompts import resolve_template_sets
+    from clipadapt.api import predict
     from clipadapt.engine.records import CONFIG_FILE
 
     run_dirs = [p for p in paths if p.is_dir() and (p / CONFIG_FILE).is_file()]
@@ -44,15 +42,8 @@ def predict_command(
         raise ClipAdaptError(f"'{not_runs[0]}' is a directory but not a run directory (no {CONFIG_FILE})")
     if not images:
         raise ClipAdaptError("no image files given: clipadapt predict RUN_DIR... IMAGE...")
-    predictors = [load_predictor(p, device) for p in run_dirs]
-    if model:
-        names = split_classes(classes) or (predictors[0].classnames if predictors else None)
-        if not names:
-            raise ClipAdaptError("--model without run directories needs --classes a,b,c")
-        sets = resolve_template_sets(list(templates or ["simple"]))
-        prompts = [t for template_set in sets for t in template_set.templates]
-        predictors.append(zero_shot_predictor(model, names, prompts, device or "auto"))
-    results, skipped = predict_images(predictors, images, topk, out_dir)
+    results, skipped = predict(run_dirs, images, topk, model=model, classes=split_classes(classes) if classes else None,
+                               templates=templates, out=out_dir, device=device)
     for path, reason in skipped:
         notice("skipped", f"{path}: {reason}")
     for result in results:
@@ -76,16 +67,13 @@ def robustness_command(
 ):
     """Accuracy under seeded corruptions per run; saved as robustness.json/png in each run, shown in reports."""
     setup_logging()
-    from clipadapt.classification.predictors import load_predictor
-    from clipadapt.classification.robustness import CORRUPTIONS, check_levels, evaluate_robustness
+    from clipadapt.api import robustness
+    from clipadapt.classification.robustness import CORRUPTIONS
 
     entry = CORRUPTIONS.get(noise)
-    levels = check_levels(noise, list(entry.default_levels) if sigmas is None
-                          else number_list(sigmas, "--sigmas", float))
-    predictors = [load_predictor(p, device) for p in run_dirs]  # every run loads before the first evaluation
-    rows = []
-    for predictor in predictors:
-        result = evaluate_robustness(predictor, noise, levels, seed, split)
-        rows.append([predictor.run_dir, *[f"{a:.4f}" for a in result["accuracy"].values()]])
+    results = robustness(list(run_dirs), noise, None if sigmas is None else number_list(sigmas, "--sigmas", float),
+                         seed, split, device)
+    rows = [[run_dir, *[f"{a:.4f}" for a in result["accuracy"].values()]] for run_dir, result in results.items()]
+    levels = [float(level) for level in next(iter(results.values()))["accuracy"]] if results else []
     out.print(result_table(["run", *[f"{entry.level_name} {v:g}" for v in levels]], rows,
                            title=f"top-1 accuracy under {noise}"))

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from clipadapt.api.settings import given
 from clipadapt.cli.common import (
     DatasetOpt,
     DeviceOpt,
     ModelOpt,
     SetOpt,
-    apply_flags,
     notice,
     number_list,
     out,
@@ -22,7 +22,6 @@ from clipadapt.cli.common import (
     setup_logging,
     user_errors,
 )
-from clipadapt.config import format_overrides
 from clipadapt.errors import ClipAdaptError
 
 
@@ -62,46 +61,33 @@ def train_command(
 ):
     """Train an adaptation method; selected on validation, evaluated once on test (--sweep: a grid of runs)."""
     setup_logging(verbose)
-    from clipadapt.classification.experiment import load_experiment
-    from clipadapt.classification.training import run_training
-    from clipadapt.engine.records import CONFIG_FILE
+    from clipadapt.api import train
     from clipadapt.methods import METHODS
 
     METHODS.get(method)
+    settings = given({"model.device": device, "data.root": data_root, "data.strict": strict})
     if sweep or seeds is not None:
         if resume or seed is not None:
             raise ClipAdaptError("a sweep takes --seeds and --skip-existing, not --seed or --resume")
-        flags = {"model.spec": model, "model.device": device, "data.dataset": dataset, "data.root": data_root,
-                 "data.shots": shots, "data.strict": strict, "train.epochs": epochs,
-                 "run.init_from": str(init_from) if init_from else None}
-        _sweep(method, config, list(set_ or []) + format_overrides(flags), list(sweep or []), seeds, out_dir,
-               skip_existing, overwrite)
+        _sweep(method, model, dataset, config, list(set_ or []), settings, shots, epochs, init_from,
+               list(sweep or []), seeds, out_dir, skip_existing, overwrite)
         return
-    if resume and config is None and out_dir is not None and (out_dir / CONFIG_FILE).is_file():
-        config = out_dir / CONFIG_FILE  # resume with the run's own config; flags may not change it
-    flags = {
-        "model.spec": model, "model.device": device, "data.dataset": dataset, "data.root": data_root,
-        "data.shots": shots, "data.strict": strict, "data.seed": seed, "run.seed": seed,
-        "run.out": str(out_dir) if out_dir else None, "run.overwrite": overwrite or None,
-        "run.resume": resume or None, "train.epochs": epochs,
-        "run.init_from": str(init_from) if init_from else None,
-    }
-    experiment = apply_flags(load_experiment(method, config, list(set_ or [])), flags)
     try:
-        result = run_training(experiment)
+        run = train(method, model, dataset, shots, seed, out_dir, init_from, epochs=epochs, resume=resume,
+                    overwrite=overwrite, config=config, overrides=set_ or [], **settings)
     except KeyboardInterrupt:
         from clipadapt.engine.rundir import default_run_dir
 
-        run_dir = experiment.run.out or default_run_dir(experiment.model.spec, experiment.data.dataset, method)
+        run_dir = out_dir or default_run_dir(model or "?", dataset or "?", method)
         notice(f"interrupted; continue with: clipadapt train {method} --out {run_dir} --resume")
         raise typer.Exit(130) from None
-    if not result.main_process:
+    if not run.main_process:
         return
-    out.print(training_results_table(result.record))
-    skipped = result.record["skipped_images"]["count"]
+    out.print(training_results_table(run.record))
+    skipped = run.record["skipped_images"]["count"]
     if skipped:
-        notice(f"{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
-    out.print(f"run directory: {result.run_dir}", highlight=False)
+        notice(f"{skipped} unreadable image(s) skipped; see {run.dir / 'skipped_images.txt'}")
+    out.print(f"run directory: {run.dir}", highlight=False)
 
 
 @user_errors
@@ -112,23 +98,27 @@ def eval_command(
 ):
     """Re-evaluate a saved run's weights on a split (writes eval_<split>.json into the run)."""
     setup_logging()
-    from clipadapt.classification.evaluation import evaluate_run
+    from clipadapt.api import evaluate
 
-    result = evaluate_run(run_dir, split, device)
+    result = evaluate(run_dir, split, device)
     m = result["metrics"]
     row = [run_dir, result["method"], split, m["n"], f"{m['acc1']:.4f}", f"{m['acc5']:.4f}",
            f"{m['mean_per_class_acc']:.4f}", f"{result['loss']:.4f}"]
     out.print(result_table(["run", "method", "split", "n", "acc1", "acc5", "mean per-class", "loss"], [row], names=2))
 
 
-def _sweep(method: str, config: Path | None, overrides: list[str], items: list[str], seeds: str | None,
-           out_dir: Path | None, skip_existing: bool, overwrite: bool) -> None:
-    from clipadapt.experiments.sweep import SweepConfig, parse_sweep, run_sweep, short_names
+def _sweep(method: str, model: str | None, dataset: str | None, config: Path | None, overrides: list[str],
+           settings: dict, shots: int | None, epochs: int | None, init_from: Path | None, items: list[str],
+           seeds: str | None, out_dir: Path | None, skip_existing: bool, overwrite: bool) -> None:
+    from clipadapt.api import sweep
+    from clipadapt.experiments.sweep import parse_sweep, short_names
 
-    sweep = SweepConfig(method, parse_sweep(items), number_list(seeds or "0", "--seeds"), overrides,
-                        str(config) if config else None, str(out_dir) if out_dir else None, skip_existing, overwrite)
-    result = run_sweep(sweep, on_run=lambda cell, status: notice(cell.label, f"seed {cell.seed}: {status}", "bold"))
-    keys = list(sweep.axes)
+    grid = parse_sweep(items)
+    result = sweep(method, {key: ",".join(values) for key, values in grid.items()}, model, dataset,
+                   number_list(seeds or "0", "--seeds"), out_dir, shots=shots, epochs=epochs, init_from=init_from,
+                   skip_existing=skip_existing, overwrite=overwrite, config=config, overrides=overrides,
+                   on_run=lambda cell, status: notice(cell.label, f"seed {cell.seed}: {status}", "bold"), **settings)
+    keys = list(grid)
     names = short_names(keys)
     rows = [[*[row["values"][k] for k in keys], len(row["runs"]), _accuracy(row["val_acc"]),
              _accuracy(row["test_acc"]), "*" if row["chosen"] else ""] for row in result.rows]
@@ -153,7 +143,7 @@ def coop_words_command(
 ):
     """The vocabulary words nearest to each learned CoOp context vector (Euclidean, in embedding space)."""
     setup_logging()
-    from clipadapt.classification.evaluation import coop_words
+    from clipadapt.api import coop_words
 
     words = coop_words(run_dir, top, device)
     per_class = any(w.classname for w in words)

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from clipadapt.api.settings import given
 from clipadapt.cli.common import (
     DatasetOpt,
     DeviceOpt,
     ModelOpt,
     SetOpt,
-    apply_flags,
     notice,
     out,
     result_table,
@@ -77,29 +77,20 @@ def zeroshot_command(
 ):
     """Zero-shot accuracy of a model on a dataset, one row per template set."""
     setup_logging(verbose)
-    from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
-    from clipadapt.config import load_config
+    from clipadapt.api import zeroshot
 
-    overrides = list(set_ or [])
-    flags = {
-        "model.spec": model, "model.device": device, "data.dataset": dataset, "data.split": split,
-        "data.root": data_root, "data.image_column": image_column, "data.label_column": label_column,
-        "data.shots": shots, "data.batch_size": batch_size, "data.strict": strict, "data.seed": seed,
-        "run.seed": seed, "run.out": str(out_dir) if out_dir else None, "run.overwrite": overwrite or None,
-    }
-    experiment = load_config(ZeroShotExperiment, config, overrides)
-    experiment = apply_flags(experiment, flags)
-    if templates:
-        experiment.zeroshot.templates = list(templates)
-    if classes is not None:
-        experiment.data.classes = split_classes(classes)
-    result = run_zero_shot(experiment)
-    out.print(zero_shot_results_table(result.record))
-    if result.record.get("oracle"):
-        notice("oracle:", selection_line(result.record))
+    settings = given({"data.root": data_root, "data.image_column": image_column, "data.label_column": label_column,
+                      "data.shots": shots, "data.batch_size": batch_size, "data.strict": strict})
+    run = zeroshot(model, dataset, templates, split, out_dir, classes=split_classes(classes) if classes is not None
+                   else None, seed=seed, overwrite=overwrite, device=device, config=config, overrides=set_ or [],
+                   **settings)
+    record = run.record
+    out.print(zero_shot_results_table(record))
+    if record.get("oracle"):
+        notice("oracle:", selection_line(record))
     else:
-        out.print(selection_line(result.record), highlight=False)
-    skipped = result.record["skipped_images"]["count"]
+        out.print(selection_line(record), highlight=False)
+    skipped = record["skipped_images"]["count"]
     if skipped:
-        notice(f"{skipped} unreadable image(s) skipped; see {result.run_dir / 'skipped_images.txt'}")
-    out.print(f"run directory: {result.run_dir}", highlight=False)
+        notice(f"{skipped} unreadable image(s) skipped; see {run.dir / 'skipped_images.txt'}")
+    out.print(f"run directory: {run.dir}", highlight=False)

@@ -1,0 +1,44 @@
+"""The public Python API: the runs and workflows of the command line, listings, plug-in registration and
+``load_run``. ``import clipadapt`` re-exports every name here lazily (nothing heavy is imported before a call).
+
+    import clipadapt
+    run = clipadapt.train("lora", "world:tiny", "world:shapes-novel", shots=8, lora={"r": 4})
+    run.metrics["acc1"], run.history, run.predict("my_photo.jpg")
+
+docs/python.md has an example for every function.
+"""
+
+from clipadapt.api.listing import (
+    datasets,
+    methods,
+    models,
+    register_dataset,
+    register_method,
+    register_model,
+    register_template_set,
+    template_sets,
+)
+from clipadapt.api.runs import Run, load_run
+from clipadapt.api.workflows import (
+    bench,
+    compare,
+    coop_words,
+    demo,
+    ensemble,
+    evaluate,
+    predict,
+    report,
+    robustness,
+    sweep,
+    train,
+    wise,
+    zeroshot,
+)
+from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenError, UnknownNameError
+
+__all__ = [
+    "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "compare",
+    "coop_words", "datasets", "demo", "ensemble", "evaluate", "load_run", "methods", "models", "predict",
+    "register_dataset", "register_method", "register_model", "register_template_set", "report", "robustness", "sweep",
+    "template_sets", "train", "wise", "zeroshot",
+]

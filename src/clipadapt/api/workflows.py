@@ -1,0 +1,244 @@
+"""The runs and workflows of the command line as Python functions; each command calls one of these.
+
+Settings are keyword arguments, nested (``lora={"r": 4}``) or dotted (``**{"train.epochs": 5}``), validated like
+``--set`` (same messages); ``overrides`` takes ``--set`` items as typed. Precedence, as on the command line:
+defaults < ``config`` file < ``overrides`` < settings < the named arguments. ``progress=False`` silences the
+progress display for the call. Errors are ``ClipAdaptError`` subclasses; nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from clipadapt.api.runs import Run
+from clipadapt.api.settings import as_overrides, given
+from clipadapt.config import apply_overrides, format_overrides, load_config
+from clipadapt.errors import ClipAdaptError
+
+PathLike = str | Path
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[None]:
+    from clipadapt.progress import progress_disabled
+
+    if enabled:
+        yield
+    else:
+        with progress_disabled():
+            yield
+
+
+def _listed(value: str | Iterable[Any] | None) -> list[Any] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str | Path) else list(value)
+
+
+def zeroshot(model: str | None = None, dataset: str | None = None, templates: str | Sequence[str] | None = None,
+             split: str | None = None, out: PathLike | None = None, *, classes: Sequence[str] | None = None,
+             seed: int | None = None, overwrite: bool = False, device: str | None = None,
+             config: PathLike | None = None, overrides: Iterable[str] = (), progress: bool = True,
+             **settings: Any) -> Run:
+    """Zero-shot accuracy of ``model`` on ``dataset``, one result per template set (``clipadapt zeroshot``)."""
+    from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
+
+    experiment = load_config(ZeroShotExperiment, config, as_overrides(settings, overrides))
+    experiment = apply_overrides(experiment, format_overrides(given({
+        "model.spec": model, "model.device": device, "data.dataset": dataset, "data.split": split,
+        "data.seed": seed, "run.seed": seed, "run.out": str(out) if out is not None else None,
+        "run.overwrite": overwrite or None})))
+    if templates:
+        experiment.zeroshot.templates = _listed(templates) or []
+    if classes is not None:
+        experiment.data.classes = list(classes)
+    with _progress(progress):
+        return Run(run_zero_shot(experiment).run_dir)
+
+
+def train(method: str, model: str | None = None, dataset: str | None = None, shots: int | None = None,
+          seed: int | None = None, out: PathLike | None = None, init_from: PathLike | None = None, *,
+          epochs: int | None = None, resume: bool = False, overwrite: bool = False, device: str | None = None,
+          config: PathLike | None = None, overrides: Iterable[str] = (), progress: bool = True,
+          callbacks: Mapping[str, list[Callable]] | None = None, **settings: Any) -> Run:
+    """Train ``method``; chosen on validation, evaluated once on test (``clipadapt train METHOD``).
+
+    ``resume=True`` with ``out`` continues an interrupted run with the run's own config."""
+    from clipadapt.classification.experiment import load_experiment
+    from clipadapt.classification.training import run_training
+    from clipadapt.engine.records import CONFIG_FILE
+    from clipadapt.methods import METHODS
+
+    METHODS.get(method)
+    if resume and config is None and out is not None and (Path(out) / CONFIG_FILE).is_file():
+        config = Path(out) / CONFIG_FILE  # the run's own config; arguments may not change it
+    experiment = load_experiment(method, config, as_overrides(settings, overrides))
+    experiment = apply_overrides(experiment, format_overrides(given({
+        "model.spec": model, "model.device": device, "data.dataset": dataset, "data.shots": shots,
+        "data.seed": seed, "run.seed": seed, "run.out": str(out) if out is not None else None,
+        "run.overwrite": overwrite or None, "run.resume": resume or None, "train.epochs": epochs,
+        "run.init_from": str(init_from) if init_from is not None else None})))
+    with _progress(progress):
+        output = run_training(experiment, dict(callbacks) if callbacks else None)
+    return Run(output.run_dir, main_process=output.main_process)
+
+
+def evaluate(run: PathLike | Run, split: str = "test", device: str | None = None) -> dict[str, Any]:
+    """Re-evaluate a finished classification run on a split; writes ``eval_<split>.json`` (``clipadapt eval``)."""
+    from clipadapt.classification.evaluation import evaluate_run
+
+    return evaluate_run(_dir(run), split, device)
+
+
+def coop_words(run: PathLike | Run, top: int = 3, device: str | None = None) -> list:
+    """The vocabulary words nearest to each learned context vector of a CoOp run (``clipadapt coop-words``)."""
+    from clipadapt.classification.evaluation import coop_words as nearest
+
+    return nearest(_dir(run), top, device)
+
+
+def sweep(method: str, grid: Mapping[str, Sequence[Any] | str], model: str | None = None,
+          dataset: str | None = None, seeds: Sequence[int] = (0,), out: PathLike | None = None, *,
+          shots: int | None = None, epochs: int | None = None, init_from: PathLike | None = None,
+          skip_existing: bool = False, overwrite: bool = False, device: str | None = None,
+          config: PathLike | None = None, overrides: Iterable[str] = (), progress: bool = True,
+          on_run: Callable[[Any, str], None] | None = None, **settings: Any):
+    """Every cell of ``grid`` (``{"lora.r": [4, 8]}``) over ``seeds``, chosen on validation (``train --sweep``)."""
+    from clipadapt.experiments.sweep import SweepConfig, parse_sweep, run_sweep
+
+    items = [f"{key}={value if isinstance(value, str) else ','.join(map(str, value))}" for key, value in grid.items()]
+    flags = format_overrides(given({"model.spec": model, "model.device": device, "data.dataset": dataset,
+                                    "data.shots": shots, "train.epochs": epochs,
+                                    "run.init_from": str(init_from) if init_from is not None else None}))
+    config_ = SweepConfig(method, parse_sweep(items), list(seeds), as_overrides(settings, overrides) + flags,
+                          str(config) if config is not None else None, str(out) if out is not None else None,
+                          skip_existing, overwrite)
+    with _progress(progress):
+        return run_sweep(config_, on_run=on_run)
+
+
+def compare(models: str | Sequence[str], dataset: str, methods: str | Sequence[str] = "all",
+            seeds: Sequence[int] = (0,), shots: int | None = None, out: PathLike = "runs/compare", *,
+            templates: Sequence[str] | None = None, zeroshot: bool = True, skip_existing: bool = False,
+            overwrite: bool = False, device: str = "auto", overrides: Iterable[str] = (), report: bool = True,
+            progress: bool = True, on_run: Callable[[Any, str], None] | None = None, **settings: Any):
+    """Zero-shot and every chosen method on one dataset, then one report (``clipadapt compare``).
+
+    Settings go to the runs whose config has their section (``lora={"r": 4}`` to lora only)."""
+    from clipadapt.experiments.compare import CompareConfig, run_compare
+
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    config = CompareConfig(models=_listed(models) or [], dataset=dataset, methods=[m for m in names if m],
+                           seeds=list(seeds), shots=shots, overrides=as_overrides(settings, overrides),
+                           templates=list(templates or []), out=str(out), skip_existing=skip_existing,
+                           overwrite=overwrite, zeroshot=zeroshot, device=device)
+    with _progress(progress):
+        return run_compare(config, on_run=on_run, report=report)
+
+
+def report(runs: PathLike | Sequence[PathLike], out: PathLike | None = None, group: bool = False):
+    """report.md and a self-contained report.html from run directories (``clipadapt report``)."""
+    from clipadapt.experiments.report import build_report
+
+    paths = [Path(p) for p in _listed(runs) or []]
+    if out is None:
+        if len(paths) != 1:
+            raise ClipAdaptError("several inputs: say where the merged report goes with --out DIR")
+        out = paths[0]
+    return build_report(list(paths), out, group=group)
+
+
+def wise(run: PathLike | Run, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), out: PathLike = "runs/wise",
+         shift_dataset: str | None = None, shift_root: str | None = None, overwrite: bool = False,
+         device: str | None = None, progress: bool = True) -> Run:
+    """WiSE-FT: interpolate a run with zero-shot, alpha chosen on val, written as a run (``clipadapt wise``);
+    its ``wise.json`` holds every alpha's accuracies."""
+    from clipadapt.experiments.wise import run_wise
+
+    with _progress(progress):
+        result = run_wise(_dir(run), list(alphas), out, shift_dataset, overwrite, device, shift_root=shift_root)
+    return Run(result["run_dir"])
+
+
+def ensemble(runs: Sequence[PathLike | Run], out: PathLike = "runs/ensemble", weights: str = "uniform",
+             label: str | None = None, overwrite: bool = False, device: str | None = None,
+             progress: bool = True) -> Run:
+    """Class probabilities of finished runs averaged (``weights``: uniform, or val) (``clipadapt ensemble``)."""
+    from clipadapt.experiments.ensemble import run_ensemble
+
+    with _progress(progress):
+        result = run_ensemble([_dir(r) for r in runs], out, weights, overwrite, device, label)
+    return Run(result["run_dir"])
+
+
+def predict(runs: PathLike | Run | Sequence[PathLike | Run], images: Sequence[Any], top_k: int = 5, *,
+            model: str | None = None, classes: Sequence[str] | None = None, templates: Sequence[str] | None = None,
+            out: PathLike | None = None, device: str | None = None):
+    """Top-k classes of every run (and of ``model``'s zero-shot) per image (``clipadapt predict``).
+
+    Returns ``(predictions, skipped)``: one ``ImagePrediction`` per readable image (``.top[run label]``), and
+    ``(path, reason)`` for each unreadable file; ``out`` also draws one bar chart per image there."""
+    from clipadapt.classification.predict import predict_images
+    from clipadapt.classification.predictors import load_predictor, zero_shot_predictor
+    from clipadapt.data.prompts import resolve_template_sets
+
+    run_list = [] if runs is None else (list(runs) if isinstance(runs, list | tuple) else [runs])
+    predictors = [load_predictor(_dir(r), device) for r in run_list]
+    if model:
+        names = list(classes or []) or (predictors[0].classnames if predictors else None)
+        if not names:
+            raise ClipAdaptError("--model without run directories needs --classes a,b,c")
+        sets = resolve_template_sets(list(templates or ["simple"]))
+        prompts = [t for template_set in sets for t in template_set.templates]
+        predictors.append(zero_shot_predictor(model, names, prompts, device or "auto"))
+    return predict_images(predictors, list(images), top_k, Path(out) if out is not None else None)
+
+
+def robustness(runs: PathLike | Run | Sequence[PathLike | Run], corruption: str = "gaussian",
+               levels: Sequence[float] | None = None, seed: int = 0, split: str = "test", device: str | None = None,
+               progress: bool = True) -> dict[Path, dict[str, Any]]:
+    """Accuracy of each run under a seeded corruption per level, saved in each run (``clipadapt robustness``)."""
+    from clipadapt.classification.predictors import load_predictor
+    from clipadapt.classification.robustness import CORRUPTIONS, check_levels, evaluate_robustness
+
+    entry = CORRUPTIONS.get(corruption)
+    chosen = check_levels(corruption, list(entry.default_levels) if levels is None else list(levels))
+    run_list = list(runs) if isinstance(runs, list | tuple) else [runs]
+    predictors = [load_predictor(_dir(r), device) for r in run_list]  # every run loads before the first evaluation
+    with _progress(progress):
+        return {Path(p.run_dir or ""): evaluate_robustness(p, corruption, chosen, seed, split) for p in predictors}
+
+
+def bench(models: str | Sequence[str], batch: int = 32, dtype: str = "fp32", methods: str | Sequence[str] = (),
+          iterations: int = 10, steps: int = 3, out: PathLike = "runs/bench", *, compare: PathLike | None = None,
+          device: str = "auto", overrides: Iterable[str] = (), on_result: Callable[[dict], None] | None = None,
+          **settings: Any) -> dict[str, Any]:
+    """Inference speed and memory per model, and training steps per method; writes ``out/bench.json``
+    (``clipadapt bench``)."""
+    from clipadapt.experiments.bench import accuracy_vs_speed, run_bench
+    from clipadapt.experiments.compare import resolve_methods
+    from clipadapt.io import atomic_write_json
+
+    wanted = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = resolve_methods([m for m in wanted if m]) if any(wanted) else []
+    results = run_bench(_listed(models) or [], batch, dtype, names, iterations, steps, device, on_result=on_result,
+                        settings=as_overrides(settings, overrides))
+    out = Path(out)
+    if compare is not None:
+        results["accuracy_vs_speed"] = accuracy_vs_speed(results, Path(compare), out / "accuracy_vs_speed.png")
+    atomic_write_json(out / "bench.json", results)
+    return results
+
+
+def demo(out: PathLike = "runs/demo", say: Callable[[str], None] = lambda message: None, captions: bool = True):
+    """The whole ladder offline on the built-in world, with one report (``clipadapt demo``)."""
+    from clipadapt.experiments.demo import run_demo
+
+    return run_demo(out, say=say, captions=captions)
+
+
+def _dir(run: PathLike | Run) -> Path:
+    return run.dir if isinstance(run, Run) else Path(run)
