@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy --follow-imports=silent --ignore-missing-imports src/clipadapt/api
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: $(STAMP)

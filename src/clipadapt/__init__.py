@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("methods", "models"):  # packages that are also the listing functions (see clipadapt.api.listing)
+        import importlib
+
+        return importlib.import_module(f"clipadapt.{name}")
     if name in _API:
         import clipadapt.api
 

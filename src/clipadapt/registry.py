@@ -25,6 +25,7 @@ import importlib
 import importlib.metadata
 import logging
 import pkgutil
+import types
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -144,6 +145,29 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return [(n, self._entries[n]) for n in self.names()]
+
+    def rows(self, pattern: str | None = None, **extra: Callable[[str], Any]) -> list[dict[str, Any]]:
+        """A listing as data: ``name``, ``description``, ``package`` (None: clipadapt's own) and ``extra`` columns."""
+        return [{"name": name, "description": self.help(name), "package": self.origin(name),
+                 **{key: column(name) for key, column in extra.items()}} for name in self.names(pattern)]
+
+
+class _ListingModule(types.ModuleType):
+    """A package that is also its listing: ``clipadapt.methods()`` (the package ``clipadapt.methods`` called)."""
+
+    listing: Callable[..., list[dict[str, Any]]]
+
+    def __call__(self, pattern: str | None = None) -> list[dict[str, Any]]:
+        return type(self).listing(pattern)
+
+
+def callable_package(name: str, listing: Callable[..., list[dict[str, Any]]]) -> None:
+    """Make the package ``name`` callable as ``listing``: ``clipadapt.methods`` names both the package and the
+    public listing function, and an attribute cannot be both, so the package itself lists."""
+    import sys
+
+    module_class = type("ListingModule", (_ListingModule,), {"listing": staticmethod(listing)})
+    sys.modules[name].__class__ = module_class
 
 
 def import_submodules(package: str, path: list[str]) -> None:

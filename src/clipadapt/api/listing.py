@@ -2,7 +2,8 @@
 
 Each listing is one dict per name: ``name``, ``description`` and ``package`` (the plug-in package that registered
 it; ``None`` for clipadapt's own and for names registered in this process). Registering a taken name raises
-``NameTakenError``.
+``NameTakenError``. ``clipadapt.methods`` and ``clipadapt.models`` are also package names: those packages are
+callable and list (``registry.callable_package``), so ``clipadapt.methods()`` works whichever is found.
 """
 
 from __future__ import annotations
@@ -10,42 +11,33 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clipadapt.registry import Registry
-
-
-def _rows(registry: Registry, pattern: str | None, **extra: Callable[[str], Any]) -> list[dict[str, Any]]:
-    return [{"name": name, "description": registry.help(name), "package": registry.origin(name),
-             **{key: fn(name) for key, fn in extra.items()}} for name in registry.names(pattern)]
-
 
 def methods(pattern: str | None = None) -> list[dict[str, Any]]:
-    """Classification methods: name, description, package, config section and its fields with defaults."""
-    from clipadapt.config import field_help
-    from clipadapt.methods import METHODS
+    """Classification methods: name, description, package, config section and its settings with defaults."""
+    from clipadapt.methods import listing
 
-    return _rows(METHODS, pattern, section=lambda n: METHODS.get(n).section,
-                 settings=lambda n: {k: d for k, (d, _) in field_help(METHODS.get(n).config_class).items()})
+    return listing(pattern)
 
 
 def models(pattern: str | None = None) -> list[dict[str, Any]]:
     """Named models (hub ids, local folders and ``open_clip:ARCH/TAG`` are accepted besides these)."""
-    from clipadapt.models import MODELS
+    from clipadapt.models import listing
 
-    return _rows(MODELS, pattern)
+    return listing(pattern)
 
 
 def datasets(pattern: str | None = None) -> list[dict[str, Any]]:
     """Registered datasets with their usage (``imagefolder:PATH``)."""
     from clipadapt.data import DATASETS
 
-    return _rows(DATASETS, pattern, usage=lambda n: DATASETS.get(n).usage)
+    return DATASETS.rows(pattern, usage=lambda n: DATASETS.get(n).usage)
 
 
 def template_sets(pattern: str | None = None) -> list[dict[str, Any]]:
     """Prompt template sets with their templates."""
     from clipadapt.data.prompts import TEMPLATE_SETS
 
-    return _rows(TEMPLATE_SETS, pattern, templates=lambda n: TEMPLATE_SETS.get(n).as_strings())
+    return TEMPLATE_SETS.rows(pattern, templates=lambda n: TEMPLATE_SETS.get(n).as_strings())
 
 
 def register_method(name: str, config_class: type, section: str | None = None):

@@ -76,7 +76,10 @@ class Run:
 
         if self.config.get("task") == "captioning":
             raise ClipAdaptError(f"'{self.dir}' is a caption run; caption images with clipadapt.captioning.caption")
-        items = list(images) if isinstance(images, list | tuple) else [images]
+        from PIL import Image
+
+        items: list[str | Path | Image.Image] = (
+            [images] if isinstance(images, str | Path | Image.Image) else list(images))
         predictor = load_predictor(self.dir, device)
         results, skipped = predict_images([predictor], items, top_k)
         if skipped:
@@ -91,7 +94,7 @@ class Run:
         return build_report([self.dir], out if out is not None else self.dir / "report").html
 
     def _repr_html_(self) -> str:
-        rows = [("run", str(self.dir)), ("method", self.method)]
+        rows: list[tuple[str, Any]] = [("run", str(self.dir)), ("method", self.method)]
         if self.complete:
             record = self.record
             rows += [("model", record.get("model")), ("dataset", record.get("dataset")),

@@ -143,7 +143,7 @@ def report(runs: PathLike | Sequence[PathLike], out: PathLike | None = None, gro
     """report.md and a self-contained report.html from run directories (``clipadapt report``)."""
     from clipadapt.experiments.report import build_report
 
-    paths = [Path(p) for p in _listed(runs) or []]
+    paths = _run_dirs(runs)
     if out is None:
         if len(paths) != 1:
             raise ClipAdaptError("several inputs: say where the merged report goes with --out DIR")
@@ -174,7 +174,7 @@ def ensemble(runs: Sequence[PathLike | Run], out: PathLike = "runs/ensemble", we
     return Run(result["run_dir"])
 
 
-def predict(runs: PathLike | Run | Sequence[PathLike | Run], images: Sequence[Any], top_k: int = 5, *,
+def predict(runs: PathLike | Run | Sequence[PathLike | Run] | None, images: Sequence[Any], top_k: int = 5, *,
             model: str | None = None, classes: Sequence[str] | None = None, templates: Sequence[str] | None = None,
             out: PathLike | None = None, device: str | None = None):
     """Top-k classes of every run (and of ``model``'s zero-shot) per image (``clipadapt predict``).
@@ -183,16 +183,15 @@ def predict(runs: PathLike | Run | Sequence[PathLike | Run], images: Sequence[An
     ``(path, reason)`` for each unreadable file; ``out`` also draws one bar chart per image there."""
     from clipadapt.classification.predict import predict_images
     from clipadapt.classification.predictors import load_predictor, zero_shot_predictor
-    from clipadapt.data.prompts import resolve_template_sets
+    from clipadapt.data.prompts import TemplateSet, resolve_template_sets
 
-    run_list = [] if runs is None else (list(runs) if isinstance(runs, list | tuple) else [runs])
-    predictors = [load_predictor(_dir(r), device) for r in run_list]
+    predictors = [load_predictor(run_dir, device) for run_dir in _run_dirs(runs)]
     if model:
         names = list(classes or []) or (predictors[0].classnames if predictors else None)
         if not names:
             raise ClipAdaptError("--model without run directories needs --classes a,b,c")
         sets = resolve_template_sets(list(templates or ["simple"]))
-        prompts = [t for template_set in sets for t in template_set.templates]
+        prompts = TemplateSet("prompts", [t for template_set in sets for t in template_set.templates])
         predictors.append(zero_shot_predictor(model, names, prompts, device or "auto"))
     return predict_images(predictors, list(images), top_k, Path(out) if out is not None else None)
 
@@ -206,8 +205,7 @@ def robustness(runs: PathLike | Run | Sequence[PathLike | Run], corruption: str 
 
     entry = CORRUPTIONS.get(corruption)
     chosen = check_levels(corruption, list(entry.default_levels) if levels is None else list(levels))
-    run_list = list(runs) if isinstance(runs, list | tuple) else [runs]
-    predictors = [load_predictor(_dir(r), device) for r in run_list]  # every run loads before the first evaluation
+    predictors = [load_predictor(d, device) for d in _run_dirs(runs)]  # every run loads before the first evaluation
     with _progress(progress):
         return {Path(p.run_dir or ""): evaluate_robustness(p, corruption, chosen, seed, split) for p in predictors}
 
@@ -242,3 +240,11 @@ def demo(out: PathLike = "runs/demo", say: Callable[[str], None] = lambda messag
 
 def _dir(run: PathLike | Run) -> Path:
     return run.dir if isinstance(run, Run) else Path(run)
+
+
+def _run_dirs(runs: PathLike | Run | Sequence[PathLike | Run] | None) -> list[Path]:
+    if runs is None:
+        return []
+    if isinstance(runs, str | Path | Run):
+        return [_dir(runs)]
+    return [_dir(run) for run in runs]

@@ -18,6 +18,7 @@ from clipadapt.classification.evaluation import load_run
 from clipadapt.classification.zeroshot import ZeroShotExperiment
 from clipadapt.config import from_dict, option
 from clipadapt.data import DataConfig, load_dataset
+from clipadapt.data.prompts import TemplateSet
 from clipadapt.data.transforms import ClipPreprocess
 from clipadapt.engine.records import METRICS_FILE
 from clipadapt.engine.rundir import RunConfig, read_run_config
@@ -76,7 +77,7 @@ def _zero_shot_run(run_dir: Path, raw: dict, device: str | None) -> Predictor:
     return predictor
 
 
-def zero_shot_predictor(model: str, classnames: list[str], templates: list[str], device: str = "auto",
+def zero_shot_predictor(model: str, classnames: list[str], templates: TemplateSet | list[str], device: str = "auto",
                         label: str | None = None) -> Predictor:
 
     bundle = load_model(model, device=resolve_device(device))

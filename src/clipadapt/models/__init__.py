@@ -15,7 +15,7 @@ import torch
 
 from clipadapt.errors import ClipAdaptError, UnknownNameError
 from clipadapt.models.bundle import ClipBundle
-from clipadapt.registry import Registry
+from clipadapt.registry import Registry, callable_package
 
 ModelLoader = Callable[..., ClipBundle]
 
@@ -135,5 +135,12 @@ def load_model(
     bundle.to(resolve_device(str(device)) if not isinstance(device, torch.device) else device)
     return bundle
 
+
+def listing(pattern: str | None = None) -> list[dict]:
+    """Named models as data: name, description, package (hub ids, folders and open_clip:ARCH/TAG work besides)."""
+    return MODELS.rows(pattern)
+
+
+callable_package(__name__, listing)  # clipadapt.models() lists
 
 __all__ = ["ClipBundle", "MODELS", "SCHEMES", "list_models", "load_model", "resolve_device"]
