@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -215,3 +216,38 @@ def dump_config(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, dump_config(cfg))
+
+
+# -- settings from Python: nested dicts or dotted keys, turned into --set items so both share one validation ------
+
+
+def _yaml_scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text
+
+
+def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"lora": {"r": 4}, "train.epochs": 5}`` -> ``{"lora.r": 4, "train.epochs": 5}``."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"setting {key!r}: names are strings like 'lora' or 'train.epochs'")
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def as_overrides(settings: Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> list[str]:
+    """``--set`` items (``overrides``, as typed) followed by ``settings`` (Python values, ``None`` means null)."""
+    items = [str(item) for item in overrides]
+    for name, value in flatten(settings or {}).items():
+        items.append(f"{name}={_yaml_scalar(value)}")
+    return items
+
+
+def given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The explicit arguments of a call that were given (``None``: leave the config's value)."""
+    return {name: value for name, value in values.items() if value is not None}

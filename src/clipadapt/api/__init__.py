@@ -22,6 +22,7 @@ from clipadapt.api.runs import Run, load_run
 from clipadapt.api.workflows import (
     bench,
     compare,
+    compare_captions,
     coop_words,
     demo,
     ensemble,
@@ -38,7 +39,7 @@ from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenEr
 
 __all__ = [
     "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "compare",
-    "coop_words", "datasets", "demo", "ensemble", "evaluate", "load_run", "methods", "models", "predict",
-    "register_dataset", "register_method", "register_model", "register_template_set", "report", "robustness", "sweep",
-    "template_sets", "train", "wise", "zeroshot",
+    "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate", "load_run", "methods", "models",
+    "predict", "register_dataset", "register_method", "register_model", "register_template_set", "report",
+    "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
 ]

@@ -1,72 +1,22 @@
-"""``Run``: a finished (or interrupted) run directory read back, for notebooks and scripts.
-
-Everything comes from the directory's files (config.yaml, metrics.json, history.csv), so a ``Run`` of a run written
-by the command line, by Python or on another machine is the same object.
-"""
+"""``Run``: a run directory read back (``clipadapt.load_run``), with prediction and its report."""
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from clipadapt.engine.records import METRICS_FILE
 from clipadapt.engine.rundir import read_run_config
+from clipadapt.engine.runview import RunView
 from clipadapt.errors import ClipAdaptError
 
 if TYPE_CHECKING:
-    import pandas
     from PIL import Image
 
-HISTORY_FILE = "history.csv"
 
-
-class Run:
+class Run(RunView):
     """A run directory: ``.dir``, ``.config``, ``.record`` (metrics.json), ``.metrics``, ``.history``,
     ``.predict(images)``, ``.report()``; shown as a table and its training curve in Jupyter."""
-
-    def __init__(self, path: str | Path, main_process: bool = True) -> None:
-        self.dir = Path(path)
-        self.config: dict[str, Any] = read_run_config(self.dir)
-        self.main_process = main_process  # False in the other processes of a multi-process run
-
-    def __repr__(self) -> str:
-        state = f"acc1 {self.metrics.get('acc1', float('nan')):.4f}" if self.complete else "incomplete"
-        return f"Run('{self.dir}', {self.method}, {state})"
-
-    @property
-    def complete(self) -> bool:
-        """metrics.json exists: the run finished (it is written last)."""
-        return (self.dir / METRICS_FILE).is_file()
-
-    @cached_property
-    def record(self) -> dict[str, Any]:
-        """metrics.json: metrics, params, cost, seed, selection, config and environment."""
-        if not self.complete:
-            raise ClipAdaptError(f"run '{self.dir}' is incomplete (no {METRICS_FILE}); resume or rerun it first")
-        return json.loads((self.dir / METRICS_FILE).read_text())
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return dict(self.record["metrics"])
-
-    @property
-    def method(self) -> str:
-        if self.complete:
-            return str(self.record.get("method"))
-        return str(self.config.get("method") or ("ensemble" if "ensemble" in self.config else "zeroshot"))
-
-    @property
-    def history(self) -> pandas.DataFrame:
-        """history.csv (one row per epoch, or per step of a closed-form search) as a DataFrame; empty if none."""
-        import pandas
-
-        path = self.dir / HISTORY_FILE
-        return pandas.read_csv(path) if path.is_file() else pandas.DataFrame()
 
     def predict(self, images: Sequence[str | Path | Image.Image] | str | Path | Image.Image, top_k: int = 5,
                 device: str | None = None) -> list[dict[str, float]]:
@@ -93,29 +43,12 @@ class Run:
 
         return build_report([self.dir], out if out is not None else self.dir / "report").html
 
-    def _repr_html_(self) -> str:
-        rows: list[tuple[str, Any]] = [("run", str(self.dir)), ("method", self.method)]
-        if self.complete:
-            record = self.record
-            rows += [("model", record.get("model")), ("dataset", record.get("dataset")),
-                     ("split", record.get("split"))]
-            rows += [(name, f"{value:.4f}" if isinstance(value, float) else value)
-                     for name, value in record["metrics"].items()]
-            params = record.get("params", {})
-            rows += [("trainable params", f"{params.get('trainable', 0):,}"),
-                     ("chosen on", (record.get("selection") or {}).get("on", record.get("selected_on", "-")))]
-        else:
-            rows.append(("state", "incomplete: no metrics.json yet"))
-        table = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-                        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        out = [f"<table>{table}</table>"]
-        curve = self.dir / "curves.png"
-        if curve.is_file():
-            data = base64.b64encode(curve.read_bytes()).decode()
-            out.append(f"<img alt='training curves' style='max-width:640px' src='data:image/png;base64,{data}'>")
-        return "\n".join(out)
 
+def load_run(path: str | Path) -> RunView:
+    """A run directory (any task, complete or interrupted) read back: a ``Run``, or for a caption run a
+    ``CaptionRun``; a one-line error if it is not a run directory."""
+    if read_run_config(path).get("task") == "captioning":
+        from clipadapt.captioning.api import CaptionRun
 
-def load_run(path: str | Path) -> Run:
-    """A run directory (any task, complete or interrupted) read back; a one-line error if it is not one."""
+        return CaptionRun(path)
     return Run(path)

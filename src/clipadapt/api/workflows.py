@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.api.runs import Run
-from clipadapt.api.settings import as_overrides, given
-from clipadapt.config import apply_overrides, format_overrides, load_config
+from clipadapt.config import apply_overrides, as_overrides, format_overrides, given, load_config
+from clipadapt.engine.runview import RunView
 from clipadapt.errors import ClipAdaptError
 
 PathLike = str | Path
@@ -139,8 +139,11 @@ def compare(models: str | Sequence[str], dataset: str, methods: str | Sequence[s
         return run_compare(config, on_run=on_run, report=report)
 
 
-def report(runs: PathLike | Sequence[PathLike], out: PathLike | None = None, group: bool = False):
-    """report.md and a self-contained report.html from run directories (``clipadapt report``)."""
+def report(runs: PathLike | Sequence[PathLike], out: PathLike | None = None, group: bool = False,
+           task: str | None = None):
+    """report.md and a self-contained report.html from run directories (``clipadapt report``); ``task="captioning"``
+    reports only the caption runs among them (``clipadapt caption report``)."""
+    from clipadapt.captioning.report import build_caption_report
     from clipadapt.experiments.report import build_report
 
     paths = _run_dirs(runs)
@@ -148,7 +151,32 @@ def report(runs: PathLike | Sequence[PathLike], out: PathLike | None = None, gro
         if len(paths) != 1:
             raise ClipAdaptError("several inputs: say where the merged report goes with --out DIR")
         out = paths[0]
+    if task == "captioning":
+        return build_caption_report(list(paths), out)
+    if task not in (None, "classification"):
+        raise ClipAdaptError(f"unknown task '{task}'; valid choices: classification, captioning")
     return build_report(list(paths), out, group=group)
+
+
+def compare_captions(methods: str | Sequence[str] = "all", bridges: str | Sequence[str] = "patch-prefix",
+                     seeds: Sequence[int] = (0,), model: str | None = None, decoder: str | None = None,
+                     dataset: str | None = None, out: PathLike = "runs/caption-compare", *, epochs: int | None = None,
+                     skip_existing: bool = False, overwrite: bool = False, device: str | None = None,
+                     overrides: Iterable[str] = (), progress: bool = True,
+                     on_run: Callable[[str, str], None] | None = None, **settings: Any):
+    """Every caption method x bridge x seed as its own run, then one caption report (``clipadapt caption compare``)."""
+    from clipadapt.experiments.caption_compare import CaptionCompareConfig, run_caption_compare
+
+    def names(value: str | Sequence[str]) -> list[str]:
+        return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+
+    flags = format_overrides(given({"model.spec": model, "model.device": device, "decoder.spec": decoder,
+                                    "data.dataset": dataset, "train.epochs": epochs}))
+    config = CaptionCompareConfig(methods=names(methods), bridges=names(bridges), seeds=list(seeds),
+                                  overrides=as_overrides(settings, overrides) + flags, out=str(out),
+                                  skip_existing=skip_existing, overwrite=overwrite)
+    with _progress(progress):
+        return run_caption_compare(config, on_run=on_run)
 
 
 def wise(run: PathLike | Run, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), out: PathLike = "runs/wise",
@@ -239,12 +267,12 @@ def demo(out: PathLike = "runs/demo", say: Callable[[str], None] = lambda messag
 
 
 def _dir(run: PathLike | Run) -> Path:
-    return run.dir if isinstance(run, Run) else Path(run)
+    return run.dir if isinstance(run, RunView) else Path(run)
 
 
 def _run_dirs(runs: PathLike | Run | Sequence[PathLike | Run] | None) -> list[Path]:
     if runs is None:
         return []
-    if isinstance(runs, str | Path | Run):
+    if isinstance(runs, str | Path | RunView):
         return [_dir(runs)]
     return [_dir(run) for run in runs]

@@ -10,7 +10,6 @@ import typer
 from clipadapt.cli.common import (
     DeviceOpt,
     SetOpt,
-    apply_flags,
     notice,
     number_list,
     out,
@@ -82,35 +81,32 @@ def train_command(
 ):
     """Train a captioner; selected on validation, the test split captioned once and scored."""
     setup_logging(verbose)
-    from clipadapt.captioning.methods import CAPTION_METHODS
-    from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
-    from clipadapt.engine.records import CONFIG_FILE
+    import json
 
-    CAPTION_METHODS.get(method)
-    if resume and config is None and out_dir is not None and (out_dir / CONFIG_FILE).is_file():
-        config = out_dir / CONFIG_FILE
-    flags = {"model.spec": model, "model.device": device, "decoder.spec": decoder, "data.dataset": dataset,
-             "data.image_root": image_root, "data.root": data_root, "bridge.kind": bridge, "run.seed": seed,
-             "train.epochs": epochs, "train.select": select, "run.out": str(out_dir) if out_dir else None,
-             "run.overwrite": overwrite or None, "run.resume": resume or None}
-    experiment = apply_flags(load_caption_experiment(method, config, list(set_ or [])), flags)
+    from clipadapt.captioning.api import train
+    from clipadapt.config import given
+
+    settings = given({"data.image_root": image_root, "data.root": data_root})
     try:
-        result = run_caption_training(experiment)
+        run = train(method, model, decoder, dataset, bridge, seed, out_dir, epochs=epochs, select=select,
+                    resume=resume, overwrite=overwrite, device=device, config=config, overrides=set_ or [],
+                    **settings)
     except KeyboardInterrupt:
         notice(f"interrupted; continue with: clipadapt caption train {method} --out "
-               f"{experiment.run.out or '<run dir>'} --resume")
+               f"{out_dir or '<run dir>'} --resume")
         raise typer.Exit(130) from None
-    if not result.main_process:
+    if not run.main_process:
         return
-    record = result.record
+    record = run.record
+    predictions = json.loads((run.dir / "predictions.json").read_text())
     row = [record["method"], record["bridge"], *metric_row(record["metrics"]), f"{record['params']['trainable']:,}",
            f"{record['cost']['train_time_s']:.1f} s"]
     out.print(result_table(["method", "bridge", *[n for _, n in METRICS], "trainable params", "train time"], [row],
                            names=2, title=f"{record['model']} + {record['decoder']} on {record['dataset']} "
-                                          f"(test, {len(result.result['predictions'])} images)"))
+                                          f"(test, {len(predictions)} images)"))
     for line in record.get("skipped_metrics", []):
         notice("skipped", line)
-    out.print(f"run directory: {result.run_dir}", highlight=False)
+    out.print(f"run directory: {run.dir}", highlight=False)
 
 
 @_command("eval")
@@ -123,9 +119,9 @@ def eval_command(
 ):
     """Caption a split again with a run's weights; prints the metrics, writes eval_<split>.json and predictions."""
     setup_logging()
-    from clipadapt.captioning.runs import evaluate_caption_run
+    from clipadapt.captioning.api import evaluate
 
-    result = evaluate_caption_run(run_dir, split, beam, max_new_tokens, device)
+    result = evaluate(run_dir, split, beam, max_new_tokens, device)
     row = [run_dir, result["method"], result["bridge"], split, result["decode"]["beams"], result["images"],
            *metric_row(result["metrics"])]
     out.print(result_table(["run", "method", "bridge", "split", "beams", "images", *[n for _, n in METRICS]], [row],
@@ -147,9 +143,9 @@ def predict_command(
 ):
     """Caption your own images (with --attention: a figure per image, one panel per word)."""
     setup_logging()
-    from clipadapt.captioning.runs import caption_images
+    from clipadapt.captioning.api import caption
 
-    results = caption_images(run_dir, images, attention, out_dir, layer, beam, device, strict)
+    results = caption(run_dir, images, attention, out_dir, layer, beam, device, strict)
     bad = [r for r in results if "error" in r]
     rows = [[r["file"], r["caption"], r.get("attention", "")] for r in results if "error" not in r]
     out.print(result_table(["image", "caption", "attention figure"], rows, text=[1, 2]))
@@ -177,17 +173,13 @@ def compare_command(
 ):
     """Train every method x bridge x seed as its own run, then write report.md and report.html."""
     setup_logging()
-    from clipadapt.config import format_overrides
-    from clipadapt.experiments.caption_compare import CaptionCompareConfig, run_caption_compare
+    from clipadapt.api import compare_captions
+    from clipadapt.config import given
 
-    flags = format_overrides({"model.spec": model, "model.device": device, "decoder.spec": decoder,
-                              "data.dataset": dataset, "data.image_root": image_root, "data.root": data_root,
-                              "train.epochs": epochs})
-    config = CaptionCompareConfig(methods=[m.strip() for m in methods.split(",") if m.strip()],
-                                  bridges=[b.strip() for b in bridges.split(",") if b.strip()],
-                                  seeds=number_list(seeds, "--seeds"), overrides=list(set_ or []) + flags,
-                                  out=str(out_dir), skip_existing=skip_existing, overwrite=overwrite)
-    result = run_caption_compare(config, on_run=lambda label, status: notice(f"{label}:", status, "bold"))
+    result = compare_captions(methods, bridges, number_list(seeds, "--seeds"), model, decoder, dataset, out_dir,
+                              epochs=epochs, skip_existing=skip_existing, overwrite=overwrite, device=device,
+                              overrides=set_ or [], on_run=lambda label, status: notice(f"{label}:", status, "bold"),
+                              **given({"data.image_root": image_root, "data.root": data_root}))
     rows = [[row.label, ",".join(map(str, row.seeds)),
              *[_metric(row.stat("metrics", key)[0] if row.values("metrics", key) else None) for key, _ in METRICS],
              f"{row.stat('params', 'trainable')[0]:,.0f}"] for row in result.report.rows]
@@ -206,7 +198,7 @@ def report_command(
 ):
     """report.md and report.html from existing caption runs."""
     setup_logging()
-    from clipadapt.captioning.report import build_caption_report
+    from clipadapt.api import report
 
-    result = build_caption_report(list(paths), out_dir)
+    result = report(list(paths), out_dir, task="captioning")
     out.print(f"report: {result.markdown} ({result.html})", highlight=False)

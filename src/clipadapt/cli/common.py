@@ -77,13 +77,6 @@ def split_classes(classes: str | None) -> list[str] | None:
     return names
 
 
-def apply_flags(experiment, flags: dict):
-    """Command-line flags win over the config file; unset flags leave it alone."""
-    from clipadapt.config import apply_overrides, format_overrides
-
-    return apply_overrides(experiment, format_overrides(flags))
-
-
 def number_list(text: str, what: str, kind: type = int) -> list:
     try:
         return [kind(v) for v in text.split(",") if v.strip()]

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from clipadapt.api.settings import given
 from clipadapt.cli.common import (
     DatasetOpt,
     DeviceOpt,
@@ -22,6 +21,7 @@ from clipadapt.cli.common import (
     setup_logging,
     user_errors,
 )
+from clipadapt.config import given
 from clipadapt.errors import ClipAdaptError
 
 

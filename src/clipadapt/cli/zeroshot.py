@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from clipadapt.api.settings import given
 from clipadapt.cli.common import (
     DatasetOpt,
     DeviceOpt,
@@ -21,6 +20,7 @@ from clipadapt.cli.common import (
     split_classes,
     user_errors,
 )
+from clipadapt.config import given
 
 
 def zero_shot_results_table(record: dict) -> Table:
