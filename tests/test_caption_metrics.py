@@ -13,6 +13,7 @@ from clipadapt.captioning.metrics import (
     simple_tokenize,
     tokenize,
 )
+from tests.helpers import require_or_skip
 
 REFERENCES = {
     "a": ["A red circle on a blue background.", "a red round shape", "The circle is red."],
@@ -48,9 +49,10 @@ def test_fallback_scores_equal_pycocoevalcap_on_the_same_tokens():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not java_available(), reason="the PTB tokenizer and METEOR need Java")
 def test_ptb_scores_equal_pycocoevalcap_called_directly():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    require_or_skip(java_available(), "Java (the PTB tokenizer and METEOR run on it)")
 
     scores = ngram_scores(PREDICTIONS, REFERENCES)
     tokenizer = PTBTokenizer()

@@ -19,7 +19,7 @@ from clipadapt.errors import ClipAdaptError
 from clipadapt.experiments.compare import CompareConfig, run_compare
 from clipadapt.experiments.report import build_report
 from clipadapt.reports.collect import find_runs, mean_std
-from tests.helpers import clipadapt_home
+from tests.helpers import clipadapt_home, require_or_skip
 
 runner = CliRunner()
 METHODS = ["linear-head", "lora"]
@@ -261,11 +261,12 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (CI installs Debian's chromium)")
-def test_report_html_renders_in_headless_chromium(compared, tmp_path):
-    out, _ = compared
+def test_report_html_renders_in_headless_chromium(request, tmp_path):
+    chromium = _chromium()
+    require_or_skip(chromium is not None, "Chromium (`chromium` or `chromium-browser` on PATH)")
+    out, _ = request.getfixturevalue("compared")  # only once Chromium is there: the compare takes a while
     report = build_report([out], tmp_path / "report")
-    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
                report.html.resolve().as_uri()]
