@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -153,22 +154,44 @@ def test_failed_build_leaves_nothing_behind():
     assert not [p for p in world_dir().iterdir() if ".partial-" in p.name]
 
 
+def run_in_threads(function, count: int, timeout: float = 60.0) -> list:
+    """``function()`` in ``count`` threads started together; their results in thread order. Fails if a thread
+    raised (its exception re-raised here) or has not returned within ``timeout`` seconds."""
+    start = threading.Barrier(count)
+    results, errors = [None] * count, [None] * count
+
+    def worker(i: int) -> None:
+        try:
+            start.wait(timeout)
+            results[i] = function()
+        except BaseException as error:  # handed to the main thread below
+            errors[i] = error
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    hung = [i for i, thread in enumerate(threads) if thread.is_alive()]
+    assert not hung, f"threads {hung} had not returned after {timeout} s"
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
+
+
 def test_concurrent_users_wait_for_one_build():
-    calls, results = [], []
+    calls = []
     slow = _fake_build(calls)
 
     def build(directory):
-        import time
-
-        time.sleep(0.3)
+        time.sleep(0.3)  # the others arrive while it builds
         slow(directory)
 
-    threads = [threading.Thread(target=lambda: results.append(ensure_built("shared", "r", build))) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(calls) == 1 and len(set(results)) == 1
+    results = run_in_threads(lambda: ensure_built("shared", "r", build), 3)
+    assert len(calls) == 1  # one build; the other two waited for it
+    assert results == [world_dir() / "shared"] * 3 and verify(results[0], "r")
 
 
 def test_pretraining_is_deterministic_for_a_seed(tmp_path):
