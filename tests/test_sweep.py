@@ -38,6 +38,25 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def bold_cells(markdown: str) -> dict[str, list[tuple[str, str, str]]]:
+    """Per ``## section`` of sweep.md, the bold cells of its tables as (row's first cell, column header, text)."""
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    section, header = None, None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            section, header = line[3:], None
+            found[section] = []
+        elif not line.startswith("|"):
+            header = None
+        elif header is None:
+            header = [c.strip() for c in line.strip("|").split("|")]
+        elif not set(line) <= set("|-: "):  # not the |---|---:| line
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            found[section] += [(cells[0], header[i], cell[2:-2]) for i, cell in enumerate(cells)
+                               if cell.startswith("**") and cell.endswith("**")]
+    return found
+
+
 def test_grid_with_seeds_chooses_on_validation(tiny_clip_dir, colour_folder, tmp_path):
     out = tmp_path / "sweep"
     args = base_args("linear-head", tiny_clip_dir, colour_folder, out) + [
@@ -59,7 +78,15 @@ def test_grid_with_seeds_chooses_on_validation(tiny_clip_dir, colour_folder, tmp
     assert float(chosen[0]["val_acc"]) == max(float(row["val_acc"]) for row in rows)
     markdown = (out / "sweep.md").read_text()
     assert "| linear_head.lr | linear_head.head=zeroshot | linear_head.head=linear |" in markdown
-    assert markdown.count("**") >= 4  # the chosen cell in bold in both tables
+    # the chosen cell, and only it, is bold in both tables, at its own row and column, with its own numbers
+    best = chosen[0]
+    where = (best["linear_head.lr"], f"linear_head.head={best['linear_head.head']}")
+    assert bold_cells(markdown) == {
+        "Validation accuracy (selects the cell)": [(*where, f"{float(best['val_acc']):.3f} ± "
+                                                              f"{float(best['val_acc_std']):.3f}")],
+        "Test accuracy": [(*where, f"{float(best['test_acc1']):.3f} ± {float(best['test_acc1_std']):.3f}")]}
+    assert (f"Chosen on validation: **linear-head lr={best['linear_head.lr']} head={best['linear_head.head']}** "
+            f"(val {float(best['val_acc']):.4f}, test {float(best['test_acc1']):.4f};") in markdown
     # the report keeps the cells apart (one row per cell, seeds pooled)
     report = runner.invoke(app, ["report", str(out)])
     assert report.exit_code == 0, report.output
