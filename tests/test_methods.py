@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -242,30 +243,98 @@ def test_lora_adapter_loads_with_plain_peft(tiny_clip_dir, colour_folder, tmp_pa
     assert not torch.allclose(ours, base, atol=1e-4), "the trained adapter must change the features"
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_resume_equals_uninterrupted_run(name, tiny_clip_dir, colour_folder, tmp_path):
-    straight = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "straight"))
+# Resuming, by how each method fits (every registered method is named in exactly one list, tested below):
+# trained by the engine's epoch loop (Trainer.fit, checkpoint after each epoch): an interrupt after epoch 1 must fire,
+# and the resumed run must continue at epoch 2 and end bit-identical to an uninterrupted run.
+EPOCH_TRAINED = ("linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip", "visual-prompt", "vpt",
+                 "vision-prefix", "coop", "clip-adapter", "tip-adapter-f")
+# closed form: fit() never enters the epoch loop (linear-probe solves a logistic regression with L-BFGS for each C of
+# its sweep on val; tip-adapter builds its cache from the train features and grid-searches alpha and beta on val).
+# No epoch ends, no checkpoint is written; they assert instead that a run stopped after fitting, before the test
+# split, resumes by fitting again and ends bit-identical to an uninterrupted run.
+CLOSED_FORM = ("linear-probe", "tip-adapter")
 
-    def interrupt(trainer, row):
-        if row["epoch"] == 1:
+
+def test_every_method_is_named_for_the_resume_tests():
+    assert sorted(EPOCH_TRAINED + CLOSED_FORM) == sorted(ALL_METHODS), "name a new method in one of the two lists"
+    assert len(set(EPOCH_TRAINED + CLOSED_FORM)) == len(EPOCH_TRAINED + CLOSED_FORM)
+    assert TRAINING_FREE.issubset(CLOSED_FORM)
+
+
+def _history(run_dir) -> list[dict]:
+    with (run_dir / "history.csv").open() as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]  # seconds: timing
+
+
+def assert_same_run(run, reference) -> None:
+    assert run.record["metrics"] == reference.record["metrics"]
+    assert run.record["best_epoch"] == reference.record["best_epoch"]
+    assert run.record["selection"] == reference.record["selection"]
+    assert torch.equal(run.result.logits, reference.result.logits)
+    assert _history(run.run_dir) == _history(reference.run_dir)
+
+
+def epoch_recorder(epochs: list, stop_at: int | None = None):
+    """An ``epoch_end`` callback that records each finished epoch and interrupts after ``stop_at``."""
+    def callback(trainer, row):
+        epochs.append(row["epoch"])
+        if row["epoch"] == stop_at:
             raise KeyboardInterrupt
 
+    return callback
+
+
+@pytest.mark.parametrize("name", EPOCH_TRAINED)
+def test_resume_equals_uninterrupted_run(name, tiny_clip_dir, colour_folder, tmp_path):
+    from clipadapt.engine.checkpoint import latest_checkpoint
+
+    straight_epochs, interrupted_epochs, resumed_epochs = [], [], []
+    straight = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "straight"),
+                            {"epoch_end": [epoch_recorder(straight_epochs)]})
+    assert straight_epochs == [1, 2, 3]
+
     interrupted = tmp_path / "interrupted"
-    try:
-        run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted), {"epoch_end": [interrupt]})
-        was_interrupted = False  # closed-form methods have no epochs to interrupt
-    except KeyboardInterrupt:
-        was_interrupted = True
-    if was_interrupted:
-        assert not (interrupted / "metrics.json").exists() and (interrupted / "checkpoints").is_dir()
-        resumed = run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted, "run.resume=true"))
-    else:
-        resumed = run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted, "run.overwrite=true"))
-    assert resumed.record["metrics"] == straight.record["metrics"]
-    assert resumed.record["best_epoch"] == straight.record["best_epoch"]
-    assert torch.equal(resumed.result.logits, straight.result.logits)
-    history = [line.split(",")[:-1] for line in (interrupted / "history.csv").read_text().splitlines()]
-    assert history == [line.split(",")[:-1] for line in (straight.run_dir / "history.csv").read_text().splitlines()]
+    with pytest.raises(KeyboardInterrupt):  # the interrupt must fire: a run that finishes instead fails here
+        run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted),
+                     {"epoch_end": [epoch_recorder(interrupted_epochs, stop_at=1)]})
+    assert interrupted_epochs == [1]
+    assert not (interrupted / "metrics.json").exists()
+    assert latest_checkpoint(interrupted) == interrupted / "checkpoints" / "epoch-0001"
+
+    resumed = run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted, "run.resume=true"),
+                           {"epoch_end": [epoch_recorder(resumed_epochs)]})
+    assert resumed_epochs == [2, 3]  # it continued from the checkpoint instead of starting again
+    assert_same_run(resumed, straight)
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM)
+def test_closed_form_methods_resume_by_fitting_again(name, tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
+    import clipadapt.engine.trainer as trainer_module
+
+    epochs, checkpoints = [], []
+    real_save = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda *args, **kwargs: checkpoints.append(args) or real_save(*args, **kwargs))
+    callbacks = {"epoch_end": [epoch_recorder(epochs, stop_at=1)]}
+    straight = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "straight"), callbacks)
+    assert epochs == [] and checkpoints == []  # no epoch loop: no epoch ends, nothing to checkpoint
+
+    cls = METHODS.get(name).method_class
+    real_fit = cls.fit
+
+    def fit_then_stop(method, trainer):
+        real_fit(method, trainer)
+        raise KeyboardInterrupt  # after fitting, before the test split is read and the results are written
+
+    monkeypatch.setattr(cls, "fit", fit_then_stop)
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted), callbacks)
+    assert (interrupted / "config.yaml").is_file() and not (interrupted / "metrics.json").exists()
+    monkeypatch.setattr(cls, "fit", real_fit)
+    resumed = run_training(experiment(name, tiny_clip_dir, colour_folder, interrupted, "run.resume=true"), callbacks)
+    assert epochs == [] and checkpoints == []
+    assert_same_run(resumed, straight)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
