@@ -104,6 +104,32 @@ def make_image_folder(root: Path, per_class: int = 6, splits: tuple[str, ...] = 
     return root
 
 
+WORLD_DOC = Path(__file__).resolve().parents[1] / "docs" / "world.md"
+# docs/world.md's column -> the world task (its zero-shot acc1 on the test split, template `simple`)
+WORLD_DOC_COLUMNS = {"world:shapes (48)": "shapes", "shapes-novel (16)": "shapes-novel", "shape (6)": "shape",
+                     "colour (8)": "colour", "shifted (48)": "shapes-shifted"}
+
+
+def documented_world_figures(path: Path = WORLD_DOC) -> dict[str, float]:
+    """The zero-shot figures docs/world.md records for world:tiny's default recipe (the one row of its table that
+    says "the default recipe"), by task name."""
+
+    def cells(line: str) -> list[str]:
+        return [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+
+    lines = path.read_text().splitlines()
+    headers = [cells(line) for line in lines if line.startswith("| recipe |")]
+    rows = [cells(line) for line in lines if line.startswith("|") and "the default recipe" in line]
+    if len(headers) != 1 or len(rows) != 1:
+        raise ValueError(f"{path}: expected one '| recipe |' table with one 'the default recipe' row, found "
+                         f"{len(headers)} tables and {len(rows)} rows")
+    row = dict(zip(headers[0], rows[0], strict=True))
+    missing = set(WORLD_DOC_COLUMNS) - set(row)
+    if missing:
+        raise ValueError(f"{path}: the recipe table has no column {', '.join(sorted(missing))}")
+    return {task: float(row[column]) for column, task in WORLD_DOC_COLUMNS.items()}
+
+
 @contextmanager
 def clipadapt_home(path: Path) -> Iterator[Path]:
     """Point $CLIPADAPT_HOME at ``path`` for fixtures wider than one test (monkeypatch is per test)."""

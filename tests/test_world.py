@@ -194,6 +194,26 @@ def test_concurrent_users_wait_for_one_build():
     assert results == [world_dir() / "shared"] * 3 and verify(results[0], "r")
 
 
+def test_the_documented_world_figures_are_read_from_docs(tmp_path):
+    from tests.helpers import documented_world_figures
+
+    # what tests/test_world_slow.py holds the built world to: the default recipe's row of docs/world.md
+    figures = documented_world_figures()
+    assert set(figures) == {"shapes", "shapes-novel", "shape", "colour", "shapes-shifted"}
+    assert all(0 < value <= 1 for value in figures.values())
+    table = ["| recipe | build | world:shapes (48) | shapes-novel (16) | shape (6) | colour (8) | shifted (48) | lp |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|",
+             "| older | 200 s | 0.5 | 0.4 | 0.3 | 0.9 | 0.2 | - |",
+             "| **same: the default recipe** | 230 s | **0.81** | 0.62* | 0.79 | 0.88 | 0.47 | - |"]
+    doc = tmp_path / "world.md"
+    doc.write_text("\n".join(table) + "\n")
+    assert documented_world_figures(doc) == {"shapes": 0.81, "shapes-novel": 0.62, "shape": 0.79, "colour": 0.88,
+                                             "shapes-shifted": 0.47}
+    doc.write_text("\n".join(table[:3]) + "\n")
+    with pytest.raises(ValueError, match="one 'the default recipe' row"):
+        documented_world_figures(doc)
+
+
 def test_pretraining_is_deterministic_for_a_seed(tmp_path):
     recipe = WorldClipRecipe(steps=3, **TINY_RECIPE)
     pretrain_world_clip(tmp_path / "a", recipe)

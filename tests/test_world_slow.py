@@ -11,12 +11,26 @@ from clipadapt.classification.training import run_training
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.zeroshot import evaluate_zero_shot
 from clipadapt.models import load_model
-from tests.helpers import clipadapt_home
+from tests.helpers import clipadapt_home, documented_world_figures
 
 # `make test` distributes by file (pytest-xdist --dist loadfile) in collection order, and conftest.py puts this file
 # first: one worker starts building world:tiny at once and runs these tests, the other runs the rest of the suite.
 # The demo (tests/test_demo_slow.py) comes last, when the world is built.
 pytestmark = pytest.mark.slow
+
+
+# docs/world.md records what world:tiny's default recipe scores zero-shot (acc1 on the test split, template `simple`).
+# The world built here must hold those figures, above and below (a change that moves them must update the docs),
+# within these margins:
+MARGINS = {"shapes": 0.05, "shapes-novel": 0.10, "shape": 0.10, "colour": 0.06, "shapes-shifted": 0.08}
+# Why that wide: the test images are fixed by their seeds, so the spread is the model's. Pretraining is deterministic
+# for a recipe on one machine, but not bit-reproducible across machines (CPU kernels, thread counts: `make test` builds
+# with one torch thread per worker; docs/benchmarks.md saw a rebuild elsewhere move the novel-pair zero-shot by 0.066).
+# A slightly different model moves the figures about as much as 100 more or fewer pretraining steps do (docs/world.md,
+# 2,400 / 2,500 / 2,600 steps: up to 0.015 on shapes, 0.031 novel, 0.006 shape, 0.013 colour, 0.053 shifted), and the
+# small test sets move most per image (shape 120 images, colour 160, novel 320; shapes and shifted 960). Beyond the
+# margin is a real change of the world, not noise.
+CHANCE = {"shapes": 1 / 48, "shapes-novel": 1 / 48, "shape": 1 / 6, "colour": 1 / 8, "shapes-shifted": 1 / 48}
 
 
 def _zero_shot(bundle, task: str, templates=("simple",)) -> float:
@@ -30,17 +44,20 @@ def world_scores(world_home):
         start = time.perf_counter()
         bundle = load_model("world:tiny")
         load_s = time.perf_counter() - start
-        scores = {task: _zero_shot(bundle, task) for task in ("shapes", "shapes-novel", "colour", "shape")}
+        scores = {task: _zero_shot(bundle, task) for task in MARGINS}
     return load_s, scores
 
 
-def test_world_tiny_has_real_zero_shot_ability(world_scores):
+def test_world_tiny_holds_its_documented_zero_shot_figures(world_scores):
     load_s, scores = world_scores
     assert load_s < 10  # the cached copy (target < 3 s; generous under test load)
-    assert scores["colour"] >= 0.85, scores  # chance 1/8
-    assert scores["shape"] >= 0.25, scores  # chance 1/6
-    assert scores["shapes"] >= 0.30, scores  # chance 1/48
-    assert scores["shapes-novel"] > 3 / 48, scores  # chance 1/48 (labelled among all 48 pairs)
+    documented = documented_world_figures()
+    assert set(documented) == set(MARGINS)
+    off = {task: (round(scores[task], 3), documented[task], MARGINS[task]) for task in MARGINS
+           if abs(scores[task] - documented[task]) > MARGINS[task]}
+    assert not off, f"(measured, documented in docs/world.md, margin) by task: {off}; all measured: {scores}"
+    for task, chance in CHANCE.items():  # the margins keep every task far above chance
+        assert documented[task] - MARGINS[task] > 2 * chance, task
     assert scores["shapes-novel"] < scores["shapes"] - 0.05, scores  # a real gap for adaptation to close
 
 
