@@ -22,14 +22,16 @@ pytestmark = pytest.mark.slow
 # docs/world.md records what world:tiny's default recipe scores zero-shot (acc1 on the test split, template `simple`).
 # The world built here must hold those figures, above and below (a change that moves them must update the docs),
 # within these margins:
-MARGINS = {"shapes": 0.05, "shapes-novel": 0.10, "shape": 0.10, "colour": 0.06, "shapes-shifted": 0.08}
+MARGINS = {"shapes": 0.05, "shapes-novel": 0.14, "shape": 0.05, "colour": 0.05, "shapes-shifted": 0.15}
 # Why that wide: the test images are fixed by their seeds, so the spread is the model's. Pretraining is deterministic
-# for a recipe on one machine, but not bit-reproducible across machines (CPU kernels, thread counts: `make test` builds
-# with one torch thread per worker; docs/benchmarks.md saw a rebuild elsewhere move the novel-pair zero-shot by 0.066).
-# A slightly different model moves the figures about as much as 100 more or fewer pretraining steps do (docs/world.md,
-# 2,400 / 2,500 / 2,600 steps: up to 0.015 on shapes, 0.031 novel, 0.006 shape, 0.013 colour, 0.053 shifted), and the
-# small test sets move most per image (shape 120 images, colour 160, novel 320; shapes and shifted 960). Beyond the
-# margin is a real change of the world, not noise.
+# for a recipe on one machine with one thread count, but not bit-reproducible across thread counts or machines:
+# `make test` builds with one torch thread per worker, and that build (x86_64, torch 2.13.0+cpu, 2026-11-30) scored
+# shapes 0.829, novel 0.588, shape 0.792, colour 0.884, shifted 0.404; another build of the same recipe on the same
+# machine (its loss first differs at step 60, in the fifth decimal) 0.829, 0.594, 0.818, 0.898, 0.415. Add the
+# neighbouring step counts in docs/world.md (2,400 and 2,600 steps: up to 0.015 shapes, 0.031 novel, 0.013 colour,
+# 0.053 shifted) and docs/benchmarks.md's rebuild on another machine (novel pairs moved by 0.066): each margin is
+# twice the largest deviation from the documented figure seen so far, rounded up, at least 0.05. Shifted backgrounds,
+# never seen in pretraining, move most (0.073). Beyond the margin is a real change of the world, not a rebuild.
 CHANCE = {"shapes": 1 / 48, "shapes-novel": 1 / 48, "shape": 1 / 6, "colour": 1 / 8, "shapes-shifted": 1 / 48}
 
 
