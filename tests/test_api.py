@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -93,6 +94,13 @@ def test_bad_settings_raise_one_line_errors_and_write_nothing(call, error, messa
     with pytest.raises(error, match=message) as caught:
         call(str(tiny_clip_dir), f"imagefolder:{colour_folder}", tmp_path / "run")
     assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()
+
+
+def test_the_captioning_twins_are_reached_from_the_package():
+    code = ("import clipadapt; print(clipadapt.captioning.train.__module__, clipadapt.methods()[0]['name'], "
+            "callable(clipadapt.models))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert result.stdout.split() == ["clipadapt.captioning.api", "baseline", "True"]
 
 
 def test_listings_are_data():
@@ -193,11 +201,18 @@ def test_a_method_from_an_installed_package_is_found_by_its_entry_point(tmp_path
 
 @pytest.mark.slow
 def test_the_public_module_type_checks():
-    from pathlib import Path
-
     package = Path(clipadapt.__file__).parent
     assert (package / "py.typed").is_file()
     result = subprocess.run([sys.executable, "-m", "mypy", "--follow-imports=silent", "--ignore-missing-imports",
                              "--no-incremental", str(package / "api")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success: no issues found" in result.stdout
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+
+
+def test_the_quickstart_notebook_is_stored_without_outputs():
+    notebook = json.loads(QUICKSTART.read_text())
+    code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert code and all(not cell["outputs"] and cell["execution_count"] is None for cell in code)

@@ -140,3 +140,25 @@ def test_corruption_accuracy_does_not_rise_with_severity(corruption, with_world)
     assert all(later <= earlier + ROBUSTNESS_NOISE for earlier, later in zip(accuracy, accuracy[1:], strict=False)), \
         accuracy
     assert accuracy[-1] <= accuracy[0] - 0.3, accuracy  # the strongest level costs a lot
+
+
+def test_the_quickstart_notebook_runs_end_to_end(with_world):
+    """examples/quickstart.ipynb on the world: zero-shot, two methods, a report, a plot and a prediction, inline."""
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.test_api import QUICKSTART
+
+    notebook = nbformat.read(QUICKSTART, as_version=4)
+    started = time.perf_counter()
+    NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+    seconds = time.perf_counter() - started
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    kinds = {kind for o in outputs for kind in o.get("data", {})}
+    assert {"text/html", "image/png"} <= kinds  # the run's inline table and curves, and the matplotlib figure
+    prediction = notebook.cells[-1].outputs[0]["data"]["text/plain"]
+    assert prediction.count(":") == 3 and prediction.startswith("[{")  # the top 3 classes with probabilities
+    assert seconds < 300, f"the notebook took {seconds:.0f} s"

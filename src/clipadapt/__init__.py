@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("methods", "models"):  # packages that are also the listing functions (see clipadapt.api.listing)
+    if name in ("methods", "models", "captioning"):  # methods(), models() list; captioning.train() and its twins
         import importlib
 
         return importlib.import_module(f"clipadapt.{name}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import importlib.metadata
 import logging
 import pkgutil
 import types
@@ -51,6 +50,8 @@ def add_plugin(target: str) -> None:
 
 def _entry_points() -> list[tuple[str, str]]:
     """``(target, package)`` of every installed package's clipadapt entry points."""
+    import importlib.metadata  # only here: it costs more than the rest of `import clipadapt`
+
     found = []
     for group in ENTRY_POINT_GROUPS:
         for entry in importlib.metadata.entry_points(group=group):
