@@ -216,3 +216,18 @@ def test_the_quickstart_notebook_is_stored_without_outputs():
     notebook = json.loads(QUICKSTART.read_text())
     code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert code and all(not cell["outputs"] and cell["execution_count"] is None for cell in code)
+
+
+def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline plots keep working after clipadapt has drawn (it used to force Agg on import)."""
+    code = textwrap.dedent(f"""
+        import matplotlib
+        matplotlib.use("svg")
+        from clipadapt.reports import plots
+        plots.plot_lines([{{"x": [1, 2], "y": [0.5, 0.7], "label": "a"}}], {str(tmp_path / "a.png")!r}, "x", "y", "t")
+        import matplotlib.pyplot as plt
+        print(matplotlib.get_backend(), len(plt.get_fignums()))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["svg", "0"] and (tmp_path / "a.png").stat().st_size > 1000

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from clipadapt.data.images import ImageLoadError, load_image
-from clipadapt.reports.plots import _save, plt
+from clipadapt.reports.plots import save_figure, subplots
 
 
 def _thumbnail(prediction: dict, preprocess, load: Callable[[dict], Image.Image] | None) -> np.ndarray:
@@ -36,7 +36,7 @@ def plot_best_worst(predictions: list[dict], path: str | Path, preprocess, count
     count = min(count, max(1, len(ranked) // 2)) if len(ranked) > 1 else 1
     rows = [("best", ranked[:count]), ("worst", ranked[::-1][:count] if len(ranked) > 1 else [])]
     rows = [(name, items) for name, items in rows if items]
-    fig, axes = plt.subplots(len(rows), count, figsize=(3.0 * count, 3.6 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), count, figsize=(3.0 * count, 3.6 * len(rows)), squeeze=False)
     for r, (name, items) in enumerate(rows):
         for c in range(count):
             ax = axes[r][c]
@@ -49,7 +49,7 @@ def plot_best_worst(predictions: list[dict], path: str | Path, preprocess, count
             ax.set_title(f"{name}: CLIPScore {scores['clip_score']:.3f}, CIDEr {scores.get('cider', float('nan')):.2f}"
                          f"\n{_wrap(p['caption'])}\nref: {_wrap(p['references'][0])}", fontsize=7, loc="left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_word_attention(image: Image.Image, words: list[str], maps: torch.Tensor, path: str | Path, preprocess,
@@ -60,7 +60,7 @@ def plot_word_attention(image: Image.Image, words: list[str], maps: torch.Tensor
     panels = len(words) + 1
     columns = min(panels, 6)
     lines = -(-panels // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(2.2 * columns, 2.5 * lines + 0.3), squeeze=False)
+    fig, axes = subplots(lines, columns, figsize=(2.2 * columns, 2.5 * lines + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes[0][0].imshow(picture)
@@ -75,4 +75,4 @@ def plot_word_attention(image: Image.Image, words: list[str], maps: torch.Tensor
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -138,9 +138,9 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
 def plot_wise(rows: list[dict], path: Path, title: str, chosen: float, shift_name: str | None) -> None:
     """The WiSE-FT plot: accuracy on the shift against accuracy in distribution, one point per alpha (without a
     shift: test and validation accuracy against alpha)."""
-    from clipadapt.reports.plots import _save, plt
+    from clipadapt.reports.plots import save_figure, subplots
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = subplots(figsize=(5.5, 4.2))
     if shift_name:
         x, y = [r["test_acc"] for r in rows], [r["shift_acc"] for r in rows]
         ax.plot(x, y, "o-", color="tab:blue")
@@ -159,4 +159,4 @@ def plot_wise(rows: list[dict], path: Path, title: str, chosen: float, shift_nam
         ax.legend()
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,22 +1,29 @@
-"""Figures written with matplotlib (Agg backend, no display needed)."""
+"""Figures written with matplotlib, outside pyplot: no display is needed, the user's backend is left alone (a
+notebook keeps its inline plots after clipadapt draws) and no figure stays open."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from clipadapt.io import atomic_save  # noqa: E402
+from clipadapt.io import atomic_save
 
 
-def _save(fig, path: str | Path) -> None:
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs: Any):
+    """``(figure, axes)`` like ``pyplot.subplots``, for a figure that is only saved."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # an Agg canvas of its own (measuring text needs a renderer), pyplot's backend untouched
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def plot_confusion(matrix: np.ndarray, classnames: list[str], path: str | Path, title: str = "") -> None:
@@ -26,7 +33,7 @@ def plot_confusion(matrix: np.ndarray, classnames: list[str], path: str | Path, 
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     n = len(classnames)
     size = min(4 + 0.28 * n, 18)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig, ax = subplots(figsize=(size, size * 0.9))
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     if n <= 40:
@@ -41,7 +48,7 @@ def plot_confusion(matrix: np.ndarray, classnames: list[str], path: str | Path, 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_prediction_grid(images: list[Image.Image], true_labels: list[str], top_classes: list[list[str]],
@@ -50,7 +57,7 @@ def plot_prediction_grid(images: list[Image.Image], true_labels: list[str], top_
     n = len(images)
     cols = min(4, n) or 1
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 5.2, rows * 2.4), squeeze=False,
+    fig, axes = subplots(rows, cols * 2, figsize=(cols * 5.2, rows * 2.4), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.4] * cols})
     for k in range(rows * cols):
         ax_img, ax_bar = axes[k // cols][2 * (k % cols)], axes[k // cols][2 * (k % cols) + 1]
@@ -70,12 +77,12 @@ def plot_prediction_grid(images: list[Image.Image], true_labels: list[str], top_
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_template_sets(names: list[str], acc1: list[float], path: str | Path, title: str = "") -> None:
     """Horizontal bars of acc1 per template set."""
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(names)))
+    fig, ax = subplots(figsize=(6, 0.5 + 0.45 * len(names)))
     y = np.arange(len(names))[::-1]
     ax.barh(y, acc1, color="tab:blue")
     ax.set_yticks(y, [n[:40] for n in names], fontsize=8)
@@ -84,13 +91,13 @@ def plot_template_sets(names: list[str], acc1: list[float], path: str | Path, ti
     for yi, a in zip(y, acc1, strict=True):
         ax.text(min(a + 0.01, 0.9), yi, f"{a:.3f}", va="center", fontsize=8)
     ax.set_title(title or "zero-shot accuracy by template set")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylabel: str = "", title: str = "",
                smooth: int = 10) -> None:
     """A raw curve with its running mean."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     steps = np.arange(1, len(values) + 1)
     ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1, label="per step")
     if len(values) >= smooth:
@@ -102,7 +109,7 @@ def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylab
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 SEARCH_AXES = {"C": "C (inverse regularisation strength)", "beta": "beta (cache sharpness; best alpha at each)",
@@ -117,18 +124,18 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "",
     ``C``, the linear probe's, or ``beta``, Tip-Adapter's, with the best ``alpha`` at each) as val accuracy vs it."""
     swept = next((key for key in SEARCH_AXES if history and key in history[0]), None)
     if swept is not None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = subplots(figsize=(6, 3.5))
         plot = ax.semilogx if swept == "C" else ax.plot
         plot([r[swept] for r in history], [r["val_acc"] for r in history], "o-", color="tab:orange")
         ax.set_xlabel(SEARCH_AXES[swept])
         ax.set_ylabel("validation accuracy")
         ax.set_title(title or "search on validation")
         ax.grid(alpha=0.3)
-        _save(fig, path)
+        save_figure(fig, path)
         return
     epochs = [r["epoch"] for r in history]
     extra = tuple((key, label) for key, label in extra if history and key in history[0])
-    fig, axes = plt.subplots(1, 2 + len(extra), figsize=(5 * (2 + len(extra)), 3.6))
+    fig, axes = subplots(1, 2 + len(extra), figsize=(5 * (2 + len(extra)), 3.6))
     ax_loss, ax_acc = axes[0], axes[1]
     for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", color=colour, label=split)
@@ -151,14 +158,14 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "",
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, title: str = "", log_x: bool = True,
                           reference: list[tuple[str, float]] = (), ylabel: str = "top-1 accuracy") -> None:
     """acc1 (mean, with std error bars) against a cost; ``reference`` lines (e.g. zero-shot) are dashed."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = plt.cm.tab10.colors if len(points) <= 10 else plt.cm.tab20.colors
+    fig, ax = subplots(figsize=(7, 4.2))
+    colours = colormaps["tab10"].colors if len(points) <= 10 else colormaps["tab20"].colors
     labels = []
     for i, p in enumerate(points):
         ax.errorbar(p["x"], p["y"], yerr=p.get("yerr", 0) or None, fmt="o", color=colours[i % len(colours)],
@@ -175,7 +182,7 @@ def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, tit
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _separate_labels(fig, labels)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _separate_labels(fig, labels: list) -> None:
@@ -196,7 +203,7 @@ def _separate_labels(fig, labels: list) -> None:
 
 def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
     """Several labelled curves on one axis (validation curves, robustness curves)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     for s in series:
         ax.plot(s["x"], s["y"], "o-", markersize=3, label=s["label"])
     ax.set_xlabel(xlabel)
@@ -206,14 +213,14 @@ def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, t
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_image_predictions(image: Image.Image, name: str, top: dict[str, list[tuple[str, float]]],
                            path: str | Path) -> None:
     """One image, then a bar chart of the top-k probabilities of each run (``clipadapt predict``)."""
     n = len(top)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * (n + 1), 2.8), squeeze=False,
+    fig, axes = subplots(1, n + 1, figsize=(3.2 * (n + 1), 2.8), squeeze=False,
                              gridspec_kw={"width_ratios": [1] + [1.3] * n})
     axes[0][0].imshow(image)
     axes[0][0].axis("off")
@@ -226,4 +233,4 @@ def plot_image_predictions(image: Image.Image, name: str, top: dict[str, list[tu
         ax.tick_params(axis="x", labelsize=6)
         ax.set_title(label[:34], fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
