@@ -15,6 +15,7 @@ from clipadapt.classification.experiment import WEIGHTS_DIR, TrainExperiment, bu
 from clipadapt.classification.two_stage import initialise_from_run
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
+from clipadapt.data.fewshot import write_fewshot_file
 from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.inputs import TrainingData
@@ -104,4 +105,5 @@ def write_run_results(run_dir: Path, method: Method, dataset, fit: FitResult, ev
     skipped = data.skipped_rows()
     record["skipped_images"] = {"count": len(skipped), "file": "skipped_images.txt" if skipped else None}
     write_skipped(run_dir, skipped)
+    write_fewshot_file(run_dir, dataset)  # the exact K-shot images, when the run sampled them
     write_metrics(run_dir, record)  # last: its presence marks the run complete

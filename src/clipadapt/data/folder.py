@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,14 +65,57 @@ def _scan(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     return paths, labels
 
 
+def read_split_file(path: str | Path, root: Path, max_pixels: int | None = None) -> tuple[list[str], dict[str, Split]]:
+    """A CoOp split file (``{"train"|"val"|"test": [[path, label, classname], ...]}``, paths relative to ``root``):
+    the class names by label and the splits, in the file's order (which CoOp's few-shot draw depends on)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"split file '{path}' does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"split file '{path}' is not JSON: {e.msg}") from None
+    unknown = sorted(set(data) - {"train", "val", "test"}) if isinstance(data, dict) else ["(not a mapping)"]
+    if unknown or not data:
+        raise DataError(f"split file '{path}' must map train, val and test to [[path, label, classname], ...]; "
+                        f"got {', '.join(unknown) or 'nothing'}")
+    names: dict[int, str] = {}
+    for split, entries in data.items():
+        for entry in entries:
+            if not isinstance(entry, list | tuple) or len(entry) != 3:
+                raise DataError(f"split file '{path}': {split} entry {entry!r} is not [path, label, classname]")
+            label, name = int(entry[1]), str(entry[2])
+            if names.setdefault(label, name) != name:
+                raise DataError(f"split file '{path}': label {label} is both '{names[label]}' and '{name}'")
+    if sorted(names) != list(range(len(names))):
+        raise DataError(f"split file '{path}': labels must be 0..{len(names) - 1}, got {sorted(names)[:10]}")
+    splits = {}
+    for split, entries in data.items():
+        paths = [root / entry[0] for entry in entries]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(f"split file '{path}': {len(missing)} {split} images are missing under '{root}', "
+                            f"e.g. {missing[0]}")
+        source = FileSource(paths, np.asarray([int(e[1]) for e in entries], dtype=np.int64), max_pixels)
+        splits[split] = Split(source, np.arange(len(paths)), split)
+    return [clean_classname(names[i]) for i in range(len(names))], splits
+
+
 @register_dataset("imagefolder", takes_argument=True, usage="imagefolder:PATH")
 def load_image_folder(config: DataConfig, argument: str | None) -> ClassificationDataset:
-    """Your own images: PATH/<class>/*.jpg, or PATH/{train,val,test}/<class>/*.jpg."""
+    """Your own images: PATH/<class>/*.jpg, or PATH/{train,val,test}/<class>/*.jpg, or a CoOp split file."""
     root = Path(argument or "").expanduser()
     if not root.exists():
         raise DataError(f"image folder '{root}' does not exist")
     if not root.is_dir():
         raise DataError(f"image folder '{root}' is not a directory")
+    if config.split_file:
+        classnames, splits = read_split_file(config.split_file, root, config.max_image_pixels)
+        splits = make_splits(str(root), splits.get("train"), splits.get("test"), splits.get("val"),
+                             val_fraction=config.val_fraction, seed=config.seed)
+        return ClassificationDataset(name=f"imagefolder:{root}", classnames=classnames, splits=splits,
+                                     templates=["simple"], info={"root": str(root.resolve()),
+                                                                 "split_file": str(config.split_file)})
     present = {
         split: root / alias for split, aliases in SPLIT_FOLDERS.items() for alias in aliases if (root / alias).is_dir()
     }

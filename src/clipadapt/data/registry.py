@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clipadapt.config import option
-from clipadapt.data.base import ClassificationDataset, Split, few_shot
+from clipadapt.data.base import ClassificationDataset, Split
+from clipadapt.data.fewshot import SAMPLERS, apply_fewshot_file, apply_shots
 from clipadapt.errors import ConfigError, DataError, UnknownNameError
 from clipadapt.registry import Registry
 
@@ -21,6 +22,12 @@ class DataConfig:
     label_column: str | None = option(None, help="label column of a hub dataset (default: auto-detect)")
     classes: list[str] | None = option(None, help="class names to use instead of the dataset's own")
     shots: int | None = option(None, help="K training images per class (seeded, stratified)")
+    sampler: str = option("random", help="how K-shot subsets are drawn: random (train only) or coop (CoOp's code: "
+                                         "train K and val min(K, 4) per class, Python's random with data.seed)")
+    fewshot_file: str | None = option(None, help="a fewshot.json (an earlier run's, or published) whose train and "
+                                                 "val images are used instead of drawing")
+    split_file: str | None = option(None, help="a CoOp split file ({train|val|test: [[path, label, classname]]}) "
+                                               "for imagefolder:ROOT, paths relative to ROOT")
     val_fraction: float = option(0.1, help="share of train held out as val when there is no val split")
     seed: int = option(0, help="seed for val carving and few-shot sampling")
     batch_size: int = option(64, help="images per batch when encoding")
@@ -31,6 +38,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.shots is not None and self.shots <= 0:
             raise ConfigError(f"data.shots must be positive, got {self.shots}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown data.sampler '{self.sampler}'; valid choices: {', '.join(SAMPLERS)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size <= 0:
@@ -82,11 +91,10 @@ def load_dataset(config: DataConfig) -> ClassificationDataset:
     dataset = entry.factory(config, argument)
     if config.classes is not None:
         dataset = _with_classes(dataset, [c.strip() for c in config.classes])
-    if config.shots is not None:
-        train = dataset.split("train")
-        chosen = few_shot(train.labels, config.shots, config.seed)
-        dataset.splits["train"] = train.subset(chosen, "train")
-        dataset.info["shots"] = config.shots
+    if config.fewshot_file is not None:
+        apply_fewshot_file(dataset, config.fewshot_file)
+    elif config.shots is not None:
+        apply_shots(dataset, config.shots, config.seed, config.sampler)
     return dataset
 
 

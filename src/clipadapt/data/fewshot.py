@@ -1,0 +1,116 @@
+"""K-shot subsets: drawn, recorded (``fewshot.json``) and reused (``data.fewshot_file``).
+
+Two samplers (``data.sampler``):
+
+* ``random`` (the default): a seeded, stratified draw of K training images per class (numpy); validation is kept.
+* ``coop``: the draw of CoOp's code (Zhou et al. 2022, through Dassl's ``generate_fewshot_dataset``), the one the
+  few-shot benchmark's published numbers use: Python's ``random`` seeded with the run's seed, then per class, in the
+  order the classes first appear in the split, ``random.sample(items, K)`` of the training items (``random.choices``
+  with repetition where a class has fewer), then the same of the validation items with ``min(K, 4)``. On the same
+  split file (``data.split_file``) and seed it selects the same images as CoOp's code.
+
+Every run that samples writes the images it trained and validated on as ``fewshot.json``; ``data.fewshot_file``
+reads such a file (or a published subset in the same form) back instead of drawing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipadapt.data.base import ClassificationDataset, Split, few_shot
+from clipadapt.errors import ConfigError, DataError
+from clipadapt.io import atomic_write_json
+
+SAMPLERS = ("random", "coop")
+FEWSHOT_FILE = "fewshot.json"
+
+
+def dassl_sample(labels: Sequence[int], shots: int, rng: random.Random, repeat: bool = True) -> list[int]:
+    """Positions of ``shots`` items per label, as Dassl's ``generate_fewshot_dataset`` draws them from ``rng``."""
+    by_label: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        by_label.setdefault(int(label), []).append(position)  # classes in order of first appearance
+    chosen: list[int] = []
+    for items in by_label.values():
+        if len(items) >= shots:
+            chosen.extend(rng.sample(items, shots))
+        else:
+            chosen.extend(rng.choices(items, k=shots) if repeat else items)
+    return chosen
+
+
+def coop_subsets(train: Split, val: Split | None, shots: int, seed: int) -> tuple[Split, Split | None]:
+    """CoOp's K-shot train and min(K, 4)-shot validation subsets (module docstring)."""
+    rng = random.Random(seed)  # = random.seed(seed) in Dassl's set_random_seed, then the same calls
+    train_subset = train.subset(np.asarray(dassl_sample(train.labels, shots, rng), dtype=np.int64), "train")
+    if val is None:
+        return train_subset, None
+    val_positions = dassl_sample(val.labels, min(shots, 4), rng)
+    return train_subset, val.subset(np.asarray(val_positions, dtype=np.int64), "val")
+
+
+def apply_shots(dataset: ClassificationDataset, shots: int, seed: int, sampler: str) -> None:
+    """Replace train (and for ``coop`` val) by their K-shot subsets, in place."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown data.sampler '{sampler}'; valid choices: {', '.join(SAMPLERS)}")
+    train = dataset.split("train")
+    if sampler == "random":
+        dataset.splits["train"] = train.subset(few_shot(train.labels, shots, seed), "train")
+    else:
+        new_train, new_val = coop_subsets(train, dataset.splits.get("val"), shots, seed)
+        dataset.splits["train"] = new_train
+        if new_val is not None:
+            dataset.splits["val"] = new_val
+    dataset.info.update(shots=shots, sampler=sampler, seed=seed)
+
+
+def fewshot_record(dataset: ClassificationDataset) -> dict[str, Any]:
+    """What ``fewshot.json`` holds: the dataset, K, seed, sampler, and each sampled split's images as
+    ``[item, label]`` (the item is a file path, or ``source[index]`` for generated data)."""
+    splits = {name: [[split.describe(i), int(split.labels[i])] for i in range(len(split))]
+              for name, split in dataset.splits.items() if name in ("train", "val")}
+    return {"dataset": dataset.name, "shots": dataset.info.get("shots"), "seed": dataset.info.get("seed"),
+            "sampler": dataset.info.get("sampler", "random"), "classnames": list(dataset.classnames), **splits}
+
+
+def write_fewshot_file(run_dir: str | Path, dataset: ClassificationDataset) -> Path | None:
+    """``RUN/fewshot.json`` when the run sampled (or reused) a K-shot subset; nothing otherwise."""
+    if dataset.info.get("shots") is None:
+        return None
+    path = Path(run_dir) / FEWSHOT_FILE
+    atomic_write_json(path, fewshot_record(dataset))
+    return path
+
+
+def apply_fewshot_file(dataset: ClassificationDataset, path: str | Path) -> None:
+    """Train and validate on exactly the images a ``fewshot.json`` names (matched by item and label)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data.fewshot_file '{path}' does not exist")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"data.fewshot_file '{path}' is not JSON: {e.msg}") from None
+    if record.get("dataset") != dataset.name:
+        raise ConfigError(f"data.fewshot_file '{path}' is for dataset '{record.get('dataset')}', not "
+                          f"'{dataset.name}'")
+    for name in ("train", "val"):
+        if name not in record:
+            continue
+        split = dataset.split(name)
+        where = {(split.describe(i), int(split.labels[i])): i for i in range(len(split))}
+        positions = []
+        for item, label in record[name]:
+            if (item, int(label)) not in where:
+                raise DataError(f"data.fewshot_file '{path}' names {name} image '{item}' (label {label}), which "
+                                f"the {name} split of '{dataset.name}' does not hold")
+            positions.append(where[(item, int(label))])
+        dataset.splits[name] = split.subset(np.asarray(positions, dtype=np.int64), name)
+    dataset.info.update(shots=record.get("shots"), sampler=record.get("sampler", "random"), seed=record.get("seed"),
+                        fewshot_file=str(path))
