@@ -75,7 +75,8 @@ def load_plugins() -> None:
             if function:
                 getattr(loaded, function)()
         except Exception as e:  # a broken plug-in must not take clipadapt down with it
-            if package is None:
+            if package is None:  # clipadapt's own (the world): a bug to see, and to retry on the next lookup
+                _LOADED.discard(target)
                 raise
             log.warning("plug-in %s (%s) could not be loaded, its names are missing: %s", target, package,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)

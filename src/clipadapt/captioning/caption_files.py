@@ -4,7 +4,6 @@ image is opened (see ``captioning/data.py``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from clipadapt.captioning.data import (
@@ -18,16 +17,12 @@ from clipadapt.captioning.data import (
     image_root,
     register_caption_dataset,
 )
+from clipadapt.data.base import read_json_file
 from clipadapt.errors import DataError
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"caption file '{path}' does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"caption file '{path}' is not readable JSON: {error}") from None
+    data = read_json_file(path, "caption file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"caption file '{path}' has no 'images' list (expected COCO or Karpathy format)")
     return data

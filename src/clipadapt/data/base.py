@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -131,6 +133,17 @@ class ClassificationDataset:
                 f"dataset '{self.name}' has no split '{name}'; valid choices: {', '.join(self.splits)}"
             )
         return self.splits[name]
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """A user's JSON file (caption, split or few-shot file), with one-line errors naming ``what`` it is."""
+    path = Path(path).expanduser()
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{what} '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{what} '{path}' is not readable JSON: {error}") from None
 
 
 def shared_images(a: Split, b: Split) -> int:

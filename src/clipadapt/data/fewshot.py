@@ -15,7 +15,6 @@ reads such a file (or a published subset in the same form) back instead of drawi
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clipadapt.data.base import ClassificationDataset, Split, few_shot
+from clipadapt.data.base import ClassificationDataset, Split, few_shot, read_json_file
 from clipadapt.errors import ConfigError, DataError
 from clipadapt.io import atomic_write_json
 
@@ -91,12 +90,7 @@ def write_fewshot_file(run_dir: str | Path, dataset: ClassificationDataset) -> P
 def apply_fewshot_file(dataset: ClassificationDataset, path: str | Path) -> None:
     """Train and validate on exactly the images a ``fewshot.json`` names (matched by item and label)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"data.fewshot_file '{path}' does not exist")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"data.fewshot_file '{path}' is not JSON: {e.msg}") from None
+    record = read_json_file(path, "data.fewshot_file")
     if record.get("dataset") != dataset.name:
         raise ConfigError(f"data.fewshot_file '{path}' is for dataset '{record.get('dataset')}', not "
                           f"'{dataset.name}'")

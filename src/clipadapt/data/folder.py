@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from clipadapt.data.base import ClassificationDataset, Split, make_splits, stratified_split
+from clipadapt.data.base import ClassificationDataset, Split, make_splits, read_json_file, stratified_split
 from clipadapt.data.images import IMAGE_EXTENSIONS, load_image
 from clipadapt.data.registry import DataConfig, clean_classname, register_dataset
 from clipadapt.errors import DataError
@@ -69,12 +68,7 @@ def read_split_file(path: str | Path, root: Path, max_pixels: int | None = None)
     """A CoOp split file (``{"train"|"val"|"test": [[path, label, classname], ...]}``, paths relative to ``root``):
     the class names by label and the splits, in the file's order (which CoOp's few-shot draw depends on)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"split file '{path}' does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"split file '{path}' is not JSON: {e.msg}") from None
+    data = read_json_file(path, "split file")
     unknown = sorted(set(data) - {"train", "val", "test"}) if isinstance(data, dict) else ["(not a mapping)"]
     if unknown or not data:
         raise DataError(f"split file '{path}' must map train, val and test to [[path, label, classname], ...]; "

@@ -53,6 +53,12 @@ def write_manifest(directory: Path, recipe_key: str) -> dict:
     return manifest
 
 
+def weights_fingerprint(name: str, directory: Path) -> str:
+    """``NAME:<first 16 hex of model.safetensors' hash>`` from a verified entry's manifest (recorded with runs)."""
+    weights = (read_manifest(directory) or {}).get("files", {}).get("model.safetensors", "")
+    return f"{name}:{weights[:16]}"
+
+
 def read_manifest(directory: Path) -> dict | None:
     """The manifest as written (not checked against the files; see ``verify``)."""
     try:
@@ -94,9 +100,11 @@ def _own_random_state() -> Iterator[None]:
     import torch
 
     python_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    random.setstate(python_state)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_state)
 
 
 def ensure_built(name: str, recipe_key: str, build: Callable[[Path], None], force: bool = False) -> Path:

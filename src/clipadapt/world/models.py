@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from clipadapt.models.bundle import ClipBundle
-from clipadapt.world.cache import ensure_built, read_manifest, recipe_key
+from clipadapt.world.cache import ensure_built, recipe_key, weights_fingerprint
 from clipadapt.world.pretrain import RECIPE_VERSION, WorldClipRecipe, pretrain_world_clip
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ def load_world_clip(spec: str = "world:tiny") -> ClipBundle:
 
     path = world_clip_dir()  # verified there; the manifest is only read again for the weights' hash
     bundle = load_transformers(str(path), spec=spec)
-    weights = (read_manifest(path) or {}).get("files", {}).get("model.safetensors", "")
-    bundle.fingerprint = f"world:tiny:{weights[:16]}"
+    bundle.fingerprint = weights_fingerprint("world:tiny", path)
     bundle.name = spec
     return bundle

@@ -20,9 +20,9 @@ TEMPLATE_SETS = {
 
 def _manifest_fingerprint(name: str):
     def fingerprint(location: Path) -> str:
-        from clipadapt.world.cache import read_manifest
+        from clipadapt.world.cache import weights_fingerprint
 
-        return f"{name}:{(read_manifest(location) or {}).get('files', {}).get('model.safetensors', '')[:16]}"
+        return weights_fingerprint(name, location)
 
     return fingerprint
 
