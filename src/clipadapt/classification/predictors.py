@@ -7,6 +7,7 @@ alike. An ensemble's run directory (written by ``experiments.ensemble``) names i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -63,9 +64,6 @@ def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
 
 
 def _zero_shot_run(run_dir: Path, raw: dict, device: str | None) -> Predictor:
-    import json
-
-
     experiment = from_dict(ZeroShotExperiment, raw)
     record = json.loads((run_dir / METRICS_FILE).read_text())
     templates = record["templates"][record["best_template_set"]]["templates"]

@@ -38,12 +38,12 @@ def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
     cfg = experiment
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, "zeroshot")
     check_run_dir(run_dir, cfg.run.overwrite)
-    if cfg.zeroshot.templates:
-        resolve_template_sets(cfg.zeroshot.templates)  # fail on a bad template before any heavy work
+    # a bad template fails before any heavy work, a refused split before the model loads
+    explicit = resolve_template_sets(cfg.zeroshot.templates) if cfg.zeroshot.templates else None
     torch.manual_seed(cfg.run.seed)
     dataset = load_dataset(cfg.data)
-    candidates = resolve_template_sets(cfg.zeroshot.templates or dataset.templates)
-    choose_selection(dataset, cfg.data.split, cfg.zeroshot.select_on, len(candidates), cfg.data.seed)  # errors first
+    candidates = explicit or resolve_template_sets(dataset.templates)
+    selection = choose_selection(dataset, cfg.data.split, cfg.zeroshot.select_on, len(candidates), cfg.data.seed)
     device = resolve_device(cfg.model.device)
     reset_peak_memory(device)
     bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,
@@ -51,9 +51,9 @@ def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
     start = time.perf_counter()
     with _autocast(device, cfg.model.precision):
         result = evaluate_zero_shot(
-            bundle, dataset, cfg.data.split, cfg.zeroshot.templates or None, cfg.data.batch_size,
-            cfg.data.num_workers, cfg.data.strict, cfg.zeroshot.select_on,
-            FeatureCache() if cfg.run.feature_cache else None, cfg.zeroshot.text_batch_size, cfg.data.seed,
+            bundle, dataset, cfg.data.split, candidates, cfg.data.batch_size, cfg.data.num_workers, cfg.data.strict,
+            cfg.zeroshot.select_on, FeatureCache() if cfg.run.feature_cache else None, cfg.zeroshot.text_batch_size,
+            cfg.data.seed, selection,
         )
     elapsed = time.perf_counter() - start
     resolved = to_dict(cfg)

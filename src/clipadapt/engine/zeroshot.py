@@ -166,15 +166,17 @@ def evaluate_zero_shot(
     cache: FeatureCache | None = None,
     text_batch_size: int = 256,
     seed: int = 0,
+    selection: Selection | None = None,
 ) -> ZeroShotResult:
     """Evaluate one or more template sets; images are encoded once (and cached), text once per set.
 
     With several sets, the one reported is chosen as ``select_on`` says (module docstring): never on the reported
-    split, except as the labelled test oracle."""
+    split, except as the labelled test oracle. ``selection``: one ``choose_selection`` already made (run_zero_shot
+    makes it before loading the model, so a refused split fails early)."""
     template_sets = resolve_template_sets(list(templates) if templates else dataset.templates)
     names = [t.name for t in template_sets]
     default = dataset.default_template_set if dataset.default_template_set in names else names[0]
-    selection = choose_selection(dataset, split, select_on, len(template_sets), seed)
+    selection = selection or choose_selection(dataset, split, select_on, len(template_sets), seed)
     encoded = encode_split(bundle, dataset.split(split), batch_size, num_workers, strict, cache)
     selection_encoded = None
     if selection.on == "val":
