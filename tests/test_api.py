@@ -231,3 +231,23 @@ def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["svg", "0"] and (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_the_package_re_exports_exactly_the_api():
+    """clipadapt/__init__.py lists the lazy names by hand (importing clipadapt.api there would load it eagerly)."""
+    import clipadapt.api as api
+
+    errors = {"ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "UnknownNameError"}
+    assert set(clipadapt._API) == set(api.__all__) - errors
+    assert set(clipadapt.__all__) == set(api.__all__) | {"__version__"}
+    assert all(callable(getattr(clipadapt, name)) for name in clipadapt._API)
+
+
+def test_a_sweep_grid_from_python_values_names_its_cells_as_the_command_line(tiny_clip_dir, colour_folder, tmp_path):
+    common = {"model": str(tiny_clip_dir), "dataset": f"imagefolder:{colour_folder}", "device": "cpu",
+              "epochs": 1, "progress": False, **SETTINGS}
+    python = clipadapt.sweep("linear-head", {"linear_head.lr": [0.01, 0.1]}, out=tmp_path / "python", **common)
+    typed = clipadapt.sweep("linear-head", ["linear_head.lr=0.01,0.1"], out=tmp_path / "typed", **common)
+    assert [row["label"] for row in python.rows] == [row["label"] for row in typed.rows]
+    assert [row["values"] for row in python.rows] == [{"linear_head.lr": "0.01"}, {"linear_head.lr": "0.1"}]
+    assert [row["val_acc"] for row in python.rows] == [row["val_acc"] for row in typed.rows]

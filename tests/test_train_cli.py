@@ -188,3 +188,28 @@ def test_accelerate_launch_two_processes(method, saved, tiny_clip_dir, colour_fo
     assert record["processes"] == 2
     assert record["metrics"]["n"] == 6 and (out / saved).is_file()
     assert done.stdout.count("trainable params") == 1  # only the main process prints
+
+
+@pytest.mark.parametrize("in_config", [False, True])
+def test_an_interrupted_run_names_the_directory_to_resume(in_config, tiny_clip_dir, colour_folder, tmp_path,
+                                                          monkeypatch):
+    """The hint names the run's own directory, also when it comes from --config rather than --out."""
+    from clipadapt.engine.trainer import Trainer
+
+    def interrupted(self, method):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    out = tmp_path / "from-config" if in_config else tmp_path / "from-flag"
+    args = ["train", "linear-head", "--model", str(tiny_clip_dir), "--dataset", f"imagefolder:{colour_folder}",
+            "--device", "cpu", "--set", "data.num_workers=0"]
+    if in_config:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"method": "linear-head", "run": {"out": str(out)}}))
+        args += ["--config", str(config)]
+    else:
+        args += ["--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    assert f"continue with: clipadapt train linear-head --out {out} --resume" in " ".join(result.output.split())
+    assert (out / "config.yaml").is_file() and not (out / "metrics.json").exists()

@@ -221,7 +221,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 # -- settings from Python: nested dicts or dotted keys, turned into --set items so both share one validation ------
 
 
-def _yaml_scalar(value: Any) -> str:
+def yaml_scalar(value: Any) -> str:
+    """A Python value as the YAML text ``--set`` would parse back to it (``None`` -> ``null``, ``[4, 8]``)."""
     text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
     return text[:-4].strip() if text.endswith("\n...") else text
 
@@ -244,7 +245,7 @@ def as_overrides(settings: Mapping[str, Any] | None = None, overrides: Iterable[
     """``--set`` items (``overrides``, as typed) followed by ``settings`` (Python values, ``None`` means null)."""
     items = [str(item) for item in overrides]
     for name, value in flatten(settings or {}).items():
-        items.append(f"{name}={_yaml_scalar(value)}")
+        items.append(f"{name}={yaml_scalar(value)}")
     return items
 
 

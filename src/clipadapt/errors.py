@@ -24,3 +24,11 @@ class DataError(ClipAdaptError):
 
 class NameTakenError(ConfigError):
     """A method, dataset, model or template set registered under a name that is already taken."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a run directory was being trained: ``run_dir`` is what ``--resume`` continues."""
+
+    def __init__(self, run_dir) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir

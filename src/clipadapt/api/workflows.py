@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.api.runs import Run
-from clipadapt.config import apply_overrides, as_overrides, format_overrides, given, load_config
+from clipadapt.config import apply_overrides, as_overrides, format_overrides, given, load_config, yaml_scalar
 from clipadapt.engine.runview import RunView
 from clipadapt.errors import ClipAdaptError
 
@@ -36,6 +36,11 @@ def _listed(value: str | Iterable[Any] | None) -> list[Any] | None:
     if value is None:
         return None
     return [value] if isinstance(value, str | Path) else list(value)
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    """``"lora,bitfit"`` (as on the command line) or ``["lora", "bitfit"]``, blanks dropped."""
+    return [name.strip() for name in (value.split(",") if isinstance(value, str) else value) if name.strip()]
 
 
 def zeroshot(model: str | None = None, dataset: str | None = None, templates: str | Sequence[str] | None = None,
@@ -69,13 +74,11 @@ def train(method: str, model: str | None = None, dataset: str | None = None, sho
     ``resume=True`` with ``out`` continues an interrupted run with the run's own config."""
     from clipadapt.classification.experiment import load_experiment
     from clipadapt.classification.training import run_training
-    from clipadapt.engine.records import CONFIG_FILE
+    from clipadapt.engine.rundir import config_to_resume
     from clipadapt.methods import METHODS
 
     METHODS.get(method)
-    if resume and config is None and out is not None and (Path(out) / CONFIG_FILE).is_file():
-        config = Path(out) / CONFIG_FILE  # the run's own config; arguments may not change it
-    experiment = load_experiment(method, config, as_overrides(settings, overrides))
+    experiment = load_experiment(method, config_to_resume(out, config, resume), as_overrides(settings, overrides))
     experiment = apply_overrides(experiment, format_overrides(given({
         "model.spec": model, "model.device": device, "data.dataset": dataset, "data.shots": shots,
         "data.seed": seed, "run.seed": seed, "run.out": str(out) if out is not None else None,
@@ -100,16 +103,24 @@ def coop_words(run: PathLike | Run, top: int = 3, device: str | None = None) -> 
     return nearest(_dir(run), top, device)
 
 
-def sweep(method: str, grid: Mapping[str, Sequence[Any] | str], model: str | None = None,
+def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], model: str | None = None,
           dataset: str | None = None, seeds: Sequence[int] = (0,), out: PathLike | None = None, *,
           shots: int | None = None, epochs: int | None = None, init_from: PathLike | None = None,
           skip_existing: bool = False, overwrite: bool = False, device: str | None = None,
           config: PathLike | None = None, overrides: Iterable[str] = (), progress: bool = True,
           on_run: Callable[[Any, str], None] | None = None, **settings: Any):
-    """Every cell of ``grid`` (``{"lora.r": [4, 8]}``) over ``seeds``, chosen on validation (``train --sweep``)."""
+    """Every cell of ``grid`` over ``seeds``, chosen on validation (``train --sweep``): ``{"lora.r": [4, 8]}``
+    (Python values), ``{"lora.r": "4,8"}`` or the command line's items ``["lora.r=4,8"]``."""
     from clipadapt.experiments.sweep import SweepConfig, parse_sweep, run_sweep
 
-    items = [f"{key}={value if isinstance(value, str) else ','.join(map(str, value))}" for key, value in grid.items()]
+    if isinstance(grid, Mapping):
+        def text(value: Any) -> str:  # strings are YAML as typed on the command line; other values are formatted
+            return value if isinstance(value, str) else yaml_scalar(value)
+
+        items = [f"{key}={value if isinstance(value, str) else ','.join(text(v) for v in value)}"
+                 for key, value in grid.items()]
+    else:
+        items = list(grid)
     flags = format_overrides(given({"model.spec": model, "model.device": device, "data.dataset": dataset,
                                     "data.shots": shots, "train.epochs": epochs,
                                     "run.init_from": str(init_from) if init_from is not None else None}))
@@ -130,8 +141,7 @@ def compare(models: str | Sequence[str], dataset: str, methods: str | Sequence[s
     Settings go to the runs whose config has their section (``lora={"r": 4}`` to lora only)."""
     from clipadapt.experiments.compare import CompareConfig, run_compare
 
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    config = CompareConfig(models=_listed(models) or [], dataset=dataset, methods=[m for m in names if m],
+    config = CompareConfig(models=_listed(models) or [], dataset=dataset, methods=_names(methods),
                            seeds=list(seeds), shots=shots, overrides=as_overrides(settings, overrides),
                            templates=list(templates or []), out=str(out), skip_existing=skip_existing,
                            overwrite=overwrite, zeroshot=zeroshot, device=device)
@@ -167,12 +177,9 @@ def compare_captions(methods: str | Sequence[str] = "all", bridges: str | Sequen
     """Every caption method x bridge x seed as its own run, then one caption report (``clipadapt caption compare``)."""
     from clipadapt.experiments.caption_compare import CaptionCompareConfig, run_caption_compare
 
-    def names(value: str | Sequence[str]) -> list[str]:
-        return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-
     flags = format_overrides(given({"model.spec": model, "model.device": device, "decoder.spec": decoder,
                                     "data.dataset": dataset, "train.epochs": epochs}))
-    config = CaptionCompareConfig(methods=names(methods), bridges=names(bridges), seeds=list(seeds),
+    config = CaptionCompareConfig(methods=_names(methods), bridges=_names(bridges), seeds=list(seeds),
                                   overrides=as_overrides(settings, overrides) + flags, out=str(out),
                                   skip_existing=skip_existing, overwrite=overwrite)
     with _progress(progress):
@@ -248,8 +255,8 @@ def bench(models: str | Sequence[str], batch: int = 32, dtype: str = "fp32", met
     from clipadapt.experiments.compare import resolve_methods
     from clipadapt.io import atomic_write_json
 
-    wanted = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    names = resolve_methods([m for m in wanted if m]) if any(wanted) else []
+    wanted = _names(methods)
+    names = resolve_methods(wanted) if wanted else []
     results = run_bench(_listed(models) or [], batch, dtype, names, iterations, steps, device, on_result=on_result,
                         settings=as_overrides(settings, overrides))
     out = Path(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.config import apply_overrides, as_overrides, format_overrides, given
-from clipadapt.engine.records import CONFIG_FILE
+from clipadapt.engine.rundir import config_to_resume
 from clipadapt.engine.runview import RunView
 
 
@@ -33,9 +33,8 @@ def train(method: str, model: str | None = None, decoder: str | None = None, dat
     from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
 
     CAPTION_METHODS.get(method)
-    if resume and config is None and out is not None and (Path(out) / CONFIG_FILE).is_file():
-        config = Path(out) / CONFIG_FILE
-    experiment = load_caption_experiment(method, config, as_overrides(settings, overrides))
+    experiment = load_caption_experiment(method, config_to_resume(out, config, resume),
+                                         as_overrides(settings, overrides))
     experiment = apply_overrides(experiment, format_overrides(given({
         "model.spec": model, "model.device": device, "decoder.spec": decoder, "data.dataset": dataset,
         "bridge.kind": bridge, "run.seed": seed, "train.epochs": epochs, "train.select": select,

@@ -41,6 +41,7 @@ from clipadapt.engine.rundir import (
     check_train_run_dir,
     default_run_dir,
     read_run_config,
+    resumable,
     start_run_dir,
 )
 from clipadapt.engine.trainable import WEIGHTS_FILE
@@ -152,30 +153,31 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
     model = build_caption_model(cfg, bundle, "features" if cfg.train.cache_encoder else "pixels")
     data = caption_data(cfg, dataset, model, device, accelerator)
 
-    start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
+    with resumable(run_dir):  # from here on, an interruption says how to resume
+        start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
 
-    trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume,
-                      task=CaptionTask(cfg.train.select, cfg.decode))
-    for event, functions in (callbacks or {}).items():
-        for function in functions:
-            trainer.add_callback(event, function)
-    fit = model.fit(trainer)
-    result = evaluate_captions(model, data, "test", cfg.decode)  # the only time the test split is read
-    record = build_metrics_record(
-        method=cfg.method, model=cfg.model.spec, dataset=dataset.name, split="test", metrics=result["metrics"],
-        params=model.num_parameters(),
-        cost={"train_time_s": round(fit.train_time_s, 3), "peak_mem_mb": round(peak_memory_mb(device), 1),
-              "train_pairs_per_s": round(fit.train_images_per_s, 2),
-              "decode_images_per_s": round(result["images_per_s"], 2)},
-        seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
-        selection={"on": "val", "by": cfg.train.select, **fit.selection}, task="captioning",
-        decoder=cfg.decoder.spec, bridge=cfg.bridge.kind, decode=to_dict(cfg.decode),
-        tokenizer=result["tokenizer"], skipped_metrics=result["skipped"], data=dataset.summary(),
-        processes=accelerator.num_processes)
-    if accelerator.is_main_process:
-        _write_results(run_dir, model, dataset, fit, result, record, data, cfg)
-        remove_checkpoints(run_dir)
-    accelerator.wait_for_everyone()
+        trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume,
+                          task=CaptionTask(cfg.train.select, cfg.decode))
+        for event, functions in (callbacks or {}).items():
+            for function in functions:
+                trainer.add_callback(event, function)
+        fit = model.fit(trainer)
+        result = evaluate_captions(model, data, "test", cfg.decode)  # the only time the test split is read
+        record = build_metrics_record(
+            method=cfg.method, model=cfg.model.spec, dataset=dataset.name, split="test", metrics=result["metrics"],
+            params=model.num_parameters(),
+            cost={"train_time_s": round(fit.train_time_s, 3), "peak_mem_mb": round(peak_memory_mb(device), 1),
+                  "train_pairs_per_s": round(fit.train_images_per_s, 2),
+                  "decode_images_per_s": round(result["images_per_s"], 2)},
+            seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
+            selection={"on": "val", "by": cfg.train.select, **fit.selection}, task="captioning",
+            decoder=cfg.decoder.spec, bridge=cfg.bridge.kind, decode=to_dict(cfg.decode),
+            tokenizer=result["tokenizer"], skipped_metrics=result["skipped"], data=dataset.summary(),
+            processes=accelerator.num_processes)
+        if accelerator.is_main_process:
+            _write_results(run_dir, model, dataset, fit, result, record, data, cfg)
+            remove_checkpoints(run_dir)
+        accelerator.wait_for_everyone()
     log.info("wrote %s", run_dir)
     return RunOutput(run_dir, record, result, main_process=accelerator.is_main_process)
 

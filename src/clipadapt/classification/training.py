@@ -20,7 +20,7 @@ from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.records import build_metrics_record, write_csv, write_metrics, write_skipped
-from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, start_run_dir
+from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, resumable, start_run_dir
 from clipadapt.engine.trainer import Evaluation, FitResult, Trainer, make_accelerator
 from clipadapt.io import staged_directory
 from clipadapt.methods import METHODS, Method
@@ -57,21 +57,22 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
         initialised = initialise_from_run(method, cfg.run.init_from, dataset, cfg.model.spec)
     data = training_data(cfg, dataset, method, device, accelerator)
 
-    start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
+    with resumable(run_dir):  # from here on, an interruption says how to resume
+        start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
 
-    trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume)
-    for event, functions in (callbacks or {}).items():
-        for function in functions:
-            trainer.add_callback(event, function)
-    fit = method.fit(trainer)
-    evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
-    record = run_record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
-    if initialised is not None:
-        record["init_from"] = initialised
-    if accelerator.is_main_process:
-        write_run_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
-        remove_checkpoints(run_dir)
-    accelerator.wait_for_everyone()
+        trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume)
+        for event, functions in (callbacks or {}).items():
+            for function in functions:
+                trainer.add_callback(event, function)
+        fit = method.fit(trainer)
+        evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
+        record = run_record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
+        if initialised is not None:
+            record["init_from"] = initialised
+        if accelerator.is_main_process:
+            write_run_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
+            remove_checkpoints(run_dir)
+        accelerator.wait_for_everyone()
     log.info("wrote %s", run_dir)
     return RunOutput(run_dir, record, evaluation, main_process=accelerator.is_main_process)
 

@@ -18,6 +18,7 @@ from clipadapt.cli.common import (
     setup_logging,
     user_errors,
 )
+from clipadapt.errors import RunInterrupted
 
 caption_app = typer.Typer(no_args_is_help=True, help="Image captioning: a frozen CLIP image tower, a trained bridge "
                                                      "and a causal language model adapted with PEFT.")
@@ -91,9 +92,8 @@ def train_command(
         run = train(method, model, decoder, dataset, bridge, seed, out_dir, epochs=epochs, select=select,
                     resume=resume, overwrite=overwrite, device=device, config=config, overrides=set_ or [],
                     **settings)
-    except KeyboardInterrupt:
-        notice(f"interrupted; continue with: clipadapt caption train {method} --out "
-               f"{out_dir or '<run dir>'} --resume")
+    except RunInterrupted as interrupted:
+        notice(f"interrupted; continue with: clipadapt caption train {method} --out {interrupted.run_dir} --resume")
         raise typer.Exit(130) from None
     if not run.main_process:
         return

@@ -22,7 +22,7 @@ from clipadapt.cli.common import (
     user_errors,
 )
 from clipadapt.config import given
-from clipadapt.errors import ClipAdaptError
+from clipadapt.errors import ClipAdaptError, RunInterrupted
 
 
 def training_results_table(record: dict) -> Table:
@@ -75,11 +75,8 @@ def train_command(
     try:
         run = train(method, model, dataset, shots, seed, out_dir, init_from, epochs=epochs, resume=resume,
                     overwrite=overwrite, config=config, overrides=set_ or [], **settings)
-    except KeyboardInterrupt:
-        from clipadapt.engine.rundir import default_run_dir
-
-        run_dir = out_dir or default_run_dir(model or "?", dataset or "?", method)
-        notice(f"interrupted; continue with: clipadapt train {method} --out {run_dir} --resume")
+    except RunInterrupted as interrupted:
+        notice(f"interrupted; continue with: clipadapt train {method} --out {interrupted.run_dir} --resume")
         raise typer.Exit(130) from None
     if not run.main_process:
         return
@@ -111,14 +108,13 @@ def _sweep(method: str, model: str | None, dataset: str | None, config: Path | N
            settings: dict, shots: int | None, epochs: int | None, init_from: Path | None, items: list[str],
            seeds: str | None, out_dir: Path | None, skip_existing: bool, overwrite: bool) -> None:
     from clipadapt.api import sweep
-    from clipadapt.experiments.sweep import parse_sweep, short_names
+    from clipadapt.experiments.sweep import short_names
 
-    grid = parse_sweep(items)
-    result = sweep(method, {key: ",".join(values) for key, values in grid.items()}, model, dataset,
+    result = sweep(method, items, model, dataset,
                    number_list(seeds or "0", "--seeds"), out_dir, shots=shots, epochs=epochs, init_from=init_from,
                    skip_existing=skip_existing, overwrite=overwrite, config=config, overrides=overrides,
                    on_run=lambda cell, status: notice(cell.label, f"seed {cell.seed}: {status}", "bold"), **settings)
-    keys = list(grid)
+    keys = list(result.rows[0]["values"]) if result.rows else []
     names = short_names(keys)
     rows = [[*[row["values"][k] for k in keys], len(row["runs"]), _accuracy(row["val_acc"]),
              _accuracy(row["test_acc"]), "*" if row["chosen"] else ""] for row in result.rows]

@@ -26,7 +26,6 @@ from clipadapt.data.base import ClassificationDataset, Split, few_shot, read_jso
 from clipadapt.errors import ConfigError, DataError
 from clipadapt.io import atomic_write_json
 
-SAMPLERS = ("random", "coop")
 FEWSHOT_FILE = "fewshot.json"
 
 
@@ -54,18 +53,20 @@ def coop_subsets(train: Split, val: Split | None, shots: int, seed: int) -> tupl
     return train_subset, val.subset(np.asarray(val_positions, dtype=np.int64), "val")
 
 
+def random_subsets(train: Split, val: Split | None, shots: int, seed: int) -> tuple[Split, Split | None]:
+    """K training images per class, numpy-seeded and stratified; validation kept whole."""
+    return train.subset(few_shot(train.labels, shots, seed), "train"), val
+
+
+SAMPLERS = {"random": random_subsets, "coop": coop_subsets}  # data.sampler -> (train, val, K, seed) -> subsets
+
+
 def apply_shots(dataset: ClassificationDataset, shots: int, seed: int, sampler: str) -> None:
-    """Replace train (and for ``coop`` val) by their K-shot subsets, in place."""
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown data.sampler '{sampler}'; valid choices: {', '.join(SAMPLERS)}")
-    train = dataset.split("train")
-    if sampler == "random":
-        dataset.splits["train"] = train.subset(few_shot(train.labels, shots, seed), "train")
-    else:
-        new_train, new_val = coop_subsets(train, dataset.splits.get("val"), shots, seed)
-        dataset.splits["train"] = new_train
-        if new_val is not None:
-            dataset.splits["val"] = new_val
+    """Replace train (and for ``coop`` val) by their K-shot subsets, in place (``sampler`` checked by DataConfig)."""
+    train, val = SAMPLERS[sampler](dataset.split("train"), dataset.splits.get("val"), shots, seed)
+    dataset.splits["train"] = train
+    if val is not None:
+        dataset.splits["val"] = val
     dataset.info.update(shots=shots, sampler=sampler, seed=seed)
 
 

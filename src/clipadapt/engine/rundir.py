@@ -8,6 +8,8 @@ the end, ``metrics.json`` last: a directory without metrics.json is an interrupt
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import yaml
 
 from clipadapt.config import option
 from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
-from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.errors import ClipAdaptError, ConfigError, RunInterrupted
 from clipadapt.io import atomic_write_text
 from clipadapt.paths import slug
 
@@ -87,6 +89,24 @@ def check_train_run_dir(run_dir: Path, resolved: dict, resume: bool, overwrite: 
             raise ClipAdaptError(f"cannot resume '{run_dir}' with a different config: {'; '.join(changed[:6])}")
     else:
         check_run_dir(run_dir, overwrite, resumable=True)
+
+
+@contextmanager
+def resumable(run_dir: Path) -> Iterator[None]:
+    """An interruption inside the block becomes ``RunInterrupted(run_dir)``: the caller can say how to resume."""
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as interrupt:
+        raise RunInterrupted(run_dir) from interrupt
+
+
+def config_to_resume(out: str | Path | None, config: str | Path | None, resume: bool) -> str | Path | None:
+    """Resuming ``out`` without a config file resumes with the run's own config.yaml (arguments may not change it)."""
+    if resume and config is None and out is not None and (Path(out) / CONFIG_FILE).is_file():
+        return Path(out) / CONFIG_FILE
+    return config
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
