@@ -212,14 +212,31 @@ class SplitCache:
         raise NotImplementedError
 
     def through(self, bundle: ClipBundle, split: Split, strict: bool, encode: Callable[[], Any]):
-        """The cached encoding of ``split``, or ``encode()`` saved for next time."""
+        """The cached encoding of ``split``, or ``encode()`` saved for next time.
+
+        Processes that need the same entry at once (cells of a benchmark on one machine or a shared filesystem)
+        take a lock file beside it: one encodes, the others wait and read what it wrote.
+        """
+        from filelock import FileLock
+
+        hit = self._hit(bundle, split, strict)
+        if hit is not None:
+            return hit
+        path = self.path(bundle, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            hit = self._hit(bundle, split, strict)  # written while this process waited
+            if hit is not None:
+                return hit
+            encoded = encode()
+            self.save(bundle, split, encoded)
+        return encoded
+
+    def _hit(self, bundle: ClipBundle, split: Split, strict: bool):
         hit = self.load(bundle, split)
         if hit is not None:
             report_skipped(hit.skipped, strict, split.name)
-            return hit
-        encoded = encode()
-        self.save(bundle, split, encoded)
-        return encoded
+        return hit
 
 
 class FeatureCache(SplitCache):
