@@ -111,3 +111,37 @@ def test_bad_split_and_fewshot_files_are_one_line_errors(split_folder, tmp_path)
         load_dataset(coop_config(root, fewshot_file=str(tmp_path / "other.json")))
     with pytest.raises(ConfigError, match="unknown data.sampler 'dassl'; valid choices: random, coop"):
         DataConfig(sampler="dassl")
+
+
+def test_base_and_new_halves_are_coops_subsample_classes(split_folder):
+    """CoOp's subsample_classes after its K-shot draw: base = first ceil(n/2) labels, new = the rest from 0."""
+    root, split = split_folder
+    full = load_dataset(coop_config(root, shots=2, sampler="coop", seed=1))
+    base = load_dataset(coop_config(root, shots=2, sampler="coop", seed=1, subsample="base"))
+    new = load_dataset(coop_config(root, shots=2, sampler="coop", seed=1, subsample="new"))
+    assert full.classnames == ["blue", "green", "red"]
+    assert base.classnames == ["blue", "green"] and new.classnames == ["red"]  # ceil(3 / 2) = 2 base classes
+    for name in ("train", "val", "test"):
+        whole = full.split(name)
+        items = [(whole.describe(i), int(whole.labels[i])) for i in range(len(whole))]
+        # base: the all-class draw's images of labels 0 and 1, labels kept; new: label 2 relabelled 0
+        assert [(base.split(name).describe(i), int(base.split(name).labels[i]))
+                for i in range(len(base.split(name)))] == [it for it in items if it[1] < 2]
+        assert [(new.split(name).describe(i), int(new.split(name).labels[i]))
+                for i in range(len(new.split(name)))] == [(p, 0) for p, label in items if label == 2]
+    base_test = {base.split("test").describe(i) for i in range(len(base.split("test")))}
+    assert not base_test & {new.split("test").describe(i) for i in range(len(new.split("test")))}
+    with pytest.raises(ConfigError, match="unknown data.subsample 'novel'; valid choices: all, base, new"):
+        DataConfig(subsample="novel")
+
+
+def test_a_fewshot_file_of_base_classes_needs_the_same_half(split_folder, tmp_path):
+    from clipadapt.data.fewshot import write_fewshot_file
+
+    root, _ = split_folder
+    base = load_dataset(coop_config(root, shots=2, sampler="coop", seed=3, subsample="base"))
+    path = write_fewshot_file(tmp_path, base)
+    again = load_dataset(coop_config(root, fewshot_file=str(path), subsample="base"))
+    assert fewshot_record(again)["train"] == fewshot_record(base)["train"]
+    with pytest.raises(ConfigError, match="holds the base classes.*set data.subsample=base"):
+        load_dataset(coop_config(root, fewshot_file=str(path)))

@@ -85,6 +85,27 @@ class Split:
         return digest.hexdigest()[:16]
 
 
+class RelabelledSource:
+    """A source whose labels go through ``mapping`` (old label -> new label; -1 for classes dropped, which the
+    splits over it no longer index): reordered class lists, base/new class halves."""
+
+    def __init__(self, source: ImageSource, mapping: np.ndarray) -> None:
+        self._source, self._mapping = source, np.asarray(mapping, dtype=np.int64)
+        self.labels = self._mapping[np.asarray(source.labels)]
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def load(self, index: int) -> Image.Image:
+        return self._source.load(index)
+
+    def describe(self, index: int) -> str:
+        return self._source.describe(index)
+
+    def fingerprint(self) -> str:
+        return self._source.fingerprint() + ":relabelled:" + ",".join(map(str, self._mapping))
+
+
 @dataclass
 class ClassificationDataset:
     """What every dataset loader returns."""

@@ -9,12 +9,18 @@ Two samplers (``data.sampler``):
   with repetition where a class has fewer), then the same of the validation items with ``min(K, 4)``. On the same
   split file (``data.split_file``) and seed it selects the same images as CoOp's code.
 
+Base-to-novel (``data.subsample``, CoOp's ``subsample_classes``): the classes present in train, sorted by label,
+are halved, ``base`` keeping the first ``ceil(n / 2)`` and ``new`` the rest; every split keeps only those classes and
+they are relabelled from 0 in label order. As in CoOp's code this happens after the K-shot draw over all classes, so
+a base run trains on exactly the base-class images of the all-class draw with the same seed.
+
 Every run that samples writes the images it trained and validated on as ``fewshot.json``; ``data.fewshot_file``
 reads such a file (or a published subset in the same form) back instead of drawing.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from clipadapt.data.base import ClassificationDataset, Split, few_shot, read_json_file
+from clipadapt.data.base import ClassificationDataset, RelabelledSource, Split, few_shot, read_json_file
 from clipadapt.errors import ConfigError, DataError
 from clipadapt.io import atomic_write_json
 
@@ -70,13 +76,42 @@ def apply_shots(dataset: ClassificationDataset, shots: int, seed: int, sampler: 
     dataset.info.update(shots=shots, sampler=sampler, seed=seed)
 
 
+SUBSAMPLES = ("all", "base", "new")  # data.subsample
+
+
+def subsample_classes(labels: np.ndarray, subsample: str) -> list[int]:
+    """The labels kept by CoOp's ``subsample_classes``: sorted labels present, first ``ceil(n/2)`` (base) or the
+    rest (new)."""
+    present = sorted({int(label) for label in labels})
+    half = math.ceil(len(present) / 2)
+    return present if subsample == "all" else present[:half] if subsample == "base" else present[half:]
+
+
+def apply_subsample(dataset: ClassificationDataset, subsample: str) -> None:
+    """Keep the base or new half of the classes in every split, relabelled from 0 (module docstring), in place."""
+    if subsample == "all":
+        return
+    keep = subsample_classes(dataset.split("train").labels if "train" in dataset.splits
+                             else np.arange(dataset.num_classes), subsample)
+    if not keep:
+        raise DataError(f"dataset '{dataset.name}' has no {subsample} classes (it has {dataset.num_classes})")
+    mapping = np.full(dataset.num_classes, -1, dtype=np.int64)
+    mapping[keep] = np.arange(len(keep))
+    for name, split in dataset.splits.items():
+        kept = np.flatnonzero(mapping[split.labels] >= 0)
+        dataset.splits[name] = Split(RelabelledSource(split.source, mapping), split.indices[kept], split.name)
+    dataset.classnames = [dataset.classnames[label] for label in keep]
+    dataset.info.update(subsample=subsample, subsample_labels=keep)
+
+
 def fewshot_record(dataset: ClassificationDataset) -> dict[str, Any]:
     """What ``fewshot.json`` holds: the dataset, K, seed, sampler, and each sampled split's images as
     ``[item, label]`` (the item is a file path, or ``source[index]`` for generated data)."""
     splits = {name: [[split.describe(i), int(split.labels[i])] for i in range(len(split))]
               for name, split in dataset.splits.items() if name in ("train", "val")}
     return {"dataset": dataset.name, "shots": dataset.info.get("shots"), "seed": dataset.info.get("seed"),
-            "sampler": dataset.info.get("sampler", "random"), "classnames": list(dataset.classnames), **splits}
+            "sampler": dataset.info.get("sampler", "random"), "subsample": dataset.info.get("subsample", "all"),
+            "classnames": list(dataset.classnames), **splits}
 
 
 def write_fewshot_file(run_dir: str | Path, dataset: ClassificationDataset) -> Path | None:
@@ -95,6 +130,9 @@ def apply_fewshot_file(dataset: ClassificationDataset, path: str | Path) -> None
     if record.get("dataset") != dataset.name:
         raise ConfigError(f"data.fewshot_file '{path}' is for dataset '{record.get('dataset')}', not "
                           f"'{dataset.name}'")
+    if record.get("subsample", "all") != dataset.info.get("subsample", "all"):
+        raise ConfigError(f"data.fewshot_file '{path}' holds the {record.get('subsample', 'all')} classes of "
+                          f"'{dataset.name}'; set data.subsample={record.get('subsample', 'all')}")
     for name in ("train", "val"):
         if name not in record:
             continue

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clipadapt.config import option
-from clipadapt.data.base import ClassificationDataset, Split
-from clipadapt.data.fewshot import SAMPLERS, apply_fewshot_file, apply_shots
+from clipadapt.data.base import ClassificationDataset, RelabelledSource, Split
+from clipadapt.data.fewshot import SAMPLERS, SUBSAMPLES, apply_fewshot_file, apply_shots, apply_subsample
 from clipadapt.errors import ConfigError, DataError, UnknownNameError
 from clipadapt.registry import Registry
 
@@ -26,6 +26,8 @@ class DataConfig:
                                          "train K and val min(K, 4) per class, Python's random with data.seed)")
     fewshot_file: str | None = option(None, help="a fewshot.json (an earlier run's, or published) whose train and "
                                                  "val images are used instead of drawing")
+    subsample: str = option("all", help="classes kept, as CoOp's base-to-novel protocol splits them: all, base (the "
+                                        "first half by label, ceil(n/2)) or new (the rest, relabelled from 0)")
     split_file: str | None = option(None, help="a CoOp split file ({train|val|test: [[path, label, classname]]}) "
                                                "for imagefolder:ROOT, paths relative to ROOT")
     val_fraction: float = option(0.1, help="share of train held out as val when there is no val split")
@@ -40,6 +42,8 @@ class DataConfig:
             raise ConfigError(f"data.shots must be positive, got {self.shots}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown data.sampler '{self.sampler}'; valid choices: {', '.join(SAMPLERS)}")
+        if self.subsample not in SUBSAMPLES:
+            raise ConfigError(f"unknown data.subsample '{self.subsample}'; valid choices: {', '.join(SUBSAMPLES)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size <= 0:
@@ -91,10 +95,13 @@ def load_dataset(config: DataConfig) -> ClassificationDataset:
     dataset = entry.factory(config, argument)
     if config.classes is not None:
         dataset = _with_classes(dataset, [c.strip() for c in config.classes])
-    if config.fewshot_file is not None:
+    if config.fewshot_file is not None:  # a recorded subset names its images after any class subsampling
+        apply_subsample(dataset, config.subsample)
         apply_fewshot_file(dataset, config.fewshot_file)
-    elif config.shots is not None:
-        apply_shots(dataset, config.shots, config.seed, config.sampler)
+    else:  # CoOp draws K shots over all classes, then keeps the base or new half
+        if config.shots is not None:
+            apply_shots(dataset, config.shots, config.seed, config.sampler)
+        apply_subsample(dataset, config.subsample)
     return dataset
 
 
@@ -116,29 +123,9 @@ def _with_classes(dataset: ClassificationDataset, classes: list[str]) -> Classif
         new_index = {c.lower(): i for i, c in enumerate(classes)}
         mapping = np.array([new_index[c] for c in lowered])
         for name, split in dataset.splits.items():
-            dataset.splits[name] = Split(_Relabelled(split.source, mapping), split.indices, split.name)
+            dataset.splits[name] = Split(RelabelledSource(split.source, mapping), split.indices, split.name)
     dataset.classnames = list(classes)
     return dataset
-
-
-class _Relabelled:
-    """A source whose labels go through a permutation (for reordered class lists)."""
-
-    def __init__(self, source, mapping) -> None:
-        self._source, self._mapping = source, mapping
-        self.labels = mapping[source.labels]
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def load(self, index: int):
-        return self._source.load(index)
-
-    def describe(self, index: int) -> str:
-        return self._source.describe(index)
-
-    def fingerprint(self) -> str:
-        return self._source.fingerprint() + ":relabelled:" + ",".join(map(str, self._mapping))
 
 
 _PREFIX = re.compile(r"^\d+[._\- ]+")
