@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +65,11 @@ def _scan(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     return paths, labels
 
 
-def read_split_file(path: str | Path, root: Path, max_pixels: int | None = None) -> tuple[list[str], dict[str, Split]]:
+def read_split_file(path: str | Path, root: Path, max_pixels: int | None = None,
+                    clean: Callable[[str], str] = clean_classname) -> tuple[list[str], dict[str, Split]]:
     """A CoOp split file (``{"train"|"val"|"test": [[path, label, classname], ...]}``, paths relative to ``root``):
-    the class names by label and the splits, in the file's order (which CoOp's few-shot draw depends on)."""
+    the class names by label (passed through ``clean``) and the splits, in the file's order (which CoOp's few-shot
+    draw depends on)."""
     path = Path(path).expanduser()
     data = read_json_file(path, "split file")
     unknown = sorted(set(data) - {"train", "val", "test"}) if isinstance(data, dict) else ["(not a mapping)"]
@@ -92,7 +95,7 @@ def read_split_file(path: str | Path, root: Path, max_pixels: int | None = None)
                             f"e.g. {missing[0]}")
         source = FileSource(paths, np.asarray([int(e[1]) for e in entries], dtype=np.int64), max_pixels)
         splits[split] = Split(source, np.arange(len(paths)), split)
-    return [clean_classname(names[i]) for i in range(len(names))], splits
+    return [clean(names[i]) for i in range(len(names))], splits
 
 
 @register_dataset("imagefolder", takes_argument=True, usage="imagefolder:PATH")
