@@ -94,9 +94,9 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(UnknownNameError, match=r"unknown dataset 'imagenet'; valid choices: .*cifar10.*"
+    with pytest.raises(UnknownNameError, match=r"unknown dataset 'imagenet-21k'; valid choices: .*cifar10.*"
                                                r"imagefolder:PATH"):
-        load_dataset(DataConfig(dataset="imagenet"))
+        load_dataset(DataConfig(dataset="imagenet-21k"))
 
 
 def test_classes_override_renames_or_reorders(tmp_path):
@@ -187,5 +187,7 @@ def test_hub_dataset_without_network_explains_offline_use(monkeypatch):
 
 
 def test_every_registered_dataset_is_covered():
+    coop = {"imagenet", "caltech101", "oxford_pets", "stanford_cars", "food101", "fgvc_aircraft", "sun397", "dtd",
+            "eurosat", "ucf101", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"}  # test_coop_datasets.py
     assert set(DATASETS.names()) == {"cifar10", "cifar100", "cub200", "digits", "flowers102", "hf", "imagefolder",
-                                     "world"}
+                                     "world"} | coop
