@@ -14,8 +14,8 @@ from clipadapt.version import __version__
 add_plugin("clipadapt.world.plugin:register")
 
 _API = (
-    "Run", "bench", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate",
-    "load_run", "methods", "models", "predict", "register_dataset", "register_method", "register_model",
+    "Run", "bench", "benchmark", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble",
+    "evaluate", "load_run", "methods", "models", "predict", "register_dataset", "register_method", "register_model",
     "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
 )
 

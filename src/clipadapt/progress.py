@@ -198,3 +198,27 @@ def training_progress(epochs: int, steps_per_epoch: int, enabled: bool = True) -
                TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
     with Progress(*columns, console=console, transient=True) as progress:
         yield _TrainingBar(progress, epochs, steps_per_epoch)
+
+
+class GridProgress:
+    """One line per finished cell of a grid (a benchmark's runs): how many are done, in flight and failed, and the
+    time left at the pace so far. Cells run in other processes (or print their own bars), so this is lines, not a
+    live bar; ``CLIPADAPT_PROGRESS=0`` silences it."""
+
+    def __init__(self, total: int, clock=time.monotonic) -> None:
+        self.total, self.clock = total, clock
+        self.started = clock()
+
+    def line(self, key: str, failed: bool, seconds: float, counts: dict[str, int]) -> str:
+        finished = counts["done"] + counts["failed"]
+        elapsed = self.clock() - self.started
+        left = f", ~{_duration(elapsed / finished * (self.total - finished))} left" if 0 < finished < self.total else ""
+        return (f"[{finished}/{self.total}] {'FAILED' if failed else 'done'} {key} ({_duration(seconds)}) · "
+                f"{counts['done']} done, {counts['running']} running, {counts.get('queued', 0)} queued, "
+                f"{counts['failed']} failed · "
+                f"{_duration(elapsed)} elapsed{left}")
+
+    def __call__(self, outcome, counts: dict[str, int]) -> None:
+        if progress_enabled():
+            console.print(self.line(outcome.key, outcome.failed, outcome.seconds, counts), highlight=False,
+                          markup=False, soft_wrap=True)

@@ -21,6 +21,7 @@ from clipadapt.api.listing import (
 from clipadapt.api.runs import Run, load_run
 from clipadapt.api.workflows import (
     bench,
+    benchmark,
     compare,
     compare_captions,
     coop_words,
@@ -38,8 +39,8 @@ from clipadapt.api.workflows import (
 from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenError, UnknownNameError
 
 __all__ = [
-    "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "compare",
-    "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate", "load_run", "methods", "models",
-    "predict", "register_dataset", "register_method", "register_model", "register_template_set", "report",
+    "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "benchmark",
+    "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate", "load_run", "methods",
+    "models", "predict", "register_dataset", "register_method", "register_model", "register_template_set", "report",
     "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
 ]

@@ -149,6 +149,35 @@ def compare(models: str | Sequence[str], dataset: str, methods: str | Sequence[s
         return run_compare(config, on_run=on_run, report=report)
 
 
+def benchmark(model: str, datasets: str | Sequence[str] | None = None, methods: str | Sequence[str] = "linear-probe",
+              shots: Sequence[int] | None = None, seeds: Sequence[int] = (1, 2, 3),
+              protocol: str | Sequence[str] = "few-shot", out: PathLike = "runs/benchmark", *,
+              suite: str | None = None, targets: str | Sequence[str] | None = None, data_root: PathLike | None = None,
+              executor: str = "local", address: str | None = None, cpus_per_run: float | None = None,
+              gpus_per_run: float = 0.0, skip_existing: bool = False, overwrite: bool = False, device: str = "auto",
+              overrides: Iterable[str] = (), report: bool = True, progress: bool = True,
+              on_cell: Callable[[Any, dict[str, int]], None] | None = None, **settings: Any):
+    """The few-shot benchmark (``clipadapt benchmark``): zero-shot and every method x shots x seed on each dataset
+    of ``suite`` (coop11, world) or ``datasets``, for each ``protocol`` (few-shot, base-to-novel, cross-dataset,
+    domain-shift, or all), on the ``executor`` (local, ray); writes benchmark.csv, benchmark.md and report.html."""
+    from clipadapt.executors import ExecutorConfig
+    from clipadapt.experiments.benchmark import BenchmarkConfig, run_benchmark
+    from clipadapt.progress import GridProgress
+
+    config = BenchmarkConfig(
+        model=model, datasets=_names(datasets or []), suite=suite, methods=_names(methods),
+        shots=list(shots) if shots is not None else None, seeds=list(seeds), protocols=_names(protocol),
+        targets=_names(targets) if targets else None, out=str(out), overrides=as_overrides(settings, overrides),
+        data_root=str(data_root) if data_root is not None else None, device=device, skip_existing=skip_existing,
+        overwrite=overwrite, executor=ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
+    with _progress(progress):
+        if on_cell is None:
+            from clipadapt.experiments.benchmark import plan
+
+            on_cell = GridProgress(len(plan(config)))
+        return run_benchmark(config, on_outcome=on_cell, report=report)
+
+
 def report(runs: PathLike | Sequence[PathLike], out: PathLike | None = None, group: bool = False,
            task: str | None = None):
     """report.md and a self-contained report.html from run directories (``clipadapt report``); ``task="captioning"``

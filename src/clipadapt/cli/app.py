@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from clipadapt.cli import bench, combine, compare, demo, listing, predict, training, world, zeroshot
+from clipadapt.cli import bench, benchmark, combine, compare, demo, listing, predict, training, world, zeroshot
 from clipadapt.cli.caption import caption_app
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ for name, command in [
     ("predict", predict.predict_command),
     ("robustness", predict.robustness_command),
     ("bench", bench.bench_command),
+    ("benchmark", benchmark.benchmark_command),
     ("demo", demo.demo_command),
 ]:
     app.command(name)(command)

@@ -89,6 +89,11 @@ def _resolve(spec: str) -> tuple[DatasetEntry, str | None]:
     raise UnknownNameError(f"unknown dataset '{spec}'; valid choices: {', '.join(dataset_usages())}")
 
 
+def check_dataset_spec(spec: str) -> None:
+    """A one-line error with the valid choices for a spec no registered dataset reads (nothing is loaded)."""
+    _resolve(spec)
+
+
 def load_dataset(config: DataConfig) -> ClassificationDataset:
     """Build the dataset named by ``config.dataset``, apply class-name overrides and few-shot sampling."""
     entry, argument = _resolve(config.dataset)

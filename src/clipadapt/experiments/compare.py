@@ -97,7 +97,7 @@ def _sections(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.name != "method"}
 
 
-def _split_overrides(overrides: list[str], methods: list[str]) -> dict[str, list[str]]:
+def split_overrides(overrides: list[str], methods: list[str]) -> dict[str, list[str]]:
     """Which overrides apply to which experiment: ``lora.r=4`` only to lora, ``train.*`` to every method."""
     known = {"zeroshot": _sections(ZeroShotExperiment)} | {m: _sections(experiment_class(m)) for m in methods}
     every = set().union(*known.values())
@@ -144,7 +144,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
     from clipadapt.data.prompts import resolve_template_sets
     from clipadapt.experiments.report import build_report
 
-    overrides = _split_overrides(config.overrides, config.methods)
+    overrides = split_overrides(config.overrides, config.methods)
     runs = plan(config)
     refuse_existing([r.run_dir for r in runs], config.out, config.skip_existing, config.overwrite)
     if config.zeroshot and not config.templates:

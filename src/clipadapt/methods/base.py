@@ -162,6 +162,12 @@ class Method(TrainableModule):
             raise ConfigError(f"model '{self.bundle.spec}' does not support activation checkpointing")
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
+    def per_class_state(self) -> list[str]:
+        """Names of the trained tensors that hold something per class (a trained head's class vectors): a run with
+        any cannot be evaluated on other classes (base-to-novel, cross-dataset). Heads' trainable parameters are
+        all per class; a method with other per-class state says so by overriding this."""
+        return [name for name in self.trainable_parameters() if name.startswith("head.")]
+
     # -- hooks --------------------------------------------------------------------------------------------
     def state_from_features(self, features: torch.Tensor, labels) -> None:
         """State a method builds from training features before any step (Tip-Adapter's cache); nothing by default.

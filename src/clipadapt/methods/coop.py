@@ -238,6 +238,10 @@ class CoOp(Method):
         self.inputs = "features" if config.image_features == "cached" else "pixels"
         super().__init__(bundle, classnames, config, templates)
 
+    def per_class_state(self) -> list[str]:
+        """The shared context moves to any classes; per-class contexts (``class_specific``) do not."""
+        return ["head.ctx"] if self.config.class_specific else []
+
     def make_head(self, bundle, templates) -> nn.Module:
         return PromptLearner(bundle, self.classnames, self.config)
 

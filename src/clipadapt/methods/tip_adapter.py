@@ -151,6 +151,10 @@ class TipAdapter(Method):
                 **{k: self.chosen[k] for k in ("val_acc", "val_loss") if k in self.chosen}}
 
     # -- weights: the cache is state even where nothing trains ----------------------------------------------
+    def per_class_state(self) -> list[str]:
+        """The cache's values are one-hot labels of the training classes."""
+        return ["values", "keys"]
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys.detach().clone(), "values": self.values.clone(), "alpha": self.alpha.clone(),
                 "beta": self.beta.clone()}

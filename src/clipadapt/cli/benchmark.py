@@ -1,0 +1,65 @@
+"""``clipadapt benchmark``: the field's few-shot benchmark, on this machine or a Ray cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipadapt.cli.common import SetOpt, notice, number_list, out, setup_logging, user_errors
+from clipadapt.errors import ClipAdaptError
+
+
+@user_errors
+def benchmark_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="model spec (see `clipadapt models`)")],
+    datasets: Annotated[str | None, typer.Option(help="comma-separated datasets (the first is the source of "
+                                                      "cross-dataset and domain-shift)")] = None,
+    suite: Annotated[str | None, typer.Option(help="coop11 (the 11 CoOp datasets, ImageNet shifts) or world "
+                                                   "(offline)")] = None,
+    methods: Annotated[str, typer.Option(help="comma-separated methods; zero-shot is always included")] = (
+        "linear-probe"),
+    shots: Annotated[str | None, typer.Option(help="comma-separated K (default: 1,2,4,8,16 for few-shot, 16 for "
+                                                   "the others)")] = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "1,2,3",
+    protocol: Annotated[str, typer.Option(help="few-shot, base-to-novel, cross-dataset, domain-shift, "
+                                               "comma-separated, or all")] = "few-shot",
+    targets: Annotated[str | None, typer.Option(help="cross-dataset/domain-shift targets instead of the "
+                                                     "suite's")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the runs, benchmark.csv/md and report.html "
+                                                              "go")] = Path("runs/benchmark"),
+    data_root: Annotated[Path | None, typer.Option(help="CoOp's data folder ($DATA) holding each dataset's "
+                                                        "folder")] = None,
+    executor: Annotated[str, typer.Option(help="local (this process, one cell after another) or ray")] = "local",
+    address: Annotated[str | None, typer.Option(help="a running Ray cluster, HOST:PORT (default: a local "
+                                                     "instance)")] = None,
+    cpus_per_run: Annotated[float | None, typer.Option(help="CPUs (and torch threads) per cell")] = None,
+    gpus_per_run: Annotated[float, typer.Option(help="GPUs per cell (ray)")] = 0.0,
+    skip_existing: Annotated[bool, typer.Option(help="keep cells with results, run or resume the rest")] = False,
+    overwrite: Annotated[bool, typer.Option(help="rerun cells that already exist")] = False,
+    set_: SetOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Zero-shot and every method x shots x seed on each dataset, as run directories; benchmark.csv and the
+    paper-shaped tables and curves in benchmark.md and report.html."""
+    setup_logging(verbose)
+    from clipadapt.api import benchmark
+
+    if datasets is None and suite is None:
+        raise ClipAdaptError("benchmark needs --datasets D1,D2 or --suite (coop11, world)")
+    result = benchmark(model, datasets, methods, number_list(shots, "--shots") if shots else None,
+                       number_list(seeds, "--seeds"), protocol, out_dir, suite=suite, targets=targets,
+                       data_root=data_root, executor=executor, address=address, cpus_per_run=cpus_per_run,
+                       gpus_per_run=gpus_per_run, skip_existing=skip_existing, overwrite=overwrite, device=device,
+                       overrides=set_ or [])
+    if result.kept:
+        notice("kept:", f"{len(result.kept)} cells with results already (--skip-existing)")
+    if result.markdown is not None:
+        out.print(result.markdown.read_text(), highlight=False, soft_wrap=True)
+        out.print(f"results: {result.csv}; report: {result.html}", highlight=False)
+    for key, reason in result.failed:
+        notice("failed:", f"{key}: {reason}", "red")
+    if result.failed:
+        raise typer.Exit(1)

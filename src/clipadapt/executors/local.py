@@ -1,0 +1,35 @@
+"""The local executor: cells run in this process, one after another, in the order submitted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from clipadapt.executors import Cell, Executor, Outcome, call_cell, register_executor
+
+
+@register_executor("local")
+class LocalExecutor(Executor):
+    """This process, one cell after another (the default; nothing to install)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._queue: list[tuple[str, Cell, Any]] = []
+        self._running = 0
+
+    def submit(self, key: str, cell: Cell, argument: Any) -> None:
+        self._queue.append((key, cell, argument))
+
+    def outcomes(self) -> Iterator[Outcome]:
+        while self._queue:
+            key, cell, argument = self._queue.pop(0)
+            self._running = 1
+            outcome = call_cell(key, cell, argument, self.threads())
+            self._running = 0
+            yield outcome
+
+    def running(self) -> int:
+        return self._running
+
+    def queued(self) -> int:
+        return len(self._queue)
