@@ -107,10 +107,13 @@ def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], 
           dataset: str | None = None, seeds: Sequence[int] = (0,), out: PathLike | None = None, *,
           shots: int | None = None, epochs: int | None = None, init_from: PathLike | None = None,
           skip_existing: bool = False, overwrite: bool = False, device: str | None = None,
-          config: PathLike | None = None, overrides: Iterable[str] = (), progress: bool = True,
-          on_run: Callable[[Any, str], None] | None = None, **settings: Any):
+          executor: str = "local", address: str | None = None, cpus_per_run: float | None = None,
+          gpus_per_run: float = 0.0, config: PathLike | None = None, overrides: Iterable[str] = (),
+          progress: bool = True, on_run: Callable[[Any, str], None] | None = None, **settings: Any):
     """Every cell of ``grid`` over ``seeds``, chosen on validation (``train --sweep``): ``{"lora.r": [4, 8]}``
-    (Python values), ``{"lora.r": "4,8"}`` or the command line's items ``["lora.r=4,8"]``."""
+    (Python values), ``{"lora.r": "4,8"}`` or the command line's items ``["lora.r=4,8"]``; the cells run on the
+    ``executor`` (local, ray)."""
+    from clipadapt.executors import ExecutorConfig
     from clipadapt.experiments.sweep import SweepConfig, parse_sweep, run_sweep
 
     if isinstance(grid, Mapping):
@@ -126,7 +129,7 @@ def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], 
                                     "run.init_from": str(init_from) if init_from is not None else None}))
     config_ = SweepConfig(method, parse_sweep(items), list(seeds), as_overrides(settings, overrides) + flags,
                           str(config) if config is not None else None, str(out) if out is not None else None,
-                          skip_existing, overwrite)
+                          skip_existing, overwrite, ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
     with _progress(progress):
         return run_sweep(config_, on_run=on_run)
 
@@ -134,17 +137,22 @@ def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], 
 def compare(models: str | Sequence[str], dataset: str, methods: str | Sequence[str] = "all",
             seeds: Sequence[int] = (0,), shots: int | None = None, out: PathLike = "runs/compare", *,
             templates: Sequence[str] | None = None, zeroshot: bool = True, skip_existing: bool = False,
-            overwrite: bool = False, device: str = "auto", overrides: Iterable[str] = (), report: bool = True,
-            progress: bool = True, on_run: Callable[[Any, str], None] | None = None, **settings: Any):
-    """Zero-shot and every chosen method on one dataset, then one report (``clipadapt compare``).
+            overwrite: bool = False, device: str = "auto", executor: str = "local", address: str | None = None,
+            cpus_per_run: float | None = None, gpus_per_run: float = 0.0, overrides: Iterable[str] = (),
+            report: bool = True, progress: bool = True, on_run: Callable[[Any, str], None] | None = None,
+            **settings: Any):
+    """Zero-shot and every chosen method on one dataset, then one report (``clipadapt compare``); the runs run on
+    the ``executor`` (local, ray).
 
     Settings go to the runs whose config has their section (``lora={"r": 4}`` to lora only)."""
+    from clipadapt.executors import ExecutorConfig
     from clipadapt.experiments.compare import CompareConfig, run_compare
 
     config = CompareConfig(models=_listed(models) or [], dataset=dataset, methods=_names(methods),
                            seeds=list(seeds), shots=shots, overrides=as_overrides(settings, overrides),
                            templates=list(templates or []), out=str(out), skip_existing=skip_existing,
-                           overwrite=overwrite, zeroshot=zeroshot, device=device)
+                           overwrite=overwrite, zeroshot=zeroshot, device=device,
+                           executor=ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
     with _progress(progress):
         return run_compare(config, on_run=on_run, report=report)
 

@@ -29,6 +29,10 @@ DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="dataset
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value, e.g. lora.r=4, "
                                                   "train.epochs=5")]
+ExecutorOpt = Annotated[str, typer.Option(help="where the runs go: local (this process, one after another) or ray")]
+AddressOpt = Annotated[str | None, typer.Option(help="a running Ray cluster, HOST:PORT (default: a local instance)")]
+CpusPerRunOpt = Annotated[float | None, typer.Option(help="CPUs (and torch threads) per run")]
+GpusPerRunOpt = Annotated[float, typer.Option(help="GPUs per run (ray)")]
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -9,7 +9,11 @@ import typer
 from rich.table import Table
 
 from clipadapt.cli.common import (
+    AddressOpt,
+    CpusPerRunOpt,
     DatasetOpt,
+    ExecutorOpt,
+    GpusPerRunOpt,
     notice,
     number_list,
     out,
@@ -38,6 +42,10 @@ def compare_command(
     overwrite: Annotated[bool, typer.Option(help="retrain runs that already exist")] = False,
     no_zeroshot: Annotated[bool, typer.Option("--no-zeroshot", help="skip the zero-shot runs")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_run: CpusPerRunOpt = None,
+    gpus_per_run: GpusPerRunOpt = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Zero-shot and every chosen method on one dataset, each a run directory, then one report."""
@@ -52,7 +60,8 @@ def compare_command(
 
     result = compare(list(model), dataset, methods, number_list(seeds, "--seeds"), shots, out_dir,
                      templates=list(templates or []), zeroshot=not no_zeroshot, skip_existing=skip_existing,
-                     overwrite=overwrite, device=device, overrides=set_ or [], on_run=show)
+                     overwrite=overwrite, device=device, executor=executor, address=address,
+                     cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, overrides=set_ or [], on_run=show)
     if result.report is not None:
         out.print(report_table(result.report))
         out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)

@@ -9,8 +9,12 @@ import typer
 from rich.table import Table
 
 from clipadapt.cli.common import (
+    AddressOpt,
+    CpusPerRunOpt,
     DatasetOpt,
     DeviceOpt,
+    ExecutorOpt,
+    GpusPerRunOpt,
     ModelOpt,
     SetOpt,
     notice,
@@ -22,7 +26,7 @@ from clipadapt.cli.common import (
     user_errors,
 )
 from clipadapt.config import given
-from clipadapt.errors import ClipAdaptError, RunInterrupted
+from clipadapt.errors import ClipAdaptError, ConfigError, RunInterrupted
 
 
 def training_results_table(record: dict) -> Table:
@@ -57,6 +61,10 @@ def train_command(
                                                     "repeat for a grid")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds (with or without --sweep)")] = None,
     skip_existing: Annotated[bool, typer.Option(help="sweeps: keep finished cells, resume interrupted ones")] = False,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_run: CpusPerRunOpt = None,
+    gpus_per_run: GpusPerRunOpt = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Train an adaptation method; selected on validation, evaluated once on test (--sweep: a grid of runs)."""
@@ -66,12 +74,17 @@ def train_command(
 
     METHODS.get(method)
     settings = given({"model.device": device, "data.root": data_root, "data.strict": strict})
+    executor_options = {"executor": executor, "address": address, "cpus_per_run": cpus_per_run,
+                        "gpus_per_run": gpus_per_run}
     if sweep or seeds is not None:
         if resume or seed is not None:
             raise ClipAdaptError("a sweep takes --seeds and --skip-existing, not --seed or --resume")
         _sweep(method, model, dataset, config, list(set_ or []), settings, shots, epochs, init_from,
-               list(sweep or []), seeds, out_dir, skip_existing, overwrite)
+               list(sweep or []), seeds, out_dir, skip_existing, overwrite, executor_options)
         return
+    if executor != "local" or address is not None or cpus_per_run is not None or gpus_per_run:
+        raise ConfigError("--executor, --address, --cpus-per-run and --gpus-per-run place the runs of a sweep: add "
+                          "--sweep FIELD=V1,V2 or --seeds S1,S2 (one run trains in this process)")
     try:
         run = train(method, model, dataset, shots, seed, out_dir, init_from, epochs=epochs, resume=resume,
                     overwrite=overwrite, config=config, overrides=set_ or [], **settings)
@@ -106,13 +119,15 @@ def eval_command(
 
 def _sweep(method: str, model: str | None, dataset: str | None, config: Path | None, overrides: list[str],
            settings: dict, shots: int | None, epochs: int | None, init_from: Path | None, items: list[str],
-           seeds: str | None, out_dir: Path | None, skip_existing: bool, overwrite: bool) -> None:
+           seeds: str | None, out_dir: Path | None, skip_existing: bool, overwrite: bool,
+           executor_options: dict) -> None:
     from clipadapt.api import sweep
     from clipadapt.experiments.sweep import short_names
 
     result = sweep(method, items, model, dataset,
                    number_list(seeds or "0", "--seeds"), out_dir, shots=shots, epochs=epochs, init_from=init_from,
                    skip_existing=skip_existing, overwrite=overwrite, config=config, overrides=overrides,
+                   **executor_options,
                    on_run=lambda cell, status: notice(cell.label, f"seed {cell.seed}: {status}", "bold"), **settings)
     keys = list(result.rows[0]["values"]) if result.rows else []
     names = short_names(keys)

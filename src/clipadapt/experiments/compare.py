@@ -2,7 +2,9 @@
 
 Layout: ``OUT/<model>/zeroshot`` and ``OUT/<model>/<method>-seed<S>``. Image features are shared through the
 feature cache, so zero-shot, the linear probe and the linear head encode each split once. With
-``skip_existing`` a finished run is kept, an interrupted one resumed; the report is rebuilt at the end.
+``skip_existing`` a finished run is kept, an interrupted one resumed; the report is rebuilt at the end. The runs
+go through an executor (``executor``: this process one after another, or Ray tasks); every result is read back
+from the run directories, so the report is the same whichever executor ran them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from clipadapt.engine.records import METRICS_FILE
 from clipadapt.engine.rundir import RunConfig
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.executors import ExecutorConfig, Outcome, open_executor, run_cells
 from clipadapt.methods import METHODS, list_methods
 from clipadapt.models.config import ModelConfig
 from clipadapt.paths import slug
@@ -44,6 +47,7 @@ class CompareConfig:
     overwrite: bool = False
     zeroshot: bool = True
     device: str = "auto"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -110,23 +114,46 @@ def split_overrides(overrides: list[str], methods: list[str]) -> dict[str, list[
             for name, sections in known.items()}
 
 
-def _experiment(run: PlannedRun, config: CompareConfig, overrides: list[str], resume: bool):
+@dataclass
+class CompareCell:
+    """One planned run as it travels to an executor: its ``--set`` items, not the experiment (whose class is built
+    per method at run time and does not pickle)."""
+
+    method: str  # "zeroshot" or a registered method
+    items: list[str]
+    templates: list[str]  # zero-shot sets when the items name none
+
+
+def _cell(run: PlannedRun, config: CompareConfig, overrides: list[str], resume: bool) -> CompareCell:
     common = format_overrides({"model.spec": run.model, "model.device": config.device,
                                "data.dataset": config.dataset, "run.out": str(run.run_dir), "run.seed": run.seed,
                                "data.seed": run.seed, "data.shots": config.shots})
     if run.method == "zeroshot":
+        flags = ["run.overwrite=true"]
+    else:
+        flags = ["run.resume=true"] if resume else ["run.overwrite=true"]
+    return CompareCell(run.method, common + overrides + flags, list(config.templates))
+
+
+def build_experiment(cell: CompareCell):
+    if cell.method == "zeroshot":
         experiment = ZeroShotExperiment(ModelConfig(), DataConfig(), ZeroShotConfig(), RunConfig())
-        experiment = apply_overrides(experiment, common + overrides + ["run.overwrite=true"])
+        experiment = apply_overrides(experiment, cell.items)
         if not experiment.zeroshot.templates:
-            experiment.zeroshot.templates = list(config.templates)
+            experiment.zeroshot.templates = list(cell.templates)
         if experiment.zeroshot.select_on == "test":
             raise ConfigError("compare puts results side by side; zeroshot.select_on=test is an oracle (selected on "
                               "test), not a result: valid choices in compare: val, none (`clipadapt zeroshot` runs "
                               "the oracle on its own)")
         return experiment
-    experiment: TrainExperiment = experiment_class(run.method)()
-    flags = ["run.resume=true"] if resume else ["run.overwrite=true"]
-    return apply_overrides(experiment, common + overrides + flags)
+    experiment: TrainExperiment = experiment_class(cell.method)()
+    return apply_overrides(experiment, cell.items)
+
+
+def run_cell(cell: CompareCell) -> None:
+    """Run one planned run (trained, resumed or zero-shot) into its run directory; an executor's cell."""
+    experiment = build_experiment(cell)
+    (run_zero_shot if cell.method == "zeroshot" else run_training)(experiment)
 
 
 def refuse_existing(run_dirs: list[Path], out: str, skip_existing: bool, overwrite: bool) -> None:
@@ -151,29 +178,59 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
         dataset = load_dataset(DataConfig(dataset=config.dataset))  # fails early on a bad dataset spec
         names = list(dict.fromkeys(list(dataset.templates) + list(ZEROSHOT_EXTRA_SETS)))
         config.templates = [t.name for t in resolve_template_sets(names)]
-    for run in runs:  # validate every experiment before the first one trains
-        _experiment(run, config, overrides[run.method], resume=False)
+    experiments = [build_experiment(_cell(run, config, overrides[run.method], resume=False)) for run in runs]
 
     result = CompareResult(Path(config.out))
     notify = on_run or (lambda run, status: None)
+    todo: dict[str, tuple[PlannedRun, CompareCell, str]] = {}  # key -> run, cell, status when submitted
     for run in runs:
-        finished = (run.run_dir / METRICS_FILE).is_file()
-        if finished and config.skip_existing:
+        if (run.run_dir / METRICS_FILE).is_file() and config.skip_existing:
             result.skipped.append(run.run_dir)
             notify(run, "kept")
             continue
         resume = config.skip_existing and run.run_dir.is_dir() and run.method != "zeroshot"
-        notify(run, "resuming" if resume else "running")
-        experiment = _experiment(run, config, overrides[run.method], resume)
-        try:
-            (run_zero_shot if run.method == "zeroshot" else run_training)(experiment)
-        except ClipAdaptError as e:  # one method failing (e.g. its weights are not downloadable) spoils no other
-            log.error("%s failed: %s", run.run_dir, e)
-            result.failed.append((run.run_dir, str(e)))
-            notify(run, f"failed: {e}")
-            continue
-        result.finished.append(run.run_dir)
-        notify(run, "done")
+        todo[str(run.run_dir)] = run, _cell(run, config, overrides[run.method], resume), (
+            "resuming" if resume else "running")
+    if todo:
+        with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
+            if config.executor.executor != "local":
+                prepare_in_driver(experiments)
+            for run, _, status in todo.values():
+                notify(run, status)
+
+            def finished(outcome: Outcome, counts: dict[str, int]) -> None:
+                run = todo[outcome.key][0]
+                if outcome.failed:  # one method failing (e.g. its weights are not downloadable) spoils no other
+                    log.error("%s failed: %s", run.run_dir, outcome.error)
+                    if outcome.trace:
+                        log.debug("%s", outcome.trace)
+                notify(run, f"failed: {outcome.error}" if outcome.failed else "done")
+
+            outcomes = run_cells(executor, [(key, run_cell, cell) for key, (_, cell, _) in todo.items()], finished)
+        for key, outcome in outcomes.items():  # in the planned order, whichever finished first
+            run_dir = todo[key][0].run_dir
+            if outcome.failed:
+                result.failed.append((run_dir, outcome.error or ""))
+            else:
+                result.finished.append(run_dir)
     if report and (result.finished or result.skipped):
         result.report = build_report([result.out], result.out)
     return result
+
+
+def prepare_in_driver(experiments: list) -> None:
+    """Before cells run elsewhere: each model and dataset is loaded once here, so a model to download or a world to
+    build is fetched or built once (by this process), not by cells racing for it."""
+    from clipadapt.data import load_dataset
+    from clipadapt.models import load_model
+
+    models: set[tuple[str, str | None]] = set()
+    datasets: set[tuple[str, str | None]] = set()
+    for experiment in experiments:
+        model, data = experiment.model, experiment.data
+        if (model.spec, model.revision) not in models:
+            models.add((model.spec, model.revision))
+            load_model(model.spec, device="cpu", revision=model.revision, trust_remote_code=model.trust_remote_code)
+        if (data.dataset, data.root) not in datasets:
+            datasets.add((data.dataset, data.root))
+            load_dataset(DataConfig(dataset=data.dataset, root=data.root))

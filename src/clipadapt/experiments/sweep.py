@@ -4,7 +4,9 @@ Every cell of the grid (and every seed) is a normal training run directory under
 values (``layer=0_tokens=4-seed1``) and labelled for reports (``vpt layer=0 tokens=4``). The cell chosen is the one
 with the best mean validation accuracy; the test accuracy of every cell is shown beside it, as in a paper's
 ablation table, but never used to choose. ``sweep.csv`` has one line per cell, ``sweep.md`` the tables (rows: the
-first swept field, columns: the second, one table per value of any further fields).
+first swept field, columns: the second, one table per value of any further fields). The cells go through an
+executor (``executor``: this process one after another, or Ray tasks); the tables are read from the run
+directories, so they are the same whichever executor ran the cells.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from clipadapt.classification.training import run_training
 from clipadapt.config import format_overrides, to_dict
 from clipadapt.engine.records import METRICS_FILE
 from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.executors import ExecutorConfig, Outcome, open_executor, run_cells
 from clipadapt.io import atomic_write_text
 from clipadapt.paths import slug
 from clipadapt.reports.collect import mean_std
@@ -42,6 +45,7 @@ class SweepConfig:
     out: str | None = None
     skip_existing: bool = False
     overwrite: bool = False
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -116,12 +120,32 @@ def plan_sweep(config: SweepConfig, out: Path) -> list[SweepCell]:
     return cells
 
 
-def cell_experiment(config: SweepConfig, cell: SweepCell, resume: bool) -> TrainExperiment:
+@dataclass
+class SweepRun:
+    """One cell's run as it travels to an executor: the method, config file and ``--set`` items it is built from."""
+
+    method: str
+    config_file: str | None
+    items: list[str]
+
+    def experiment(self) -> TrainExperiment:
+        return load_experiment(self.method, self.config_file, self.items)
+
+
+def sweep_run(config: SweepConfig, cell: SweepCell, resume: bool) -> SweepRun:
     run_flags = format_overrides({"run.out": str(cell.run_dir), "run.seed": cell.seed, "data.seed": cell.seed,
                                   "run.label": cell.label})
     flags = ["run.resume=true"] if resume else ["run.overwrite=true"]
-    return load_experiment(config.method, config.config_file,
-                           config.overrides + cell.overrides + run_flags + flags)
+    return SweepRun(config.method, config.config_file, config.overrides + cell.overrides + run_flags + flags)
+
+
+def cell_experiment(config: SweepConfig, cell: SweepCell, resume: bool) -> TrainExperiment:
+    return sweep_run(config, cell, resume).experiment()
+
+
+def train_cell(run: SweepRun) -> None:
+    """Train (or resume) one cell's run into its run directory; an executor's cell."""
+    run_training(run.experiment())
 
 
 @dataclass
@@ -169,21 +193,29 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
                              f"ones, or --overwrite")
     check_cells(config, cells)
     notify = on_run or (lambda cell, status: None)
-    failed = []
+    todo: dict[str, tuple[SweepCell, SweepRun, str]] = {}  # key -> cell, its run, status when submitted
     for cell in cells:
         if (cell.run_dir / METRICS_FILE).is_file() and config.skip_existing:
             notify(cell, "kept")
             continue
         resume = config.skip_existing and cell.run_dir.is_dir()
-        notify(cell, "resuming" if resume else "running")
-        try:
-            run_training(cell_experiment(config, cell, resume))
-        except ClipAdaptError as e:
-            log.error("%s failed: %s", cell.run_dir, e)
-            failed.append((cell.run_dir, str(e)))
-            notify(cell, f"failed: {e}")
-            continue
-        notify(cell, "done")
+        todo[str(cell.run_dir)] = cell, sweep_run(config, cell, resume), "resuming" if resume else "running"
+    failed = []
+    if todo:
+        with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
+            for cell, _, status in todo.values():
+                notify(cell, status)
+
+            def finished(outcome: Outcome, counts: dict[str, int]) -> None:
+                cell = todo[outcome.key][0]
+                if outcome.failed:
+                    log.error("%s failed: %s", cell.run_dir, outcome.error)
+                    if outcome.trace:
+                        log.debug("%s", outcome.trace)
+                notify(cell, f"failed: {outcome.error}" if outcome.failed else "done")
+
+            outcomes = run_cells(executor, [(key, train_cell, run) for key, (_, run, _) in todo.items()], finished)
+        failed = [(todo[key][0].run_dir, outcome.error or "") for key, outcome in outcomes.items() if outcome.failed]
     rows = summarize(cells)
     chosen = max((r for r in rows if r["runs"]), key=lambda r: r["val_acc"], default=None)
     for row in rows:
