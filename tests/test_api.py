@@ -108,7 +108,7 @@ def test_listings_are_data():
     assert methods["lora"]["section"] == "lora" and methods["lora"]["settings"]["r"] == 8
     assert methods["lora"]["package"] is None  # clipadapt's own
     assert {"world:tiny", "ViT-B/32"} <= {row["name"] for row in clipadapt.models()}
-    assert {row["usage"] for row in clipadapt.datasets("image*")} == {"imagefolder:PATH"}
+    assert {row["usage"] for row in clipadapt.datasets("imagef*")} == {"imagefolder:PATH"}
     assert clipadapt.template_sets("simple")[0]["templates"] == ["a photo of a {}."]
 
 

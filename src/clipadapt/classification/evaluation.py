@@ -52,12 +52,17 @@ def load_run(run_dir: str | Path, device: str | None = None, data: Sequence[str]
         per_class = method.per_class_state()
         if per_class:
             raise ClipAdaptError(
-                f"run '{run_dir}' ({method_name}) cannot be evaluated on other classes ({dataset.num_classes} of "
-                f"'{dataset.name}' instead of its {len(own_classes)}): its trained state is per class "
-                f"({', '.join(per_class[:3])}); methods whose classifier comes from class names (e.g. coop, or a "
-                f"frozen text head) can")
+                f"{method_name} cannot be evaluated on other classes: its trained state is per class "
+                f"({', '.join(per_class[:3])}); methods whose classifier comes from class names (coop, a frozen text "
+                f"head) can (run '{run_dir}', trained on {len(own_classes)} classes, asked for the "
+                f"{dataset.num_classes} of '{dataset.name}'{_half(experiment.data.subsample)})")
+        method.trained_classes = list(own_classes)
     method.load_weights(run_dir / WEIGHTS_DIR)
     return experiment, dataset, method.to(bundle.device)
+
+
+def _half(subsample: str) -> str:
+    return "" if subsample == "all" else f", {subsample} half"
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str | None = None, data: Sequence[str] = (),

@@ -40,7 +40,7 @@ class ExecutorConfig:
     gpus_per_run: float = option(0.0, help="GPUs each cell asks for (ray; fractions share a GPU)")
 
     def __post_init__(self) -> None:
-        EXECUTORS.get(self.executor)  # one line with the valid choices
+        engine = EXECUTORS.get(self.executor)  # one line with the valid choices
         if self.cpus_per_run is not None and self.cpus_per_run <= 0:
             raise ConfigError(f"--cpus-per-run must be positive, got {self.cpus_per_run}")
         if self.gpus_per_run < 0:
@@ -48,6 +48,7 @@ class ExecutorConfig:
         if self.address and self.executor != "ray":
             raise ConfigError(f"--address is a Ray cluster's; it needs --executor ray (got --executor "
                               f"{self.executor})")
+        engine.check(self)  # a missing package or an unreachable cluster fails before anything is planned
 
 
 @dataclass
@@ -95,6 +96,10 @@ class Executor:
 
     def __init__(self, config: ExecutorConfig) -> None:
         self.config = config
+
+    @classmethod
+    def check(cls, config: ExecutorConfig) -> None:
+        """Refuse, in one line, a config this engine cannot run (its package missing, its cluster unreachable)."""
 
     def threads(self) -> int | None:
         """Torch threads of a cell: its CPU request, rounded down (None: leave the process's setting)."""

@@ -37,20 +37,30 @@ def check_reachable(address: str) -> None:
                           f"with `ray start --head` or leave --address out for a local instance") from None
 
 
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray: pip install 'clipadapt[ray]' (valid choices without it: "
+                          "local)") from None
+    return ray
+
+
 @register_executor("ray")
 class RayExecutor(Executor):
     """Each cell a Ray task, on a local instance started for the run or a cluster at --address."""
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("--executor ray needs Ray: pip install 'clipadapt[ray]' (valid choices without it: "
-                              "local)") from None
-        self._ray = ray
+    @classmethod
+    def check(cls, config) -> None:
+        _import_ray()
         if config.address:
             check_reachable(config.address)
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.check(config)
+        ray = _import_ray()
+        self._ray = ray
         env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
         self._started = not ray.is_initialized()
         if self._started:

@@ -15,16 +15,18 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clipadapt.engine.records import METRICS_FILE
-from clipadapt.executors import Outcome
-from clipadapt.experiments.benchmark import BenchCell, BenchmarkConfig, Target
 from clipadapt.io import atomic_write_text
 from clipadapt.reports.plots import save_figure, subplots
 from clipadapt.reports.report import Figure, Table, fresh_files_dir, render_html, render_markdown
+
+if TYPE_CHECKING:  # the benchmark imports this module to write its report
+    from clipadapt.executors import Outcome
+    from clipadapt.experiments.benchmark import BenchCell, BenchmarkConfig, Target
 
 COLUMNS = ["protocol", "dataset", "target", "method", "shots", "seed", "acc1", "base_acc1", "novel_acc1", "hm",
            "run", "error"]
@@ -218,8 +220,9 @@ def base_to_novel_blocks(rows: list[dict]) -> list:
             n = average(novel, m, datasets) if dataset == "average" else novel.get((m, dataset), Stat({}))
             hm = harmonic_mean(b.mean, n.mean)
             table.append([dataset, m, b.text(), n.text(), "-" if hm != hm else f"{100 * hm:.1f}"])
+    shots = sorted({r["shots"] for r in rows if r["protocol"] == "base-to-novel" and r["method"] != ZEROSHOT})
     return [("h2", "Base-to-novel: accuracy (%) on the base and the novel classes"),
-            ("p", "Trained on the base half of the classes (16 shots), tested on the base classes and on the novel "
+            ("p", f"Trained on the base half of the classes ({', '.join(map(str, shots))} shots), tested on the base classes and on the novel "
                   "ones with a classifier built from their names. HM = 2BN/(B+N) of the seed-averaged B and N "
                   "(CoCoOp's convention); benchmark.csv has each seed's HM. '-' for novel: the method's trained "
                   "state is per class, so it cannot name classes it never saw."),

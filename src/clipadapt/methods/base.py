@@ -84,6 +84,9 @@ class Method(TrainableModule):
         self.check(config, bundle, classnames)
         self.config = config
         self.classnames = list(classnames)
+        # the classes its weights were trained on: others than it classifies when a run with no per-class state
+        # is evaluated on new classes (classification.evaluation.load_run)
+        self.trained_classes: list[str] | None = None
         self.fingerprint = bundle.fingerprint
         self._bundle = [bundle]  # a list: feature methods must not register the frozen model
         self.attach_backbone(bundle)
@@ -207,7 +210,8 @@ class Method(TrainableModule):
 
     # -- weights ------------------------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
-        return {"method": self.name, "model_fingerprint": self.fingerprint, "classes": "\n".join(self.classnames)}
+        return {"method": self.name, "model_fingerprint": self.fingerprint,
+                "classes": "\n".join(self.trained_classes or self.classnames)}
 
 
 
