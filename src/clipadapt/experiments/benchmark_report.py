@@ -222,10 +222,10 @@ def base_to_novel_blocks(rows: list[dict]) -> list:
             table.append([dataset, m, b.text(), n.text(), "-" if hm != hm else f"{100 * hm:.1f}"])
     shots = sorted({r["shots"] for r in rows if r["protocol"] == "base-to-novel" and r["method"] != ZEROSHOT})
     return [("h2", "Base-to-novel: accuracy (%) on the base and the novel classes"),
-            ("p", f"Trained on the base half of the classes ({', '.join(map(str, shots))} shots), tested on the base classes and on the novel "
-                  "ones with a classifier built from their names. HM = 2BN/(B+N) of the seed-averaged B and N "
-                  "(CoCoOp's convention); benchmark.csv has each seed's HM. '-' for novel: the method's trained "
-                  "state is per class, so it cannot name classes it never saw."),
+            ("p", f"Trained on the base half of the classes ({', '.join(map(str, shots))} shots), tested on the "
+                  "base classes and on the novel ones with a classifier built from their names. HM = 2BN/(B+N) of "
+                  "the seed-averaged B and N (CoCoOp's convention); benchmark.csv has each seed's HM. '-' for "
+                  "novel: the method's trained state is per class, so it cannot name classes it never saw."),
             ("table", Table(["dataset", "method", "base", "novel", "HM"], table))]
 
 
