@@ -64,6 +64,8 @@ def _fit(c: float, x: np.ndarray, y: np.ndarray, max_iter: int,
         model.coef_, model.intercept_ = start.coef_.copy(), start.intercept_.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # one or two shots per class: sklearn warns that many classes for few samples may be a regression target
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         return model.fit(x, y)
 
 
