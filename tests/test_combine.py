@@ -114,11 +114,10 @@ def make_fresh_accuracy(name, tiny_clip_dir, run_dir) -> float:
     from clipadapt.classification.experiment import build_method
     from clipadapt.engine.inputs import TrainingData
     from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
-    from clipadapt.methods import METHODS
     from clipadapt.models import load_model
 
     experiment_, dataset, _ = load_run(run_dir)
-    method = build_method(METHODS.get(name), load_model(str(tiny_clip_dir)), dataset, experiment_.method_config())
+    method = build_method(experiment_, load_model(str(tiny_clip_dir)), dataset)
     data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0, preprocess=method.preprocess)
     trainer = Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32"))
     return trainer.evaluate(method, "test").metrics["acc1"]

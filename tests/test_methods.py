@@ -46,8 +46,7 @@ def make_method(name: str, tiny_clip_dir, dataset, overrides=(), prepare: bool =
 
     bundle = load_model(str(tiny_clip_dir))
     torch.manual_seed(0)
-    config = load_experiment(name, None, settings(name) + list(overrides)).method_config()
-    method = build_method(METHODS.get(name), bundle, dataset, config)
+    method = build_method(load_experiment(name, None, settings(name) + list(overrides)), bundle, dataset)
     if prepare:
         data = TrainingData(dataset, bundle, batch_size=64, eval_batch_size=64, num_workers=0,
                             preprocess=method.preprocess)

@@ -10,7 +10,6 @@ from clipadapt.classification.experiment import build_method, head_templates, lo
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.zeroshot import build_zero_shot_head, zero_shot_logits
 from clipadapt.errors import ConfigError
-from clipadapt.methods import METHODS
 from clipadapt.methods.visual_prompt import PixelPrompt, scaled_size
 from clipadapt.models import load_model
 
@@ -23,8 +22,7 @@ def dataset(colour_folder):
 def make(name, tiny_clip_dir, dataset, *overrides):
     bundle = load_model(str(tiny_clip_dir))
     torch.manual_seed(0)
-    config = load_experiment(name, None, list(overrides)).method_config()
-    return build_method(METHODS.get(name), bundle, dataset, config)
+    return build_method(load_experiment(name, None, list(overrides)), bundle, dataset)
 
 
 def pixels(n=4, seed=0):
@@ -204,7 +202,7 @@ def test_a_prefixed_layer_equals_attention_by_hand(implementation, tiny_clip_dir
     bundle.vision_tower.set_attn_implementation(implementation)
     torch.manual_seed(0)
     config = load_experiment("vision-prefix", None, ["vision_prefix.length=5", "vision_prefix.layer=1"])
-    method = build_method(METHODS.get("vision-prefix"), bundle, dataset, config.method_config())
+    method = build_method(config, bundle, dataset)
     assert method.prefix.base_implementation == implementation
     attention = bundle.vision_tower.encoder.layers[1].self_attn
     hidden = torch.randn(2, 17, 64, generator=torch.Generator().manual_seed(1))

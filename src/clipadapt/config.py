@@ -56,14 +56,21 @@ def section_name(name: str) -> str:
     return name.replace("-", "_")
 
 
-def method_experiment_class(base: type, method: str, section: str, config_class: type) -> type:
-    """A dataclass with ``base``'s common sections plus ``<section>: <config_class>`` (the method's own)."""
-    return dataclasses.make_dataclass(
-        f"{config_class.__name__}{base.__name__}",
-        [("method", str, option(method, help="adaptation method")),
-         (section, config_class, dataclasses.field(default_factory=config_class))],
-        bases=(base,),
-    )
+def method_experiment_class(base: type, method: str, section: str, config_class: type,
+                            section_defaults: dict[str, dict[str, Any]] | None = None) -> type:
+    """A dataclass with ``base``'s common sections plus ``<section>: <config_class>`` (the method's own);
+    ``section_defaults`` changes defaults of common sections for this method (``{"train": {"select": "last"}}``)."""
+    fields: list[tuple] = [("method", str, option(method, help="adaptation method")),
+                           (section, config_class, dataclasses.field(default_factory=config_class))]
+    base_fields = {f.name: f for f in dataclasses.fields(base)}
+    for name, values in (section_defaults or {}).items():
+        kind = base_fields[name].default_factory
+
+        def make(kind=kind, values=values):
+            return dataclasses.replace(kind(), **values)
+
+        fields.append((name, base_fields[name].type, dataclasses.field(default_factory=make)))
+    return dataclasses.make_dataclass(f"{config_class.__name__}{base.__name__}", fields, bases=(base,))
 
 
 def load_method_experiment(cls: type, method: str, config_file: str | Path | None, overrides: list[str] | None,

@@ -13,7 +13,6 @@ from clipadapt.engine.rundir import read_run_config
 from clipadapt.engine.trainer import Trainer, make_accelerator
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json
-from clipadapt.methods import METHODS
 from clipadapt.methods.coop import ContextWord, nearest_words
 from clipadapt.models import load_model, resolve_device
 
@@ -46,8 +45,7 @@ def load_run(run_dir: str | Path, device: str | None = None, data: Sequence[str]
     dataset = load_dataset(experiment.data)
     bundle = load_model(experiment.model.spec, device=resolve_device(experiment.model.device),
                         revision=experiment.model.revision, trust_remote_code=experiment.model.trust_remote_code)
-    entry = METHODS.get(method_name)
-    method = build_method(entry, bundle, dataset, experiment.method_config())
+    method = build_method(experiment, bundle, dataset)
     if own_classes is not None and list(own_classes) != list(dataset.classnames):
         per_class = method.per_class_state()
         if per_class:

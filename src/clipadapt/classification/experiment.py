@@ -8,12 +8,12 @@ from pathlib import Path
 
 from clipadapt.config import load_method_experiment, method_experiment_class, option
 from clipadapt.data import DataConfig
-from clipadapt.data.prompts import TemplateSet, resolve_template_sets
+from clipadapt.data.prompts import TemplateSet, resolve_template_set, resolve_template_sets
 from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.rundir import TrainRunConfig
 from clipadapt.engine.trainer import TrainConfig
-from clipadapt.methods import METHODS, Method, MethodEntry
+from clipadapt.methods import METHODS, Method
 from clipadapt.models.config import ModelConfig
 
 WEIGHTS_DIR = "weights"
@@ -36,7 +36,9 @@ class TrainExperiment:
 def experiment_class(method: str) -> type[TrainExperiment]:
     """A dataclass with the common sections plus ``<method>: <MethodConfig>``."""
     entry = METHODS.get(method)
-    return method_experiment_class(TrainExperiment, method, entry.section, entry.config_class)
+    defaults = entry.method_class.train_defaults
+    return method_experiment_class(TrainExperiment, method, entry.section, entry.config_class,
+                                   {"train": dict(defaults)} if defaults else None)
 
 
 def load_experiment(method: str, config_file: str | Path | None = None,
@@ -45,16 +47,23 @@ def load_experiment(method: str, config_file: str | Path | None = None,
     return load_method_experiment(experiment_class(method), method, config_file, overrides)
 
 
-def head_templates(dataset) -> TemplateSet:
-    """The dataset's recommended template sets as one ensemble (for zero-shot-initialised heads)."""
+def head_templates(dataset, setting: str | None = None) -> TemplateSet:
+    """The templates zero-shot-initialised heads and frozen text classifiers are built from: ``train.head_templates``
+    (a set's name, a file, or one template such as "This is a photo of a {}"), else the dataset's recommended template
+    sets as one ensemble."""
+    if setting:
+        return resolve_template_set(setting)
     templates: list = []
     for template_set in resolve_template_sets(dataset.templates):
         templates += [t for t in template_set.templates if t not in templates]
     return TemplateSet("head", templates)
 
 
-def build_method(entry: MethodEntry, bundle, dataset, method_config) -> Method:
-    return entry.method_class(bundle, dataset.classnames, method_config, head_templates(dataset))
+def build_method(experiment: TrainExperiment, bundle, dataset) -> Method:
+    """The experiment's method for ``dataset``'s classes, its heads built from ``head_templates``."""
+    entry = METHODS.get(experiment.method)
+    return entry.method_class(bundle, dataset.classnames, experiment.method_config(),
+                              head_templates(dataset, experiment.train.head_templates))
 
 
 def training_data(cfg: TrainExperiment, dataset, method: Method, device, accelerator=None) -> TrainingData:

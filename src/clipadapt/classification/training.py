@@ -23,7 +23,7 @@ from clipadapt.engine.records import build_metrics_record, write_csv, write_metr
 from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, resumable, start_run_dir
 from clipadapt.engine.trainer import Evaluation, FitResult, Trainer, make_accelerator
 from clipadapt.io import staged_directory
-from clipadapt.methods import METHODS, Method
+from clipadapt.methods import Method
 from clipadapt.models import load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     from accelerate.utils import set_seed
 
     cfg = experiment
-    entry = METHODS.get(cfg.method)
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, cfg.method)
     resolved = to_dict(cfg)
     resolved["run"]["out"] = str(run_dir)
@@ -51,7 +50,7 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,
                         trust_remote_code=cfg.model.trust_remote_code)
     set_seed(cfg.run.seed)
-    method = build_method(entry, bundle, dataset, cfg.method_config())
+    method = build_method(cfg, bundle, dataset)
     initialised = None
     if cfg.run.init_from:  # a resumed run then restores its own checkpoint over it
         initialised = initialise_from_run(method, cfg.run.init_from, dataset, cfg.model.spec)
@@ -87,7 +86,8 @@ def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluatio
               "train_images_per_s": round(fit.train_images_per_s, 2),
               "eval_images_per_s": round(evaluation.images_per_s, 2)},
         seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
-        selection={"on": "val", **fit.selection}, num_classes=dataset.num_classes,
+        selection={"on": "val" if fit.chosen else "none", "chose": list(fit.chosen), **fit.selection},
+        num_classes=dataset.num_classes,
         shots=dataset.info.get("shots"), test_loss=round(evaluation.loss, 6), processes=processes,
     )
 

@@ -60,8 +60,10 @@ def methods_command(pattern: Annotated[str | None, typer.Argument(help="shell pa
         entry = METHODS.get(row["name"])
         rows = [[f"{entry.section}.{key}", default, text]
                 for key, (default, text) in field_help(entry.config_class).items()]
+        chooses = ", ".join(row["chooses_on_val"]) or "nothing (val-free)"
         table = result_table(["field", "default", "help"], rows,
-                             title=f"{row['name']}: {row['description']}{_package(row)}", text=[2])
+                             title=f"{row['name']}: {row['description']}{_package(row)}\n  chooses on validation: "
+                                   f"{chooses}", text=[2])
         table.title_justify = "left"
         out.print(table)
     out.print("Shared sections: train.* (see `clipadapt train --help`), data.*, model.*, run.*", highlight=False)

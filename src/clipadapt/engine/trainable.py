@@ -86,6 +86,11 @@ class TrainableModule(nn.Module):
     def prepare(self, trainer: Trainer) -> None:
         """Called once before training (e.g. LP-FT fits its head on cached features here)."""
 
+    def train_steps(self, trainer: Trainer) -> int | None:
+        """The method's own iteration budget (optimizer steps in all), used when train.steps is not set; None
+        trains train.epochs."""
+        return None
+
     def fit(self, trainer: Trainer) -> FitResult:
         """Train the method; gradient training by default, a closed-form method overrides this."""
         return trainer.fit(self)

@@ -39,16 +39,25 @@ from clipadapt.errors import ConfigError
 from clipadapt.progress import training_progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KEEPS = ("best", "last")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = option(10, help="maximum number of epochs")
+    steps: int | None = option(None, help="an iteration budget: optimizer steps in all, instead of train.epochs "
+                                          "(the last epoch stops part-way); default: epochs, or the method's own "
+                                          "budget (clip-lora: 500 x shots)")
     batch_size: int = option(32, help="training images per step and process (before accumulation)")
     grad_accum: int = option(1, help="batches accumulated per optimizer step")
     warmup: float = option(0.1, help="share of the steps with linear warmup before the cosine decay")
     grad_clip: float = option(1.0, help="clip the gradient norm to this (0: off)")
     patience: int = option(3, help="stop after this many epochs without a better validation score (0: never)")
+    head_templates: str | None = option(None, help="template set (name, file, or one template with {}) that "
+                                                   "zero-shot-initialised heads and frozen text classifiers are "
+                                                   "built from (default: the dataset's recommended sets)")
+    keep: str = option("best", help="the weights kept: best (the epoch with the best validation score; early "
+                                    "stopping with patience) or last (nothing chosen on validation: val-free)")
     augment: str = option("none", help="training augmentation of images: none, flip or crop-flip")
     precision: str = option("auto", help="auto (bf16 autocast on GPUs that support it, else fp32), fp32, bf16, fp16")
     eval_batch_size: int = option(64, help="images per evaluation batch")
@@ -61,6 +70,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, ("epochs", "batch_size", "grad_accum", "eval_batch_size"), "train:")
+        if self.steps is not None and self.steps <= 0:
+            raise ConfigError(f"train.steps must be positive, got {self.steps}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"train.warmup must be in [0, 1), got {self.warmup}")
         if self.grad_clip < 0 or self.patience < 0:
@@ -69,6 +80,12 @@ class TrainConfig:
             raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown train.precision '{self.precision}'; valid choices: {', '.join(PRECISIONS)}")
+        if self.head_templates:
+            from clipadapt.data.prompts import resolve_template_set
+
+            resolve_template_set(self.head_templates)  # an unknown name: one line with the valid choices
+        if self.keep not in KEEPS:
+            raise ConfigError(f"unknown train.keep '{self.keep}'; valid choices: {', '.join(KEEPS)}")
         check_tracker(self.log_with)
 
 
@@ -107,6 +124,7 @@ class FitResult:
     train_time_s: float
     train_images: int  # images (or feature vectors) processed in training
     selection: dict[str, Any] = field(default_factory=dict)
+    chosen: list[str] = field(default_factory=list)  # what validation chose ("epoch", "C", "alpha"...): [] val-free
 
     @property
     def train_images_per_s(self) -> float:
@@ -182,12 +200,18 @@ class Trainer:
         from transformers import get_cosine_schedule_with_warmup
 
         optimizer = build_optimizer(method)
+        steps_per_epoch, total = self.schedule(method)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.config.warmup * total), total)
+        return optimizer, scheduler, steps_per_epoch
+
+    def schedule(self, method) -> tuple[int, int]:
+        """``(steps per epoch, total steps)``: train.epochs of steps, or an iteration budget (train.steps, else the
+        method's own ``train_steps``)."""
         world = self.accelerator.num_processes
         per_process = math.ceil(self.data.num_items(method.inputs, "train") / world)
         steps_per_epoch = math.ceil(math.ceil(per_process / self.config.batch_size) / self.config.grad_accum)
-        total = steps_per_epoch * self.config.epochs
-        scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.config.warmup * total), total)
-        return optimizer, scheduler, steps_per_epoch
+        budget = self.config.steps or method.train_steps(self)
+        return steps_per_epoch, budget or steps_per_epoch * self.config.epochs
 
     def fit(self, method) -> FitResult:
         acc, cfg = self.accelerator, self.config
@@ -196,6 +220,8 @@ class Trainer:
             method.enable_activation_checkpointing()
         method.prepare(self)
         optimizer, scheduler, steps_per_epoch = self.build_optimizer(method)
+        total_steps = self.schedule(method)[1]
+        epochs = math.ceil(total_steps / steps_per_epoch)
         model, optimizer = acc.prepare(method, optimizer)
         trainable = list(method.trainable_parameters().values())
 
@@ -212,15 +238,16 @@ class Trainer:
             set_rng_state(state.rng)
             best_weights, progress, start_epoch = state.best_weights, state.progress, state.epoch
 
-        with (training_progress(cfg.epochs, steps_per_epoch, enabled=acc.is_main_process) as bar,
+        with (training_progress(epochs, steps_per_epoch, enabled=acc.is_main_process) as bar,
               Tracking(acc) as tracking):
             bar.start(start_epoch)
-            for epoch in range(start_epoch, cfg.epochs):
-                if progress["stale"] >= cfg.patience > 0:
+            for epoch in range(start_epoch, epochs):
+                if progress["stale"] >= cfg.patience > 0 and cfg.keep == "best":
                     break
                 started = time.perf_counter()
                 train_loss, train_acc, seen = self._train_epoch(model, method, optimizer, scheduler, trainable,
-                                                                epoch, bar, tracking, epoch * steps_per_epoch)
+                                                                epoch, bar, tracking, epoch * steps_per_epoch,
+                                                                total_steps)
                 train_seconds = time.perf_counter() - started
                 val = self.task.validate(self, method)
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, **val.row,
@@ -228,7 +255,10 @@ class Trainer:
                 progress["history"].append(row)
                 progress["train_time_s"] += train_seconds
                 progress["train_images"] += seen
-                if progress["best_score"] is None or val.score > progress["best_score"]:
+                if cfg.keep == "last":  # val-free: the last epoch's weights, whatever validation says
+                    progress.update(best_epoch=epoch + 1, best_selection={})
+                    best_weights = method.trainable_state()
+                elif progress["best_score"] is None or val.score > progress["best_score"]:
                     progress.update(best_score=val.score, best_epoch=epoch + 1, best_selection=val.selection, stale=0)
                     best_weights = method.trainable_state()
                 else:
@@ -242,16 +272,19 @@ class Trainer:
         method.load_trainable_state(best_weights, source="best weights")
         return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
                          train_time_s=progress["train_time_s"], train_images=progress["train_images"],
-                         selection=dict(progress.get("best_selection", {})))
+                         selection=dict(progress.get("best_selection", {})),
+                         chosen=["epoch"] if cfg.keep == "best" else [])
 
     def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar, tracking: Tracking,
-                     step: int) -> tuple[float, float, int]:
+                     step: int, total_steps: int) -> tuple[float, float, int]:
         acc, cfg = self.accelerator, self.config
         model.train()
         totals = torch.zeros(4, device=acc.device)  # loss sum, correct, predictions, items: no sync per step
         batches = self.data.batches(method.inputs, "train", epoch, train=True, rank=acc.process_index,
                                     world_size=acc.num_processes)
         for group in _grouped(batches, cfg.grad_accum):
+            if step >= total_steps:  # an iteration budget ends part-way through its last epoch
+                break
             before = totals.clone() if tracking.enabled else None
             for i, batch in enumerate(group):
                 sync = acc.no_sync(model) if i < len(group) - 1 else nullcontext()

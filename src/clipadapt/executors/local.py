@@ -29,7 +29,8 @@ class LocalExecutor(Executor):
             yield outcome
 
     def running(self) -> int:
-        return self._running
+        """One while a cell runs, and between cells while any is left (the next starts at once)."""
+        return 1 if self._running or self._queue else 0
 
     def queued(self) -> int:
-        return len(self._queue)
+        return max(0, len(self._queue) - (0 if self._running else 1))

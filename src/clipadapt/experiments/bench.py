@@ -96,7 +96,7 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     dataset = ClassificationDataset("bench", names, {"train": empty}, templates=["simple"])
     entry = METHODS.get(method_name)
     mine = [s for s in settings or [] if override_section(s) == entry.section]
-    method = build_method(entry, bundle, dataset, load_experiment(method_name, None, mine).method_config())
+    method = build_method(load_experiment(method_name, None, mine), bundle, dataset)
     method = method.to(target)
     if checkpointing:
         method.enable_activation_checkpointing()

@@ -252,13 +252,10 @@ def selection_blocks(cells: list[BenchCell]) -> list:
             record = json.loads((Path(cell.run_dir) / METRICS_FILE).read_text())
         except (OSError, ValueError):
             continue
-        fields = sorted(k for k in record.get("selection", {}) if k not in ("on", "val_acc", "val_loss"))
-        try:  # gradient training keeps its best epoch on val (early stopping) when it ran more than one
-            history = (Path(cell.run_dir) / "history.csv").read_text().splitlines()
-        except OSError:
-            history = []
-        if history and history[0].startswith("epoch,") and len(history) > 2:
-            fields.append("epoch")
+        selection = record.get("selection", {})
+        fields = list(selection.get("chose", []))
+        if "chose" not in selection:  # runs from before the record said what it chose
+            fields = sorted(k for k in selection if k not in ("on", "val_acc", "val_loss"))
         chosen.setdefault(cell.method, set()).update(fields)
     table = [[m, ", ".join(sorted(f)) or "nothing (val-free)"] for m, f in chosen.items()]
     return [("h2", "What the methods chose on validation"),

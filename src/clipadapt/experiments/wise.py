@@ -45,11 +45,10 @@ def check_alphas(alphas: list[float]) -> list[float]:
 def _zero_shot_state(experiment, dataset, method) -> dict[str, torch.Tensor]:
     """The trainable state of the method as built, untrained: a fresh model, so the run's weights stay intact."""
     from clipadapt.classification.experiment import build_method
-    from clipadapt.methods import METHODS
 
     bundle = load_model(experiment.model.spec, device=method.bundle.device, revision=experiment.model.revision,
                         trust_remote_code=experiment.model.trust_remote_code)
-    fresh = build_method(METHODS.get(experiment.method), bundle, dataset, experiment.method_config())
+    fresh = build_method(experiment, bundle, dataset)
     state = {k: v.to(method.bundle.device) for k, v in fresh.trainable_state().items()}
     del fresh, bundle
     return state

@@ -77,6 +77,11 @@ class Method(TrainableModule):
     inputs: ClassVar[str] = "pixels"  # "pixels" or "features"
     augment: ClassVar[str | None] = None  # training augmentation the method insists on (None: train.augment)
     starts_at_zero_shot: ClassVar[bool] = False  # built and untrained (head=zeroshot), it is the zero-shot model
+    # what its default recipe chooses on validation (`clipadapt methods`, the reports); () is val-free. The run's
+    # metrics.json records what it actually chose (selection.chose), which train.keep=last empties for epochs.
+    chooses_on_val: ClassVar[tuple[str, ...]] = ("epoch",)
+    # train.* defaults of its recipe (e.g. a val-free method's keep=last); the user's --set still wins
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: MethodConfig,
                  templates: TemplateSet) -> None:

@@ -133,6 +133,7 @@ class LinearProbe(Method):
     """Logistic regression (L-BFGS) on frozen features, C swept on validation (CLIP paper protocol)."""
 
     inputs = "features"
+    chooses_on_val = ("C",)
     gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() solves with L-BFGS
 
     def make_head(self, bundle, templates):
@@ -154,4 +155,5 @@ class LinearProbe(Method):
         return FitResult(history=history, best_epoch=best_step, train_time_s=elapsed,
                          train_images=train_images * len(probe.sweep),
                          selection={"C": probe.c, "val_acc": probe.sweep[best_step]["val_acc"],
-                                    "val_loss": probe.sweep[best_step]["val_loss"]})
+                                    "val_loss": probe.sweep[best_step]["val_loss"]},
+                         chosen=["C"] if len(probe.sweep) > 1 else [])

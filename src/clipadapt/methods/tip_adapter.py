@@ -67,6 +67,7 @@ class TipAdapter(Method):
     """Training-free cache of the few-shot features and labels on the zero-shot head; alpha, beta searched on val."""
 
     inputs = "features"
+    chooses_on_val = ("alpha", "beta")
     train_keys = False
 
     def __init__(self, bundle, classnames, config: TipAdapterConfig, templates) -> None:
@@ -143,7 +144,8 @@ class TipAdapter(Method):
         self.prepare(trainer)
         rows = self.search(trainer) if self.config.search else []
         return FitResult(history=_search_history(rows), best_epoch=0, train_time_s=time.perf_counter() - start,
-                         train_images=len(trainer.features("train").labels), selection=self.selection())
+                         train_images=len(trainer.features("train").labels), selection=self.selection(),
+                         chosen=["alpha", "beta"] if rows else [])
 
     def selection(self) -> dict:
         """alpha and beta in use, with the validation scores of the search's choice (where it searched)."""
@@ -188,6 +190,7 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter with the cache keys fine-tuned on cached features (head frozen); alpha, beta re-searched on val."""
 
     train_keys = True
+    chooses_on_val = ("epoch", "alpha", "beta")
 
     def fit(self, trainer: Trainer) -> FitResult:
         fit = trainer.fit(self)  # prepare() builds the cache; the engine trains the keys, selected on val
@@ -196,4 +199,5 @@ class TipAdapterF(TipAdapter):
             self.search(trainer)
         fit.train_time_s += time.perf_counter() - started
         fit.selection = {**fit.selection, **self.selection()}
+        fit.chosen = fit.chosen + (["alpha", "beta"] if self.config.search else [])
         return fit
