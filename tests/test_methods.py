@@ -113,11 +113,11 @@ def test_only_named_parameters_receive_gradients(name, tiny_clip_dir, dataset):
         assert all(not p.requires_grad for p in method.bundle.model.parameters())
         return
     loss.backward()
-    named = set(method.trainable_parameters())
-    assert named, "a method must train something"
+    named = set(method.step_parameters())  # what this step trains (2sfs: its first stage's LayerNorms)
+    assert named and named <= set(method.trainable_parameters()), "a method must train something"
     with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
     assert with_grad == named
-    trained = {id(p) for p in method.trainable_parameters().values()}
+    trained = {id(p) for p in method.step_parameters().values()}
     # the whole model too, also where it is not a submodule (CoOp runs the text tower on cached features)
     assert all(p.grad is None for p in method.bundle.model.parameters() if id(p) not in trained)
 
@@ -127,6 +127,7 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
     vision, projection = model.config.vision_config, model.config.projection_dim
     d, ff, layers = vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers
     size, text_width = vision.image_size, model.config.text_config.hidden_size
+    text = model.config.text_config
     frame = round(30 * size / 224)  # the default 30 px frame at 224 px, scaled to the 32 px input: 4 px
     patches = (vision.image_size // vision.patch_size) ** 2
     cosine_head = classes * projection
@@ -149,6 +150,9 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
         "tip-adapter": 0,  # training-free: the cache is state, not trained
         "tip-adapter-f": train_images * projection,  # the keys: one per training image
         "clip-adapter": 2 * projection * (projection // 4),  # the bottleneck MLP, no biases; the head is frozen
+        # every LayerNorm (vision: pre, 2 per layer, post; text: 2 per layer, final), then the classifier's rows
+        "2sfs": (2 * d + layers * 4 * d + 2 * d) + (text.num_hidden_layers * 4 * text_width + 2 * text_width)
+                + cosine_head,
     }[name]
 
 

@@ -63,13 +63,14 @@ def method_experiment_class(base: type, method: str, section: str, config_class:
     fields: list[tuple] = [("method", str, option(method, help="adaptation method")),
                            (section, config_class, dataclasses.field(default_factory=config_class))]
     base_fields = {f.name: f for f in dataclasses.fields(base)}
+    hints = typing.get_type_hints(base) if section_defaults else {}
     for name, values in (section_defaults or {}).items():
         kind = base_fields[name].default_factory
 
         def make(kind=kind, values=values):
             return dataclasses.replace(kind(), **values)
 
-        fields.append((name, base_fields[name].type, dataclasses.field(default_factory=make)))
+        fields.append((name, hints[name], dataclasses.field(default_factory=make)))
     return dataclasses.make_dataclass(f"{config_class.__name__}{base.__name__}", fields, bases=(base,))
 
 

@@ -170,6 +170,11 @@ class Method(TrainableModule):
             raise ConfigError(f"model '{self.bundle.spec}' does not support activation checkpointing")
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
+    def step_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the next training step updates: all it trains, except for a method that trains them in
+        stages (2sfs: the LayerNorms first, then its classifier)."""
+        return self.trainable_parameters()
+
     def per_class_state(self) -> list[str]:
         """Names of the trained tensors that hold something per class (a trained head's class vectors): a run with
         any cannot be evaluated on other classes (base-to-novel, cross-dataset). Heads' trainable parameters are
