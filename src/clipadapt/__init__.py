@@ -15,8 +15,9 @@ add_plugin("clipadapt.world.plugin:register")
 
 _API = (
     "Run", "bench", "benchmark", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble",
-    "evaluate", "load_run", "methods", "models", "predict", "register_dataset", "register_method", "register_model",
-    "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
+    "evaluate", "export", "load_run", "methods", "models", "predict", "register_dataset", "register_method",
+    "register_model", "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise",
+    "zeroshot",
 )
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         demo,
         ensemble,
         evaluate,
+        export,
         load_run,
         methods,
         models,

@@ -28,6 +28,7 @@ from clipadapt.api.workflows import (
     demo,
     ensemble,
     evaluate,
+    export,
     predict,
     report,
     robustness,
@@ -40,7 +41,7 @@ from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenEr
 
 __all__ = [
     "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "benchmark",
-    "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate", "load_run", "methods",
-    "models", "predict", "register_dataset", "register_method", "register_model", "register_template_set", "report",
-    "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
+    "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run",
+    "methods", "models", "predict", "register_dataset", "register_method", "register_model", "register_template_set",
+    "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
 ]

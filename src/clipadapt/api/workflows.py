@@ -103,6 +103,15 @@ def coop_words(run: PathLike | Run, top: int = 3, device: str | None = None) -> 
     return nearest(_dir(run), top, device)
 
 
+def export(run: PathLike | Run, out: PathLike, overwrite: bool = False, device: str | None = None) -> dict[str, Any]:
+    """A finished run as a folder plain transformers loads (``clipadapt export``): the merged model with its tokenizer
+    and image processor, and either the zero-shot pipeline's class names and template or ``head.safetensors``;
+    returns what was written (docs/export.md)."""
+    from clipadapt.classification.export import export_run
+
+    return export_run(_dir(run), out, overwrite, device)
+
+
 def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], model: str | None = None,
           dataset: str | None = None, seeds: Sequence[int] = (0,), out: PathLike | None = None, *,
           shots: int | None = None, epochs: int | None = None, init_from: PathLike | None = None,

@@ -6,7 +6,19 @@ import sys
 
 import typer
 
-from clipadapt.cli import bench, benchmark, combine, compare, demo, listing, predict, training, world, zeroshot
+from clipadapt.cli import (
+    bench,
+    benchmark,
+    combine,
+    compare,
+    demo,
+    export,
+    listing,
+    predict,
+    training,
+    world,
+    zeroshot,
+)
 from clipadapt.cli.caption import caption_app
 
 app = typer.Typer(
@@ -26,6 +38,7 @@ for name, command in [
     ("report", compare.report_command),
     ("wise", combine.wise_command),
     ("ensemble", combine.ensemble_command),
+    ("export", export.export_command),
     ("predict", predict.predict_command),
     ("robustness", predict.robustness_command),
     ("bench", bench.bench_command),

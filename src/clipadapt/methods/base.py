@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -24,7 +25,7 @@ from clipadapt.data.prompts import TemplateSet
 from clipadapt.data.transforms import ClipPreprocess
 from clipadapt.engine.trainable import OptimizerConfig, TrainableModule
 from clipadapt.errors import ConfigError
-from clipadapt.methods.heads import HEAD_KINDS, build_head
+from clipadapt.methods.heads import HEAD_KINDS, TextHead, build_head
 from clipadapt.models.bundle import ClipBundle
 from clipadapt.registry import Registry
 
@@ -82,6 +83,12 @@ class Method(TrainableModule):
     chooses_on_val: ClassVar[tuple[str, ...]] = ("epoch",)
     # train.* defaults of its recipe (e.g. a val-free method's keep=last); the user's --set still wins
     train_defaults: ClassVar[dict[str, Any]] = {}
+    # why `clipadapt export` cannot write its runs as a plain transformers model; None where it can: what trained are
+    # weights of the CLIP model (merged by `exported_model`) and the classifier is `head` on its image features
+    export_refusal: ClassVar[str | None] = ("its forward pass does more than a classifier on CLIP's image features, "
+                                            "which a plain transformers model cannot express")
+    # pictures the method draws into its run directory (`write_pictures`): file name -> caption, shown by reports
+    pictures: ClassVar[dict[str, str]] = {}
 
     def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: MethodConfig,
                  templates: TemplateSet) -> None:
@@ -200,6 +207,26 @@ class Method(TrainableModule):
             finally:
                 if freeze:
                     freeze(False)
+
+    # -- export (classification/export.py) ------------------------------------------------------------------
+    def export_kind(self) -> str:
+        """How ``clipadapt export`` writes a run: ``"text"`` where the classifier is the text tower (a text head, or
+        a zero-shot head that did not train): a model for transformers' zero-shot pipeline with the class names;
+        ``"head"`` where a learned head sits on the image features: the model plus ``head.safetensors``. A method
+        whose own classifier is the text tower (LoRA on both towers with text class vectors) returns "text"."""
+        if isinstance(self.head, TextHead) or not any(p.requires_grad for p in self.head.parameters()):
+            return "text"
+        return "head"
+
+    def exported_model(self) -> nn.Module:
+        """The plain CLIP model with the run's trained changes in its weights (LoRA merges its adapters); the method
+        may be spent afterwards."""
+        return self.bundle.model
+
+    # -- pictures ------------------------------------------------------------------------------------------
+    def write_pictures(self, run_dir: Path, sample_pixels: torch.Tensor) -> None:
+        """Draw what the method learned into ``run_dir`` (the files named in ``pictures``); ``sample_pixels`` is one
+        preprocessed image (3, H, W) of the evaluated split. Nothing by default."""
 
     # -- weight-space ensembling (WiSE-FT) -----------------------------------------------------------------
     def zero_shot_start_refusal(self) -> str | None:

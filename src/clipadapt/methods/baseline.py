@@ -115,6 +115,8 @@ def backbone_layers(model: nn.Module, which: str, spec: str) -> list[nn.Module]:
 class Baseline(Method):
     """A conventional ImageNet classifier (default ResNet-18) with its final layer retrained (or more layers)."""
 
+    export_refusal = "it is not a CLIP model (an image classifier with its own head)"
+
     augment = "none"
 
     def attach_backbone(self, bundle) -> None:

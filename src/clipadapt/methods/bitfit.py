@@ -17,6 +17,8 @@ class BitFitConfig(MethodConfig):
 class BitFit(Method):
     """Only the bias terms of the vision tower (and the head) are trained."""
 
+    export_refusal = None  # its changes are CLIP weights, its classifier the head
+
     starts_at_zero_shot = True
 
     def __init__(self, bundle, classnames, config, templates) -> None:

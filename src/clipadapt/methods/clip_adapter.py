@@ -50,6 +50,8 @@ class ResidualAdapter(nn.Module):
 class ClipAdapter(Method):
     """A residual bottleneck MLP on cached image features before the frozen zero-shot classifier."""
 
+    export_refusal = "its residual MLP runs on the image features, outside the model's weights"
+
     inputs = "features"
 
     def __init__(self, bundle, classnames, config: ClipAdapterConfig, templates) -> None:

@@ -229,6 +229,8 @@ class PromptLearner(nn.Module):
 class CoOp(Method):
     """Learned text context (CoOp); trains on cached image features, only the text tower runs per step."""
 
+    export_refusal = "its learned context vectors are not words: no text prompt of the pipeline can hold them"
+
     @classmethod
     def check(cls, config: CoOpConfig, bundle, classnames) -> None:
         text_token_embedding(bundle, "coop")

@@ -32,6 +32,8 @@ class FullFTConfig(MethodConfig):
 class FullFineTune(Method):
     """The whole vision tower trains, at a tenth of the head's learning rate by default."""
 
+    export_refusal = None  # its changes are CLIP weights, its classifier the head
+
     starts_at_zero_shot = True
 
     def __init__(self, bundle, classnames, config, templates) -> None:

@@ -8,6 +8,7 @@ as in WiSE-FT and LP-FT). ``linear``: a randomly initialised linear layer, what 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,6 +18,20 @@ from clipadapt.engine.zeroshot import build_zero_shot_head
 from clipadapt.models.bundle import ClipBundle
 
 HEAD_KINDS = ("zeroshot", "linear", "text")
+
+
+@dataclass
+class LinearForm:
+    """A head as ``logits = scale * normalize(image_features) @ weight.T + bias``: every head here is one, and that
+    is what ``clipadapt export`` writes (head.safetensors), so plain torch reproduces it."""
+
+    weight: torch.Tensor  # (classes, dim); a cosine head's class vectors, normalised
+    bias: torch.Tensor  # (classes,)
+    scale: torch.Tensor  # ()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: value.detach().float().cpu().contiguous().clone()
+                for name, value in (("weight", self.weight), ("bias", self.bias), ("scale", self.scale))}
 
 
 def cosine_logits(features: torch.Tensor, class_vectors: torch.Tensor, scale: torch.Tensor,
@@ -38,6 +53,11 @@ class CosineHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.weight, self.scale, self.bias)
 
+    @torch.no_grad()
+    def as_linear(self) -> LinearForm:
+        return LinearForm(nn.functional.normalize(self.weight, dim=-1), self.bias.expand(len(self.weight)),
+                          self.scale)
+
 
 class LinearHead(nn.Module):
     """A linear layer on the normalised features times the model's logit scale.
@@ -53,6 +73,10 @@ class LinearHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.scale * nn.functional.normalize(features, dim=-1))
+
+    @torch.no_grad()
+    def as_linear(self) -> LinearForm:
+        return LinearForm(self.linear.weight, self.linear.bias, self.scale)
 
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Weights of a classifier on unit-norm features (e.g. a logistic regression): absorb the scale."""
@@ -90,6 +114,10 @@ class TextHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.class_vectors(), self.scale, self.bias)
+
+    @torch.no_grad()
+    def as_linear(self) -> LinearForm:
+        return LinearForm(self.class_vectors(), self.bias.expand(self.num_classes), self.scale)
 
 
 def build_head(kind: str, bundle: ClipBundle, classnames: Sequence[str], templates: TemplateSet) -> nn.Module:

@@ -17,6 +17,8 @@ class LinearHeadConfig(MethodConfig):
 class LinearHeadMethod(Method):
     """A head on frozen cached features, zero-shot-initialised (default) or random (head=linear)."""
 
+    export_refusal = None  # its changes are CLIP weights, its classifier the head
+
     starts_at_zero_shot = True
 
     inputs = "features"

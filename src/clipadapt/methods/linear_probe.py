@@ -132,6 +132,8 @@ def fit_probe_head(head: LinearHead, trainer: Trainer, num_classes: int,
 class LinearProbe(Method):
     """Logistic regression (L-BFGS) on frozen features, C swept on validation (CLIP paper protocol)."""
 
+    export_refusal = None  # its changes are CLIP weights, its classifier the head
+
     inputs = "features"
     chooses_on_val = ("C",)
     gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() solves with L-BFGS

@@ -76,6 +76,8 @@ def resolve_targets(candidates: dict[str, nn.Module], targets: list[str], where:
 class LoRA(Method):
     """peft LoRA on the vision tower (q_proj, v_proj, r=8, alpha=16 by default), optionally the text tower."""
 
+    export_refusal = None  # the adapters merge into the weights (exported_model)
+
     def __init__(self, bundle, classnames, config: LoRAConfig, templates) -> None:
         super().__init__(bundle, classnames, config, templates)
         model = bundle.model
@@ -114,6 +116,11 @@ class LoRA(Method):
                     for name, p in self.model.named_parameters():
                         if name in base:
                             p.copy_(base[name])
+
+    def exported_model(self) -> nn.Module:
+        """The CLIP model with the adapters merged into its weights and peft's layers replaced by plain ones
+        (peft's ``merge_and_unload``); the method holds no adapters afterwards."""
+        return self.peft_model.merge_and_unload()
 
     def save_weights(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,8 @@ def search_grid(low: float, high: float, steps: int) -> list[float]:
 class TipAdapter(Method):
     """Training-free cache of the few-shot features and labels on the zero-shot head; alpha, beta searched on val."""
 
+    export_refusal = "its cache of training features votes beside the classifier, outside the model's weights"
+
     inputs = "features"
     chooses_on_val = ("alpha", "beta")
     train_keys = False

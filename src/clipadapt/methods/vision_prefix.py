@@ -102,6 +102,8 @@ class VisionPrefix(nn.Module):
 class VisionPrefixTuning(PromptMethod):
     """Prefix-tuning of the image tower: learned keys/values in every attention layer from `layer` on."""
 
+    export_refusal = "its learned keys and values join every attention layer, outside the model's weights"
+
     @classmethod
     def check(cls, config: VisionPrefixConfig, bundle, classnames) -> None:
         check_layer(config.layer, len(vision_layers(bundle, "vision-prefix")), "vision_prefix.layer")

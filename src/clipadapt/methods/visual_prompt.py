@@ -115,6 +115,8 @@ class PixelPrompt(nn.Module):
 class VisualPrompt(PromptMethod):
     """A learned pixel prompt (padding or patch) added to every image; the CLIP model stays frozen."""
 
+    export_refusal = "its learned pixel prompt is added to every image before the model, outside its weights"
+
     @classmethod
     def check(cls, config: VisualPromptConfig, bundle, classnames) -> None:
         height, width = bundle.preprocess.config.crop

@@ -94,6 +94,8 @@ class PromptTokens(nn.Module):
 class VPT(PromptMethod):
     """Visual prompt tuning: learned tokens in the image tower's sequence (shallow or deep)."""
 
+    export_refusal = "its learned tokens are inserted into the image tower's sequence, outside its weights"
+
     @classmethod
     def check(cls, config: VPTConfig, bundle, classnames) -> None:
         check_layer(config.layer, len(vision_layers(bundle, "vpt")), "vpt.layer")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from clipadapt.data.transforms import ClipPreprocess
+from clipadapt.errors import ClipAdaptError
 
 
 @dataclass
@@ -39,6 +41,9 @@ class ClipBundle:
     logit_bias_fn: Callable[[nn.Module], torch.Tensor | None] = lambda m: None
     image_projection_fn: Callable[[nn.Module], nn.Module | None] = lambda m: getattr(m, "visual_projection", None)
     token_names_fn: Callable[[list[int]], list[str]] | None = None  # token ids -> readable tokens (CoOp's words)
+    # writes a model of this architecture with the checkpoint's tokenizer and image processor in transformers'
+    # format (``save_pretrained``); None where the backend has no such format (open_clip)
+    save_fn: Callable[[nn.Module, Path], None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     # -- encoders -----------------------------------------------------------------------------------------
@@ -77,6 +82,13 @@ class ClipBundle:
     def logit_bias(self) -> torch.Tensor | None:
         """SigLIP's learned bias (None for CLIP)."""
         return self.logit_bias_fn(self.model)
+
+    def save_pretrained(self, path: str | Path, model: nn.Module | None = None) -> None:
+        """``model`` (default: this bundle's) with its tokenizer and image processor, loadable by transformers'
+        ``from_pretrained`` and ``pipeline`` without clipadapt."""
+        if self.save_fn is None:
+            raise ClipAdaptError(f"model '{self.spec}' ({self.backend}) cannot be written in transformers' format")
+        self.save_fn(self.model if model is None else model, Path(path))
 
     # -- housekeeping -------------------------------------------------------------------------------------
     @property

@@ -94,6 +94,11 @@ def load_transformers(
             return {"input_ids": out["input_ids"]}
         return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
 
+    def save(model_to_save: torch.nn.Module, path: Path) -> None:
+        model_to_save.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        image_processor.save_pretrained(path)
+
     if is_local:
         fingerprint = f"local:{fingerprint_local(local)}"
     else:
@@ -113,6 +118,7 @@ def load_transformers(
         text_tower_fn=lambda m: m.text_model,
         logit_scale_fn=lambda m: m.logit_scale.exp(),
         logit_bias_fn=(lambda m: m.logit_bias) if siglip else (lambda m: None),
+        save_fn=save,
         token_names_fn=lambda ids: [t.replace("</w>", "") for t in tokenizer.convert_ids_to_tokens(ids)],
         info={"model_type": model_type, "embed_dim": int(projection),
               "image_size": int(config.vision_config.image_size)},
