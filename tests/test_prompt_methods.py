@@ -392,3 +392,46 @@ def test_coop_on_cached_features_equals_coop_re_encoding_the_images(tiny_clip_di
     assert recompute.record["config"]["coop"]["image_features"] == "recompute"  # (speed: benchmarks/, not here)
     torch.testing.assert_close(cached.result.logits, recompute.result.logits, rtol=1e-4, atol=1e-4)
     assert cached.record["metrics"] == recompute.record["metrics"]
+
+
+# -- pictures of the learned visual prompt ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["padding", "random-patch"])
+def test_visual_prompt_run_draws_its_prompt(kind, tiny_clip_dir, colour_folder, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from clipadapt.classification.evaluation import load_run
+    from clipadapt.classification.training import run_training
+    from clipadapt.experiments.report import build_report
+
+    output = run_training(load_experiment("visual-prompt", None, [
+        f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{colour_folder}",
+        "data.num_workers=0", "train.epochs=1", "train.batch_size=4", f"visual_prompt.kind={kind}",
+        "visual_prompt.init=normal", f"run.out={tmp_path / 'run'}"]))
+    run_dir = output.run_dir
+    assert set(output.record["pictures"]) == {"visual_prompt.png", "visual_prompt_on_sample.png"}
+    alone = np.asarray(Image.open(run_dir / "visual_prompt.png"))
+    on_sample = np.asarray(Image.open(run_dir / "visual_prompt_on_sample.png"))
+    assert alone.shape == on_sample.shape == (32, 32, 3) and alone.dtype == np.uint8  # the model's input size
+    assert alone.min() == 0 and alone.max() == 255
+    _, _, method = load_run(run_dir, "cpu")
+    method.eval()
+    prompt = method.prompter.prompt(1)[0].detach()  # (3, H, W); random-patch: its evaluation place
+    low, high = float(prompt.min().clamp(max=0)), float(prompt.max().clamp(min=0))
+    expected = ((prompt - low) / (high - low) * 255).round().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(alone, expected.astype(np.uint8))  # the saved prompt, rescaled
+    untouched = (prompt == 0).all(dim=0).numpy()
+    zero_level = round(-low / (high - low) * 255)
+    assert (alone[untouched] == zero_level).all() and (alone[~untouched] != zero_level).any()
+    if kind == "padding":
+        size = method.prompter.size
+        inside = np.zeros((32, 32), dtype=bool)
+        inside[size:-size, size:-size] = True
+        np.testing.assert_array_equal(untouched, inside)  # the perturbation is zero exactly inside the frame
+    else:
+        assert untouched.sum() == 32 * 32 - method.prompter.size ** 2
+    report = build_report([run_dir], tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "visual_prompt.png" in markdown and "visual_prompt_on_sample.png" in markdown, report

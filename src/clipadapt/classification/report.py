@@ -82,11 +82,14 @@ def _figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
 
 
 def _run_figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
-    """Each row's confusion matrix and prediction grid, from its first seed's run directory."""
+    """Each row's confusion matrix and prediction grid, and the pictures its method drew (metrics.json's
+    ``pictures``: file -> caption), from its first seed's run directory."""
     figures = []
     for row in rows:
         run = row.runs[0]
-        for name, what in (("confusion.png", "confusion matrix"), ("predictions.png", "sample predictions")):
+        pictures = (run.record or {}).get("pictures") or {}
+        for name, what in (("confusion.png", "confusion matrix"), ("predictions.png", "sample predictions"),
+                           *pictures.items()):
             source = run.path / name
             if source.is_file():
                 target = files / f"{prefix}{slug(Path(row.model).name)}-{slug(row.label)}-{name}"

@@ -103,6 +103,10 @@ def write_run_results(run_dir: Path, method: Method, dataset, fit: FitResult, ev
     plots.plot_training_curves(fit.history, run_dir / "curves.png", title=f"{method.name} on {dataset.name}")
     write_evaluation_artifacts(run_dir, dataset, evaluation.split, evaluation.positions, evaluation.labels,
                                evaluation.logits, method.name, samples, seed)
+    if method.pictures and len(evaluation.positions):  # what the method learned, on the first evaluated image
+        image = dataset.split(evaluation.split).load(int(evaluation.positions[0]))
+        method.write_pictures(run_dir, method.preprocess(image))
+        record["pictures"] = {name: caption for name, caption in method.pictures.items() if (run_dir / name).is_file()}
     skipped = data.skipped_rows()
     record["skipped_images"] = {"count": len(skipped), "file": "skipped_images.txt" if skipped else None}
     write_skipped(run_dir, skipped)

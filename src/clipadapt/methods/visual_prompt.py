@@ -18,12 +18,14 @@ No maintained library implements pixel prompts for transformers models, so this 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from clipadapt.config import option
 from clipadapt.errors import ConfigError
+from clipadapt.io import atomic_save
 from clipadapt.methods.base import register_method
 from clipadapt.methods.prompt_base import PromptMethod, PromptMethodConfig
 
@@ -116,6 +118,8 @@ class VisualPrompt(PromptMethod):
     """A learned pixel prompt (padding or patch) added to every image; the CLIP model stays frozen."""
 
     export_refusal = "its learned pixel prompt is added to every image before the model, outside its weights"
+    pictures = {"visual_prompt.png": "the learned visual prompt (the perturbation alone, rescaled to 0-255)",
+                "visual_prompt_on_sample.png": "the learned visual prompt on a test image, as the model sees it"}
 
     @classmethod
     def check(cls, config: VisualPromptConfig, bundle, classnames) -> None:
@@ -132,3 +136,35 @@ class VisualPrompt(PromptMethod):
 
     def image_features(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.bundle.encode_image(self.prompter(inputs.to(self.bundle.device)), normalize=False)
+
+    @torch.no_grad()
+    def write_pictures(self, run_dir: Path, sample_pixels: torch.Tensor) -> None:
+        """The perturbation alone (random-patch: at its evaluation place) and added to one preprocessed image."""
+        was_training = self.prompter.training
+        self.prompter.eval()
+        try:
+            prompt = self.prompter.prompt(1)[0].float().cpu()
+        finally:
+            self.prompter.train(was_training)
+        config = self.preprocess.config
+        mean = torch.tensor(config.mean).view(3, 1, 1)
+        std = torch.tensor(config.std).view(3, 1, 1)
+        seen = ((sample_pixels.float().cpu() + prompt) * std + mean).clamp(0, 1)  # de-normalised
+        _write_png(run_dir / "visual_prompt.png", rescaled_to_bytes(prompt))
+        _write_png(run_dir / "visual_prompt_on_sample.png", (seen * 255).round().to(torch.uint8))
+
+
+def rescaled_to_bytes(prompt: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8: the perturbation's range (zero included) stretched to 0-255 over all channels, so its
+    untouched pixels share one grey level; an all-zero prompt is black."""
+    low, high = float(prompt.min().clamp(max=0)), float(prompt.max().clamp(min=0))
+    if high == low:
+        return torch.zeros(prompt.shape, dtype=torch.uint8)
+    return ((prompt - low) / (high - low) * 255).round().to(torch.uint8)
+
+
+def _write_png(path: Path, image: torch.Tensor) -> None:
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).contiguous().numpy()
+    atomic_save(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
