@@ -265,13 +265,19 @@ def selection_blocks(cells: list[BenchCell]) -> list:
 
 
 def failure_blocks(rows: list[dict]) -> list:
-    failed = [r for r in rows if r["error"]]
-    if not failed:
+    """Cells without a result, one line per (protocol, dataset, target, method, shots, reason) with its seeds."""
+    grouped: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r["error"]:
+            reason = r["error"].splitlines()[0].split(" (run '")[0][:240]
+            key = (r["protocol"], r["dataset"], r["target"], r["method"], str(r["shots"]), reason)
+            grouped.setdefault(key, []).append(str(r["seed"]))
+    if not grouped:
         return []
     return [("h2", "Cells without a result"),
-            ("table", Table(["protocol", "dataset", "target", "method", "shots", "seed", "why"],
-                            [[r["protocol"], r["dataset"], r["target"], r["method"], str(r["shots"]), str(r["seed"]),
-                              r["error"].splitlines()[0][:200]] for r in failed]))]
+            ("p", "benchmark.csv has every cell's full message and run directory."),
+            ("table", Table(["protocol", "dataset", "target", "method", "shots", "seeds", "why"],
+                            [[*key[:5], ", ".join(seeds), key[5]] for key, seeds in grouped.items()]))]
 
 
 def write_benchmark_report(config: BenchmarkConfig, cells: list[BenchCell],
