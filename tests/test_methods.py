@@ -126,8 +126,8 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
     """The textbook count for each method on the tiny CLIP (vision: 2 layers of width 64, projection 32)."""
     vision, projection = model.config.vision_config, model.config.projection_dim
     d, ff, layers = vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers
-    size, text_width = vision.image_size, model.config.text_config.hidden_size
-    text = model.config.text_config
+    size, text = vision.image_size, model.config.text_config
+    text_width = text.hidden_size
     frame = round(30 * size / 224)  # the default 30 px frame at 224 px, scaled to the 32 px input: 4 px
     patches = (vision.image_size // vision.patch_size) ** 2
     cosine_head = classes * projection
@@ -153,6 +153,8 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
         # every LayerNorm (vision: pre, 2 per layer, post; text: 2 per layer, final), then the classifier's rows
         "2sfs": (2 * d + layers * 4 * d + 2 * d) + (text.num_hidden_layers * 4 * text_width + 2 * text_width)
                 + cosine_head,
+        # q, k, v of every layer of both towers, r=2: A (r x d) and B (d x r) each; no head
+        "clip-lora": 2 * 2 * (3 * d * layers + 3 * text_width * text.num_hidden_layers),
     }[name]
 
 
@@ -250,7 +252,7 @@ def test_lora_adapter_loads_with_plain_peft(tiny_clip_dir, colour_folder, tmp_pa
 # trained by the engine's epoch loop (Trainer.fit, checkpoint after each epoch): an interrupt after epoch 1 must fire,
 # and the resumed run must continue at epoch 2 and end bit-identical to an uninterrupted run.
 EPOCH_TRAINED = ("linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip", "visual-prompt", "vpt",
-                 "vision-prefix", "coop", "clip-adapter", "tip-adapter-f")
+                 "vision-prefix", "coop", "clip-adapter", "tip-adapter-f", "clip-lora")
 # closed form: fit() never enters the epoch loop (linear-probe solves a logistic regression with L-BFGS for each C of
 # its sweep on val; tip-adapter builds its cache from the train features and grid-searches alpha and beta on val).
 # No epoch ends, no checkpoint is written; they assert instead that a run stopped after fitting, before the test
@@ -411,11 +413,14 @@ def test_linear_probe_sweep_picks_c_on_validation():
     assert fit.bias[3] < -1e3  # a class without training images can never win
 
 
-def test_lora_on_the_text_tower_trains_through_the_prompts(tiny_clip_dir, dataset):
-    method = make_method("lora", tiny_clip_dir, dataset, ["lora.text=true", "lora.head=text"])
+@pytest.mark.parametrize("towers", ["both", "text"])
+def test_lora_on_the_text_tower_trains_through_the_prompts(towers, tiny_clip_dir, dataset):
+    method = make_method("lora", tiny_clip_dir, dataset, [f"lora.towers={towers}", "lora.head=text"])
     names = list(method.trainable_parameters())
-    assert any("text_model" in n for n in names) and any("vision_model" in n for n in names)
-    assert method.num_parameters()["trainable"] == 2 * (2 * 2 * (2 * 8 * 64))  # both towers, no head weights
+    assert any("text_model" in n for n in names)
+    assert any("vision_model" in n for n in names) == (towers == "both")
+    per_tower = 2 * 2 * (2 * 8 * 64)  # 2 layers x (q, v) x (A + B at r=8, width 64); no head weights
+    assert method.num_parameters()["trainable"] == per_tower * (2 if towers == "both" else 1)
     method.train()
     method(first_batch(method, dataset))["loss"].backward()
     text_b = [p for n, p in method.named_parameters() if "text_model" in n and "lora_B" in n]
@@ -425,8 +430,16 @@ def test_lora_on_the_text_tower_trains_through_the_prompts(tiny_clip_dir, datase
 def test_text_lora_needs_the_text_head(tiny_clip_dir, dataset):
     from clipadapt.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="lora.text=true adapts the text tower"):
-        make_method("lora", tiny_clip_dir, dataset, ["lora.text=true"])
+    for towers in ("text", "both"):
+        with pytest.raises(ConfigError, match=f"lora.towers={towers} adapts the text tower.*lora.head=text"):
+            make_method("lora", tiny_clip_dir, dataset, [f"lora.towers={towers}"])
+    with pytest.raises(ConfigError, match="unknown lora.towers 'all'; valid choices: vision, text, both"):
+        make_method("lora", tiny_clip_dir, dataset, ["lora.towers=all", "lora.head=text"])
+
+
+def test_lora_text_from_older_runs_reads_as_both_towers(tiny_clip_dir, dataset):
+    method = make_method("lora", tiny_clip_dir, dataset, ["lora.text=true", "lora.head=text"])
+    assert method.config.towers == "both" and method.config.text is False
 
 
 @pytest.mark.parametrize("accumulate", [1, 2, 3])

@@ -63,7 +63,7 @@ def method_experiment_class(base: type, method: str, section: str, config_class:
     fields: list[tuple] = [("method", str, option(method, help="adaptation method")),
                            (section, config_class, dataclasses.field(default_factory=config_class))]
     base_fields = {f.name: f for f in dataclasses.fields(base)}
-    hints = typing.get_type_hints(base) if section_defaults else {}
+    hints = typing.get_type_hints(base) if section_defaults else {}  # the classes, not the annotations' strings
     for name, values in (section_defaults or {}).items():
         kind = base_fields[name].default_factory
 

@@ -1,4 +1,5 @@
-"""``lora``: low-rank adapters on the image tower's projections through ``peft`` (Hu et al., 2021).
+"""``lora``: low-rank adapters on the image tower's projections through ``peft`` (Hu et al., 2021); ``lora.towers``
+puts them in the text tower too (or only there), with the classifier recomputed through it (``head=text``).
 
 The adapters are injected with ``peft.get_peft_model`` and saved as a standard peft adapter directory, so
 ``PeftModel.from_pretrained(CLIPModel.from_pretrained(base), run_dir / "weights/adapter")`` loads them without
@@ -23,6 +24,7 @@ from clipadapt.engine.checkpoint import check_metadata
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_path, staged_directory
 from clipadapt.methods.base import Method, MethodConfig, register_method
+from clipadapt.models.bundle import ClipBundle
 from clipadapt.models.peft_wrap import get_peft_model_quietly
 
 ADAPTER_DIR = "adapter"
@@ -30,26 +32,47 @@ HEAD_FILE = "head.safetensors"
 ADAPTABLE = (nn.Linear, nn.Conv2d)
 
 
+TOWERS = ("vision", "text", "both")
+
+
 @dataclass
-class LoRAConfig(MethodConfig):
+class PeftLoRAConfig(MethodConfig):
+    """What every peft-LoRA recipe sets (``lora``, ``clip-lora``); the recipes differ in their defaults."""
+
     r: int = option(8, help="rank of the update")
-    alpha: float = option(16.0, help="scaling: the update is multiplied by alpha / r")
+    alpha: float = option(16.0, help="scaling: the update is multiplied by alpha / r (alpha / sqrt(r) with rslora)")
     dropout: float = option(0.1, help="dropout on the adapter's input")
     targets: list[str] = option(["q_proj", "v_proj"], help="module names to adapt (matched as the last name parts)")
-    text: bool = option(False, help="also adapt the text tower (needs head=text so the text tower is used)")
+    towers: str = option("vision", help="where the adapters go: vision, text or both (text and both need "
+                                        "head=text, the classifier recomputed through the text tower)")
+    rslora: bool = option(False, help="scale the update by alpha / sqrt(r) instead of alpha / r (peft's "
+                                      "use_rslora)")
     merge: bool = option(True, help="merge the adapters into the weights for evaluation (faster)")
     lr: float = option(1e-3, help="peak learning rate of the adapters and the head")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_positive(self, ("r", "alpha"), "lora:")
+        section = self.section()
+        require_positive(self, ("r", "alpha"), f"{section}:")
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"{section}.dropout must be in [0, 1), got {self.dropout}")
         if not self.targets:
-            raise ConfigError("lora.targets is empty; e.g. q_proj,v_proj")
-        if self.text and self.head != "text":
-            raise ConfigError("lora.text=true adapts the text tower, which the classifier only uses with "
-                              "lora.head=text; set both")
+            raise ConfigError(f"{section}.targets is empty; e.g. q_proj,v_proj")
+        if self.towers not in TOWERS:
+            raise ConfigError(f"unknown {section}.towers '{self.towers}'; valid choices: {', '.join(TOWERS)}")
+        if self.towers != "vision" and self.head != "text":
+            raise ConfigError(f"{section}.towers={self.towers} adapts the text tower, which the classifier only "
+                              f"uses with {section}.head=text; set both")
+
+
+@dataclass
+class LoRAConfig(PeftLoRAConfig):
+    text: bool = option(False, help="deprecated, read from runs written before lora.towers: true is towers=both")
+
+    def __post_init__(self) -> None:
+        if self.text:
+            self.towers, self.text = ("both" if self.towers == "vision" else self.towers), False
+        super().__post_init__()
 
 
 def module_names(root: nn.Module, tower: nn.Module) -> dict[str, nn.Module]:
@@ -67,9 +90,21 @@ def resolve_targets(candidates: dict[str, nn.Module], targets: list[str], where:
         if not matches:
             available = sorted({name.rsplit(".", 1)[-1] for name in candidates})
             raise ConfigError(f"LoRA target '{target}' matches no module of the {where}; available module names: "
-                              f"{', '.join(available)}")
+                              f"{', '.join(available) or 'none'}")
         chosen += [m for m in matches if m not in chosen]
     return chosen
+
+
+def lora_targets(config: PeftLoRAConfig, bundle: ClipBundle) -> list[str]:
+    """Full names of the modules ``config`` adapts in ``bundle``'s towers; one line naming the model if a target
+    matches nothing there (an open_clip text tower has no ``q_proj``: its attention is one ``in_proj`` matrix)."""
+    towers = {"vision": ["vision"], "text": ["text"], "both": ["vision", "text"]}[config.towers]
+    model, names = bundle.model, []
+    for tower in towers:
+        where = f"{tower} tower of '{bundle.spec}' (a {bundle.info.get('model_type', bundle.backend)} model)"
+        module = bundle.vision_tower if tower == "vision" else bundle.text_tower
+        names += resolve_targets(module_names(model, module), config.targets, where)
+    return names
 
 
 @register_method("lora", LoRAConfig)
@@ -78,15 +113,16 @@ class LoRA(Method):
 
     export_refusal = None  # the adapters merge into the weights (exported_model)
 
-    def __init__(self, bundle, classnames, config: LoRAConfig, templates) -> None:
+    def __init__(self, bundle, classnames, config: PeftLoRAConfig, templates) -> None:
         super().__init__(bundle, classnames, config, templates)
-        model = bundle.model
-        targets = resolve_targets(module_names(model, bundle.vision_tower), config.targets, "vision tower")
-        if config.text:
-            targets += resolve_targets(module_names(model, bundle.text_tower), config.targets, "text tower")
         peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                 target_modules=targets, bias="none")
-        self._peft = [get_peft_model_quietly(model, peft_config)]  # injects in place; self.model holds the adapters
+                                 target_modules=lora_targets(config, bundle), use_rslora=config.rslora, bias="none")
+        # injects in place; self.model holds the adapters
+        self._peft = [get_peft_model_quietly(bundle.model, peft_config)]
+
+    @classmethod
+    def check(cls, config: PeftLoRAConfig, bundle: ClipBundle, classnames) -> None:
+        lora_targets(config, bundle)
 
     starts_at_zero_shot = True  # lora_B starts at zero
 
