@@ -101,7 +101,7 @@ def lora_targets(config: PeftLoRAConfig, bundle: ClipBundle) -> list[str]:
     towers = {"vision": ["vision"], "text": ["text"], "both": ["vision", "text"]}[config.towers]
     model, names = bundle.model, []
     for tower in towers:
-        where = f"{tower} tower of '{bundle.spec}' (a {bundle.info.get('model_type', bundle.backend)} model)"
+        where = f"{tower} tower of '{bundle.spec}' ({bundle.info.get('model_type', bundle.backend)} model)"
         module = bundle.vision_tower if tower == "vision" else bundle.text_tower
         names += resolve_targets(module_names(model, module), config.targets, where)
     return names
