@@ -82,3 +82,16 @@ def test_an_iteration_budget_stops_part_way_through_an_epoch(tiny_clip_dir, colo
     assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine schedule ends exactly at step 5
     with pytest.raises(ConfigError, match="train.steps must be positive"):
         load_experiment("linear-head", None, ["train.steps=0"])
+
+
+def test_val_free_training_validates_only_for_the_curve(tiny_clip_dir, colour_folder, tmp_path):
+    from clipadapt.engine.trainer import validates
+
+    assert [e for e in range(30) if validates("last", e, 0, 30)] == [0, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29]
+    assert all(validates("best", e, 0, 30) for e in range(30))
+    rows = []
+    run_training(experiment("linear-head", tiny_clip_dir, colour_folder, tmp_path / "run", "train.keep=last",
+                            "train.epochs=12", "train.patience=0"),
+                 callbacks={"epoch_end": [lambda trainer, row: rows.append(row)]})
+    validated = [row["epoch"] for row in rows if row["val_acc"] == row["val_acc"]]
+    assert len(rows) == 12 and validated == [1, 2, 4, 6, 8, 10, 12]

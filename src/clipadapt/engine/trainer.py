@@ -89,6 +89,14 @@ class TrainConfig:
         check_tracker(self.log_with)
 
 
+def validates(keep: str, epoch: int, first: int, epochs: int) -> bool:
+    """Whether an epoch is validated: every one when the best is kept; when the last is kept (val-free), the first,
+    the last and about every tenth, for the curve (a 500 x K budget is hundreds of epochs at few shots)."""
+    if keep == "best" or epoch in (first, epochs - 1):
+        return True
+    return (epoch + 1) % max(1, math.ceil(epochs / 10)) == 0
+
+
 def mixed_precision(precision: str, device: torch.device) -> str:
     """Accelerate's mixed_precision: bf16 autocast where the device supports it, never on CPU by default."""
     if precision == "auto":
@@ -238,6 +246,7 @@ class Trainer:
             set_rng_state(state.rng)
             best_weights, progress, start_epoch = state.best_weights, state.progress, state.epoch
 
+        val_keys: list[str] = []
         with (training_progress(epochs, steps_per_epoch, enabled=acc.is_main_process) as bar,
               Tracking(acc) as tracking):
             bar.start(start_epoch)
@@ -249,8 +258,13 @@ class Trainer:
                                                                 epoch, bar, tracking, epoch * steps_per_epoch,
                                                                 total_steps)
                 train_seconds = time.perf_counter() - started
-                val = self.task.validate(self, method)
-                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, **val.row,
+                if validates(cfg.keep, epoch, start_epoch, epochs):
+                    val = self.task.validate(self, method)
+                    val_keys = list(val.row)
+                    val_row = val.row
+                else:  # val-free: validation only draws the curve, at ten points or so, not every epoch
+                    val_row = {key: float("nan") for key in val_keys}
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, **val_row,
                        "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3)}
                 progress["history"].append(row)
                 progress["train_time_s"] += train_seconds
