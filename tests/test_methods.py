@@ -21,7 +21,8 @@ from clipadapt.models import load_model
 ALL_METHODS = list_methods()
 
 
-SECTION_SETTINGS: dict[str, list[str]] = {}  # per config section, what the tests need offline
+# per config section, what the tests need offline or on the tiny CLIP (2 layers: maple's default depth is 9)
+SECTION_SETTINGS: dict[str, list[str]] = {"maple": ["maple.depth=2"]}
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +74,8 @@ def experiment(name: str, tiny_clip_dir, colour_folder, out, *overrides):
 
 def test_registry_lists_every_method():
     assert {"linear-probe", "linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip", "visual-prompt",
-            "vpt", "vision-prefix", "coop", "tip-adapter", "tip-adapter-f", "clip-adapter"} <= set(ALL_METHODS)
+            "vpt", "vision-prefix", "coop", "tip-adapter", "tip-adapter-f", "clip-adapter", "cocoop",
+            "maple"} <= set(ALL_METHODS)
     assert list_methods("lin*") == ["linear-head", "linear-probe"]
 
 
@@ -147,6 +149,12 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
         "vpt": 8 * d + cosine_head,  # 8 shallow tokens
         "vision-prefix": 10 * d + (d * 512 + 512) + (512 * layers * 2 * d + layers * 2 * d) + cosine_head,  # MLP
         "coop": 16 * text_width,  # 16 shared context vectors; no head of its own
+        # the context from "a photo of a" (9 tokens of the character tokenizer: a, p h o t o, o f, a) + the meta-net
+        # Linear(projection, projection / 16), ReLU, Linear(projection / 16, text width)
+        "cocoop": 9 * text_width + (projection * (projection // 16) + projection // 16)
+                  + (projection // 16 * text_width + text_width),
+        # 2 layers x (2 language prompts + a coupling Linear, text width -> vision width, with bias)
+        "maple": 2 * (2 * text_width + text_width * d + d),
         "tip-adapter": 0,  # training-free: the cache is state, not trained
         "tip-adapter-f": train_images * projection,  # the keys: one per training image
         "clip-adapter": 2 * projection * (projection // 4),  # the bottleneck MLP, no biases; the head is frozen
@@ -252,7 +260,7 @@ def test_lora_adapter_loads_with_plain_peft(tiny_clip_dir, colour_folder, tmp_pa
 # trained by the engine's epoch loop (Trainer.fit, checkpoint after each epoch): an interrupt after epoch 1 must fire,
 # and the resumed run must continue at epoch 2 and end bit-identical to an uninterrupted run.
 EPOCH_TRAINED = ("linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip", "visual-prompt", "vpt",
-                 "vision-prefix", "coop", "clip-adapter", "tip-adapter-f", "clip-lora")
+                 "vision-prefix", "coop", "clip-adapter", "tip-adapter-f", "clip-lora", "cocoop", "maple")
 # closed form: fit() never enters the epoch loop (linear-probe solves a logistic regression with L-BFGS for each C of
 # its sweep on val; tip-adapter builds its cache from the train features and grid-searches alpha and beta on val).
 # No epoch ends, no checkpoint is written; they assert instead that a run stopped after fitting, before the test

@@ -25,7 +25,8 @@ from clipadapt.reports.report import ReportResult
 DEMO_MODEL = "world:tiny"
 DEMO_DATASET = "world:shapes-novel"
 DEMO_SHOTS = 8
-DEMO_SETTINGS = ["train.epochs=10", "train.patience=3", "baseline.classifier=world:tiny-resnet"]
+# world:tiny has 2 layers per tower: maple's default depth (9 of CLIP's 12) does not fit it
+DEMO_SETTINGS = ["train.epochs=10", "train.patience=3", "baseline.classifier=world:tiny-resnet", "maple.depth=2"]
 DEMO_SIGMAS = [0.0, 0.05, 0.1, 0.2]
 DEMO_WISE = ("lora", "world:shapes-shifted", [0.0, 0.25, 0.5, 0.75, 1.0])  # run, shift dataset, alphas
 DEMO_ENSEMBLE = ["linear-probe", "tip-adapter", "lora"]

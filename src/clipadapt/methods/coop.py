@@ -128,12 +128,18 @@ class SharedPrefix:
                value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.mode == "record":
             self.store[index] = (key, value)
-        elif self.mode == "extend":
+        elif self.mode == "extend":  # one recorded prefix per group of prompts (CoCoOp: per image), in order
             shared_key, shared_value = self.store[index]
-            size = (key.shape[0], -1, -1, -1)
-            return (torch.cat([shared_key.expand(size), key], dim=2),
-                    torch.cat([shared_value.expand(size), value], dim=2), shared_key.shape[2])
+            return (torch.cat([_per_prompt(shared_key, len(key)), key], dim=2),
+                    torch.cat([_per_prompt(shared_value, len(key)), value], dim=2), shared_key.shape[2])
         return key, value, 0
+
+
+def _per_prompt(shared: torch.Tensor, prompts: int) -> torch.Tensor:
+    """Each group's recorded keys or values repeated for the group's prompts (a view for a single group)."""
+    if len(shared) == 1:
+        return shared.expand(prompts, -1, -1, -1)
+    return shared.repeat_interleave(prompts // len(shared), dim=0)
 
 
 def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, class_specific: bool) -> int:
@@ -148,11 +154,12 @@ def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, class_s
 class PromptLearner(nn.Module):
     """CoOp's classifier: class vectors from the text tower with learned context, compared by cosine."""
 
-    def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: CoOpConfig) -> None:
+    def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: CoOpConfig,
+                 tokens: PromptTokens | None = None) -> None:
         super().__init__()
         self._bundle = [bundle]  # not a submodule: the frozen model is the bundle's
         embedding = text_token_embedding(bundle, "coop")
-        tokens = build_prompt_tokens(bundle, classnames, config)
+        tokens = tokens or build_prompt_tokens(bundle, classnames, config)
         n = tokens.context_positions.shape[1]
         if tokens.init_ids is not None:
             vectors = embedding.weight[tokens.init_ids].detach().float().cpu().clone()
@@ -168,7 +175,7 @@ class PromptLearner(nn.Module):
         self.register_buffer("slots", torch.arange(n).repeat(len(classnames)), persistent=False)
         self.register_buffer("scale", bundle.logit_scale.detach().float().clone(), persistent=False)
         self.register_buffer("bias", torch.tensor(0.0), persistent=False)
-        self.num_classes, self.n_ctx = len(classnames), n
+        self.num_classes, self.n_ctx, self.class_specific = len(classnames), n, config.class_specific
         self.shared = shared_length(tokens.input_ids, tokens.attention_mask, config.class_specific)
         self.prefix = SharedPrefix()
         if config.share_prefix and self.shared > 1:
@@ -186,8 +193,7 @@ class PromptLearner(nn.Module):
         """Put the context vectors at their positions (only while this learner encodes its prompts)."""
         if self._injection is None:
             return None
-        rows, cols, slots = self._injection
-        values = self.ctx[slots] if self.ctx.dim() == 2 else self.ctx[rows, slots]
+        rows, cols, values = self._injection
         return output.index_put((rows, cols), values.to(output.dtype))
 
     def _encode(self, tokens: dict[str, torch.Tensor], injection, mode: str | None = None) -> torch.Tensor:
@@ -198,24 +204,49 @@ class PromptLearner(nn.Module):
         finally:
             self._injection, self.prefix.mode = None, None
 
+    def encode(self, context: torch.Tensor) -> torch.Tensor:
+        """Normalised class vectors, (groups, classes, dim): every class's prompt with each group's context.
+
+        ``context`` is (groups, n_ctx, width), one context all classes share per group (CoOp: one group; CoCoOp:
+        one per image), or (classes, n_ctx, width) for class-specific contexts (one group). The text tower runs
+        groups x classes prompts; with a shared prefix, the prefix once per group.
+        """
+        groups, classes = (1 if self.class_specific else len(context)), self.num_classes
+        group = torch.arange(groups, device=self.rows.device)
+
+        def values(select: torch.Tensor) -> torch.Tensor:  # group-major, in the order of the selected entries
+            if self.class_specific:
+                return context[self.rows[select], self.slots[select]]
+            return context[:, self.slots[select]].flatten(0, 1)
+
+        def prompts(select: torch.Tensor) -> torch.Tensor:  # which of the groups x classes prompts
+            return (group[:, None] * classes + self.rows[select][None]).flatten()
+
+        if not self.shared:
+            every = torch.ones_like(self.rows, dtype=torch.bool)
+            features = self._encode({"input_ids": self.input_ids.repeat(groups, 1),
+                                     "attention_mask": self.attention_mask.repeat(groups, 1)},
+                                    (prompts(every), self.cols.repeat(groups), values(every)))
+        else:  # the shared tokens once per group, then each class's rest attending to their keys and values
+            p = self.shared
+            first = (self.rows == 0) & (self.cols < p)
+            self._encode({"input_ids": self.input_ids[:1, :p].repeat(groups, 1),
+                          "attention_mask": self.attention_mask[:1, :p].repeat(groups, 1)},
+                         (group.repeat_interleave(int(first.sum())), self.cols[first].repeat(groups), values(first)),
+                         mode="record")
+            rest = self.cols >= p
+            positions = torch.arange(p, self.input_ids.shape[1], device=self.input_ids.device)[None]
+            features = self._encode({"input_ids": self.input_ids[:, p:].repeat(groups, 1),
+                                     "attention_mask": self.attention_mask[:, p:].repeat(groups, 1),
+                                     "position_ids": positions},
+                                    (prompts(rest), (self.cols[rest] - p).repeat(groups), values(rest)), mode="extend")
+            self.prefix.store.clear()
+        return nn.functional.normalize(features.float(), dim=-1).view(groups, classes, -1)
+
     def class_vectors(self) -> torch.Tensor:
         if self._frozen is not None:
             return self._frozen
-        if not self.shared:
-            features = self._encode({"input_ids": self.input_ids, "attention_mask": self.attention_mask},
-                                    (self.rows, self.cols, self.slots))
-        else:  # the shared tokens once, then each class's rest attending to their keys and values
-            p = self.shared
-            first = (self.rows == 0) & (self.cols < p)
-            self._encode({"input_ids": self.input_ids[:1, :p], "attention_mask": self.attention_mask[:1, :p]},
-                         (self.rows[first], self.cols[first], self.slots[first]), mode="record")
-            rest = self.cols >= p
-            positions = torch.arange(p, self.input_ids.shape[1], device=self.input_ids.device)[None]
-            features = self._encode({"input_ids": self.input_ids[:, p:], "attention_mask": self.attention_mask[:, p:],
-                                     "position_ids": positions},
-                                    (self.rows[rest], self.cols[rest] - p, self.slots[rest]), mode="extend")
-            self.prefix.store.clear()
-        return nn.functional.normalize(features.float(), dim=-1)
+        return self.encode(self.ctx if self.class_specific else self.ctx[None])[0]
 
     def freeze_for_evaluation(self, frozen: bool) -> None:
         with torch.no_grad():

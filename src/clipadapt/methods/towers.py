@@ -1,7 +1,8 @@
-"""Where the prompt methods reach into a transformers CLIP: the vision encoder's layers, the text embeddings.
+"""Where the prompt methods reach into a transformers CLIP: the encoders' layers, the text embeddings.
 
-One place that knows the module paths (``vision_model.encoder.layers``, ``text_model.embeddings``), so a model
-without them fails with one clear line instead of an AttributeError deep in a hook.
+One place that knows the module paths (``vision_model.encoder.layers``, ``text_model.embeddings``,
+``text_model.encoder.layers``), so a model without them fails with one clear line instead of an AttributeError deep in
+a hook.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def vision_layers(bundle: ClipBundle, method: str) -> nn.ModuleList:
         raise ConfigError(f"{method} needs a transformers vision transformer (CLIP or SigLIP checkpoints); "
                           f"'{bundle.spec}' is a {bundle.backend} model")
     return layers
+
+
+def text_layers(bundle: ClipBundle, method: str) -> nn.ModuleList:
+    """The transformer layers of the text tower, in order (CLIP text models only)."""
+    text_token_embedding(bundle, method)
+    return bundle.text_tower.encoder.layers
 
 
 def check_layer(layer: int, depth: int, field: str) -> None:
