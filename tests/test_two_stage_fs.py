@@ -89,3 +89,25 @@ def test_bad_settings_are_one_line():
         load_experiment("2sfs", None, ["two_stage_fs.first_fraction=1.5"])
     with pytest.raises(ConfigError, match="unknown two_stage_fs.towers 'all'; valid choices: both, vision, text"):
         load_experiment("2sfs", None, ["two_stage_fs.towers=all"])
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])  # the first stage's first epoch; the second stage's first epoch
+def test_an_interrupted_run_resumes_in_its_stage(stop_at, tiny_clip_dir, colour_folder, tmp_path):
+    straight = run_training(experiment(tiny_clip_dir, colour_folder, tmp_path / "straight"))
+    calls = []
+
+    def interrupt(trainer, row):
+        calls.append(row["epoch"])
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(experiment(tiny_clip_dir, colour_folder, tmp_path / "run"), {"epoch_end": [interrupt]})
+    resumed_epochs = []
+    resumed = run_training(experiment(tiny_clip_dir, colour_folder, tmp_path / "run", "run.resume=true"),
+                           {"epoch_end": [lambda trainer, row: resumed_epochs.append(row["epoch"])]})
+    epochs = len((tmp_path / "straight" / "history.csv").read_text().splitlines()) - 1  # both stages' rows
+    assert epochs == 4 and len(resumed_epochs) == epochs - stop_at  # only the epochs left ran
+    assert resumed.record["metrics"] == straight.record["metrics"]
+    assert torch.equal(resumed.result.logits, straight.result.logits)
+    assert not (tmp_path / "run" / "checkpoints").exists()

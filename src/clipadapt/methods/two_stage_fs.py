@@ -19,8 +19,8 @@ weight decay 1e-2, batch 32, 300 x K iterations, 60% in the first stage; nothing
 the last step's weights are kept). Where ours differ: the reference anneals each stage with ``CosineAnnealingLR`` to
 1e-6; ours uses the engine's cosine schedule (to 0, no warmup by default) per stage; the reference's prompt is the
 dataset's hand-crafted template, ours is ``train.head_templates`` (default: the dataset's recommended sets as one
-ensemble; ``--set train.head_templates=...`` for one template). An interrupted 2sfs run restarts from its first
-stage: the engine's checkpoints belong to one stage's optimizer.
+ensemble; ``--set train.head_templates=...`` for one template). Each stage checkpoints its own optimizer (the
+second inside ``RUN/checkpoints/stage2``), so an interrupted run resumes in the stage it was in.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from clipadapt.config import option
+from clipadapt.engine.checkpoint import CHECKPOINT_DIR
 from clipadapt.engine.trainable import OptimizerConfig
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, register_method
@@ -164,16 +165,21 @@ class TwoStageFewShot(Method):
         else:
             first = max(1, math.floor(total * self.config.first_fraction))
             second = max(1, total - first)
-        trainer.resume = False  # one stage's checkpoint cannot resume the other (module docstring)
+        run_dir = trainer.run_dir
         self._set_stage(1)
         self._budget = first
-        fits = [trainer.fit(self)]
+        fits = [trainer.fit(self)]  # resumes from RUN/checkpoints (a finished first stage: nothing left to run)
         self.head.start_classifier()
         self._set_stage(2)
         self._budget = second
-        fits.append(trainer.fit(self))
-        self._budget = None
-        self._set_stage(0)
+        # the second stage's optimizer has its own checkpoints, inside RUN/checkpoints (removed with them)
+        trainer.run_dir = run_dir / CHECKPOINT_DIR / "stage2" if run_dir is not None else None
+        try:
+            fits.append(trainer.fit(self))
+        finally:
+            trainer.run_dir = run_dir
+            self._budget = None
+            self._set_stage(0)
         history = [{"stage": stage, **row} for stage, fit in enumerate(fits, start=1) for row in fit.history]
         return FitResult(history=history, best_epoch=len(history), train_time_s=sum(f.train_time_s for f in fits),
                          train_images=sum(f.train_images for f in fits), selection={}, chosen=[])
