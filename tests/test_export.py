@@ -136,3 +136,20 @@ def test_an_existing_out_is_refused_without_overwrite(tiny_clip_dir, colour_fold
     assert result.exit_code == 0, result.output
     assert "mine.txt" not in {p.name for p in out.iterdir()} and (out / "head.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]
+
+
+def test_clip_lora_exports_a_pipeline_model(tiny_clip_dir, colour_folder, tmp_path):
+    """LoRA on both towers and the class prompts through the adapted text tower: a plain CLIPModel the zero-shot
+    pipeline uses with the run's template gives clip-lora's predictions."""
+    run = train("clip-lora", tiny_clip_dir, colour_folder, tmp_path / "run", "clip_lora.iterations=4",
+                "clip_lora.lr=0.01", "train.augment=none")
+    record = clipadapt.export(run, tmp_path / "export")
+    assert record["kind"] == "text" and record["hypothesis_template"] == "a photo of a {}."
+    from transformers import CLIPModel
+
+    before = CLIPModel.from_pretrained(str(tiny_clip_dir)).state_dict()
+    after = CLIPModel.from_pretrained(str(tmp_path / "export")).state_dict()
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"vision_model", "text_model"}  # the merged update is in both towers
+    paths = images(colour_folder)
+    assert_same_predictions(clipadapt_top1(run, paths), pipeline_top1(tmp_path / "export", paths))
