@@ -21,8 +21,10 @@ from clipadapt.models import load_model
 ALL_METHODS = list_methods()
 
 
-# per config section, what the tests need offline or on the tiny CLIP (2 layers: maple's default depth is 9)
-SECTION_SETTINGS: dict[str, list[str]] = {"maple": ["maple.depth=2"]}
+# per config section, what the tests need offline, in time or on the tiny CLIP: maple's default depth is 9 (the tiny
+# model has 2 layers); prolip-val's grid is 2 x 2 here (49 runs in its recipe)
+SECTION_SETTINGS: dict[str, list[str]] = {"maple": ["maple.depth=2"],
+                                          "prolip": ["prolip.lrs=[0.01,0.0001]", "prolip.lams=[0,1]"]}
 
 
 @pytest.fixture(autouse=True)
@@ -50,17 +52,17 @@ def make_method(name: str, tiny_clip_dir, dataset, overrides=(), prepare: bool =
     method = build_method(load_experiment(name, None, settings(name) + list(overrides)), bundle, dataset)
     if prepare:
         data = TrainingData(dataset, bundle, batch_size=64, eval_batch_size=64, num_workers=0,
-                            preprocess=method.preprocess)
+                            preprocess=method.preprocess, feature_kind=method.feature_kind)
         method.prepare(Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32")))
     return method
 
 
-TRAINING_FREE = {"tip-adapter"}  # nothing trains: their fit builds state (a cache) and searches on val
+TRAINING_FREE = {"tip-adapter", "gda"}  # nothing trains: their fit builds state (a cache) and searches on val
 
 
 def first_batch(method, dataset, split="train"):
     data = TrainingData(dataset, method.bundle, batch_size=64, eval_batch_size=64, num_workers=0,
-                        preprocess=method.preprocess)
+                        preprocess=method.preprocess, feature_kind=method.feature_kind)
     return next(data.batches(method.inputs, split, train=False))
 
 
@@ -163,6 +165,10 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
                 + cosine_head,
         # q, k, v of every layer of both towers, r=2: A (r x d) and B (d x r) each; no head
         "clip-lora": 2 * 2 * (3 * d * layers + 3 * text_width * text.num_hidden_layers),
+        "gda": 0,  # training-free: class means and a shared covariance give the classifier (state)
+        "lp++": classes * projection + classes,  # a visual prototype and a blending ratio per class
+        "prolip": d * projection,  # visual_projection alone (no bias)
+        "prolip-val": d * projection,
     }[name]
 
 
@@ -231,7 +237,8 @@ def test_run_directory_and_save_load_round_trip(name, tiny_clip_dir, colour_fold
     assert record["metrics"]["acc1"] == pytest.approx(output.result.metrics["acc1"])
 
     _, dataset, method = load_run(run_dir)
-    data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0, preprocess=method.preprocess)
+    data = TrainingData(dataset, method.bundle, eval_batch_size=64, num_workers=0, preprocess=method.preprocess,
+                        feature_kind=method.feature_kind)
     from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
 
     again = Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32")).evaluate(method, "test")
@@ -265,7 +272,8 @@ EPOCH_TRAINED = ("linear-head", "bitfit", "lora", "full-ft", "baseline", "baseli
 # its sweep on val; tip-adapter builds its cache from the train features and grid-searches alpha and beta on val).
 # No epoch ends, no checkpoint is written; they assert instead that a run stopped after fitting, before the test
 # split, resumes by fitting again and ends bit-identical to an uninterrupted run.
-CLOSED_FORM = ("linear-probe", "tip-adapter")
+# lp++ and prolip train full batch in their own loop (methods/full_batch.py): no engine epochs, the same resume.
+CLOSED_FORM = ("linear-probe", "tip-adapter", "gda", "lp++", "prolip", "prolip-val")
 
 
 # trained in stages, each an epoch loop with its own checkpoints: tested in their own files (2sfs:

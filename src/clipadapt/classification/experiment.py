@@ -71,5 +71,6 @@ def training_data(cfg: TrainExperiment, dataset, method: Method, device, acceler
     return TrainingData(
         dataset, method.bundle, batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
         num_workers=cfg.data.num_workers, strict=cfg.data.strict, augment=method.augment or cfg.train.augment,
-        preprocess=method.preprocess, seed=cfg.run.seed, cache=FeatureCache() if cfg.run.feature_cache else None,
+        preprocess=method.preprocess, feature_kind=method.feature_kind, seed=cfg.run.seed,
+        cache=FeatureCache() if cfg.run.feature_cache else None,
         device=device, main_process_first=accelerator.main_process_first if accelerator is not None else None)

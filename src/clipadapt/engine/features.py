@@ -32,6 +32,9 @@ from clipadapt.progress import progress_bar
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+# what a feature method eats: "projected" (the model's image embedding, L2-normalised) or "pooled" (the image tower's
+# pooled output before its final projection, unnormalised: for methods that train that projection)
+FEATURE_KINDS = ("projected", "pooled")
 
 
 class SplitImages(Dataset):
@@ -94,9 +97,9 @@ class SkippedImage:
 
 @dataclass
 class EncodedSplit:
-    """Normalised image features of the readable images of a split."""
+    """Image features of the readable images of a split (normalised embeddings, or pooled pre-projection outputs)."""
 
-    features: torch.Tensor  # (N, D) float32, L2-normalised
+    features: torch.Tensor  # (N, D) float32, L2-normalised for the "projected" kind
     labels: np.ndarray  # (N,)
     positions: np.ndarray  # (N,) positions in the split
     skipped: list[SkippedImage] = field(default_factory=list)
@@ -135,15 +138,23 @@ def readable_batches(split: Split, preprocess, batch_size: int, num_workers: int
     report_skipped(skipped, strict, split.name)
 
 
+def check_feature_kind(kind: str) -> None:
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind '{kind}'; valid choices: {', '.join(FEATURE_KINDS)}")
+
+
 @torch.inference_mode()
 def encode_images(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
-                  strict: bool = False, description: str = "encoding") -> EncodedSplit:
-    """Encode every readable image of ``split`` with the bundle's image tower."""
+                  strict: bool = False, description: str = "encoding", kind: str = "projected") -> EncodedSplit:
+    """Encode every readable image of ``split`` with the bundle's image tower: normalised embeddings
+    (``projected``) or the pooled outputs before the final projection (``pooled``)."""
+    check_feature_kind(kind)
+    encode = bundle.encode_image if kind == "projected" else bundle.encode_image_pooled
     features, labels, positions, skipped = [], [], [], []
     start = time.perf_counter()
     for pixels, batch in readable_batches(split, bundle.preprocess, batch_size, num_workers, strict, skipped,
                                           description):
-        features.append(bundle.encode_image(pixels).float().cpu())
+        features.append(encode(pixels).float().cpu())
         labels.append(batch["labels"].numpy())
         positions.append(batch["positions"].numpy())
     elapsed = time.perf_counter() - start
@@ -164,7 +175,7 @@ class SplitCache:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else feature_cache_dir() / self.folder
 
-    def key(self, bundle: ClipBundle, split: Split) -> str:
+    def key(self, bundle: ClipBundle, split: Split, kind: str = "projected") -> str:
         identity = {
             "version": self.version,
             "model": bundle.fingerprint,
@@ -172,13 +183,15 @@ class SplitCache:
             "preprocess": bundle.preprocess.config.to_dict(),
             "dtype": str(bundle.dtype),
         }
+        if kind != "projected":  # named only for other kinds, so that existing entries keep their keys
+            identity["kind"] = kind
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
-    def path(self, bundle: ClipBundle, split: Split) -> Path:
-        return self.root / f"{self.key(bundle, split)}.safetensors"
+    def path(self, bundle: ClipBundle, split: Split, kind: str = "projected") -> Path:
+        return self.root / f"{self.key(bundle, split, kind)}.safetensors"
 
-    def load(self, bundle: ClipBundle, split: Split):
-        path = self.path(bundle, split)
+    def load(self, bundle: ClipBundle, split: Split, kind: str = "projected"):
+        path = self.path(bundle, split, kind)
         if not path.is_file():
             return None
         try:
@@ -193,8 +206,8 @@ class SplitCache:
             log.warning("ignoring unreadable %s entry %s", self.description, path)
             return None
 
-    def save(self, bundle: ClipBundle, split: Split, encoded) -> Path:
-        path = self.path(bundle, split)
+    def save(self, bundle: ClipBundle, split: Split, encoded, kind: str = "projected") -> Path:
+        path = self.path(bundle, split, kind)
         tensors, extra = self.to_file(encoded)
         meta = {"model": bundle.spec, "fingerprint": bundle.fingerprint, "split": split.name,
                 "skipped": json.dumps([s.__dict__ for s in encoded.skipped]),
@@ -211,7 +224,8 @@ class SplitCache:
                   encode_time_s: float):
         raise NotImplementedError
 
-    def through(self, bundle: ClipBundle, split: Split, strict: bool, encode: Callable[[], Any]):
+    def through(self, bundle: ClipBundle, split: Split, strict: bool, encode: Callable[[], Any],
+                kind: str = "projected"):
         """The cached encoding of ``split``, or ``encode()`` saved for next time.
 
         Processes that need the same entry at once (cells of a benchmark on one machine or a shared filesystem)
@@ -219,21 +233,21 @@ class SplitCache:
         """
         from filelock import FileLock
 
-        hit = self._hit(bundle, split, strict)
+        hit = self._hit(bundle, split, strict, kind)
         if hit is not None:
             return hit
-        path = self.path(bundle, split)
+        path = self.path(bundle, split, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            hit = self._hit(bundle, split, strict)  # written while this process waited
+            hit = self._hit(bundle, split, strict, kind)  # written while this process waited
             if hit is not None:
                 return hit
             encoded = encode()
-            self.save(bundle, split, encoded)
+            self.save(bundle, split, encoded, kind)
         return encoded
 
-    def _hit(self, bundle: ClipBundle, split: Split, strict: bool):
-        hit = self.load(bundle, split)
+    def _hit(self, bundle: ClipBundle, split: Split, strict: bool, kind: str = "projected"):
+        hit = self.load(bundle, split, kind)
         if hit is not None:
             report_skipped(hit.skipped, strict, split.name)
         return hit
@@ -255,10 +269,12 @@ class FeatureCache(SplitCache):
 
 
 def encode_split(bundle: ClipBundle, split: Split, batch_size: int = 64, num_workers: int = -1,
-                 strict: bool = False, cache: FeatureCache | None = None) -> EncodedSplit:
-    """Cached ``encode_images``: a second call with the same model, split and preprocessing reads the file."""
+                 strict: bool = False, cache: FeatureCache | None = None, kind: str = "projected") -> EncodedSplit:
+    """Cached ``encode_images``: a second call with the same model, split, preprocessing and kind reads the file."""
+    check_feature_kind(kind)
 
     def encode() -> EncodedSplit:
-        return encode_images(bundle, split, batch_size, num_workers, strict, description=f"encoding {split.name}")
+        return encode_images(bundle, split, batch_size, num_workers, strict, description=f"encoding {split.name}",
+                             kind=kind)
 
-    return cache.through(bundle, split, strict, encode) if cache is not None else encode()
+    return cache.through(bundle, split, strict, encode, kind) if cache is not None else encode()

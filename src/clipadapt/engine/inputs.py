@@ -22,6 +22,7 @@ from clipadapt.engine.features import (
     FeatureCache,
     SkippedImage,
     SplitImages,
+    check_feature_kind,
     collate_images,
     default_num_workers,
     encode_split,
@@ -90,12 +91,14 @@ class TrainingData:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     main_process_first: object = None  # accelerator.main_process_first, so one process encodes and the rest read
     preprocess: ClipPreprocess | None = None  # for pixel batches (default: the bundle's); features use the bundle's
+    feature_kind: str = "projected"  # what feature methods eat (engine.features.FEATURE_KINDS)
     skipped: dict[str, dict[int, SkippedImage]] = field(default_factory=dict)
     _features: dict[str, EncodedSplit] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.preprocess is None:
             self.preprocess = self.bundle.preprocess
+        check_feature_kind(self.feature_kind)
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
 
@@ -107,7 +110,7 @@ class TrainingData:
         if split not in self._features:
             with self.main_process_first() if self.main_process_first is not None else nullcontext():
                 encoded = encode_split(self.bundle, self.split(split), self.eval_batch_size, self.num_workers,
-                                       self.strict, self.cache)
+                                       self.strict, self.cache, self.feature_kind)
             for s in encoded.skipped:
                 self.skipped.setdefault(split, {})[s.position] = s
             self._features[split] = encoded

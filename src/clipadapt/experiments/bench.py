@@ -102,12 +102,13 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
         method.enable_activation_checkpointing()
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(len(names)).repeat_interleave(16)  # 16 random "shots" per class (Tip-Adapter's cache)
-    method.state_from_features(torch.randn(len(labels), bundle.embed_dim, generator=generator).to(target),
+    method.state_from_features(torch.randn(len(labels), method.feature_dim, generator=generator).to(target),
                                labels.numpy())
     training_free = not method.trainable_parameters()
     optimizer = None if training_free else build_optimizer(method)
     if method.inputs == "features":
-        inputs = torch.nn.functional.normalize(torch.randn(batch, bundle.embed_dim, generator=generator), dim=-1)
+        inputs = torch.randn(batch, method.feature_dim, generator=generator)
+        inputs = torch.nn.functional.normalize(inputs, dim=-1) if method.feature_kind == "projected" else inputs
     else:
         inputs = _random_batch(method.preprocess, batch)  # the baselines bring their own input size
     data = {"inputs": inputs.to(target), "labels": torch.randint(0, 10, (batch,), generator=generator).to(target)}

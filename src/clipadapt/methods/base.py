@@ -76,6 +76,9 @@ class Method(TrainableModule):
     """Base class: a head on image features; subclasses choose what else trains."""
 
     inputs: ClassVar[str] = "pixels"  # "pixels" or "features"
+    # which cached features a feature method eats: "projected" (the normalised image embedding) or "pooled" (the
+    # image tower's output before its final projection, for methods that train that projection)
+    feature_kind: ClassVar[str] = "projected"
     augment: ClassVar[str | None] = None  # training augmentation the method insists on (None: train.augment)
     starts_at_zero_shot: ClassVar[bool] = False  # built and untrained (head=zeroshot), it is the zero-shot model
     # what its default recipe chooses on validation (`clipadapt methods`, the reports); () is val-free. The run's
@@ -136,6 +139,17 @@ class Method(TrainableModule):
         return self.bundle.preprocess
 
     # -- forward ------------------------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        """Width of the cached features this method eats (``clipadapt bench`` draws random ones of it)."""
+        return self.bundle.embed_dim
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the feature cache holds for these images, computed now (the kind this method eats)."""
+        if self.feature_kind == "pooled":
+            return self.bundle.encode_image_pooled(pixels)
+        return self.bundle.encode_image(pixels, normalize=False)
+
     def image_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Features of a batch: pixel methods run the image tower; feature methods get them ready-made."""
         if self.inputs == "features":
@@ -157,7 +171,7 @@ class Method(TrainableModule):
     def pixel_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Logits straight from preprocessed images, also for feature methods (prediction, robustness)."""
         if self.inputs == "features":  # through forward: a feature method may do more than its head
-            return self({"inputs": self.bundle.encode_image(pixels, normalize=False)})["logits"]
+            return self({"inputs": self.encode_pixels(pixels)})["logits"]
         return self({"inputs": pixels})["logits"]
 
     # -- what trains --------------------------------------------------------------------------------------

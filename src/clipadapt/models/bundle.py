@@ -44,12 +44,22 @@ class ClipBundle:
     # writes a model of this architecture with the checkpoint's tokenizer and image processor in transformers'
     # format (``save_pretrained``); None where the backend has no such format (open_clip)
     save_fn: Callable[[nn.Module, Path], None] | None = None
+    # the image tower's pooled output before its final projection (None: the backend cannot give it apart)
+    pooled_image_features_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     # -- encoders -----------------------------------------------------------------------------------------
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = self.image_features_fn(self.model, pixel_values.to(self.device, self.dtype))
         return nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def encode_image_pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The image tower's pooled output before the final projection: ``encode_image(x, normalize=False)`` is
+        ``projection(encode_image_pooled(x))``. Never normalised (the projection comes first)."""
+        if self.pooled_image_features_fn is None:
+            raise ClipAdaptError(f"model '{self.spec}' ({self.backend}) does not give its image features before "
+                                 f"the final projection")
+        return self.pooled_image_features_fn(self.model, pixel_values.to(self.device, self.dtype))
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         tokens = self.tokenizer(list(texts))

@@ -119,6 +119,8 @@ def load_transformers(
         logit_scale_fn=lambda m: m.logit_scale.exp(),
         logit_bias_fn=(lambda m: m.logit_bias) if siglip else (lambda m: None),
         save_fn=save,
+        # CLIP: get_image_features is visual_projection(vision_model(x).pooler_output); SigLIP's head is inside
+        pooled_image_features_fn=None if siglip else (lambda m, x: m.vision_model(pixel_values=x).pooler_output),
         token_names_fn=lambda ids: [t.replace("</w>", "") for t in tokenizer.convert_ids_to_tokens(ids)],
         info={"model_type": model_type, "embed_dim": int(projection),
               "image_size": int(config.vision_config.image_size)},

@@ -1,0 +1,155 @@
+"""``lp++`` (Huang et al., CVPR 2024, "LP++: A Surprisingly Strong Linear Probe for Few-Shot CLIP").
+
+A linear probe whose class weights blend visual prototypes and the class text embeddings:
+``logit_ik = f_i . (w_k + alpha_k t_k)`` on L2-normalised features ``f``, ``t_k`` the zero-shot class embeddings
+(frozen), ``w_k`` and ``alpha_k`` learned. Full batch on the cached training features, as the paper's block
+coordinate descent with data-driven step sizes; definitions from the reference code
+(FereshteShakeri/FewShot-CLIP-Strong-Baseline, ``methods/linear_probe_p2.py``):
+
+* ``w`` starts at the per-class **sums** of the training features (``compute_centroids`` without the division);
+  ``alpha`` starts at ``250 x`` the mean over classes of the mean similarity of a class's images to its own text
+  embedding (``calculate_init_alpha``: ``250 / shots * shots * centroid``).
+* ``w``: SGD with momentum 0.9 at ``lr_w = 4 N / lambda_max(F^T F)`` (N training images, F their features);
+  ``alpha``: a plain gradient step at ``lr_alpha = N / (4 max_k sum_i (f_i . t_k)^2)`` every 10 iterations.
+  The reference never clears alpha's gradient, so each of its steps uses the sum of every gradient since the start;
+  that is kept (``alpha_grad=accumulated``); ``fresh`` uses the last ``alpha_every`` iterations' gradients only.
+* 300 iterations (the reference's ``train_epoch``).
+
+Where ours differs: no bias (the paper's logit has none; the reference's ``nn.Linear`` has one, randomly
+initialised, trained). What it chooses on validation: nothing by default (the paper is validation-free;
+``train.keep=last``); with ``train.keep=best`` it keeps the iteration with the best validation accuracy, which is
+what the reference code reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from clipadapt.config import option
+from clipadapt.errors import ConfigError, DataError
+from clipadapt.methods.base import Method, freeze, register_method
+from clipadapt.methods.full_batch import split_tensors, train_full_batch
+from clipadapt.methods.heads import build_head
+
+if TYPE_CHECKING:
+    from clipadapt.engine.trainer import FitResult, Trainer
+
+ALPHA_GRADS = ("accumulated", "fresh")
+ALPHA_INIT_SCALE = 250.0  # the reference's constant in calculate_init_alpha
+
+
+@dataclass
+class LpPlusPlusConfig:
+    iterations: int = option(300, help="full-batch iterations (the reference's train_epoch)")
+    alpha_every: int = option(10, help="update the blending ratios every this many iterations")
+    alpha_grad: str = option("accumulated", help="accumulated (the reference: alpha's gradient is never cleared) "
+                                                 "or fresh (the gradients since its last update)")
+    momentum: float = option(0.9, help="SGD momentum of the visual prototypes")
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.alpha_every < 1:
+            raise ConfigError(f"lp_pp.iterations and lp_pp.alpha_every must be >= 1, got {self.iterations}, "
+                              f"{self.alpha_every}")
+        if self.alpha_grad not in ALPHA_GRADS:
+            raise ConfigError(f"unknown lp_pp.alpha_grad '{self.alpha_grad}'; valid choices: {', '.join(ALPHA_GRADS)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"lp_pp.momentum must be in [0, 1), got {self.momentum}")
+
+
+def step_sizes(features: torch.Tensor, text: torch.Tensor) -> tuple[float, float]:
+    """``(lr_w, lr_alpha)``: the reference's Lipschitz-based step sizes for normalised features (N, D) and
+    normalised class embeddings (K, D)."""
+    n = features.shape[0]
+    f = features.double()
+    lr_w = 4 * n / float(torch.linalg.eigvalsh(f.T @ f).max())
+    lr_alpha = n / (4 * float(((f @ text.double().T) ** 2).sum(dim=0).max()))
+    return lr_w, lr_alpha
+
+
+def initial_state(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
+                  num_classes: int) -> tuple[torch.Tensor, float]:
+    """``(prototypes (K, D), alpha)``: per-class feature sums and ``250 x`` the mean own-class text similarity."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        raise DataError(f"lp++ needs training images of every class; {int((counts == 0).sum())} of {num_classes} "
+                        f"classes have none")
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, labels, features)
+    own = (features * text[labels]).sum(dim=1)  # f_i . t_{y_i}
+    per_class = torch.zeros(num_classes, dtype=own.dtype, device=own.device).index_add_(0, labels, own) / counts
+    return sums, ALPHA_INIT_SCALE * float(per_class.mean())
+
+
+@register_method("lp++", LpPlusPlusConfig, section="lp_pp")
+class LpPlusPlus(Method):
+    """Linear probe blending visual prototypes with text embeddings by learned class-wise ratios (full batch)."""
+
+    inputs = "features"
+    chooses_on_val = ()
+    train_defaults = {"keep": "last"}
+    gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() uses the paper's step sizes
+
+    def __init__(self, bundle, classnames, config: LpPlusPlusConfig, templates) -> None:
+        super().__init__(bundle, classnames, config, templates)
+        freeze(self.head)
+        self.prototypes = nn.Parameter(torch.zeros(len(self.classnames), bundle.embed_dim))
+        self.alpha = nn.Parameter(torch.ones(len(self.classnames)))
+
+    def make_head(self, bundle, templates) -> nn.Module:
+        return build_head("zeroshot", bundle, self.classnames, templates)
+
+    def text_embeddings(self) -> torch.Tensor:
+        return nn.functional.normalize(self.head.weight, dim=-1)
+
+    def classify(self, inputs: torch.Tensor) -> torch.Tensor:
+        f = nn.functional.normalize(self.image_features(inputs), dim=-1)
+        return f @ self.prototypes.to(f.dtype).T + self.alpha.to(f.dtype) * (f @ self.text_embeddings().to(f.dtype).T)
+
+    def param_groups(self):
+        return [{"name": "lp++", "params": [self.prototypes, self.alpha], "lr": self.gradient_lr}]
+
+    def per_class_state(self) -> list[str]:
+        """A prototype and a blending ratio per class."""
+        return ["prototypes", "alpha"]
+
+    def initialise(self, trainer: Trainer) -> tuple[float, float]:
+        """The paper's data-driven start; returns the step sizes ``(lr_w, lr_alpha)``."""
+        features, labels = split_tensors(trainer, "train", self.prototypes.device)
+        features = nn.functional.normalize(features, dim=-1)
+        text = self.text_embeddings().detach()
+        prototypes, alpha = initial_state(features, labels, text, len(self.classnames))
+        with torch.no_grad():
+            self.prototypes.copy_(prototypes)
+            self.alpha.fill_(alpha)
+        return step_sizes(features, text)
+
+    def fit(self, trainer: Trainer) -> FitResult:
+        self.to(trainer.accelerator.device)
+        lr_w, lr_alpha = self.initialise(trainer)
+        config = self.config
+        optimizer = torch.optim.SGD([self.prototypes], lr=lr_w, momentum=config.momentum)
+        self.alpha.grad = None
+        count = [0]
+
+        def step(features: torch.Tensor, labels: torch.Tensor):
+            logits = self.classify(features)
+            loss = nn.functional.cross_entropy(logits, labels)
+            optimizer.zero_grad()  # the prototypes' gradient only: alpha's accumulates
+            loss.backward()
+            optimizer.step()
+            count[0] += 1
+            if count[0] % config.alpha_every == 0:
+                with torch.no_grad():
+                    self.alpha -= lr_alpha * self.alpha.grad
+                if config.alpha_grad == "fresh":
+                    self.alpha.grad = None
+            return loss.detach(), logits.detach()
+
+        fit = train_full_batch(self, trainer, config.iterations, step)
+        self.alpha.grad = None
+        fit.selection = {**fit.selection, "lr_w": lr_w, "lr_alpha": lr_alpha}
+        return fit

@@ -1,0 +1,184 @@
+"""``prolip`` and ``prolip-val`` (Fahes et al., "CLIP's Visual Embedding Projector is a Few-shot Cornucopia";
+first titled "Fine-tuning CLIP's Last Visual Projector").
+
+Only the image tower's final projection ``W`` (transformers' ``visual_projection``, a Linear without bias) trains,
+from its pretrained value ``W0``, under ``cross-entropy + lambda ||W - W0||_F^2``; the classifier is the frozen
+zero-shot one. It runs on cached **pooled** features (the tower's output before the projection), so a run is one
+small matrix product per step. Definitions from the reference code (astra-vision/ProLIP, ``methods/ProLIP.py``):
+full batch, Adam (eps 1e-4), cosine annealing to 0 over 300 iterations, no warmup, no weight decay,
+``lambda = 1 / N`` for N shots (``lambda_funct_1_N``) and lr 1e-5 (``configs/base.yaml``'s ``lr_v``) in the
+validation-free setting.
+
+``prolip`` chooses nothing on validation (the paper's validation-free setting: the last iteration is kept).
+``prolip-val`` trains every (lr, lambda) of the reference grid (lr 1e-2 ... 1e-8, lambda 10 ... 1e-4 and 0) and keeps
+the one with the best validation accuracy (then loss), as the reference's ``search_lr``. Where ours differs: the
+reference trains each iteration on another of 300 augmented views of the training images; here every iteration
+sees the cached features of the images as they are (augmentation would defeat the feature cache). The logit scale
+is the model's own (CLIP's 100 in the reference).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from clipadapt.config import option
+from clipadapt.errors import ConfigError
+from clipadapt.methods.base import Method, MethodConfig, freeze, register_method
+from clipadapt.methods.full_batch import split_tensors, train_full_batch
+
+if TYPE_CHECKING:
+    from clipadapt.engine.trainer import FitResult, Trainer
+
+REFERENCE_LRS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
+REFERENCE_LAMBDAS = [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0]
+
+
+@dataclass
+class ProlipConfig(MethodConfig):
+    lr: float = option(1e-5, help="Adam learning rate of the projection (the reference's validation-free lr_v)")
+    lam: float = option(-1.0, help="weight of ||W - W0||_F^2; negative: 1 / N for N training images per class "
+                                   "(the paper's validation-free choice)")
+    iterations: int = option(300, help="full-batch iterations (cosine annealing to 0 over them)")
+    eps: float = option(1e-4, help="Adam epsilon (the reference's)")
+    lrs: list[float] = option(REFERENCE_LRS, help="prolip-val: learning rates tried on validation")
+    lams: list[float] = option(REFERENCE_LAMBDAS, help="prolip-val: lambdas tried on validation")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head != "zeroshot":
+            raise ConfigError(f"prolip.head must be zeroshot (the classifier is the frozen zero-shot one), "
+                              f"got {self.head}")
+        if self.iterations < 1 or self.eps <= 0:
+            raise ConfigError(f"prolip.iterations must be >= 1 and prolip.eps > 0, got {self.iterations}, {self.eps}")
+        if not self.lrs or not self.lams or min(self.lrs) <= 0 or min(self.lams) < 0:
+            raise ConfigError("prolip.lrs must be positive and prolip.lams >= 0, neither empty")
+
+
+def image_projection(bundle) -> nn.Module | None:
+    return bundle.image_projection_fn(bundle.model)
+
+
+@register_method("prolip", ProlipConfig)
+class Prolip(Method):
+    """Fine-tunes only the image tower's final projection, regularised towards its start (val-free, lambda = 1/N)."""
+
+    inputs = "features"
+    feature_kind = "pooled"
+    chooses_on_val = ()
+    train_defaults = {"keep": "last", "patience": 0}
+    search = False
+
+    @classmethod
+    def check(cls, config, bundle, classnames) -> None:
+        projection = image_projection(bundle)
+        if bundle.pooled_image_features_fn is None or not isinstance(projection, nn.Linear) or \
+                projection.bias is not None:
+            raise ConfigError(f"{cls.name} trains the image tower's final projection (a Linear without bias, "
+                              f"visual_projection in transformers' CLIP); model '{bundle.spec}' has none apart")
+
+    def __init__(self, bundle, classnames, config: ProlipConfig, templates) -> None:
+        super().__init__(bundle, classnames, config, templates)
+        freeze(self.head)
+        pretrained = image_projection(bundle)
+        self.projection = nn.Linear(pretrained.in_features, pretrained.out_features, bias=False)
+        with torch.no_grad():
+            self.projection.weight.copy_(pretrained.weight.float())
+        self.register_buffer("initial", pretrained.weight.detach().float().clone(), persistent=False)
+        self.lam = config.lam if config.lam >= 0 else None  # None: 1 / N, known once the training split is
+        self.chosen: dict = {}
+
+    @property
+    def feature_dim(self) -> int:
+        return self.projection.in_features
+
+    def classify(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.projection(inputs.to(self.projection.weight.dtype)))
+
+    def regulariser(self) -> torch.Tensor:
+        return ((self.projection.weight - self.initial) ** 2).sum()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = super().forward(batch)
+        if "loss" in out:
+            out["loss"] = out["loss"] + (self.lam or 0.0) * self.regulariser()
+        return out
+
+    def param_groups(self):
+        return [{"name": "projection", "params": [self.projection.weight], "lr": self.config.lr}]
+
+    def per_class_state(self) -> list[str]:
+        """None: the projection is shared by all classes, so a run classifies new classes too."""
+        return []
+
+    # -- fitting ------------------------------------------------------------------------------------------
+    def shots_lambda(self, trainer: Trainer) -> float:
+        """1 / N, N the mean number of training images per class (the shots of a few-shot split)."""
+        labels = trainer.features("train").labels
+        return len(self.classnames) / max(len(labels), 1)
+
+    def train_once(self, trainer: Trainer, lr: float, lam: float, keep: str | None = None,
+                   log_every: int = 10) -> FitResult:
+        """From W0: the reference's full-batch Adam with cosine annealing, at this lr and lambda."""
+        with torch.no_grad():
+            self.projection.weight.copy_(self.initial)
+        self.lam = lam
+        optimizer = torch.optim.Adam([self.projection.weight], lr=lr, eps=self.config.eps)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.config.iterations)
+
+        def step(features: torch.Tensor, labels: torch.Tensor):
+            out = self({"inputs": features, "labels": labels})
+            optimizer.zero_grad()
+            out["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            return out["loss"].detach(), out["logits"].detach()
+
+        return train_full_batch(self, trainer, self.config.iterations, step, keep, log_every)
+
+    def fit(self, trainer: Trainer) -> FitResult:
+        self.to(trainer.accelerator.device)
+        lam = self.config.lam if self.config.lam >= 0 else self.shots_lambda(trainer)
+        if not self.search:
+            fit = self.train_once(trainer, self.config.lr, lam)
+            fit.selection = {**fit.selection, "lr": self.config.lr, "lambda": lam}
+            return fit
+        return self.grid_search(trainer)
+
+    def grid_search(self, trainer: Trainer) -> FitResult:
+        started = time.perf_counter()
+        val_x, val_y = split_tensors(trainer, "val", self.projection.weight.device)
+        best = None
+        for lr in self.config.lrs:
+            for lam in self.config.lams:
+                fit = self.train_once(trainer, lr, lam, log_every=0)  # a cell is scored once, at its end
+                scored = _val_scores(self, val_x, val_y)
+                if best is None or scored > best[0]:
+                    best = (scored, lr, lam, fit, self.trainable_state())
+        (val_acc, neg_loss), lr, lam, fit, state = best
+        self.load_trainable_state(state, source="the chosen cell")
+        self.lam = lam
+        fit.train_time_s = time.perf_counter() - started
+        fit.train_images *= len(self.config.lrs) * len(self.config.lams)
+        fit.selection = {**fit.selection, "lr": lr, "lambda": lam, "val_acc": val_acc, "val_loss": -neg_loss}
+        fit.chosen = ["lr", "lambda", *fit.chosen]
+        return fit
+
+
+def _val_scores(method: Method, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    from clipadapt.methods.full_batch import score
+
+    accuracy, loss = score(method, features, labels)
+    return accuracy, -loss
+
+
+@register_method("prolip-val", ProlipConfig, section="prolip")
+class ProlipVal(Prolip):
+    """ProLIP with lr and lambda chosen on validation over the reference grid (49 runs of 300 full-batch steps)."""
+
+    chooses_on_val = ("lr", "lambda")
+    search = True
