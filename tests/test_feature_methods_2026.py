@@ -25,12 +25,12 @@ def dataset(colour_folder):
 
 
 def built(name, tiny_clip_dir, dataset, *overrides):
-    """A method and a trainer over its own kind of cached features."""
+    """A method and a trainer over its own kind of cached features (keep=last: these recipes' default)."""
     bundle = load_model(str(tiny_clip_dir))
     method = build_method(load_experiment(name, None, list(overrides)), bundle, dataset)
     data = TrainingData(dataset, bundle, eval_batch_size=64, num_workers=0, preprocess=method.preprocess,
                         feature_kind=method.feature_kind)
-    return method, Trainer(TrainConfig(), data, make_accelerator(torch.device("cpu"), "fp32"))
+    return method, Trainer(TrainConfig(keep="last"), data, make_accelerator(torch.device("cpu"), "fp32"))
 
 
 def run(name, tiny_clip_dir, colour_folder, out, *overrides):
@@ -108,7 +108,7 @@ def test_lp_pp_starts_and_steps_as_the_reference(tiny_clip_dir, dataset):
     np.testing.assert_allclose(method.prototypes.detach().numpy(), sums, rtol=1e-5, atol=1e-6)
     shots = len(f) // len(t)
     alpha_tilde = np.array([(f[y == k] @ t[k]).mean() for k in range(len(t))]) * shots
-    assert float(method.alpha[0]) == pytest.approx(np.mean(250 / shots * alpha_tilde), rel=1e-5)
+    assert float(method.alpha[0].detach()) == pytest.approx(np.mean(250 / shots * alpha_tilde), rel=1e-5)
     assert sorted(method.per_class_state()) == ["alpha", "prototypes"]
 
 
@@ -167,14 +167,14 @@ def test_prolip_with_a_huge_lambda_stays_at_zero_shot(tiny_clip_dir, dataset):
     fit = method.fit(trainer)
     assert fit.chosen == [] and fit.selection["lambda"] == 1e9
     w0 = method.bundle.model.visual_projection.weight
-    assert (method.projection.weight - w0).abs().max() < 1e-6
+    held = float((method.projection.weight - w0).abs().max())  # Adam's steps are ~lr whatever the gradient's size
     pooled = trainer.features("test").features
     with torch.no_grad():
         zero_shot = method.head(method.bundle.model.visual_projection(pooled))
         assert (method.classify(pooled).argmax(-1) == zero_shot.argmax(-1)).all()
     free, trainer = built("prolip", tiny_clip_dir, dataset, "prolip.lam=0", "prolip.lr=1e-2", "prolip.iterations=20")
     free.fit(trainer)
-    assert (free.projection.weight - w0).abs().max() > 1e-3  # the same run without the penalty moves
+    assert float((free.projection.weight - w0).abs().max()) > 20 * held  # the same run without the penalty moves
 
 
 def test_prolip_lambda_defaults_to_one_over_shots(tiny_clip_dir, colour_folder, tmp_path):
