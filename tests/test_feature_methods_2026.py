@@ -199,3 +199,22 @@ def test_prolip_val_chooses_lr_and_lambda_on_validation(tiny_clip_dir, colour_fo
     best = max(range(4), key=lambda i: scores[i])
     assert (selection["lr"], selection["lambda"]) == cells[best]
     assert selection["val_acc"] == scores[best][0]
+
+
+def test_classes_without_training_images_are_handled_as_the_linear_probe_does():
+    """world:shapes-novel names 48 classes and trains 16: gda gives the others a bias that cannot win; lp++ starts
+    their prototypes at zero and its ratios from the classes it has."""
+    from clipadapt.methods.gda import ABSENT_CLASS_BIAS, gda_classifier
+    from clipadapt.methods.lp_pp import initial_state
+
+    rng = np.random.default_rng(1)
+    labels = torch.from_numpy(np.repeat([0, 2], 5))
+    x = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(10, 6))), dim=-1)
+    weight, bias = gda_classifier(x, labels, 3)
+    both, bias_both = gda_classifier(x, torch.where(labels == 2, 1, 0), 2)
+    assert float(bias[1]) == ABSENT_CLASS_BIAS and weight[1].abs().sum() == 0
+    torch.testing.assert_close(weight[[0, 2]], both)  # the two present classes as if they were the only ones
+    torch.testing.assert_close(bias[[0, 2]], bias_both)
+    text = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(3, 6))), dim=-1)
+    prototypes, alpha = initial_state(x, labels, text, 3)
+    assert prototypes[1].abs().sum() == 0 and np.isfinite(alpha)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from clipadapt.engine.trainer import FitResult, Trainer
 
 GDA_STATE = ("weight", "bias", "alpha")
+ABSENT_CLASS_BIAS = -1e4  # the linear probe's: classes without training images
 REFERENCE_ALPHAS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
 
 
@@ -57,21 +58,21 @@ def gda_classifier(features: torch.Tensor, labels: torch.Tensor,
     float64 as the reference code estimates it."""
     x = features.double()
     counts = torch.bincount(labels, minlength=num_classes)
-    if (counts == 0).any():
-        missing = int((counts == 0).sum())
-        raise DataError(f"gda needs training images of every class; {missing} of {num_classes} classes have none")
-    if len(labels) <= num_classes:
-        raise DataError(f"gda needs more training images ({len(labels)}) than classes ({num_classes}) to estimate "
-                        f"a covariance")
+    present = counts > 0
+    if len(labels) < 2 or int(present.sum()) < 2:
+        raise DataError(f"gda needs training images of at least two classes, got {len(labels)} images of "
+                        f"{int(present.sum())}")
     means = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
-    means /= counts.unsqueeze(1).to(x.dtype)
+    means /= counts.clamp(min=1).unsqueeze(1).to(x.dtype)
     centred = x - means[labels]
     covariance = centred.T.cov()
     dim = x.shape[1]
     precision = dim * torch.linalg.pinv((len(labels) - 1) * covariance
                                         + covariance.trace() * torch.eye(dim, dtype=x.dtype, device=x.device))
     weight = means @ precision  # precision is symmetric: rows are Sigma^-1 mu_c
-    bias = math.log(1.0 / num_classes) - 0.5 * (weight * means).sum(dim=1)
+    bias = math.log(1.0 / int(present.sum())) - 0.5 * (weight * means).sum(dim=1)
+    # a class without training images has no mean: as in the linear probe, it can never win through this term
+    bias[~present] = ABSENT_CLASS_BIAS
     return weight.float(), bias.float()
 
 

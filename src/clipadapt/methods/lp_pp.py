@@ -74,14 +74,15 @@ def initial_state(features: torch.Tensor, labels: torch.Tensor, text: torch.Tens
                   num_classes: int) -> tuple[torch.Tensor, float]:
     """``(prototypes (K, D), alpha)``: per-class feature sums and ``250 x`` the mean own-class text similarity."""
     counts = torch.bincount(labels, minlength=num_classes)
-    if (counts == 0).any():
-        raise DataError(f"lp++ needs training images of every class; {int((counts == 0).sum())} of {num_classes} "
-                        f"classes have none")
+    present = counts > 0
+    if not present.any():
+        raise DataError("lp++ needs training images")
     sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
     sums.index_add_(0, labels, features)
     own = (features * text[labels]).sum(dim=1)  # f_i . t_{y_i}
-    per_class = torch.zeros(num_classes, dtype=own.dtype, device=own.device).index_add_(0, labels, own) / counts
-    return sums, ALPHA_INIT_SCALE * float(per_class.mean())
+    per_class = torch.zeros(num_classes, dtype=own.dtype, device=own.device).index_add_(0, labels, own)
+    # over the classes with training images, as the reference's centroids (classes = the labels present)
+    return sums, ALPHA_INIT_SCALE * float((per_class[present] / counts[present]).mean())
 
 
 @register_method("lp++", LpPlusPlusConfig, section="lp_pp")

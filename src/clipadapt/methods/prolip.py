@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,9 +118,10 @@ class Prolip(Method):
 
     # -- fitting ------------------------------------------------------------------------------------------
     def shots_lambda(self, trainer: Trainer) -> float:
-        """1 / N, N the mean number of training images per class (the shots of a few-shot split)."""
-        labels = trainer.features("train").labels
-        return len(self.classnames) / max(len(labels), 1)
+        """1 / N, N the mean number of training images per class that has any (the shots of a few-shot split, also
+        when the classifier names classes without training images, as world:shapes-novel's 48)."""
+        labels = np.asarray(trainer.features("train").labels)
+        return len(np.unique(labels)) / max(len(labels), 1)
 
     def train_once(self, trainer: Trainer, lr: float, lam: float, keep: str | None = None,
                    log_every: int = 10) -> FitResult:
