@@ -104,7 +104,7 @@ def test_strict_aborts_without_writing_a_run(tmp_path, tiny_clip_dir, folder_wit
 
 @pytest.mark.parametrize("args, message", [
     (["-m", "nope", "-d", "digits"], "unknown model 'nope'; valid choices:"),
-    (["-m", "{model}", "-d", "imagenet"], "unknown dataset 'imagenet'; valid choices:"),
+    (["-m", "{model}", "-d", "imagenet-21k"], "unknown dataset 'imagenet-21k'; valid choices:"),
     (["-m", "{model}", "-d", "digits", "-t", "fancy"], "unknown template set 'fancy'; valid choices:"),
     (["-m", "{model}", "-d", "digits", "-t", "a photo of a thing"], "has no '{}' placeholder"),
     (["-m", "{model}", "-d", "digits", "--classes", " , "], "--classes is empty"),

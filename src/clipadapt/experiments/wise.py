@@ -117,7 +117,8 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
                "rows": rows, "seconds": round(seconds, 3)}
     fit = FitResult(history=[{"step": i, **r} for i, r in enumerate(rows)], best_epoch=rows.index(chosen),
                     train_time_s=seconds, train_images=0,
-                    selection={"alpha": chosen["alpha"], "val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"]})
+                    selection={"alpha": chosen["alpha"], "val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"]},
+                    chosen=["alpha"] if len(alphas) > 1 else [])
     evaluation = evaluations[chosen["alpha"]]
     record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1)
     record["wise"] = {k: summary[k] for k in ("source", "chosen_alpha", "alphas", "shift_dataset")}
