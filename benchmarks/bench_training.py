@@ -29,12 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def lp_cache(work: Path, model_dir: Path, n_images: int, classes: int) -> dict:
     from bench_zeroshot import make_jpeg_folder
-    from clipadapt.classification.experiment import build_method
+    from clipadapt.classification.experiment import build_method, load_experiment
     from clipadapt.data import DataConfig, load_dataset
     from clipadapt.engine.features import FeatureCache
     from clipadapt.engine.inputs import TrainingData
     from clipadapt.engine.trainer import TrainConfig, Trainer, make_accelerator
-    from clipadapt.methods import METHODS
     from clipadapt.models import load_model
 
     print(f"generating {n_images} JPEGs ...", flush=True)
@@ -48,8 +47,7 @@ def lp_cache(work: Path, model_dir: Path, n_images: int, classes: int) -> dict:
     runs = []
     for attempt in ("first (encodes)", "second (cached)"):
         start = time.perf_counter()
-        method = build_method(METHODS.get("linear-probe"), bundle, dataset,
-                              METHODS.get("linear-probe").config_class())
+        method = build_method(load_experiment("linear-probe"), bundle, dataset)
         data = TrainingData(dataset, bundle, eval_batch_size=32, cache=cache)
         trainer = Trainer(TrainConfig(), data, accelerator)
         fit = method.fit(trainer)
