@@ -96,6 +96,7 @@ class Executor:
 
     def __init__(self, config: ExecutorConfig) -> None:
         self.config = config
+        self.on_start: Callable[[str], None] = lambda key: None  # a cell starts (local) or is dispatched (ray)
 
     @classmethod
     def check(cls, config: ExecutorConfig) -> None:
@@ -156,9 +157,13 @@ def open_executor(config: ExecutorConfig) -> Iterator[Executor]:
 
 
 def run_cells(executor: Executor, cells: list[tuple[str, Cell, Any]],
-              on_outcome: Callable[[Outcome, dict[str, int]], None] | None = None) -> dict[str, Outcome]:
+              on_outcome: Callable[[Outcome, dict[str, int]], None] | None = None,
+              on_start: Callable[[str], None] | None = None) -> dict[str, Outcome]:
     """Submit every cell, collect every outcome (by key, in the order given); ``on_outcome`` sees each as it
-    arrives with the counts so far (``done``, ``failed``, ``running``, ``queued``, ``total``)."""
+    arrives with the counts so far (``done``, ``failed``, ``running``, ``queued``, ``total``), ``on_start`` each key
+    as its cell starts (local) or is handed to the engine (ray)."""
+    if on_start is not None:
+        executor.on_start = on_start
     for key, cell, argument in cells:
         executor.submit(key, cell, argument)
     found: dict[str, Outcome] = {}

@@ -24,6 +24,7 @@ class LocalExecutor(Executor):
         while self._queue:
             key, cell, argument = self._queue.pop(0)
             self._running = 1
+            self.on_start(key)
             outcome = call_cell(key, cell, argument, self.threads())
             self._running = 0
             yield outcome

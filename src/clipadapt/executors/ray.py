@@ -78,6 +78,7 @@ class RayExecutor(Executor):
     def submit(self, key: str, cell: Cell, argument: Any) -> None:
         ref = self._task.options(**self.resources()).remote(key, cell, argument, self.threads())
         self._pending[ref] = key
+        self.on_start(key)
 
     def outcomes(self) -> Iterator[Outcome]:
         while self._pending:

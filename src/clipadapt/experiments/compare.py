@@ -195,8 +195,6 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
         with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
             if config.executor.executor != "local":
                 prepare_in_driver(experiments)
-            for run, _, status in todo.values():
-                notify(run, status)
 
             def finished(outcome: Outcome, counts: dict[str, int]) -> None:
                 run = todo[outcome.key][0]
@@ -206,7 +204,8 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
                         log.debug("%s", outcome.trace)
                 notify(run, f"failed: {outcome.error}" if outcome.failed else "done")
 
-            outcomes = run_cells(executor, [(key, run_cell, cell) for key, (_, cell, _) in todo.items()], finished)
+            outcomes = run_cells(executor, [(key, run_cell, cell) for key, (_, cell, _) in todo.items()], finished,
+                                 on_start=lambda key: notify(todo[key][0], todo[key][2]))
         for key, outcome in outcomes.items():  # in the planned order, whichever finished first
             run_dir = todo[key][0].run_dir
             if outcome.failed:

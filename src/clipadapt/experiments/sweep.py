@@ -203,8 +203,6 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
     failed = []
     if todo:
         with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
-            for cell, _, status in todo.values():
-                notify(cell, status)
 
             def finished(outcome: Outcome, counts: dict[str, int]) -> None:
                 cell = todo[outcome.key][0]
@@ -214,7 +212,8 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
                         log.debug("%s", outcome.trace)
                 notify(cell, f"failed: {outcome.error}" if outcome.failed else "done")
 
-            outcomes = run_cells(executor, [(key, train_cell, run) for key, (_, run, _) in todo.items()], finished)
+            outcomes = run_cells(executor, [(key, train_cell, run) for key, (_, run, _) in todo.items()], finished,
+                                 on_start=lambda key: notify(todo[key][0], todo[key][2]))
         failed = [(todo[key][0].run_dir, outcome.error or "") for key, outcome in outcomes.items() if outcome.failed]
     rows = summarize(cells)
     chosen = max((r for r in rows if r["runs"]), key=lambda r: r["val_acc"], default=None)
