@@ -21,17 +21,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-FIRST, LAST = "tests/test_world_slow.py", "tests/test_demo_slow.py"
+FIRST = "tests/test_world_slow.py"  # builds the world, then runs the world tests and the demo (one unit of work)
 LATE = ("tests/test_benchmark_slow.py",)  # need the world too: start once it is built
 
 
 def pytest_collection_modifyitems(config, items):
     """The world tests first and the demo last (a stable sort): under ``make test`` (pytest-xdist, by file, in this
-    order) one worker builds world:tiny from the start while the other runs the rest, and the files that need the
-    world too (LATE, then the demo) start on whichever worker is free once it is built."""
+    order) one worker builds world:tiny from the start and goes on to the world tests and the demo in the same file,
+    while the other runs the rest; the other files that need the world (LATE) come last, once it is built."""
     def rank(item) -> int:
         path = item.nodeid.split("::")[0]
-        return 0 if path == FIRST else 3 if path == LAST else 2 if path in LATE else 1
+        return 0 if path == FIRST else 2 if path in LATE else 1
 
     items.sort(key=rank)
 

@@ -15,7 +15,7 @@ from tests.helpers import clipadapt_home, documented_world_figures
 
 # `make test` distributes by file (pytest-xdist --dist loadfile) in collection order, and conftest.py puts this file
 # first: one worker starts building world:tiny at once and runs these tests, the other runs the rest of the suite.
-# The demo (tests/test_demo_slow.py) comes last, when the world is built.
+# The demo comes last in this file (checks in tests/demo_checks.py): the same worker runs it once the world is built.
 pytestmark = pytest.mark.slow
 
 
@@ -162,3 +162,10 @@ def test_the_quickstart_notebook_runs_end_to_end(with_world):
     prediction = notebook.cells[-1].outputs[0]["data"]["text/plain"]
     assert prediction.count(":") == 3 and prediction.startswith("[{")  # the top 3 classes with probabilities
     assert seconds < 300, f"the notebook took {seconds:.0f} s"
+
+
+def test_demo_runs_offline_on_the_world(with_world, tmp_path):
+    """The longest test, last in this file: the worker that built the world runs it (tests/demo_checks.py)."""
+    from tests.demo_checks import run_and_check_demo
+
+    run_and_check_demo(tmp_path / "demo")

@@ -1,8 +1,7 @@
-"""The offline demo on the real world:tiny, end to end (the longest test: every method, robustness, bench, and
-two captioners).
+"""What the offline demo on the real world:tiny must produce (every method, robustness, bench, two captioners).
 
-It has a file of its own so that ``make test`` runs it last, on whichever worker is free by then (conftest.py
-orders the collection: the world tests first, this file last), when world:tiny has long been built.
+The test itself is the last one of tests/test_world_slow.py: under ``make test`` that file is one unit of work that
+starts first, so the worker that builds world:tiny goes on to the demo while the other runs the rest of the suite.
 """
 
 from __future__ import annotations
@@ -15,13 +14,10 @@ from typer.testing import CliRunner
 
 from clipadapt.cli import app
 
-pytestmark = pytest.mark.slow
 
-
-def test_demo_runs_offline_on_the_world(with_world, tmp_path):
+def run_and_check_demo(out):
     from clipadapt.methods import list_methods
 
-    out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"report: {out / 'report.html'}" in result.output.replace("\n", "")
