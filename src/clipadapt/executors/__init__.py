@@ -16,6 +16,7 @@ Another engine (Slurm through submitit, a process pool) is one more module here:
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.registry import Registry
 
 Cell = Callable[[Any], Any]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -175,3 +177,19 @@ def run_cells(executor: Executor, cells: list[tuple[str, Cell, Any]],
         if on_outcome is not None:
             on_outcome(outcome, counts)
     return {key: found[key] for key, _, _ in cells if key in found}
+
+
+def run_with_status(executor: Executor, cell: Cell, todo: dict[str, tuple[Any, Any, str]],
+                    notify: Callable[[Any, str], None]) -> dict[str, Outcome]:
+    """Run ``cell`` on every ``todo[key] = (item, argument, status)`` (a comparison's runs, a sweep's cells):
+    ``notify(item, status)`` as each starts, then ``"done"`` or ``"failed: ..."`` (failures logged, their traceback at
+    debug level); a failing cell spoils no other."""
+    def finished(outcome: Outcome, counts: dict[str, int]) -> None:
+        if outcome.failed:
+            log.error("%s failed: %s", outcome.key, outcome.error)
+            if outcome.trace:
+                log.debug("%s", outcome.trace)
+        notify(todo[outcome.key][0], f"failed: {outcome.error}" if outcome.failed else "done")
+
+    return run_cells(executor, [(key, cell, argument) for key, (_, argument, _) in todo.items()], finished,
+                     on_start=lambda key: notify(todo[key][0], todo[key][2]))

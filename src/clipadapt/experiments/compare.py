@@ -10,7 +10,6 @@ from the run directories, so the report is the same whichever executor ran them.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,11 @@ from clipadapt.engine.records import METRICS_FILE
 from clipadapt.engine.rundir import RunConfig
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.executors import ExecutorConfig, Outcome, open_executor, run_cells
+from clipadapt.executors import ExecutorConfig, open_executor, run_with_status
 from clipadapt.methods import METHODS, list_methods
 from clipadapt.models.config import ModelConfig
 from clipadapt.paths import slug
 
-log = logging.getLogger(__name__)
 ZEROSHOT_EXTRA_SETS = ("simple", "clip")  # always compared besides the dataset's recommended sets
 
 
@@ -195,17 +193,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
         with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
             if config.executor.executor != "local":
                 prepare_in_driver(experiments)
-
-            def finished(outcome: Outcome, counts: dict[str, int]) -> None:
-                run = todo[outcome.key][0]
-                if outcome.failed:  # one method failing (e.g. its weights are not downloadable) spoils no other
-                    log.error("%s failed: %s", run.run_dir, outcome.error)
-                    if outcome.trace:
-                        log.debug("%s", outcome.trace)
-                notify(run, f"failed: {outcome.error}" if outcome.failed else "done")
-
-            outcomes = run_cells(executor, [(key, run_cell, cell) for key, (_, cell, _) in todo.items()], finished,
-                                 on_start=lambda key: notify(todo[key][0], todo[key][2]))
+            outcomes = run_with_status(executor, run_cell, todo, notify)
         for key, outcome in outcomes.items():  # in the planned order, whichever finished first
             run_dir = todo[key][0].run_dir
             if outcome.failed:

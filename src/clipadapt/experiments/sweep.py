@@ -15,7 +15,6 @@ import csv
 import io
 import itertools
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,11 @@ from clipadapt.classification.training import run_training
 from clipadapt.config import format_overrides, to_dict
 from clipadapt.engine.records import METRICS_FILE
 from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.executors import ExecutorConfig, Outcome, open_executor, run_cells
+from clipadapt.executors import ExecutorConfig, open_executor, run_with_status
 from clipadapt.io import atomic_write_text
 from clipadapt.paths import slug
 from clipadapt.reports.collect import mean_std
 
-log = logging.getLogger(__name__)
 RESERVED = {"run.out", "run.seed", "run.resume", "run.overwrite", "run.label", "method", "data.seed"}
 
 
@@ -204,16 +202,7 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
     if todo:
         with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
 
-            def finished(outcome: Outcome, counts: dict[str, int]) -> None:
-                cell = todo[outcome.key][0]
-                if outcome.failed:
-                    log.error("%s failed: %s", cell.run_dir, outcome.error)
-                    if outcome.trace:
-                        log.debug("%s", outcome.trace)
-                notify(cell, f"failed: {outcome.error}" if outcome.failed else "done")
-
-            outcomes = run_cells(executor, [(key, train_cell, run) for key, (_, run, _) in todo.items()], finished,
-                                 on_start=lambda key: notify(todo[key][0], todo[key][2]))
+            outcomes = run_with_status(executor, train_cell, todo, notify)
         failed = [(todo[key][0].run_dir, outcome.error or "") for key, outcome in outcomes.items() if outcome.failed]
     rows = summarize(cells)
     chosen = max((r for r in rows if r["runs"]), key=lambda r: r["val_acc"], default=None)
