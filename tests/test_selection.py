@@ -114,6 +114,32 @@ def test_tip_adapter_alpha_and_beta(tiny_clip_dir, disagree_distinct, tmp_path):
     assert_val_chosen(record, [row["val_acc"] for row in history(tmp_path / "run")])
 
 
+def test_gda_alpha(tiny_clip_dir, disagree_distinct, tmp_path):
+    record = train("gda", tiny_clip_dir, disagree_distinct, tmp_path / "run")
+    rows = history(tmp_path / "run")
+    assert_val_chosen(record, [row["val_acc"] for row in rows])
+    best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    assert record["selection"]["alpha"] == pytest.approx(best["alpha"])
+
+
+def test_prolip_val_grid(tiny_clip_dir, disagree_distinct, tmp_path):
+    record = train("prolip-val", tiny_clip_dir, disagree_distinct, tmp_path / "run", "prolip.iterations=20",
+                   "prolip.lrs=[0.1,0.00001]", "prolip.lams=[0.0,10.0]")
+    rows = history(tmp_path / "run")
+    assert [(r["lr"], r["lambda"]) for r in rows] == [(0.1, 0.0), (0.1, 10.0), (1e-05, 0.0), (1e-05, 10.0)]
+    assert_val_chosen(record, [row["val_acc"] for row in rows])
+    best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    assert (record["selection"]["lr"], record["selection"]["lambda"]) == (best["lr"], best["lambda"])
+
+
+def test_lp_pp_best_iteration(tiny_clip_dir, disagree, tmp_path):
+    record = train("lp++", tiny_clip_dir, disagree, tmp_path / "run", "lp_pp.iterations=30",
+                   "train.keep=best")
+    rows = history(tmp_path / "run")
+    assert len(rows) == 30  # keep=best scores validation after every iteration
+    assert_val_chosen(record, [row["val_acc"] for row in rows])
+
+
 def test_wise_alpha(tiny_clip_dir, disagree, tmp_path):
     train("linear-head", tiny_clip_dir, disagree, tmp_path / "run", "linear_head.lr=0.01", "train.epochs=4")
     result = run_wise(tmp_path / "run", [0, 0.25, 0.5, 0.75, 1], tmp_path / "wise")

@@ -154,16 +154,19 @@ class Prolip(Method):
     def grid_search(self, trainer: Trainer) -> FitResult:
         started = time.perf_counter()
         val_x, val_y = split_tensors(trainer, "val", self.projection.weight.device)
-        best = None
+        best, rows = None, []
         for lr in self.config.lrs:
             for lam in self.config.lams:
                 fit = self.train_once(trainer, lr, lam, log_every=0)  # a cell is scored once, at its end
                 scored = _val_scores(self, val_x, val_y)
+                rows.append({"step": len(rows), "lr": lr, "lambda": lam, "val_acc": scored[0],
+                             "val_loss": -scored[1]})
                 if best is None or scored > best[0]:
                     best = (scored, lr, lam, fit, self.trainable_state())
         (val_acc, neg_loss), lr, lam, fit, state = best
         self.load_trainable_state(state, source="the chosen cell")
         self.lam = lam
+        fit.history = rows  # one row per cell of the grid, as Tip-Adapter's search writes it
         fit.train_time_s = time.perf_counter() - started
         fit.train_images *= len(self.config.lrs) * len(self.config.lams)
         fit.selection = {**fit.selection, "lr": lr, "lambda": lam, "val_acc": val_acc, "val_loss": -neg_loss}

@@ -122,6 +122,18 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "",
     """Loss and accuracy per epoch (train and val), one more panel per ``extra`` (validation key, label) the
     history has, the ``selected`` epoch marked (default: best val acc); a closed-form method's search (rows of
     ``C``, the linear probe's, or ``beta``, Tip-Adapter's, with the best ``alpha`` at each) as val accuracy vs it."""
+    if history and {"lr", "lambda"} <= set(history[0]):  # ProLIP's grid: one line per lambda
+        fig, ax = subplots(figsize=(6, 3.5))
+        for lam in sorted({r["lambda"] for r in history}):
+            cells = sorted((r for r in history if r["lambda"] == lam), key=lambda r: r["lr"])
+            ax.semilogx([r["lr"] for r in cells], [r["val_acc"] for r in cells], "o-", label=f"lambda={lam:g}")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(title or "search on validation")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save_figure(fig, path)
+        return
     swept = next((key for key in SEARCH_AXES if history and key in history[0]), None)
     if swept is not None:
         fig, ax = subplots(figsize=(6, 3.5))
