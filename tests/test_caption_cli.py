@@ -27,14 +27,36 @@ def common(tiny_clip_dir, tiny_lm_dir, caption_folder):
             "--epochs", "1"]
 
 
-def test_train_eval_predict(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):
+@pytest.fixture(scope="module")
+def scorer_clip_dir(tmp_path_factory):
+    """A second tiny random CLIP (seed 1) to score CLIPScore: not the run's encoder."""
+    from clipadapt.models.random_init import save_random_clip
+
+    return save_random_clip(tmp_path_factory.mktemp("models") / "scorer-clip", preset="tiny", seed=1)
+
+
+def _png_height(path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height
+
+
+def test_train_eval_predict(tiny_clip_dir, tiny_lm_dir, caption_folder, scorer_clip_dir, tmp_path):
+    """One run, then everything done with it: eval (beam, another split, another CLIPScore model), predict
+    (attention of one layer, of the mean, of every layer), and the bad input of each."""
     run = tmp_path / "run"
     trained = runner.invoke(app, ["caption", "train", "lora", *common(tiny_clip_dir, tiny_lm_dir, caption_folder),
-                                  "--out", str(run), "--set", "train.log_with=tensorboard"])
+                                  "--out", str(run), "--set", "train.log_with=tensorboard",
+                                  "--set", f"eval.clipscore_model={scorer_clip_dir}",
+                                  "--set", "run.attention_layer=all"])
     assert trained.exit_code == 0, trained.output
     assert "CIDEr" in trained.output and "CLIPScore" in trained.output and "lora" in trained.output
     record = json.loads((run / "metrics.json").read_text())
     assert f"{record['metrics']['cider']:.3f}" in trained.output
+    assert record["clipscore"] == {"model": str(scorer_clip_dir), "requested": str(scorer_clip_dir), "own": False,
+                                   "weight": 2.5, "prefix": "A photo depicts "}
+    assert f"scored by {scorer_clip_dir}" in trained.output.replace("\n", "")
     # the caption engine's rows reach the tracker too (next-token accuracy per step, validation loss per epoch)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -51,18 +73,61 @@ def test_train_eval_predict(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path
     assert evaluated.exit_code == 0, evaluated.output
     summary = json.loads((run / "eval_test_beam2.json").read_text())
     assert summary["decode"]["beams"] == 2 and f"{summary['metrics']['bleu4']:.3f}" in evaluated.output
+    assert summary["clipscore"]["model"] == str(scorer_clip_dir) and summary["rescored"] is None
 
+    # the saved test captions scored again by the same CLIP: training's numbers, nothing decoded
+    again = runner.invoke(app, ["caption", "eval", str(run), "--clipscore-model", str(scorer_clip_dir)])
+    assert again.exit_code == 0, again.output
+    summary = json.loads((run / "eval_test_clipscore-scorer-clip.json").read_text())
+    assert summary["metrics"] == record["metrics"] and summary["rescored"] == "predictions.json"
+    assert (run / "eval_test_clipscore-scorer-clip_best_worst.png").is_file()
+
+    # another split: its captions, metrics and best/worst figure, scored by the run's scorer
+    val = runner.invoke(app, ["caption", "eval", str(run), "--split", "val"])
+    assert val.exit_code == 0, val.output
+    summary = json.loads((run / "eval_val.json").read_text())
+    assert summary["split"] == "val" and summary["images"] == SMALL["val"][1]
+    assert summary["clipscore"]["model"] == str(scorer_clip_dir) and not (run / "eval_test.json").exists()
+    assert len(json.loads((run / "eval_val_predictions.json").read_text())) == SMALL["val"][1]
+    assert (run / "eval_val_best_worst.png").is_file() and f"{summary['metrics']['cider']:.3f}" in val.output
+
+    # attention: the mean over layers (one row of words), and every layer as a grid (a row per layer; the tiny LM
+    # has 2); one layer is drawn as the mean is (tests/test_caption_training.py checks its maps)
     image = json.loads((run / "predictions.json").read_text())[0]["file"]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    predicted = runner.invoke(app, ["caption", "predict", str(run), image, str(broken), "--attention",
-                                    "--out", str(tmp_path / "figs")])
-    assert predicted.exit_code == 0, predicted.output
-    assert len(list((tmp_path / "figs").glob("*-attention.png"))) == 1
-    assert "skipped" in predicted.output and "broken.png" in predicted.output
-    strict = runner.invoke(app, ["caption", "predict", str(run), str(broken), "--strict", "--attention",
-                                 "--out", str(tmp_path / "strict")])
-    assert strict.exit_code == 2 and "cannot read image" in strict.output and not (tmp_path / "strict").exists()
+    heights = {}
+    for layer in ("mean", "all"):
+        predicted = runner.invoke(app, ["caption", "predict", str(run), image, str(broken), "--attention",
+                                        "--layer", layer, "--out", str(tmp_path / layer)])
+        assert predicted.exit_code == 0, predicted.output
+        assert "skipped" in predicted.output and "broken.png" in predicted.output
+        [figure] = (tmp_path / layer).glob("*-attention.png")
+        heights[layer] = _png_height(figure)
+    assert heights["all"] > 1.6 * heights["mean"]
+    [in_run] = (run / "attention").glob("*.png")  # run.attention_layer=all: the run's figure is the grid too
+    assert _png_height(in_run) == heights["all"]
+
+    # bad input: one line, exit 2, nothing written
+    listing = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for args, message in [
+        (["eval", str(run), "--clipscore-model", str(tmp_path / "nowhere")],
+         f"cannot load the CLIPScore model '{tmp_path / 'nowhere'}': model path"),
+        (["eval", str(run), "--clipscore-model", "someone/no-such-clip"],
+         "CLIPScore model 'someone/no-such-clip': someone/no-such-clip is not in the local hub cache, and the hub "
+         "cannot be reached (offline); valid choices: "),
+        (["eval", str(run), "--split", "dev"], "unknown split 'dev' of "),
+        (["predict", str(run), image, "--attention", "--layer", "2", "--out", str(tmp_path / "bad")],
+         "attention layer 2 is out of range; the decoder has 2 layers"),
+        (["predict", str(run), image, "--attention", "--layer", "middle", "--out", str(tmp_path / "bad")],
+         "unknown attention layer 'middle'; valid choices: mean, all"),
+        (["predict", str(run), str(broken), "--strict", "--attention", "--out", str(tmp_path / "bad")],
+         "cannot read image"),
+    ]:
+        result = runner.invoke(app, ["caption", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output.replace("\n", "") and "Traceback" not in result.output
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == listing and not (tmp_path / "bad").exists()
 
 
 def test_compare_writes_one_run_per_cell_and_a_report(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):
@@ -75,8 +140,11 @@ def test_compare_writes_one_run_per_cell_and_a_report(tiny_clip_dir, tiny_lm_dir
     report = (out / "report.md").read_text()
     for name in ("CIDEr", "RefCLIPScore", "bridge-only (patch-prefix)", "adapter (patch-prefix)", "best and worst"):
         assert name in report
-    cider = json.loads((out / "adapter-patch-prefix-seed0" / "metrics.json").read_text())["metrics"]["cider"]
-    assert f"{cider:.3f}" in report
+    record = json.loads((out / "adapter-patch-prefix-seed0" / "metrics.json").read_text())
+    assert f"{record['metrics']['cider']:.3f}" in report
+    # offline, the default scorer (ViT-B/32) falls back to the run's own CLIP, and the tables say so
+    assert record["clipscore"]["model"] == str(tiny_clip_dir) and "fallback" in record["clipscore"]
+    assert "CLIPScore by" in report and f"{tiny_clip_dir} (fallback)" in report and "(fallback)" in result.output
     assert "<table" in (out / "report.html").read_text()
     # the generic report command recognises caption runs
     again = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
@@ -116,3 +184,4 @@ def test_caption_commands_refuse_classification_runs(tmp_path):
     (tmp_path / "config.yaml").write_text("method: lora\n")
     result = runner.invoke(app, ["caption", "eval", str(tmp_path)])
     assert result.exit_code == 2 and "is not a caption run" in result.output
+

@@ -93,3 +93,113 @@ def test_clip_score_is_the_formula(tiny_clip_dir):
     same = clip_scores(bundle, image_features[:1], ["a red circle"], [["a red circle"]])
     clip = same["clip_score"][0]
     assert same["ref_clip_score"][0] == pytest.approx(2 * clip / (clip + 1) if clip > 0 else 0.0, abs=1e-5)
+
+
+# -- the scorer: which CLIP scores CLIPScore ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_clip_dir(tmp_path_factory):
+    """A second tiny random CLIP (seed 1): a scorer that is not the run's encoder."""
+    from clipadapt.models.random_init import save_random_clip
+
+    return save_random_clip(tmp_path_factory.mktemp("models") / "other-clip", preset="tiny", seed=1)
+
+
+def test_clip_score_with_a_given_scorer_is_the_formula_in_the_scorers_embeddings(tiny_clip_dir, tiny_bundle,
+                                                                                 other_clip_dir):
+    from clipadapt.captioning.scoring import resolve_scorer, score_predictions
+    from clipadapt.models.config import ModelConfig
+    from tests.helpers import coloured_image
+
+    scorer = resolve_scorer(str(other_clip_dir), ModelConfig(spec=str(tiny_clip_dir)), tiny_bundle)
+    assert not scorer.own and scorer.bundle is not tiny_bundle
+    assert scorer.record() == {"model": str(other_clip_dir), "requested": str(other_clip_dir), "own": False,
+                               "weight": 2.5, "prefix": "A photo depicts "}
+    pictures = [coloured_image(c, seed=k) for k, c in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)])]
+    entries = [{"image_id": str(k), "file": f"{k}.png", "caption": c, "references": r}
+               for k, (c, r) in enumerate(zip(["a red circle", "two green squares", "a star"],
+                                              [["red circle", "a round red thing"], ["green squares"],
+                                               ["a star", "a purple star"]], strict=True))]
+
+    def image_features(bundle):
+        pixels = torch.cat([bundle.preprocess.normalize(bundle.preprocess.to_uint8(p)[None]) for p in pictures])
+        with torch.no_grad():
+            return bundle.encode_image(pixels).float()
+
+    features = image_features(scorer.bundle)
+    result = score_predictions(entries, features, scorer, use_java=False)
+    assert result["clipscore"]["model"] == str(other_clip_dir)
+    with torch.no_grad():
+        for k, entry in enumerate(entries):
+            text = scorer.bundle.encode_text([CLIPSCORE_PREFIX + entry["caption"]])[0]
+            expected = 2.5 * max(float(features[k] @ text), 0.0)
+            refs = scorer.bundle.encode_text([CLIPSCORE_PREFIX + r for r in entry["references"]])
+            best = max(float((refs @ text).max()), 0.0)
+            scores = result["predictions"][k]["scores"]
+            assert scores["clip_score"] == pytest.approx(expected, abs=1e-5)
+            assert scores["ref_clip_score"] == pytest.approx(
+                2 * expected * best / (expected + best) if expected + best > 0 else 0.0, abs=1e-5)
+    assert result["metrics"]["clip_score"] == pytest.approx(
+        sum(p["scores"]["clip_score"] for p in result["predictions"]) / 3, abs=1e-5)
+    # the same captions judged by the run's own CLIP score differently: the scorer matters
+    own = resolve_scorer("run", ModelConfig(spec=str(tiny_clip_dir)), tiny_bundle)
+    assert own.own and own.bundle is tiny_bundle
+    mine = score_predictions(entries, image_features(tiny_bundle), own, use_java=False)
+    assert mine["metrics"]["clip_score"] != pytest.approx(result["metrics"]["clip_score"], abs=1e-3)
+    assert mine["metrics"]["cider"] == result["metrics"]["cider"]
+
+
+def test_the_default_scorer_falls_back_at_once_offline_and_loads_a_local_copy(tiny_clip_dir, tiny_bundle, tmp_path,
+                                                                                monkeypatch, caplog):
+    """Not told it is offline (no HF_HUB_OFFLINE) and with the hub unreachable, the definition's ViT-B/32 is looked
+    for in the local hub cache, and the run's own CLIP scores with one warning, in well under the hub client's
+    half minute of retries; once a copy is in the cache, it scores."""
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    from clipadapt.captioning import scoring
+    from clipadapt.errors import ConfigError
+    from clipadapt.models import hf
+    from clipadapt.models.config import ModelConfig
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(scoring, "_warned", set())
+    hf.hub_reachable.cache_clear()
+    try:
+        model = ModelConfig(spec=str(tiny_clip_dir))
+        start = time.perf_counter()
+        with caplog.at_level("WARNING", logger="clipadapt.captioning.scoring"):
+            first = scoring.resolve_scorer(scoring.DEFINITION_SCORER, model, tiny_bundle)
+            second = scoring.resolve_scorer(scoring.DEFINITION_SCORER, model, tiny_bundle)
+        assert time.perf_counter() - start < 5
+        assert first.own and second.own and first.bundle is tiny_bundle
+        assert first.record()["fallback"] == (f"{scoring.DEFINITION_SCORER} is not in the local hub cache, and the "
+                                              "hub cannot be reached (offline)")
+        assert first.record()["requested"] == scoring.DEFINITION_SCORER
+        assert len(caplog.records) == 1 and "not comparable with papers" in caplog.records[0].getMessage()
+        assert scoring.scorer_label(first.record()) == f"{tiny_clip_dir} (fallback)"
+        # asked for by name (strict), the same scorer is an error instead
+        with pytest.raises(ConfigError, match="cannot load the CLIPScore model 'openai/clip-vit-base-patch32': "
+                                              "openai/clip-vit-base-patch32 is not in the local hub cache"):
+            scoring.resolve_scorer(scoring.DEFINITION_SCORER, model, tiny_bundle, strict=True)
+        # a copy in the hub cache (the layout `hf download` leaves) is read from there, still offline
+        repo = tmp_path / "hub" / "models--openai--clip-vit-base-patch32"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("abc123")
+        snapshot = repo / "snapshots" / "abc123"
+        snapshot.mkdir(parents=True)
+        for path in tiny_clip_dir.iterdir():
+            (snapshot / path.name).write_bytes(path.read_bytes())
+        cached = scoring.resolve_scorer(scoring.DEFINITION_SCORER, model, tiny_bundle)
+        assert not cached.own and "fallback" not in cached.record()
+        assert cached.record()["model"] == scoring.DEFINITION_SCORER
+    finally:
+        hf.hub_reachable.cache_clear()

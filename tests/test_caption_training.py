@@ -165,5 +165,13 @@ def test_attention_maps_cover_the_patches_once_per_word(tiny_clip_dir, tiny_lm_d
             for row, m in zip(out["sequences"], maps, strict=True):
                 assert m.shape == (len(model.captioner.caption_tokens(row)), *grid)
                 torch.testing.assert_close(m.sum((-1, -2)), torch.ones(m.shape[0]))
+        every = model.captioner.attention_maps(batch, out["sequences"], "all")
+        one = model.captioner.attention_maps(batch, out["sequences"], 1)
+        for row, m, m1 in zip(out["sequences"], every, one, strict=True):  # a map per layer, each one's own
+            assert m.shape == (model.captioner.num_layers, len(model.captioner.caption_tokens(row)), *grid)
+            torch.testing.assert_close(m.sum((-1, -2)), torch.ones(m.shape[:2]))
+            torch.testing.assert_close(m[1], m1)
     with pytest.raises(ConfigError, match="attention layer 7 is out of range"):
         model.captioner.attention_maps(batch, out["sequences"], 7)
+    with pytest.raises(ConfigError, match="attention layer -3 is out of range; the decoder has 2 layers"):
+        model.captioner.check_attention_layer("-3")

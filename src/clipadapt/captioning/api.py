@@ -17,9 +17,11 @@ class CaptionRun(RunView):
     """A caption run directory (``.record``, ``.metrics``: CIDEr-D, BLEU-4, ...; ``.history``) that captions images."""
 
     def caption(self, images: Sequence[str | Path], attention: bool = False, out: str | Path | None = None,
-                beams: int | None = None, device: str | None = None, strict: bool = False) -> list[dict[str, Any]]:
+                beams: int | None = None, device: str | None = None, strict: bool = False,
+                layer: int | str | None = None) -> list[dict[str, Any]]:
         """Captions of image files (``{"file", "caption"}``, or ``"error"`` for a skipped file)."""
-        return caption(self.dir, images, attention=attention, out=out, beams=beams, device=device, strict=strict)
+        return caption(self.dir, images, attention=attention, out=out, layer=layer, beams=beams, device=device,
+                       strict=strict)
 
 
 def train(method: str, model: str | None = None, decoder: str | None = None, dataset: str | None = None,
@@ -45,17 +47,22 @@ def train(method: str, model: str | None = None, decoder: str | None = None, dat
 
 
 def evaluate(run: str | Path | RunView, split: str = "test", beams: int | None = None,
-             max_new_tokens: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """Caption a split again with a run's weights; writes ``eval_<split>.json`` (``clipadapt caption eval``)."""
+             max_new_tokens: int | None = None, device: str | None = None,
+             clipscore_model: str | None = None) -> dict[str, Any]:
+    """Caption a split again with a run's weights and score it; writes ``eval_<split>.json``, its predictions and
+    its best/worst figure (``clipadapt caption eval``). ``clipscore_model``: the CLIP that scores CLIPScore (it must
+    load); with the run's own decoding the saved captions are scored again without decoding."""
     from clipadapt.captioning.runs import evaluate_caption_run
 
-    return evaluate_caption_run(run.dir if isinstance(run, RunView) else run, split, beams, max_new_tokens, device)
+    return evaluate_caption_run(run.dir if isinstance(run, RunView) else run, split, beams, max_new_tokens, device,
+                                clipscore_model)
 
 
 def caption(run: str | Path | RunView, images: Sequence[str | Path], attention: bool = False,
-            out: str | Path | None = None, layer: int | None = None, beams: int | None = None,
+            out: str | Path | None = None, layer: int | str | None = None, beams: int | None = None,
             device: str | None = None, strict: bool = False) -> list[dict[str, Any]]:
-    """Captions of your own images, with per-word attention figures in ``out`` (``clipadapt caption predict``)."""
+    """Captions of your own images, with per-word attention figures in ``out`` (``clipadapt caption predict``):
+    ``layer`` a decoder layer, ``"mean"`` (None: the mean over layers) or ``"all"`` (one row per layer)."""
     from clipadapt.captioning.runs import caption_images
 
     return caption_images(run.dir if isinstance(run, RunView) else run, list(images), attention, out, layer, beams,

@@ -6,10 +6,23 @@ on Java. Without Java the captions are tokenised by ``simple_tokenize`` (lower c
 punctuation dropped), METEOR is skipped, and the result says so (``tokenizer``, ``skipped``): scores from the two
 tokenisers are close but not identical, so compare runs only within one.
 
-CLIPScore (Hessel et al. 2021) = 2.5 * max(cos(image, text("A photo depicts " + caption)), 0), with the bundle's
-own CLIP; RefCLIPScore = harmonic mean of CLIPScore and max(max over references of cos(caption, reference), 0),
-the references also prefixed. The reference implementation (``jmhessel/clipscore``) does the same with OpenAI's
-``clip`` package; this one works with any ClipBundle, so on ``world:tiny`` it measures world:tiny's judgement.
+CLIPScore (Hessel et al. 2021, "CLIPScore: A Reference-free Evaluation Metric for Image Captioning", EMNLP; eq. 1
+and 2): CLIP-S(c, v) = w * max(cos(c, v), 0) with w = 2.5, c the CLIP text embedding of "A photo depicts " + caption
+and v the CLIP image embedding; RefCLIP-S(c, R, v) = harmonic mean of CLIP-S(c, v) and max(max over r in R of
+cos(c, r), 0), the references r prefixed the same way. Corpus values are means over images. The metric is defined
+with OpenAI's CLIP ViT-B/32: which CLIP scores is ``eval.clipscore_model`` (``captioning/scoring.py``); the
+functions here take any ClipBundle.
+
+Checked against the reference code (github.com/jmhessel/clipscore, ``clipscore.py``: ``get_clip_score``,
+``get_refonlyclipscore`` and ``main``): the same w, prefix (candidates and references), L2 normalisation, 77-token
+truncation, per-image clamp and harmonic mean, and the same preprocessing for ViT-B/32 (PIL bicubic resize of the
+short side to 224, centre crop, CLIP's mean and std: what openai/clip-vit-base-patch32's processor does). Where
+ours differ: (1) the reference clamps only the image-text cosine; its reference term is max_r cos(c, r) without
+the max(., 0) of the paper's definition, so ours follow the paper, which matters only when every reference has a
+negative cosine with the caption; (2) where both terms are 0 the reference divides 0 by 0 (NaN), ours give 0;
+(3) the paper's numbers were computed in float16 on a GPU, ours in the scorer's own dtype (float32 unless the
+model was loaded otherwise): the reference's README reports 0.8585 on CPU against 0.8584 on GPU for its example;
+(4) the reference loads the ``clip`` package's ViT-B/32, ours the transformers conversion of the same weights.
 """
 
 from __future__ import annotations

@@ -275,13 +275,29 @@ class Captioner(nn.Module):
         """Each generated token as text (the titles of the attention panels)."""
         return [self.tokenizer.decode([t]).strip() or "?" for t in self.caption_tokens(sequence)]
 
+    @property
+    def num_layers(self) -> int:
+        """The decoder's number of layers (blocks)."""
+        base = self.decoder.get_base_model() if hasattr(self.decoder, "get_base_model") else self.decoder
+        return int(base.config.num_hidden_layers)
+
+    def check_attention_layer(self, layer: int | str | None) -> int | str | None:
+        """``layer`` as ``attention_maps`` takes it; an unknown value or a layer out of range is a ConfigError."""
+        layer = attention_layer(layer)
+        if isinstance(layer, int):
+            _layer_index(layer, self.num_layers)
+        return layer
+
     @torch.no_grad()
-    def attention_maps(self, batch: dict, sequences: torch.Tensor, layer: int | None = None) -> list[torch.Tensor]:
+    def attention_maps(self, batch: dict, sequences: torch.Tensor,
+                       layer: int | str | None = None) -> list[torch.Tensor]:
         """Per image, ``(words, rows, cols)``: for every generated token the decoder's attention over the image
         patches at the step that produced it (queries at ``[BOS] t_0 .. t_{n-2}``), mean over heads, of one
-        ``layer`` or the mean over layers, renormalised to sum to 1 over the patches (the class token, other
-        prefix positions and earlier words are left out). The patch-prefix bridge reads self-attention over the
-        prefix positions, the cross-attention bridge its cross-attention."""
+        ``layer`` or the mean over layers (None or ``"mean"``), renormalised to sum to 1 over the patches (the
+        class token, other prefix positions and earlier words are left out); with ``layer="all"`` every layer's,
+        ``(layers, words, rows, cols)``. The patch-prefix bridge reads self-attention over the prefix positions,
+        the cross-attention bridge its cross-attention."""
+        layer = attention_layer(layer)
         if self.config.kind == "mapper":
             raise ConfigError("attention maps need a patch bridge (patch-prefix or cross-attention); the mapper's "
                               "prefix is made from the pooled embedding and has no patches")
@@ -301,8 +317,11 @@ class Captioner(nn.Module):
         cross = self.config.kind == "cross-attention"
         maps = out.cross_attentions if cross else out.attentions
         stacked = torch.stack([m.float() for m in maps])  # (layers, B, heads, queries, keys)
-        chosen = stacked.mean(0) if layer is None else stacked[_layer_index(layer, len(maps))]
-        chosen = chosen.mean(1)  # over heads: (B, queries, keys)
+        if layer is None:
+            stacked = stacked.mean(0, keepdim=True)
+        elif layer != "all":
+            stacked = stacked[_layer_index(int(layer), len(maps))][None]
+        chosen = stacked.mean(2)  # over heads: (layers, B, queries, keys)
         geometry = self.geometry
         patches = geometry.grid[0] * geometry.grid[1]
         # self-attention keys: [peft's virtual tokens] [class token] [patches] [words]; cross: [class] [patches]
@@ -310,10 +329,28 @@ class Captioner(nn.Module):
         queries_start = 0 if cross else self.prefix_length
         result = []
         for i, row in enumerate(rows):
-            weights = chosen[i, queries_start: queries_start + len(row), start: start + patches]
+            weights = chosen[:, i, queries_start: queries_start + len(row), start: start + patches]
             weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
-            result.append(weights.reshape(len(row), *geometry.grid).cpu())
+            weights = weights.reshape(len(chosen), len(row), *geometry.grid).cpu()
+            result.append(weights if layer == "all" else weights[0])
         return result
+
+
+ATTENTION_LAYERS = ("mean", "all")
+
+
+def attention_layer(value: int | str | None) -> int | str | None:
+    """An attention-layer choice as given (``--layer``): ``mean`` (or None) is None, ``all`` stays, a number is a
+    layer (negative from the end)."""
+    if value is None or value == "mean":
+        return None
+    if isinstance(value, int) or value == "all":
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"unknown attention layer '{value}'; valid choices: {', '.join(ATTENTION_LAYERS)}, or a "
+                          "layer number (negative from the end)") from None
 
 
 def _layer_index(layer: int, layers: int) -> int:

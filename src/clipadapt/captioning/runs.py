@@ -4,25 +4,36 @@ A caption run directory holds ``config.yaml`` from the start (``checkpoints/`` w
 ``weights/trainable.safetensors`` (the bridge and what the decoder method trains; the frozen tower and decoder are
 rebuilt from the config), ``history.csv``, ``curves.png``, ``predictions.json`` (one entry per test image: file,
 caption, references, per-image scores), ``best_worst.png``, ``attention/`` (per-word attention maps of a few test
-images, patch bridges only) and, last, ``metrics.json``. Model selection uses validation only (loss or CIDEr); the
-test split is captioned once, at the end, with the chosen weights.
+images, patch bridges only) and, last, ``metrics.json`` (with the CLIPScore scorer: ``captioning/scoring.py``).
+Model selection uses validation only (loss or CIDEr); the test split is captioned once, at the end, with the chosen
+weights. ``caption eval`` captions any split again (or scores saved captions again with another scorer) into
+``eval_<split>...`` files beside them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from clipadapt.captioning.data import CaptionDataConfig, CaptionDataset, load_caption_dataset
 from clipadapt.captioning.encoder import EncoderCache, patch_geometry
 from clipadapt.captioning.methods import CAPTION_METHODS, apply_method, build_caption_method
-from clipadapt.captioning.model import BridgeConfig, Captioner, load_decoder
+from clipadapt.captioning.model import BridgeConfig, Captioner, attention_layer, load_decoder
+from clipadapt.captioning.scoring import (
+    CaptionEvalConfig,
+    Scorer,
+    rescore_predictions,
+    resolve_scorer,
+    score_predictions,
+    scorer_image_features,
+    scorer_label,
+)
 from clipadapt.captioning.training import (
     CaptionModel,
     CaptionTask,
@@ -34,6 +45,7 @@ from clipadapt.captioning.training import (
 from clipadapt.config import from_dict, load_method_experiment, method_experiment_class, option, section_name, to_dict
 from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
+from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.records import METRICS_FILE, build_metrics_record, write_csv, write_skipped
 from clipadapt.engine.rundir import (
     RunOutput,
@@ -50,6 +62,7 @@ from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
 from clipadapt.models import load_model, resolve_device
 from clipadapt.models.config import ModelConfig
+from clipadapt.paths import slug
 
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
@@ -70,6 +83,12 @@ class CaptionModelConfig(ModelConfig):
 @dataclass
 class CaptionRunConfig(TrainRunConfig):
     attention_images: int = option(4, help="test images whose per-word attention maps are drawn (patch bridges)")
+    attention_layer: str = option("mean", help="decoder layer of those maps: mean (over layers), all (one row per "
+                                               "layer) or a layer number (negative from the end)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        attention_layer(self.attention_layer)
 
 
 @dataclass
@@ -84,6 +103,7 @@ class CaptionExperiment:
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     train: CaptionTrainConfig = field(default_factory=CaptionTrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    eval: CaptionEvalConfig = field(default_factory=CaptionEvalConfig)
     run: CaptionRunConfig = field(default_factory=CaptionRunConfig)
 
     def method_section(self) -> str:
@@ -151,6 +171,9 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
                         trust_remote_code=cfg.model.trust_remote_code)
     set_seed(cfg.run.seed)
     model = build_caption_model(cfg, bundle, "features" if cfg.train.cache_encoder else "pixels")
+    if cfg.run.attention_images and cfg.bridge.kind != "mapper":
+        model.captioner.check_attention_layer(cfg.run.attention_layer)
+    scorer = resolve_scorer(cfg.eval.clipscore_model, cfg.model, bundle, device=device)  # fails before training
     data = caption_data(cfg, dataset, model, device, accelerator)
 
     with resumable(run_dir):  # from here on, an interruption says how to resume
@@ -162,7 +185,7 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
             for function in functions:
                 trainer.add_callback(event, function)
         fit = model.fit(trainer)
-        result = evaluate_captions(model, data, "test", cfg.decode)  # the only time the test split is read
+        result = evaluate_captions(model, data, "test", cfg.decode, scorer)  # the only time test is read
         record = build_metrics_record(
             method=cfg.method, model=cfg.model.spec, dataset=dataset.name, split="test", metrics=result["metrics"],
             params=model.num_parameters(),
@@ -172,8 +195,8 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
             seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
             selection={"on": "val", "by": cfg.train.select, **fit.selection}, task="captioning",
             decoder=cfg.decoder.spec, bridge=cfg.bridge.kind, decode=to_dict(cfg.decode),
-            tokenizer=result["tokenizer"], skipped_metrics=result["skipped"], data=dataset.summary(),
-            processes=accelerator.num_processes)
+            tokenizer=result["tokenizer"], skipped_metrics=result["skipped"], clipscore=result["clipscore"],
+            data=dataset.summary(), processes=accelerator.num_processes)
         if accelerator.is_main_process:
             _write_results(run_dir, model, dataset, fit, result, record, data, cfg)
             remove_checkpoints(run_dir)
@@ -182,32 +205,25 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
     return RunOutput(run_dir, record, result, main_process=accelerator.is_main_process)
 
 
-def evaluate_captions(model: CaptionModel, data: CaptionTrainingData, split: str,
-                      decode: DecodeConfig) -> dict[str, Any]:
-    """Caption a split; the n-gram metrics, CLIPScore and RefCLIPScore, and one prediction entry per image."""
-    from clipadapt.captioning.metrics import clip_scores, ngram_scores
-
+def evaluate_captions(model: CaptionModel, data: CaptionTrainingData, split: str, decode: DecodeConfig,
+                      scorer: Scorer | None = None) -> dict[str, Any]:
+    """Caption a split; the n-gram metrics, CLIPScore and RefCLIPScore (by ``scorer``, default the run's own CLIP),
+    and one prediction entry per image."""
     captions, seconds = generate_split(model, data, split, decode, progress=True)
     if not captions:
         raise ClipAdaptError(f"no readable images in the {split} split to caption")
     encoded = data.encoded(split)  # captions are in its order
     caption_split = data.split(split)
-    images = [caption_split.images[int(p)] for p in encoded.positions]
-    files = [caption_split.describe(int(p)) for p in encoded.positions]
-    references = {image.image_id: image.captions for image in images}
-    scores = ngram_scores(captions, references, decode.use_java)
-    clip = clip_scores(model.bundle, encoded.pooled, list(captions.values()), list(references.values()))
-    metrics = {**scores.metrics, "clip_score": float(np.mean(clip["clip_score"])),
-               "ref_clip_score": float(np.mean(clip["ref_clip_score"]))}
-    predictions = []
-    for k, image in enumerate(images):
-        per_image = {**scores.per_image[image.image_id], "clip_score": float(clip["clip_score"][k]),
-                     "ref_clip_score": float(clip["ref_clip_score"][k])}
-        predictions.append({"image_id": image.image_id, "file": files[k], "caption": captions[image.image_id],
-                            "references": image.captions, "scores": {m: round(v, 6) for m, v in per_image.items()}})
-    return {"split": split, "metrics": {m: round(v, 6) for m, v in metrics.items()}, "predictions": predictions,
-            "tokenizer": scores.tokenizer, "skipped": scores.skipped, "images": len(predictions),
-            "seconds": seconds, "images_per_s": len(predictions) / seconds if seconds > 0 else float("nan")}
+    positions = [int(p) for p in encoded.positions]
+    scorer = scorer or Scorer(model.bundle, model.bundle.spec, "run", own=True)
+    features = scorer_image_features(scorer, caption_split, positions, encoded.pooled,
+                                     FeatureCache() if data.cache is not None else None, data.eval_batch_size)
+    entries = [{"image_id": caption_split.images[p].image_id, "file": caption_split.describe(p),
+                "caption": captions[caption_split.images[p].image_id], "references": caption_split.images[p].captions}
+               for p in positions]
+    result = score_predictions(entries, features, scorer, decode.use_java)
+    return {"split": split, **result, "seconds": seconds,
+            "images_per_s": len(entries) / seconds if seconds > 0 else float("nan")}
 
 
 def _write_results(run_dir: Path, model: CaptionModel, dataset: CaptionDataset, fit, result: dict, record: dict,
@@ -226,9 +242,11 @@ def _write_results(run_dir: Path, model: CaptionModel, dataset: CaptionDataset, 
     test = data.split("test")
     position = {image.image_id: k for k, image in enumerate(test.images)}
     plots.plot_best_worst(result["predictions"], run_dir / "best_worst.png", model.bundle.preprocess,
-                          load=lambda prediction: test.load(position[prediction["image_id"]]))
+                          load=lambda prediction: test.load(position[prediction["image_id"]]),
+                          title=f"test captions by CLIPScore; scorer: {scorer_label(result['clipscore'])}")
     if cfg.run.attention_images and cfg.bridge.kind != "mapper":
-        write_attention_figures(model, data, "test", cfg.run.attention_images, run_dir / ATTENTION_DIR, cfg.decode)
+        write_attention_figures(model, data, "test", cfg.run.attention_images, run_dir / ATTENTION_DIR, cfg.decode,
+                                attention_layer(cfg.run.attention_layer))
     skipped = data.skipped_rows()
     record["skipped_images"] = {"count": len(skipped), "file": "skipped_images.txt" if skipped else None}
     write_skipped(run_dir, skipped)
@@ -236,9 +254,10 @@ def _write_results(run_dir: Path, model: CaptionModel, dataset: CaptionDataset, 
 
 
 def draw_attention(model: CaptionModel, batch: dict[str, torch.Tensor], pictures: list, targets: list[Path],
-                   decode: DecodeConfig, layer: int | None = None) -> list[str]:
+                   decode: DecodeConfig, layer: int | str | None = None) -> list[str]:
     """Caption a batch of encoder outputs and draw one figure per image: the image, then a panel per generated
-    word with its attention over the patches. Returns the captions."""
+    word with its attention over the patches (``layer="all"``: a row of them per decoder layer). Returns the
+    captions."""
     from clipadapt.captioning import plots
 
     with model.evaluating():
@@ -246,12 +265,16 @@ def draw_attention(model: CaptionModel, batch: dict[str, torch.Tensor], pictures
         maps = model.captioner.attention_maps(batch, out["sequences"], layer)
     for k, (picture, target) in enumerate(zip(pictures, targets, strict=True)):
         plots.plot_word_attention(picture, model.captioner.caption_words(out["sequences"][k]), maps[k], target,
-                                  model.bundle.preprocess, title=out["captions"][k])
+                                  model.bundle.preprocess, title=out["captions"][k] + _layer_title(layer))
     return out["captions"]
 
 
+def _layer_title(layer: int | str | None) -> str:
+    return "" if layer == "all" else " (mean over layers)" if layer is None else f" (layer {layer})"
+
+
 def write_attention_figures(model: CaptionModel, data: CaptionTrainingData, split: str, count: int, out_dir: Path,
-                            decode: DecodeConfig, layer: int | None = None) -> None:
+                            decode: DecodeConfig, layer: int | str | None = None) -> None:
     """Attention figures of the first ``count`` readable images of a split, into ``out_dir``."""
     positions = data.encoded(split).positions[:count]
     caption_split = data.split(split)
@@ -269,9 +292,8 @@ def _safe(text: str) -> str:
 # -- finished runs ------------------------------------------------------------------------------------------------
 
 
-def load_caption_run(run_dir: str | Path, device: str | None = None):
-    """``(experiment, model)`` of a finished caption run with its trained weights loaded (the dataset is not read:
-    ``load_caption_dataset(experiment.data)`` where it is needed)."""
+def read_caption_experiment(run_dir: str | Path, device: str | None = None) -> CaptionExperiment:
+    """The experiment of a caption run directory, from its config.yaml (``device`` replaces its model.device)."""
     run_dir = Path(run_dir)
     raw = read_run_config(run_dir)
     if raw.get("task") != "captioning":
@@ -279,6 +301,14 @@ def load_caption_run(run_dir: str | Path, device: str | None = None):
     experiment = from_dict(caption_experiment_class(raw.get("method", "lora")), raw)
     if device is not None:
         experiment.model.device = device
+    return experiment
+
+
+def load_caption_run(run_dir: str | Path, device: str | None = None):
+    """``(experiment, model)`` of a finished caption run with its trained weights loaded (the dataset is not read:
+    ``load_caption_dataset(experiment.data)`` where it is needed)."""
+    run_dir = Path(run_dir)
+    experiment = read_caption_experiment(run_dir, device)
     if not (run_dir / WEIGHTS_DIR / WEIGHTS_FILE).is_file():
         raise ClipAdaptError(f"run '{run_dir}' has no trained weights (interrupted? resume it with --resume)")
     bundle = load_model(experiment.model.spec, device=resolve_device(experiment.model.device),
@@ -294,29 +324,73 @@ def with_decoding(decode: DecodeConfig, **changes: int | None) -> DecodeConfig:
 
 
 def evaluate_caption_run(run_dir: str | Path, split: str = "test", beams: int | None = None,
-                         max_new_tokens: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """Re-caption a split of a finished run; writes ``eval_<split>[_beamN].json`` and its predictions."""
+                         max_new_tokens: int | None = None, device: str | None = None,
+                         clipscore_model: str | None = None) -> dict[str, Any]:
+    """Caption a split of a finished run again and score it; writes ``eval_<split>[_beamN].json``, its predictions
+    and its best/worst figure. With ``clipscore_model`` (which must load) the scores are that CLIP's and the files
+    are named after it (``..._clipscore-<name>``); if the run's own decoding is kept, the split's saved captions
+    (``predictions.json`` for test, an earlier ``eval_<split>_predictions.json`` otherwise) are scored again
+    without decoding."""
+    from clipadapt.captioning import plots
+
     run_dir = Path(run_dir)
-    experiment, model = load_caption_run(run_dir, device)
+    experiment = read_caption_experiment(run_dir, device)
     dataset = load_caption_dataset(experiment.data)
-    dataset.split(split)
+    caption_split = dataset.split(split)  # an unknown split fails here, before anything loads
     decode = with_decoding(experiment.decode, beams=beams, max_new_tokens=max_new_tokens)
-    data = caption_data(experiment, dataset, model, model.bundle.device)
-    result = evaluate_captions(model, data, split, decode)
-    stem = f"eval_{split}" + (f"_beam{decode.beams}" if decode.beams > 1 else "")
+    saved = (saved_predictions(run_dir, split, decode) if clipscore_model is not None and decode == experiment.decode
+             else None)
+    model = load_caption_run(run_dir, device)[1] if saved is None else None
+    scorer = resolve_scorer(clipscore_model or experiment.eval.clipscore_model, experiment.model,
+                            model.bundle if model is not None else None, strict=clipscore_model is not None,
+                            device=resolve_device(experiment.model.device))
+    cache = FeatureCache() if experiment.run.feature_cache else None
+    if saved is not None:
+        result = rescore_predictions(saved["predictions"], caption_split, scorer, decode.use_java, cache)
+    else:
+        assert model is not None
+        result = evaluate_captions(model, caption_data(experiment, dataset, model, model.bundle.device), split,
+                                   decode, scorer)
+    stem = eval_stem(split, decode, clipscore_model)
     summary = {"run": str(run_dir), "method": experiment.method, "bridge": experiment.bridge.kind,
                "model": experiment.model.spec, "decoder": experiment.decoder.spec, "dataset": dataset.name,
                "split": split, "decode": to_dict(decode), "metrics": result["metrics"],
-               "tokenizer": result["tokenizer"], "skipped_metrics": result["skipped"], "images": result["images"],
-               "decode_images_per_s": round(result["images_per_s"], 2), "predictions": f"{stem}_predictions.json"}
+               "clipscore": result["clipscore"], "tokenizer": result["tokenizer"],
+               "skipped_metrics": result["skipped"], "images": result["images"],
+               "decode_images_per_s": round(result["images_per_s"], 2) if model is not None else None,
+               "rescored": saved["file"] if saved is not None else None,
+               "predictions": f"{stem}_predictions.json", "figure": f"{stem}_best_worst.png"}
+    position = {image.image_id: k for k, image in enumerate(caption_split.images)}
     atomic_write_json(run_dir / f"{stem}_predictions.json", result["predictions"])
-    atomic_write_json(run_dir / f"{stem}.json", summary)
+    plots.plot_best_worst(result["predictions"], run_dir / f"{stem}_best_worst.png", scorer.bundle.preprocess,
+                          load=lambda prediction: caption_split.load(position[prediction["image_id"]]),
+                          title=f"{split} captions by CLIPScore; scorer: {scorer_label(result['clipscore'])}")
+    atomic_write_json(run_dir / f"{stem}.json", summary)  # last: the summary names the files beside it
     return summary
+
+
+def eval_stem(split: str, decode: DecodeConfig, clipscore_model: str | None = None) -> str:
+    """``eval_<split>``, then ``_beamN`` for beam search and ``_clipscore-<name>`` for a scorer asked for."""
+    stem = f"eval_{split}" + (f"_beam{decode.beams}" if decode.beams > 1 else "")
+    return stem + (f"_clipscore-{slug(clipscore_model.rstrip('/').split('/')[-1])}" if clipscore_model else "")
+
+
+def saved_predictions(run_dir: Path, split: str, decode: DecodeConfig) -> dict[str, Any] | None:
+    """``{"file", "predictions"}``: the captions a run saved for a split with its own decoding ``decode``, if any
+    (test: predictions.json; another split: an earlier eval whose summary records that decoding)."""
+    name = PREDICTIONS_FILE if split == "test" else f"eval_{split}_predictions.json"
+    if not (run_dir / name).is_file():
+        return None
+    if split != "test":
+        summary = run_dir / f"eval_{split}.json"
+        if not summary.is_file() or json.loads(summary.read_text()).get("decode") != to_dict(decode):
+            return None
+    return {"file": name, "predictions": json.loads((run_dir / name).read_text())}
 
 
 @torch.no_grad()
 def caption_images(run_dir: str | Path, images: list[str | Path], attention: bool = False,
-                   out_dir: str | Path | None = None, layer: int | None = None, beams: int | None = None,
+                   out_dir: str | Path | None = None, layer: int | str | None = None, beams: int | None = None,
                    device: str | None = None, strict: bool = False) -> list[dict[str, Any]]:
     """Captions of the user's own images (and with ``attention`` one figure per image in ``out_dir``).
 
@@ -334,6 +408,7 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
             loaded[str(path)] = error
     experiment, model = load_caption_run(run_dir, device)
     decode = with_decoding(experiment.decode, beams=beams)
+    layer = model.captioner.check_attention_layer(layer) if attention else None  # before anything is drawn
     results = []
     out = Path(out_dir) if out_dir is not None else None
     for path in images:

@@ -43,6 +43,13 @@ def metric_row(metrics: dict) -> list[str]:
     return [_metric(metrics.get(key)) for key, _ in METRICS]
 
 
+def scorer_line(record: dict) -> None:
+    """The line under a table that names who scored CLIPScore."""
+    from clipadapt.captioning.scoring import scorer_note
+
+    out.print(scorer_note(record.get("clipscore"), record.get("model", "?")), highlight=False)
+
+
 def _command(name: str):
     def wrap(func):
         caption_app.command(name)(user_errors(func))
@@ -104,6 +111,7 @@ def train_command(
     out.print(result_table(["method", "bridge", *[n for _, n in METRICS], "trainable params", "train time"], [row],
                            names=2, title=f"{record['model']} + {record['decoder']} on {record['dataset']} "
                                           f"(test, {len(predictions)} images)"))
+    scorer_line(record)
     for line in record.get("skipped_metrics", []):
         notice("skipped", line)
     out.print(f"run directory: {run.dir}", highlight=False)
@@ -112,20 +120,26 @@ def train_command(
 @_command("eval")
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(help="a finished caption run directory")],
-    split: Annotated[str, typer.Option(help="split to caption: test or val")] = "test",
+    split: Annotated[str, typer.Option(help="split to caption: test, val (or train)")] = "test",
     beam: Annotated[int | None, typer.Option(help="beam width (default: the run's decode.beams)")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="longest caption in tokens")] = None,
+    clipscore_model: Annotated[str | None, typer.Option(help="CLIP that scores CLIPScore (a hub id, a folder, "
+                                                             "world:tiny or run); with the run's decoding the saved "
+                                                             "captions are scored again, not decoded")] = None,
     device: DeviceOpt = None,
 ):
-    """Caption a split again with a run's weights; prints the metrics, writes eval_<split>.json and predictions."""
+    """Caption a split again with a run's weights (or score its saved captions with another CLIP); prints the
+    metrics, writes eval_<split>.json, its predictions and its best/worst figure."""
     setup_logging()
     from clipadapt.captioning.api import evaluate
 
-    result = evaluate(run_dir, split, beam, max_new_tokens, device)
+    result = evaluate(run_dir, split, beam, max_new_tokens, device, clipscore_model)
     row = [run_dir, result["method"], result["bridge"], split, result["decode"]["beams"], result["images"],
            *metric_row(result["metrics"])]
     out.print(result_table(["run", "method", "bridge", "split", "beams", "images", *[n for _, n in METRICS]], [row],
-                           names=3))
+                           names=3, title=f"{split} captions" + (f" (scored again from {result['rescored']})"
+                                                                 if result.get("rescored") else "")))
+    scorer_line(result)
     for line in result.get("skipped_metrics", []):
         notice("skipped", line)
 
@@ -135,7 +149,8 @@ def predict_command(
     run_dir: Annotated[Path, typer.Argument(help="a finished caption run directory")],
     images: Annotated[list[Path], typer.Argument(help="image files")],
     attention: Annotated[bool, typer.Option(help="draw one attention map per generated word")] = False,
-    layer: Annotated[int | None, typer.Option(help="decoder layer of the maps (default: mean over layers)")] = None,
+    layer: Annotated[str | None, typer.Option(help="decoder layer of the maps: a number (negative from the "
+                                                   "end), mean (over layers; default) or all (row per layer)")] = None,
     beam: Annotated[int | None, typer.Option(help="beam width")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="folder for the attention figures")] = None,
     strict: Annotated[bool, typer.Option(help="fail on an unreadable image instead of skipping it")] = False,
@@ -174,6 +189,7 @@ def compare_command(
     """Train every method x bridge x seed as its own run, then write report.md and report.html."""
     setup_logging()
     from clipadapt.api import compare_captions
+    from clipadapt.captioning.scoring import scorer_label
     from clipadapt.config import given
 
     result = compare_captions(methods, bridges, number_list(seeds, "--seeds"), model, decoder, dataset, out_dir,
@@ -183,8 +199,10 @@ def compare_command(
     rows = [[row.label, ",".join(map(str, row.seeds)),
              *[_metric(row.stat("metrics", key)[0] if row.values("metrics", key) else None) for key, _ in METRICS],
              f"{row.stat('params', 'trainable')[0]:,.0f}"] for row in result.report.rows]
+    scorers = sorted({scorer_label(run.record.get("clipscore"), run.model) for row in result.report.rows
+                      for run in row.runs})
     out.print(result_table(["method (bridge)", "seeds", *[n for _, n in METRICS], "trainable params"], rows,
-                           title="caption comparison (test, mean over seeds)"))
+                           title=f"caption comparison (test, mean over seeds; CLIPScore by {', '.join(scorers)})"))
     out.print(f"report: {result.report.markdown} ({result.report.html})", highlight=False)
     print_failed(result.failed)
     if result.failed:

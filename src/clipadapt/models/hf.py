@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -129,6 +130,39 @@ def load_transformers(
 
 def hub_available() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True")
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub can be reached, found out in seconds at most (once per process): not with HF_HUB_OFFLINE,
+    else a TCP connection to its endpoint (or to the configured proxy). A failing download would otherwise spend
+    half a minute in huggingface_hub's retries before saying so."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlparse
+
+    if not hub_available():
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = urlparse(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname or "", port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def cached_hub_snapshot(model_id: str, revision: str | None = None) -> Path | None:
+    """The local hub cache's folder of ``model_id`` (a model folder like any other), if it has been downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(config).parent if isinstance(config, str) else None
 
 
 def describe_checkpoint(path: Path) -> dict:
