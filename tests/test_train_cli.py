@@ -167,6 +167,11 @@ def test_resume_from_the_cli_continues_an_interrupted_run(tiny_clip_dir, colour_
     with pytest.raises(KeyboardInterrupt):
         run_training(experiment, {"epoch_end": [stop]})
     assert (out / "checkpoints/latest.json").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["train"]["keep"], saved["train"]["head_templates"]  # as a version before these settings wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    changed = runner.invoke(app, ["train", "linear-head", "--out", str(out), "--resume", "--set", "train.keep=last"])
+    assert changed.exit_code == 2 and "train.keep: 'best' -> 'last'" in changed.output  # absent = the default
     result = runner.invoke(app, ["train", "linear-head", "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     history = (out / "history.csv").read_text().splitlines()

@@ -160,7 +160,7 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
     resolved = to_dict(cfg)
     resolved["run"]["out"] = str(run_dir)
     accelerator = make_accelerator(resolve_device(cfg.model.device), cfg.train.precision, cfg.train.log_with, run_dir)
-    check_train_run_dir(run_dir, resolved, cfg.run.resume, cfg.run.overwrite)
+    check_train_run_dir(run_dir, resolved, cfg.run.resume, cfg.run.overwrite, type(cfg))
     dataset = load_caption_dataset(cfg.data)
     for split in ("train", "val", "test"):
         if not dataset.split(split).images:

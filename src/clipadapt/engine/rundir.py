@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from clipadapt.config import option
+from clipadapt.config import from_dict, option, to_dict
 from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
 from clipadapt.errors import ClipAdaptError, ConfigError, RunInterrupted
 from clipadapt.io import atomic_write_text
@@ -76,15 +76,22 @@ def _differences(old: Any, new: Any, prefix: tuple = ()) -> list[str]:
     return [f"{'.'.join(map(str, prefix))}: {old!r} -> {new!r}"]
 
 
-def check_train_run_dir(run_dir: Path, resolved: dict, resume: bool, overwrite: bool) -> None:
-    """A training run may start fresh, replace (``overwrite``) or continue (``resume``, same config) a directory."""
+def check_train_run_dir(run_dir: Path, resolved: dict, resume: bool, overwrite: bool,
+                        config_class: type | None = None) -> None:
+    """A training run may start fresh, replace (``overwrite``) or continue (``resume``, same config) a directory.
+    ``config_class`` (the experiment's) reads the saved config, so settings added since the run was written count as
+    their defaults: a run from an earlier version resumes unless one of them is set otherwise."""
     if resume:
         saved = run_dir / CONFIG_FILE
         if not saved.is_file():
             raise ClipAdaptError(f"cannot resume: '{run_dir}' is not a run directory (no {CONFIG_FILE})")
         if (run_dir / METRICS_FILE).is_file():
             raise ClipAdaptError(f"run '{run_dir}' is already complete; nothing to resume (--overwrite retrains it)")
-        changed = _differences(yaml.safe_load(saved.read_text()), resolved)
+        saved_config = yaml.safe_load(saved.read_text())
+        if config_class is not None:
+            with suppress(ConfigError):  # another method's run: the differences below say what
+                saved_config = to_dict(from_dict(config_class, saved_config))
+        changed = _differences(saved_config, resolved)
         if changed:
             raise ClipAdaptError(f"cannot resume '{run_dir}' with a different config: {'; '.join(changed[:6])}")
     else:
