@@ -218,21 +218,25 @@ def test_robustness_rejects_negative_sigma(compared):
 
 
 def test_bench_reports_positive_figures_for_both_modes(compared, tiny_clip_dir, tmp_path):
-    from clipadapt.experiments.bench import accuracy_vs_speed, run_bench
+    from clipadapt.experiments.bench import run_bench
+    from clipadapt.experiments.bench_report import accuracy_vs_speed
 
     results = run_bench([str(tiny_clip_dir)], batch=4, methods=["linear-head", "lora"], iterations=2, steps=1,
-                        device="cpu")
-    assert {r["mode"] for r in results["inference"]} == {"inference_mode", "grad_enabled"}
+                        device="cpu", modes=["inference_mode", "grad_enabled"])
+    assert [r["mode"] for r in results["inference"]] == ["inference_mode", "grad_enabled"]
     for row in results["inference"]:
         assert row["images_per_s"] > 0 and row["latency_ms_p95"] >= row["latency_ms_p50"] > 0
-        assert row["peak_mem_mb"] > 0 and row["params"] > 0
+        assert row["peak_mem_mb"] > 0 and row["params"] > row["forward_params"] > 0  # the image tower of a CLIP
+        assert row["model_kind"] == "clip"
     assert [r["method"] for r in results["training"]] == ["linear-head", "lora"]
     assert all(r["train_images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in results["training"])
 
     out, _ = compared  # with a compare directory: every compared method placed at its model's speed
-    points = accuracy_vs_speed(results, out, tmp_path / "speed.png")
+    study = accuracy_vs_speed(results, out, tmp_path / "speed.png")
     speed = next(r["images_per_s"] for r in results["inference"] if r["mode"] == "inference_mode")
+    points = study["points"]
     assert len(points) == 3 and all(p["x"] == speed for p in points) and (tmp_path / "speed.png").is_file()
+    assert study["pearson"] is None and not study["left_out"]  # one model, one speed: r is undefined
 
 
 def test_bench_child_failure_is_one_clear_error(tmp_path):

@@ -292,23 +292,39 @@ def robustness(runs: PathLike | Run | Sequence[PathLike | Run], corruption: str 
 
 
 def bench(models: str | Sequence[str], batch: int = 32, dtype: str = "fp32", methods: str | Sequence[str] = (),
-          iterations: int = 10, steps: int = 3, out: PathLike = "runs/bench", *, compare: PathLike | None = None,
-          device: str = "auto", overrides: Iterable[str] = (), on_result: Callable[[dict], None] | None = None,
-          **settings: Any) -> dict[str, Any]:
-    """Inference speed and memory per model, and training steps per method; writes ``out/bench.json``
-    (``clipadapt bench``)."""
-    from clipadapt.experiments.bench import accuracy_vs_speed, run_bench
+          iterations: int = 10, steps: int = 3, out: PathLike | None = None, *, compare: PathLike | None = None,
+          modes: str | Sequence[str] = "all", device: str = "auto", overrides: Iterable[str] = (),
+          on_result: Callable[[dict], None] | None = None, **settings: Any) -> dict[str, Any]:
+    """Inference speed and memory per model (CLIP-style: the image tower; image classifier: the whole forward) in
+    each gradient mode of ``modes`` (``all``, or some of grad_enabled, no_grad, inference_mode), and training steps
+    per method; writes ``out/bench.json`` and the parameters-against-speed figure (``clipadapt bench``). With
+    ``compare``, also accuracy against speed with its Pearson correlation, and the compare directory's report is
+    rebuilt with the bench section; ``out`` defaults to ``compare/bench`` then (else ``runs/bench``), where
+    ``clipadapt report`` finds it again."""
+    from clipadapt.experiments.bench import MODES, run_bench
+    from clipadapt.experiments.bench_report import ACCURACY_FIGURE, PARAMS_FIGURE, accuracy_vs_speed, params_vs_speed
     from clipadapt.experiments.compare import resolve_methods
     from clipadapt.io import atomic_write_json
 
     wanted = _names(methods)
     names = resolve_methods(wanted) if wanted else []
+    chosen = _names(modes)
+    compare_dir = Path(compare) if compare is not None else None
+    if compare_dir is not None and not compare_dir.is_dir():
+        raise ClipAdaptError(f"compare directory '{compare}' does not exist")
     results = run_bench(_listed(models) or [], batch, dtype, names, iterations, steps, device, on_result=on_result,
-                        settings=as_overrides(settings, overrides))
-    out = Path(out)
-    if compare is not None:
-        results["accuracy_vs_speed"] = accuracy_vs_speed(results, Path(compare), out / "accuracy_vs_speed.png")
+                        settings=as_overrides(settings, overrides), modes=list(MODES) if chosen == ["all"] else chosen)
+    out = Path(out) if out is not None else compare_dir / "bench" if compare_dir is not None else Path("runs/bench")
+    if compare_dir is not None:
+        results["accuracy_vs_speed"] = accuracy_vs_speed(results, compare_dir, out / ACCURACY_FIGURE)
+    params_vs_speed(results, out / PARAMS_FIGURE)
     atomic_write_json(out / "bench.json", results)
+    results["bench_json"] = str(out / "bench.json")  # where it went; the report, where one was rebuilt
+    if compare_dir is not None:
+        from clipadapt.experiments.report import build_report
+
+        inside = out.resolve().is_relative_to(compare_dir.resolve())
+        results["report"] = str(build_report([compare_dir] if inside else [compare_dir, out], compare_dir).markdown)
     return results
 
 

@@ -1,12 +1,21 @@
 """``clipadapt bench``: inference speed, latency and memory per model, and each method's training step.
 
+A bench model is either CLIP-style (a ``clip`` or ``siglip`` config, a registered name such as ``world:tiny``,
+``open_clip:...``: its image tower is timed, ``encode_image``) or a transformers image classifier (a config that
+``AutoModelForImageClassification`` takes: ResNet, ViT, ConvNeXt, ..., or a named classifier such as
+``world:tiny-resnet``: its whole forward to the logits is timed, loaded as the ``baseline`` method loads it), told
+apart by its config before anything runs. Each model is timed in the gradient modes asked for: ``grad_enabled``
+(autograd records the forward and keeps its activations, as a training forward does), ``no_grad``
+(``torch.no_grad``) and ``inference_mode`` (``torch.inference_mode``, which also skips autograd's version counters
+and view tracking); the weights require gradients in every mode, so the mode alone makes the difference.
+
 Every measurement runs in a fresh process: on CPU the peak memory figure is the process's peak RSS, which only a
 new process can attribute to one measurement. On a GPU it is CUDA's peak allocated memory. The processes are forked
 from a multiprocessing forkserver that has imported torch, transformers and clipadapt once (it never touches the
 model or CUDA), so each measurement starts in well under a second instead of paying the ~6 s of imports again;
-``python -m clipadapt.experiments.bench JSON`` runs one measurement in the current process. Inference is measured with
-``torch.inference_mode()`` and with gradients enabled (what a training forward pays), on random pixels of the
-model's input size.
+``python -m clipadapt.experiments.bench JSON`` runs one measurement in the current process. Inference runs on random
+pixels of the model's input size. The figures and the report section (accuracy against speed with its Pearson
+correlation, parameters against speed) are in ``bench_report``.
 """
 
 from __future__ import annotations
@@ -14,7 +23,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -27,9 +35,66 @@ import numpy as np
 import torch
 
 from clipadapt.errors import ClipAdaptError
-from clipadapt.reports.report import Figure, Table
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+MODES: dict[str, Callable[[], Any]] = {"grad_enabled": torch.enable_grad, "no_grad": torch.no_grad,
+                                      "inference_mode": torch.inference_mode}
+KINDS = {"clip": "a CLIP-style model (clip, siglip; its image tower is timed)",
+         "classifier": "an image classifier (AutoModelForImageClassification: resnet, vit, convnext, ...; its whole "
+                       "forward is timed)"}
+
+
+def check_modes(modes: list[str]) -> list[str]:
+    """``modes`` in order, each once; an unknown one is an error naming the valid ones."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ClipAdaptError(f"unknown bench mode '{mode}'; valid choices: {', '.join(MODES)}")
+    if not modes:
+        raise ClipAdaptError(f"no bench mode given; valid choices: {', '.join(MODES)}")
+    return list(dict.fromkeys(modes))
+
+
+def _config_model_type(spec: str) -> str | None:
+    """The ``model_type`` of a local folder's or hub id's config; None when there is none to read (then loading
+    the model says why)."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        try:
+            return str(json.loads((folder / "config.json").read_text()).get("model_type"))
+        except (OSError, ValueError, AttributeError):
+            return None
+    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return str(AutoConfig.from_pretrained(spec).model_type)
+    except Exception:  # noqa: BLE001 - offline, no such repo: loading it reports the reason
+        return None
+
+
+def model_kind_of(spec: str) -> str:
+    """``clip`` or ``classifier``: what ``spec`` is, by its name (registered models and classifiers, open_clip) or
+    by its config; a config of any other kind (a language model, ...) is an error naming the valid kinds."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    from clipadapt.models import MODELS, SCHEMES
+    from clipadapt.models.checkpoints import named_checkpoint
+    from clipadapt.models.hf import SUPPORTED_MODEL_TYPES
+
+    if named_checkpoint(spec, "classifier") is not None:
+        return "classifier"
+    scheme, sep, _ = spec.partition(":")
+    if spec in MODELS or (sep and scheme in SCHEMES):
+        return "clip"
+    model_type = _config_model_type(spec)
+    if model_type is None or model_type in SUPPORTED_MODEL_TYPES:
+        return "clip"  # nothing readable: load_model gives its own error, as for any model spec
+    if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return "classifier"
+    raise ClipAdaptError(f"bench model '{spec}' is a '{model_type}' model; valid kinds: {'; '.join(KINDS.values())}")
 
 
 def _random_batch(preprocess, batch: int, seed: int = 0) -> torch.Tensor:
@@ -43,34 +108,54 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_inference(model: str, batch: int, dtype: str, mode: str, iterations: int, device: str) -> dict:
-    """Images/s and per-batch latency of the image tower (forward only), in one process."""
+def _forward(model: str, kind: str, target: torch.device, dtype: torch.dtype):
+    """``(network, forward, preprocess, params, forward_params)``: what one timed call runs on pixels; ``params``
+    counts the whole model, ``forward_params`` what the forward goes through (a CLIP's image tower)."""
+    from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
+    from clipadapt.methods.baseline import load_classifier
+    from clipadapt.models import load_model
+
+    if kind == "classifier":
+        network, processor, _ = load_classifier(model)
+        network.to(device=target, dtype=dtype)
+        params = sum(p.numel() for p in network.parameters())
+        return (network, lambda pixels: network(pixel_values=pixels.to(dtype)).logits,
+                ClipPreprocess(PreprocessConfig.from_image_processor(processor)), params, params)
+    bundle = load_model(model, device=target)
+    bundle.to(dtype=dtype)
+    tower = sum(p.numel() for module in bundle.image_tower_modules() for p in module.parameters())
+    return bundle.model, bundle.encode_image, bundle.preprocess, bundle.num_parameters(), tower
+
+
+def measure_inference(model: str, batch: int, dtype: str, mode: str, iterations: int, device: str,
+                      model_kind: str = "clip") -> dict:
+    """Images/s and per-batch latency of one forward (a CLIP's image tower, a classifier's logits) in ``mode``,
+    in one process."""
     from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
-    from clipadapt.models import load_model, resolve_device
+    from clipadapt.models import resolve_device
 
     target = resolve_device(device)
-    bundle = load_model(model, device=target)
-    bundle.to(dtype=DTYPES[dtype])
-    bundle.model.requires_grad_(mode == "grad_enabled")
-    pixels = _random_batch(bundle.preprocess, batch).to(target)
+    network, forward, preprocess, params, forward_params = _forward(model, model_kind, target, DTYPES[dtype])
+    network.requires_grad_(True)  # as in training: the mode alone decides what autograd records
+    pixels = _random_batch(preprocess, batch).to(target)
     reset_peak_memory(target)
-    context = torch.inference_mode if mode == "inference_mode" else torch.enable_grad
     latencies = []
-    with context():
+    with MODES[mode]():
         for i in range(iterations + 2):  # two warm-up batches
             _sync(target)
             start = time.perf_counter()
-            features = bundle.encode_image(pixels)  # with gradients: autograd records and keeps activations
+            output = forward(pixels)  # with gradients: autograd records and keeps activations
             _sync(target)
             if i >= 2:
                 latencies.append(time.perf_counter() - start)
-            del features
+            del output
     latencies_ms = np.array(latencies) * 1000
-    return {"model": model, "mode": mode, "dtype": dtype, "batch": batch, "device": str(target),
+    return {"model": model, "model_kind": model_kind, "mode": mode, "dtype": dtype, "batch": batch,
+            "device": str(target),
             "images_per_s": round(batch / float(np.mean(latencies)), 2),
             "latency_ms_p50": round(float(np.percentile(latencies_ms, 50)), 2),
             "latency_ms_p95": round(float(np.percentile(latencies_ms, 95)), 2),
-            "peak_mem_mb": round(peak_memory_mb(target), 1), "params": bundle.num_parameters()}
+            "peak_mem_mb": round(peak_memory_mb(target), 1), "params": params, "forward_params": forward_params}
 
 
 def measure_training_step(model: str, method_name: str, batch: int, steps: int, device: str,
@@ -191,39 +276,45 @@ def run_in_child(function: Callable, *args: Any, **kwargs: Any) -> Any:
         return pool.submit(_call_quietly, dict(os.environ), function, args, kwargs).result()
 
 
-def measure_in_child(kind: str, **kwargs: Any) -> dict:
-    """Run one measurement in a process of its own and return its row."""
+def measure_in_child(measurement: str, **kwargs: Any) -> dict:
+    """Run one measurement (``inference``, ``training``) in a process of its own and return its row."""
     try:
-        return run_in_child(MEASUREMENTS[kind], **kwargs)
+        return run_in_child(MEASUREMENTS[measurement], **kwargs)
     except BrokenProcessPool as error:  # killed: out of memory, a signal
-        raise ClipAdaptError(f"bench {kind} {kwargs.get('model')} failed: the process died ({error})") from None
+        raise ClipAdaptError(f"bench {measurement} {kwargs.get('model')} failed: the process died ({error})") from None
     except ClipAdaptError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure inside the measurement, reported in one line
-        raise ClipAdaptError(f"bench {kind} {kwargs.get('model')} failed: {type(error).__name__}: {error}") from None
+        raise ClipAdaptError(f"bench {measurement} {kwargs.get('model')} failed: {type(error).__name__}: {error}"
+                             ) from None
 
 
 def run_bench(models: list[str], batch: int = 32, dtype: str = "fp32", methods: list[str] | None = None,
               iterations: int = 10, steps: int = 3, device: str = "auto", on_result=None,
-              settings: list[str] | None = None) -> dict:
-    """``settings``: ``section.key=value`` for the methods' configs (e.g. ``baseline.classifier=...``)."""
+              settings: list[str] | None = None, modes: list[str] | None = None) -> dict:
+    """Each model's forward in each of ``modes`` (default: all of ``MODES``), then each method's training step on
+    each CLIP-style model (an image classifier's training step is the ``baseline`` method's). Every model and
+    mode is checked before the first measurement. ``settings``: ``section.key=value`` for the methods' configs
+    (e.g. ``baseline.classifier=...``)."""
     if dtype not in DTYPES:
         raise ClipAdaptError(f"unknown dtype '{dtype}'; valid choices: {', '.join(DTYPES)}")
     if batch <= 0 or iterations <= 0 or steps <= 0:
         raise ClipAdaptError("batch, iterations and steps must be positive")
+    modes = check_modes(list(MODES) if modes is None else list(modes))
     from clipadapt.methods import METHODS
 
     for name in methods or []:
         METHODS.get(name)
+    kinds = {model: model_kind_of(model) for model in models}
     notify = on_result or (lambda row: None)
-    results: dict = {"batch": batch, "dtype": dtype, "inference": [], "training": []}
+    results: dict = {"batch": batch, "dtype": dtype, "modes": modes, "inference": [], "training": []}
     for model in models:
-        for mode in ("inference_mode", "grad_enabled"):
+        for mode in modes:
             row = measure_in_child("inference", model=model, batch=batch, dtype=dtype, mode=mode,
-                                   iterations=iterations, device=device)
+                                   iterations=iterations, device=device, model_kind=kinds[model])
             results["inference"].append(row)
             notify(row)
-        for method in methods or []:
+        for method in (methods or []) if kinds[model] == "clip" else []:
             row = measure_in_child("training", model=model, method_name=method, batch=batch, steps=steps,
                                    device=device, settings=list(settings or []))
             results["training"].append(row)
@@ -231,61 +322,11 @@ def run_bench(models: list[str], batch: int = 32, dtype: str = "fp32", methods: 
     return results
 
 
-def accuracy_vs_speed(results: dict, compare_dir: Path, path: Path) -> list[dict]:
-    """Scatter of each compared (model, method)'s test accuracy against the model's inference images/s."""
-    from clipadapt.reports import plots
-    from clipadapt.reports.collect import find_runs, table_rows
-
-    speed = {r["model"]: r["images_per_s"] for r in results["inference"] if r["mode"] == "inference_mode"}
-    points = [{"x": speed[row.model], "y": row.stat("metrics", "acc1")[0], "yerr": row.stat("metrics", "acc1")[1],
-               "label": f"{Path(row.model).name} {row.label}"}
-              for row in table_rows(find_runs([compare_dir])) if row.model in speed]
-    if not points:
-        raise ClipAdaptError(f"no run in '{compare_dir}' used a benchmarked model ({', '.join(speed)})")
-    plots.plot_accuracy_scatter(points, path, "inference images/s (image tower, log)", "accuracy vs speed")
-    return points
-
-
 def main() -> None:
     request = json.loads(sys.argv[1])
-    kind = request.pop("kind")
-    print(json.dumps(MEASUREMENTS[kind](**request)))
+    measurement = request.pop("kind")  # inference or training
+    print(json.dumps(MEASUREMENTS[measurement](**request)))
 
 
 if __name__ == "__main__":
     main()
-
-
-def bench_report_blocks(paths: list[str | Path], files: Path) -> list:
-    """Tables of every ``clipadapt bench`` result (bench.json) found under ``paths``."""
-    blocks: list = []
-    for path in sorted({p.resolve() for root in map(Path, paths) for p in root.rglob("bench.json")}):
-        bench = json.loads(path.read_text())
-        blocks += [("h2", f"Efficiency ({path.parent.name}/bench.json)"),
-                   ("p", f"Image tower forward, batch {bench['batch']}, {bench['dtype']}; peak memory is CUDA peak "
-                         f"allocated on a GPU, peak RSS of a fresh process on CPU.")]
-        inference = Table(["model", "mode", "images/s", "latency p50 (ms)", "latency p95 (ms)", "peak memory (MB)",
-                           "params"], [], [])
-        for row in bench.get("inference", []):
-            inference.rows.append([row["model"], row["mode"], f"{row['images_per_s']:,.1f}",
-                                   f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p95']:.1f}",
-                                   f"{row['peak_mem_mb']:,.0f}", f"{row['params']:,}"])
-            inference.row_keys.append(f"bench-{row['mode']}")
-        blocks.append(("table", inference))
-        if bench.get("training"):
-            training = Table(["model", "method", "train images/s", "peak memory (MB)", "trainable", "% of model"],
-                             [], [])
-            for row in bench["training"]:
-                training.rows.append([row["model"], row["method"], f"{row['train_images_per_s']:,.1f}",
-                                      f"{row['peak_mem_mb']:,.0f}", f"{row['trainable']:,}",
-                                      f"{row['trainable_pct']:.3f}"])
-                training.row_keys.append(f"bench-{row['method']}")
-            blocks.append(("table", training))
-        scatter = path.parent / "accuracy_vs_speed.png"
-        if scatter.is_file():
-            target = files / f"{path.parent.name}-accuracy_vs_speed.png"
-            shutil.copyfile(scatter, target)
-            blocks.append(("figure", Figure(target, "Test accuracy against the model's inference speed.")))
-    return blocks
-
-

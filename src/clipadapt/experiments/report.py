@@ -12,7 +12,7 @@ from pathlib import Path
 from clipadapt.captioning.report import build_caption_report, is_caption_run
 from clipadapt.classification.report import dataset_sections
 from clipadapt.errors import ClipAdaptError
-from clipadapt.experiments.bench import bench_report_blocks
+from clipadapt.experiments.bench_report import bench_report_blocks
 from clipadapt.experiments.combined_report import combined_blocks
 from clipadapt.reports.collect import find_runs
 from clipadapt.reports.report import ReportResult, fresh_files_dir, report_intro, write_report
