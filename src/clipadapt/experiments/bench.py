@@ -62,9 +62,10 @@ def _config_model_type(spec: str) -> str | None:
     folder = Path(spec).expanduser()
     if folder.is_dir():
         try:
-            return str(json.loads((folder / "config.json").read_text()).get("model_type"))
+            model_type = json.loads((folder / "config.json").read_text()).get("model_type")
         except (OSError, ValueError, AttributeError):
             return None
+        return str(model_type) if model_type else None
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         return None
     from transformers import AutoConfig
