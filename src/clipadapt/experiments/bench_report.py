@@ -4,8 +4,8 @@ against speed, and the tables of every ``bench.json``.
 The accuracy-against-speed figure has one point per row of a compare directory's table (a model and method, mean
 test accuracy over its seeds), placed at the inference images/s of the model that produced it: the run's CLIP
 model, or, for a method that brings its own image classifier (``baseline.classifier``), that classifier. Rows whose
-model was not benchmarked are left out and named. Speed is read in the fastest gradient mode measured
-(``inference_mode``, else ``no_grad``, else ``grad_enabled``).
+model was not benchmarked are left out and named; rows without a test accuracy (caption runs) are no points. Speed
+is read in the fastest gradient mode measured (``inference_mode``, else ``no_grad``, else ``grad_enabled``).
 
 Pearson's r is ``scipy.stats.pearsonr`` on exactly the plotted points (images/s, accuracy): the covariance over
 the product of the standard deviations, with the two-sided p-value of "no linear correlation" (Pearson 1895;
@@ -76,6 +76,8 @@ def accuracy_vs_speed(results: dict, compare_dir: Path, path: Path) -> dict:
     speed = {_key(r["model"]): r for r in results["inference"] if r["mode"] == mode}
     points, left_out = [], []
     for row in table_rows(find_runs([compare_dir])):
+        if not row.values("metrics", "acc1"):  # no accuracy to place (caption runs)
+            continue
         model = timed_model(row)
         label = f"{Path(model).name} {row.label}"
         if _key(model) not in speed:
