@@ -26,8 +26,8 @@ def bench_command(
                                                      "accuracies against each model's speed (with Pearson r) and "
                                                      "add the bench to its report")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="method setting, e.g. lora.r=4")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="where bench.json goes [default: "
-                                                 "COMPARE/bench with --compare, else runs/bench]")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="where bench.json goes (default: "
+                                                 "COMPARE/bench with --compare, else runs/bench)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "auto",
 ):
     """Inference images/s, latency p50/p95 and peak memory with gradients, under no_grad and under inference_mode;
