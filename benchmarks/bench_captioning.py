@@ -1,13 +1,22 @@
-"""Captioning benchmarks (issue 10), on a random ViT-B/32-sized CLIP and a random GPT-2-small-sized decoder
+"""Captioning benchmarks (issues 10 and 23), on random CLIP towers and a random GPT-2-small-sized decoder
 (12 layers, width 768, GPT-2's 50,257-token vocabulary; the world tokenizer supplies the ids):
 
-* ``cache``: the same caption run (bridge-only, patch-prefix) trained twice on generated two-object scenes, once on
-  the frozen tower's cached outputs (the default) and once re-encoding the images every step
-  (``train.cache_encoder=false``). Reports training seconds per epoch of each and their ratio (the issue's target
-  is >= 5x), and both validation losses (which must agree).
-* ``decode``: test images captioned per second, greedy and beam 3, by the cached run.
+* ``cache`` (issue 10): the same caption run (bridge-only, patch-prefix) on a ViT-B/32-sized CLIP trained twice on
+  generated two-object scenes, once on the frozen tower's cached outputs (the default) and once re-encoding the
+  images every step (``train.cache_encoder=false``). Reports training seconds per epoch of each and their ratio,
+  and both validation losses (which must agree); then test images captioned per second, greedy and beam 3.
+* ``bound`` (issue 23): for each tower (``--towers``: ViT-B/32 and ViT-L/14@336 geometry) and bridge, a few training
+  steps of each mode through the engine's own epoch loop (``Trainer.fit``, ``train.steps``; validation replaced by
+  nothing, so only the steps are timed), and the bound the cache can reach: ``1 + encoder forward FLOPs / decoder
+  forward+backward FLOPs``. FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over those same
+  steps (matmuls and attention, 2 FLOPs per multiply-add; elementwise ops, norms, softmax and AdamW are not
+  counted; the CPU attention kernel gets torch's SDPA formulas, see ``flop_counter``): the cached steps count the
+  decoder's forward and backward, the re-encoding steps (the same batches) that plus the tower's forward, so the
+  bound is their ratio. The re-encoding step runs the tower once per (image, caption) pair, as training does.
 
-Run: ``python benchmarks/bench_captioning.py [--images 64] [--epochs 2] [--method bridge-only]``
+Run: ``python benchmarks/bench_captioning.py [--images 64] [--epochs 2] [--method bridge-only]`` (``cache``) or
+``python benchmarks/bench_captioning.py --part bound [--towers vit-b-32,vit-l-14-336] [--bridges patch-prefix]
+[--batch 2] [--steps 2]``
 """
 
 from __future__ import annotations
@@ -46,15 +55,7 @@ def _history(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=64, help="training images (5 captions each)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--method", default="bridge-only")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/captioning.json"))
-    args = parser.parse_args()
-
+def cache_part(args) -> dict:
     from clipadapt.captioning.runs import evaluate_caption_run, load_caption_experiment, run_caption_training
     from clipadapt.world.caption_data import write_caption_dataset
     from common import header, workspace
@@ -85,8 +86,126 @@ def main() -> None:
     results["epoch_speedup"] = round(runs["re-encoding"]["train_epoch_s"] / runs["cached"]["train_epoch_s"], 2)
     results["same_val_loss"] = all(abs(a - b) < 1e-3 for a, b in zip(runs["cached"]["val_loss"],
                                                                        runs["re-encoding"]["val_loss"], strict=True))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts CPU attention: torch's table covers the CUDA SDPA kernels only, so the
+    CPU flash kernel (what SDPA runs here) gets the same formulas (``sdpa_flop_count``: 4 * B * heads * Lq * Lk * d
+    forward, its backward formula for the backward)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
+class StepsOnly:
+    """The engine's task with validation left out: ``Trainer.fit`` then times nothing but training steps."""
+
+    def step_counts(self, out, batch):
+        return out["correct"], out["count"], len(batch["positions"])
+
+    def validate(self, trainer, model):
+        from clipadapt.engine.trainer import Validation
+
+        return Validation({"val_loss": float("nan"), "val_acc": float("nan")}, [0.0], {})
+
+
+def time_steps(experiment, bundle, dataset, cached: bool) -> dict:
+    """``train.steps`` training steps through ``Trainer.fit`` (cached encoder outputs, or the tower every step),
+    timed, and their FLOPs counted while they run (the counter's own cost is milliseconds a step)."""
+    from clipadapt.captioning.runs import build_caption_model, caption_data
+    from clipadapt.engine.trainer import Trainer, make_accelerator
+
+    device = torch.device("cpu")
+    model = build_caption_model(experiment, bundle, "features" if cached else "pixels")
+    data = caption_data(experiment, dataset, model, device)
+    data.num_workers = 0  # images decoded in the step: no loader processes started for an epoch of two steps
+    data.num_items(model.inputs, "train")  # cached: the one-off encoding, before the timed and counted steps
+    trainer = Trainer(experiment.train, data, make_accelerator(device, "fp32"), task=StepsOnly())
+    with flop_counter() as flops:
+        fit = model.fit(trainer)
+    steps, pairs = experiment.train.steps, fit.train_images
+    result = {"step_s": round(fit.train_time_s / steps, 3), "pairs": pairs,
+              "gflops_per_pair": round(flops.get_total_flops() / pairs / 1e9, 3)}
+    if cached:
+        result["one_off_encoding_s"] = round(data.encoded("train").encode_time_s, 2)
+        lengths = [len(ids) for ids in data.pairs("features", "train").ids]
+        result["decoder_positions"] = round(model.captioner.prefix_length + sum(lengths) / len(lengths), 1)
+    return result
+
+
+def bound_part(args) -> dict:
+    from clipadapt.captioning.data import load_caption_dataset
+    from clipadapt.captioning.runs import load_caption_experiment
+    from clipadapt.models import load_model
+    from clipadapt.models.random_init import save_random_clip
+    from clipadapt.world.caption_data import write_caption_dataset
+    from common import header, workspace
+
+    work, _ = workspace("caption-bound", preset=None)
+    decoder_dir = gpt2_small_sized(work / "gpt2-small-sized")
+    images = -(-args.batch * args.steps // 5)  # five captions an image: enough pairs for the steps
+    data_dir = write_caption_dataset(work / "captions", {"train": (1, images), "val": (2, 1), "test": (3, 1)},
+                                     resolution=224)
+    results = header(method=args.method, batch=args.batch, steps=args.steps, train_images=images,
+                     flops="torch.utils.flop_counter.FlopCounterMode over the timed steps (matmuls and attention)",
+                     cells=[])
+    for tower in args.towers.split(","):
+        clip_dir = save_random_clip(work / tower, preset=tower)
+        bundle = load_model(str(clip_dir), device="cpu")
+        for bridge in args.bridges.split(","):
+            experiment = load_caption_experiment(args.method, None, [
+                f"model.spec={clip_dir}", "model.device=cpu", f"decoder.spec={decoder_dir}",
+                f"data.dataset=coco:{data_dir}", f"train.batch_size={args.batch}", f"train.steps={args.steps}",
+                "train.patience=0", "train.warmup=0", f"bridge.kind={bridge}", "run.feature_cache=false"])
+            dataset = load_caption_dataset(experiment.data)
+            cell = {"tower": tower, "bridge": bridge,
+                    "tower_params_m": round(sum(p.numel() for p in bundle.vision_tower.parameters()) / 1e6, 1)}
+            for mode, cached in (("cached", True), ("re-encoding", False)):
+                cell[mode] = time_steps(experiment, bundle, dataset, cached)
+                print(tower, bridge, mode, cell[mode], flush=True)
+            cached, encoding = cell["cached"], cell["re-encoding"]
+            cell["decoder_step_gflops_per_pair"] = cached["gflops_per_pair"]
+            cell["encoder_forward_gflops_per_pair"] = round(encoding["gflops_per_pair"] - cached["gflops_per_pair"], 3)
+            cell["bound"] = round(encoding["gflops_per_pair"] / cached["gflops_per_pair"], 3)  # 1 + encoder / decoder
+            cell["measured"] = round(encoding["step_s"] / cached["step_s"], 3)
+            cell["measured_over_bound"] = round(cell["measured"] / cell["bound"], 3)
+            print(json.dumps(cell), flush=True)
+            results["cells"].append(cell)
+        del bundle
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("cache", "bound"), default="cache")
+    parser.add_argument("--images", type=int, default=64, help="cache: training images (5 captions each)")
+    parser.add_argument("--epochs", type=int, default=2, help="cache: epochs of each run")
+    parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: 16 cache, 2 bound)")
+    parser.add_argument("--steps", type=int, default=2, help="bound: timed training steps per mode")
+    parser.add_argument("--towers", default="vit-b-32,vit-l-14-336", help="bound: random CLIP presets")
+    parser.add_argument("--bridges", default="patch-prefix", help="bound: bridge kinds")
+    parser.add_argument("--method", default="bridge-only")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/out/captioning.json (cache), captioning_bound.json (bound)")
+    args = parser.parse_args()
+    if args.batch is None:
+        args.batch = 16 if args.part == "cache" else 2
+    out = args.out or Path("benchmarks/out") / ("captioning.json" if args.part == "cache" else
+                                                 "captioning_bound.json")
+    results = cache_part(args) if args.part == "cache" else bound_part(args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

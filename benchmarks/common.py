@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 
-def workspace(name: str) -> tuple[Path, Path]:
+def workspace(name: str, preset: str | None = "vit-b-32") -> tuple[Path, Path | None]:
     """``(work, model_dir)``: a fresh temporary folder that is also $CLIPADAPT_HOME's parent (caches stay inside it),
-    and a random ViT-B/32-sized CLIP saved there."""
+    and a random CLIP of ``preset``'s geometry saved there (``models.random_init.PRESETS``; None: no model)."""
     from clipadapt.models.random_init import save_random_clip
 
     work = Path(tempfile.mkdtemp(prefix=f"clipadapt-bench-{name}-"))
     os.environ["CLIPADAPT_HOME"] = str(work / "home")
-    return work, save_random_clip(work / "vit-b-32", preset="vit-b-32")
+    return work, save_random_clip(work / preset, preset=preset) if preset else None
 
 
 def header(**fields) -> dict:

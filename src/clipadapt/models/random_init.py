@@ -28,6 +28,12 @@ PRESETS: dict[str, tuple[dict, dict, int]] = {
         dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
         512,
     ),
+    "vit-l-14-336": (  # OpenAI ViT-L/14@336 geometry (577 image tokens)
+        dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+             image_size=336, patch_size=14),
+        dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        768,
+    ),
 }
 
 
