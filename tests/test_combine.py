@@ -226,3 +226,36 @@ def test_simplex_grid_covers_the_simplex():
     assert len(grid) == 66 and all(sum(p) == pytest.approx(1.0) for p in grid)
     assert (1.0, 0.0, 0.0) in grid and (0.0, 0.0, 1.0) in grid and len(set(grid)) == 66
     assert np.allclose(sorted(simplex_grid(2, 4)), [(0, 1), (0.25, 0.75), (0.5, 0.5), (0.75, 0.25), (1, 0)])
+
+
+@pytest.fixture(scope="module")
+def caption_run(tiny_clip_dir, tiny_lm_dir, tmp_path_factory):
+    """A finished caption run on the tiny models (one epoch of bridge-only on a few generated scenes)."""
+    from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
+    from clipadapt.world.caption_data import write_caption_dataset
+
+    root = tmp_path_factory.mktemp("caption")
+    data = write_caption_dataset(root / "data", {"train": (1, 4), "val": (2, 2), "test": (3, 2)}, resolution=32)
+    return run_caption_training(load_caption_experiment("bridge-only", None, [
+        f"model.spec={tiny_clip_dir}", f"decoder.spec={tiny_lm_dir}", f"data.dataset=coco:{data}", "train.epochs=1",
+        "decode.max_new_tokens=3", "decode.tokenizer=simple", "run.attention_images=0",
+        f"run.out={root / 'run'}"])).run_dir
+
+
+@pytest.mark.parametrize("command", ["wise", "ensemble"])
+def test_combining_a_caption_run_is_refused(command, caption_run, trained, tmp_path):
+    import clipadapt
+    from clipadapt.errors import ConfigError
+
+    workflow = "WiSE-FT" if command == "wise" else "an ensemble"
+    message = f"'{caption_run}' is a caption run; {workflow} needs classification runs"
+    members = [str(caption_run)] if command == "wise" else [str(trained["lora"]), str(caption_run)]
+    result = runner.invoke(app, [command, *members, "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ConfigError, match=message.replace("'", "").split(";")[1].strip()):
+        if command == "wise":
+            clipadapt.wise(caption_run, out=tmp_path / "never")
+        else:
+            clipadapt.ensemble(members, out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()

@@ -92,6 +92,40 @@ def test_report_numbers_equal_the_run_files(compared):
     assert rows["zeroshot (simple)"][3] == f"{zero_shot['metrics']['acc1']:.4f}"
 
 
+def test_baseline_rows_name_the_classifier_they_used(compared, tiny_clip_dir, tiny_resnet_dir, colour_folder,
+                                                     tmp_path):
+    """A baseline loads the comparison's CLIP model but classifies with its own image classifier: metrics.json, the
+    report's model column (md and html) and the terminal table name the classifier; the row stays in its CLIP
+    model's group."""
+    from rich.console import Console
+
+    from clipadapt.classification.training import run_training
+    from clipadapt.cli.compare import report_table
+    from tests.test_methods import experiment
+
+    out, _ = compared
+    baseline = run_training(experiment("baseline", tiny_clip_dir, colour_folder, tmp_path / "baseline",
+                                       f"baseline.classifier={tiny_resnet_dir}", "train.epochs=1", "run.samples=0"))
+    assert baseline.record["model"] == str(tiny_resnet_dir)
+    assert baseline.record["config"]["model"]["spec"] == str(tiny_clip_dir)
+    report = build_report([out, tmp_path / "baseline"], tmp_path / "report")
+    models = {row.method: row.model for row in report.rows}
+    assert models["baseline"] == str(tiny_resnet_dir)
+    assert models["lora"] == models["linear-head"] == models["zeroshot"] == str(tiny_clip_dir)
+    assert {row.model_spec for row in report.rows} == {str(tiny_clip_dir)}  # one group: zero-shot first
+    assert report.rows[0].method == "zeroshot"
+    rows = markdown_rows(tmp_path / "report" / "report.md")
+    assert rows["baseline"][0] == str(tiny_resnet_dir) and rows["lora"][0] == str(tiny_clip_dir)
+    html = (tmp_path / "report" / "report.html").read_text()
+    baseline_row = html.split("data-method='baseline'>", 1)[1].split("</tr>", 1)[0]
+    assert f"<td>{tiny_resnet_dir}</td>" in baseline_row and str(tiny_clip_dir) not in baseline_row
+    console = Console(width=250, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(report_table(report))
+    lines = console.export_text().splitlines()
+    assert "model" in next(line for line in lines if "method" in line)
+    assert str(tiny_resnet_dir) in next(line for line in lines if " baseline " in line)
+
+
 def test_mean_and_sample_std():
     assert mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213562))
     assert mean_std([0.8]) == (0.8, 0.0)

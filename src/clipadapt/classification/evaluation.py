@@ -17,6 +17,17 @@ from clipadapt.methods.coop import ContextWord, nearest_words
 from clipadapt.models import load_model, resolve_device
 
 
+def require_classification_runs(run_dirs: Sequence[str | Path], workflow: str) -> None:
+    """One line naming the first run of another task (a caption run) given to ``workflow``, before anything loads
+    or is written."""
+    for run_dir in run_dirs:
+        task = read_run_config(run_dir).get("task") or "classification"
+        if task != "classification":
+            kind = "a caption run" if task == "captioning" else f"a {task} run"
+            raise ConfigError(f"'{run_dir}' is {kind}; {workflow} needs classification runs (clipadapt train, "
+                              f"compare or zeroshot)")
+
+
 def load_run(run_dir: str | Path, device: str | None = None, data: Sequence[str] = ()):
     """``(experiment, dataset, method)`` of a finished run, with its trained weights loaded.
 

@@ -38,10 +38,12 @@ def summary_table(rows: list[Row]) -> Table:
 def _figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
     figures = []
     trained = [r for r in rows if r.method != "zeroshot"]
-    multi_model = len({r.model for r in rows}) > 1
+    multi_model = len({r.model_spec for r in rows}) > 1
 
     def label(row: Row) -> str:
-        return f"{row.label} ({Path(row.model).name})" if multi_model else row.label
+        """The row's label, with its model where several CLIP models share the figure or it used another (a
+        baseline's classifier)."""
+        return f"{row.label} ({Path(row.model).name})" if multi_model or row.model != row.model_spec else row.label
 
     def points(x: tuple[str, str], floor: float) -> list[dict]:
         return [{"x": max(r.stat(*x)[0], floor), "y": r.stat("metrics", "acc1")[0],
@@ -72,12 +74,12 @@ def _figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
         for corruption, entry in sorted(r.runs[0].robustness().items()):
             levels = sorted(entry["accuracy"], key=float)
             robustness.append({"x": [float(s) for s in levels], "y": [entry["accuracy"][s] for s in levels],
-                               "label": f"{label(r)} {corruption}"})
+                               "label": label(r), "panel": corruption})
     if robustness:
         path = files / f"{prefix}robustness.png"
         plots.plot_lines(robustness, path, "corruption severity", "top-1 accuracy", "accuracy under corruption")
-        figures.append(Figure(path, "Accuracy under corruptions (severity: noise sigma, blur radius, or "
-                                    "100 - JPEG quality)."))
+        figures.append(Figure(path, "Accuracy under corruptions, one panel per corruption (severity: noise sigma, "
+                                    "blur radius, or 100 - JPEG quality)."))
     return figures
 
 

@@ -80,7 +80,7 @@ def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluatio
                processes: int) -> dict:
     """metrics.json of a classification run (also of a WiSE-FT run, whose "fit" is its alpha search)."""
     return build_metrics_record(
-        method=cfg.method, model=cfg.model.spec, dataset=dataset.name, split=evaluation.split,
+        method=cfg.method, model=method.reported_model or cfg.model.spec, dataset=dataset.name, split=evaluation.split,
         metrics=evaluation.metrics, params=method.num_parameters(),
         cost={"train_time_s": round(fit.train_time_s, 3), "peak_mem_mb": round(peak_memory_mb(device), 1),
               "train_images_per_s": round(fit.train_images_per_s, 2),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -91,19 +92,91 @@ def number_list(text: str, what: str, kind: type = int) -> list:
 
 def result_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None,
                  names: int = 1, text: Sequence[int] = ()) -> Table:
-    """A table whose first ``names`` columns (method, run, model names) are never cut or wrapped.
+    """A table whose first ``names`` columns (method, run, model names) and whose numbers are never cut or split.
 
-    On a narrow terminal rich shrinks the other columns and wraps their headers and cells instead, so
-    ``linear-probe`` never becomes ``linear-pr…``. Columns listed in ``text`` are left-aligned, the rest (numbers)
-    right-aligned.
+    Columns listed in ``text`` are left-aligned and may wrap; the rest are numbers (right-aligned, never wrapped:
+    ``0.812 ± 0.010`` stays on one line). On a narrow or piped output (``COLUMNS=60``) the text columns and the
+    headers wrap first; when the table still does not fit, it is printed as several tables one under the other,
+    each repeating the name columns, as a wide data frame is. Only when the names and one number column cannot
+    share a line does the widest name fold.
     """
-    table = Table(title=title)
-    for i, header in enumerate(headers):
-        if i < names:
-            widest = max((len(str(row[i])) for row in rows), default=0)
-            table.add_column(header, no_wrap=True, min_width=widest)
-        else:
-            table.add_column(header, justify="left" if i in text else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*[str(cell) for cell in row])
-    return table
+    return ResultTable(headers, rows, title=title, names=names, text=text)
+
+
+class ResultTable(Table):
+    """``result_table``'s table: laid out for the console's width when printed (see there)."""
+
+    TEXT_MIN_WIDTH = 12  # a wrapped text column keeps at least this many characters a line
+
+    def __init__(self, headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None,
+                 names: int = 1, text: Sequence[int] = ()) -> None:
+        super().__init__(title=title)
+        self.kinds = ["name" if i < names else "text" if i in text else "number" for i in range(len(headers))]
+        self.cells = [[str(cell) for cell in row] for row in rows]
+        for i, header in enumerate(headers):
+            self.add_column(header, justify="right" if self.kinds[i] == "number" else "left",
+                            no_wrap=self.kinds[i] != "text", overflow="fold")
+        for row in self.cells:
+            self.add_row(*row)
+
+    def _limits(self, i: int) -> tuple[int, int]:
+        """(narrowest, widest) width of column ``i``: a name or number column never narrower than its widest cell,
+        a text column down to ``TEXT_MIN_WIDTH``; the widest puts the header on one line."""
+        widest = max((cell_len(line) for row in self.cells for line in row[i].splitlines() or [""]), default=0)
+        narrowest = max(1, min(widest, self.TEXT_MIN_WIDTH) if self.kinds[i] == "text" else widest)
+        return narrowest, max(narrowest, widest, cell_len(str(self.columns[i].header)))
+
+    @staticmethod
+    def _table_width(widths: Sequence[int]) -> int:
+        return sum(widths) + 3 * len(widths) + 1  # one space of padding each side, a border between and around
+
+    def _blocks(self, max_width: int) -> list[list[tuple[int, int]]]:
+        """The columns of each table to print, ``(column, width)``: all in one where the narrowest widths fit."""
+        limits = [self._limits(i) for i in range(len(self.columns))]
+        fixed = [i for i, kind in enumerate(self.kinds) if kind == "name"]
+        widest_other = max((limits[i][0] for i in range(len(self.columns)) if i not in fixed), default=0)
+        excess = self._table_width([limits[i][0] for i in fixed] + [widest_other] * (len(fixed) < len(limits)))
+        excess -= max_width
+        while excess > 0 and fixed:  # the names cannot share a line with a number: the widest name folds
+            column = max(fixed, key=lambda i: limits[i][0])
+            if limits[column][0] <= self.TEXT_MIN_WIDTH:
+                break
+            limits[column] = (limits[column][0] - 1, limits[column][0] - 1)  # folded: as wide in every block
+            excess -= 1
+        blocks: list[list[int]] = []
+        for i in (i for i in range(len(self.columns)) if i not in fixed):
+            block = blocks[-1] if blocks else None
+            if block is None or self._table_width([limits[c][0] for c in [*block, i]]) > max_width:
+                block = [*fixed]
+                if blocks and len(blocks[-1]) == len(fixed):  # the name columns alone: this one joins them
+                    block = blocks.pop()
+                blocks.append(block)
+            block.append(i)
+        if not blocks:
+            blocks = [fixed]
+        return [self._widths(sorted(block), limits, max_width) for block in blocks]
+
+    def _widths(self, block: list[int], limits: list[tuple[int, int]], max_width: int) -> list[tuple[int, int]]:
+        """Widest widths, narrowed a character at a time (the column with the most to give first) until they fit."""
+        widths = {i: limits[i][1] for i in block}
+        excess = self._table_width(list(widths.values())) - max_width
+        while excess > 0:
+            column = max(block, key=lambda i: widths[i] - limits[i][0])
+            if widths[column] <= limits[column][0]:
+                break
+            widths[column] -= 1
+            excess -= 1
+        return [(i, widths[i]) for i in block]
+
+    def __rich_console__(self, console, options):
+        blocks = self._blocks(options.max_width)
+        for k, block in enumerate(blocks):
+            table = Table(title=self.title if k == 0 else None)
+            for i, width in block:
+                column = self.columns[i]
+                whole = self._limits(i)[0] <= width  # False: a name folded to fit (see ``_blocks``)
+                table.add_column(Text(str(column.header), no_wrap=False, overflow="fold"), width=width,
+                                 justify=column.justify, no_wrap=column.no_wrap and whole, overflow="fold")
+            for row in self.cells:
+                table.add_row(*[row[i] for i, _ in block])
+            yield table

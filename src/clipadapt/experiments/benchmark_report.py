@@ -21,7 +21,7 @@ import numpy as np
 
 from clipadapt.engine.records import METRICS_FILE
 from clipadapt.io import atomic_write_text
-from clipadapt.reports.plots import save_figure, subplots
+from clipadapt.reports.plots import add_legend, save_figure, series_styles, subplots
 from clipadapt.reports.report import Figure, Table, fresh_files_dir, render_html, render_markdown
 
 if TYPE_CHECKING:  # the benchmark imports this module to write its report
@@ -182,7 +182,8 @@ def plot_shots(rows: list[dict], datasets: list[str], methods: list[str], shots:
     columns = min(3, len(panels))
     lines = (len(panels) + columns - 1) // columns
     fig, axes = subplots(lines, columns, figsize=(4.2 * columns, 3.2 * lines), squeeze=False)
-    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    trained = [m for m in methods if m != ZEROSHOT]
+    styles = dict(zip(trained, series_styles(len(trained)), strict=True))
     per_shot = {k: stats(rows, "few-shot", shots=k) for k in shots}
     for ax, panel in zip(axes.flat, panels, strict=False):
         for method in methods:
@@ -194,8 +195,8 @@ def plot_shots(rows: list[dict], datasets: list[str], methods: list[str], shots:
                 if mean[0] == mean[0]:
                     ax.axhline(mean[0], color="0.3", linestyle="--", linewidth=1, label="zero-shot")
                 continue
-            ax.plot(shots, mean, "o-", markersize=3, color=colours[method], label=method)
-            ax.fill_between(shots, mean - std, mean + std, color=colours[method], alpha=0.15, linewidth=0)
+            ax.plot(shots, mean, markersize=3, label=method, **styles[method])
+            ax.fill_between(shots, mean - std, mean + std, color=styles[method]["color"], alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set_title(panel, fontsize=10)
@@ -204,7 +205,7 @@ def plot_shots(rows: list[dict], datasets: list[str], methods: list[str], shots:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
+    add_legend(axes.flat[columns - 1], len(trained) + (ZEROSHOT in methods))  # the top right panel's
     save_figure(fig, path)
 
 

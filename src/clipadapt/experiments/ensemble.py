@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from clipadapt.classification.artifacts import write_evaluation_artifacts
+from clipadapt.classification.evaluation import require_classification_runs
 from clipadapt.classification.predictors import EnsembleConfig, EnsembleExperiment, load_predictor
 from clipadapt.config import from_dict, to_dict
 from clipadapt.data import DataConfig
@@ -117,6 +118,7 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
     if mode not in WEIGHT_MODES:
         raise ConfigError(f"unknown --weights '{mode}'; valid choices: {', '.join(WEIGHT_MODES)}")
     run_dirs, out = [Path(r) for r in run_dirs], Path(out)
+    require_classification_runs(run_dirs, "an ensemble")
     check_run_dir(out, overwrite)
     started = time.perf_counter()
     predictors, first_config = _members(run_dirs, device)

@@ -60,13 +60,14 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
 
     The shift dataset is read with the run's data settings (columns, image checks) but all of its test split
     (no shots) and, for a hub dataset, from ``shift_root`` when given (a local copy)."""
-    from clipadapt.classification.evaluation import load_run
+    from clipadapt.classification.evaluation import load_run, require_classification_runs
     from clipadapt.classification.experiment import training_data
     from clipadapt.classification.training import run_record, write_run_results
     from clipadapt.engine.rundir import check_run_dir
 
     alphas = check_alphas(alphas)
     run_dir, out = Path(run_dir), Path(out)
+    require_classification_runs([run_dir], "WiSE-FT")
     check_run_dir(out, overwrite, resumable=False)
     experiment, dataset, method = load_run(run_dir, device)
     refusal = method.zero_shot_start_refusal()

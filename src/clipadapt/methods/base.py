@@ -134,6 +134,12 @@ class Method(TrainableModule):
         return self._bundle[0]
 
     @property
+    def reported_model(self) -> str | None:
+        """The model whose outputs this method classifies, when it is not the run's CLIP model (``model.spec``):
+        metrics.json's ``model`` and the reports' model column name it. None: the CLIP model."""
+        return None
+
+    @property
     def preprocess(self) -> ClipPreprocess:
         """How images become pixels for this method (the model's own preprocessing)."""
         return self.bundle.preprocess

@@ -135,6 +135,10 @@ class Baseline(Method):
     def preprocess(self) -> ClipPreprocess:
         return self._preprocess
 
+    @property
+    def reported_model(self) -> str:
+        return self.config.classifier
+
     def classify(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values=inputs).logits
 

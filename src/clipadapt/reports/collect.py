@@ -40,7 +40,14 @@ class RunInfo:
 
     @property
     def model(self) -> str:
-        return (self.record or {}).get("model") or self.config.get("model", {}).get("spec", "?")
+        """The model whose outputs the run reports (metrics.json's ``model``: a baseline's image classifier)."""
+        return (self.record or {}).get("model") or self.model_spec
+
+    @property
+    def model_spec(self) -> str:
+        """The run's ``model.spec`` setting: the CLIP model its comparison ran on (a baseline loads but never uses
+        it), which keeps a baseline's rows beside the other runs of its comparison."""
+        return (self.config.get("model") or {}).get("spec") or (self.record or {}).get("model") or "?"
 
     @property
     def dataset(self) -> str:
@@ -111,10 +118,15 @@ class Row:
     """One line of the comparison table: a (model, method) over its seeds."""
 
     dataset: str
-    model: str
+    model: str  # what its runs report (RunInfo.model)
     method: str
     label: str
     runs: list[RunInfo] = field(default_factory=list)
+
+    @property
+    def model_spec(self) -> str:
+        """The CLIP model of its comparison (``RunInfo.model_spec``), which differs from ``model`` for a baseline."""
+        return self.runs[0].model_spec if self.runs else self.model
 
     def values(self, *keys: str) -> list[float]:
         out = []
@@ -135,13 +147,16 @@ class Row:
 
 
 def table_rows(runs: list[RunInfo], oracles: bool = False) -> list[Row]:
-    """Complete runs grouped by (dataset, model, label); zero-shot first, then by mean acc1. Oracle runs (selected
-    on test) are never rows of a results table: ``oracles=True`` returns them alone, for a table of their own."""
-    rows: dict[tuple[str, str, str], Row] = {}
+    """Complete runs grouped by (dataset, CLIP model, label, reported model); zero-shot first, then by mean acc1, in
+    each CLIP model's group (a baseline's rows stay with the runs of its comparison and name their classifier).
+    Oracle runs (selected on test) are never rows of a results table: ``oracles=True`` returns them alone, for a
+    table of their own."""
+    rows: dict[tuple[str, str, str, str], Row] = {}
     for run in runs:
         if not run.complete or run.oracle != oracles:
             continue
-        key = (run.dataset, run.model, run.method if run.method == "zeroshot" and not run.oracle else run.label)
+        label = run.method if run.method == "zeroshot" and not run.oracle else run.label
+        key = (run.dataset, run.model_spec, label, run.model)
         rows.setdefault(key, Row(run.dataset, run.model, run.method, run.label)).runs.append(run)
-    return sorted(rows.values(), key=lambda r: (r.dataset, r.model, r.method != "zeroshot",
+    return sorted(rows.values(), key=lambda r: (r.dataset, r.model_spec, r.method != "zeroshot",
                                                 -(r.stat("metrics", "acc1")[0])))

@@ -26,6 +26,39 @@ def save_figure(fig: Figure, path: str | Path) -> None:
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+LEGEND_INSIDE = 10  # series; beyond, the legend goes beside the axes
+
+
+def series_styles(count: int) -> list[dict[str, Any]]:
+    """A colour, marker and line style for each of ``count`` series of one panel, no colour used twice.
+
+    matplotlib's default cycle repeats after ten colours, so an eleventh method looked like the first. Up to ten
+    series: the ten ``tab10`` colours, round markers, solid lines (what the figures always had). Up to twenty: the
+    ten dark ``tab20`` shades, then their ten light twins, each twin with another marker and a dashed line. Beyond:
+    ``count`` colours spread evenly over ``turbo``, marker and line style changing every ten series.
+    """
+    if count <= 10:
+        colours = list(colormaps["tab10"].colors[:count])
+    elif count <= 20:
+        tab20 = colormaps["tab20"].colors
+        colours = [tab20[2 * i] for i in range(10)] + [tab20[2 * i + 1] for i in range(count - 10)]
+    else:
+        colours = [colormaps["turbo"](x) for x in np.linspace(0.03, 0.97, count)]
+    return [{"color": colour, "marker": MARKERS[(i // 10) % len(MARKERS)],
+             "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)]} for i, colour in enumerate(colours)]
+
+
+def add_legend(ax, count: int, fontsize: int = 7) -> None:
+    """The legend inside the axes up to ``LEGEND_INSIDE`` entries; beside them, in columns of 20, beyond."""
+    if count <= LEGEND_INSIDE:
+        ax.legend(fontsize=fontsize)
+    else:
+        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                  ncol=(count + 19) // 20)
+
+
 def plot_confusion(matrix: np.ndarray, classnames: list[str], path: str | Path, title: str = "") -> None:
     """Row-normalised confusion matrix; class names on the axes up to 40 classes."""
     counts = matrix.astype(float)
@@ -177,10 +210,9 @@ def plot_accuracy_scatter(points: list[dict], path: str | Path, xlabel: str, tit
                           reference: list[tuple[str, float]] = (), ylabel: str = "top-1 accuracy") -> None:
     """acc1 (mean, with std error bars) against a cost; ``reference`` lines (e.g. zero-shot) are dashed."""
     fig, ax = subplots(figsize=(7, 4.2))
-    colours = colormaps["tab10"].colors if len(points) <= 10 else colormaps["tab20"].colors
     labels = []
-    for i, p in enumerate(points):
-        ax.errorbar(p["x"], p["y"], yerr=p.get("yerr", 0) or None, fmt="o", color=colours[i % len(colours)],
+    for p, style in zip(points, series_styles(len(points)), strict=True):
+        ax.errorbar(p["x"], p["y"], yerr=p.get("yerr", 0) or None, fmt=style["marker"], color=style["color"],
                     capsize=3, label=p["label"])
         labels.append(ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4),
                                   fontsize=7))
@@ -214,17 +246,34 @@ def _separate_labels(fig, labels: list) -> None:
 
 
 def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
-    """Several labelled curves on one axis (validation curves, robustness curves)."""
-    fig, ax = subplots(figsize=(7, 4.2))
-    for s in series:
-        ax.plot(s["x"], s["y"], "o-", markersize=3, label=s["label"])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    """Labelled curves (validation curves, robustness curves): on one axis, or one panel per distinct ``panel`` of
+    the series (small multiples, e.g. a corruption each) with a series keeping its style in every panel. No colour
+    repeats within a panel (``series_styles``)."""
+    panels = list(dict.fromkeys(s.get("panel") for s in series)) or [None]
+    labels = list(dict.fromkeys(s["label"] for s in series))
+    style = dict(zip(labels, series_styles(len(labels)), strict=True))
+    columns = min(3, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    fig, axes = subplots(rows, columns, figsize=(7 if len(panels) == 1 else 4.6 * columns, 4.2 * rows),
+                         squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        drawn = [s for s in series if s.get("panel") == panel]
+        for s in drawn:
+            ax.plot(s["x"], s["y"], markersize=3, label=s["label"], **style[s["label"]])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        if panel is None:
+            ax.set_title(title)
+        else:
+            ax.set_title(str(panel), fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     if series:
-        ax.legend(fontsize=7)
+        add_legend(axes.flat[min(columns, len(panels)) - 1], len(labels))  # the top right panel's
+    if title and panels != [None]:
+        fig.suptitle(title)
     save_figure(fig, path)
 
 
