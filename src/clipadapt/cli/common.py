@@ -145,13 +145,9 @@ class ResultTable(Table):
             excess -= 1
         blocks: list[list[int]] = []
         for i in (i for i in range(len(self.columns)) if i not in fixed):
-            block = blocks[-1] if blocks else None
-            if block is None or self._table_width([limits[c][0] for c in [*block, i]]) > max_width:
-                block = [*fixed]
-                if blocks and len(blocks[-1]) == len(fixed):  # the name columns alone: this one joins them
-                    block = blocks.pop()
-                blocks.append(block)
-            block.append(i)
+            if not blocks or self._table_width([limits[c][0] for c in [*blocks[-1], i]]) > max_width:
+                blocks.append([*fixed])  # a column always joins the names, even where the two do not fit
+            blocks[-1].append(i)
         if not blocks:
             blocks = [fixed]
         return [self._widths(sorted(block), limits, max_width) for block in blocks]
