@@ -106,7 +106,7 @@ def result_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title
 class ResultTable(Table):
     """``result_table``'s table: laid out for the console's width when printed (see there)."""
 
-    TEXT_MIN_WIDTH = 12  # a wrapped text column keeps at least this many characters a line
+    TEXT_MIN_WIDTH = 10  # a wrapped text column keeps at least this many characters a line
 
     def __init__(self, headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None,
                  names: int = 1, text: Sequence[int] = ()) -> None:
@@ -120,11 +120,19 @@ class ResultTable(Table):
             self.add_row(*row)
 
     def _limits(self, i: int) -> tuple[int, int]:
-        """(narrowest, widest) width of column ``i``: a name or number column never narrower than its widest cell,
-        a text column down to ``TEXT_MIN_WIDTH``; the widest puts the header on one line."""
+        """(narrowest, widest) width of column ``i``: a name or number column never narrower than its widest cell
+        (nor, for a number, than a header word of up to ``TEXT_MIN_WIDTH``), a text column down to
+        ``TEXT_MIN_WIDTH``; the widest puts the header on one line."""
         widest = max((cell_len(line) for row in self.cells for line in row[i].splitlines() or [""]), default=0)
-        narrowest = max(1, min(widest, self.TEXT_MIN_WIDTH) if self.kinds[i] == "text" else widest)
-        return narrowest, max(narrowest, widest, cell_len(str(self.columns[i].header)))
+        header = str(self.columns[i].header)
+        if self.kinds[i] == "text":
+            narrowest = min(widest, self.TEXT_MIN_WIDTH)
+        elif self.kinds[i] == "number":
+            words = [cell_len(word) for word in header.split()]
+            narrowest = max(widest, min(max(words, default=0), self.TEXT_MIN_WIDTH))
+        else:
+            narrowest = widest
+        return max(1, narrowest), max(1, narrowest, widest, cell_len(header))
 
     @staticmethod
     def _table_width(widths: Sequence[int]) -> int:
