@@ -220,3 +220,43 @@ def make_disagreeing_captions(root: Path, train: int = 12, val: int = 6) -> Path
     annotations = [{**a, "image_id": rotated[a["image_id"]]} for a in data["annotations"]]
     (root / "captions_test.json").write_text(json.dumps({"images": images, "annotations": annotations}) + "\n")
     return root
+
+
+def repeated_ngrams(ids: list[int], n: int) -> int:
+    """How many of a token list's n-grams repeat an earlier one."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def check_decoding_controls(captioner, encoded: dict) -> None:
+    """``DecodeConfig``'s controls act on a captioner's decoding, greedy and beams (a random decoder, three images):
+    no repeated trigram under no_repeat_ngram_size=3, fewer repeated tokens under a repetition penalty, and
+    min_new_tokens holding back an end-of-text that is otherwise certain."""
+    import torch
+
+    from clipadapt.captioning.training import DecodeConfig
+
+    captioner.eval()
+
+    def tokens(**settings):
+        out = captioner.generate(encoded, **DecodeConfig(max_new_tokens=16, **settings).generation())
+        return [captioner.caption_tokens(row) for row in out["sequences"]]
+
+    free = tokens(no_repeat_ngram_size=0)
+    assert sum(repeated_ngrams(row, 3) for row in free) > 0  # the random decoder loops ("amber amber amber ...")
+    for beams in (1, 3):
+        assert all(repeated_ngrams(row, 3) == 0 for row in tokens(no_repeat_ngram_size=3, beams=beams))
+    penalised = tokens(no_repeat_ngram_size=0, repetition_penalty=3.0)
+    assert sum(repeated_ngrams(row, 1) for row in penalised) < sum(repeated_ngrams(row, 1) for row in free)
+    # end-of-text made the certain next token: empty captions, unless min_new_tokens holds it back
+    eos = captioner.tokenizer.eos_token_id
+    decoder = captioner.decoder.get_base_model() if hasattr(captioner.decoder, "get_base_model") \
+        else captioner.decoder
+    hook = decoder.get_output_embeddings().register_forward_hook(lambda module, args, logits: logits.index_add(
+        -1, torch.tensor([eos]), torch.full((*logits.shape[:-1], 1), 1e4)))
+    try:
+        assert [len(row) for row in tokens()] == [0, 0, 0]
+        assert [len(row) for row in tokens(min_new_tokens=4)] == [4, 4, 4]
+        assert [len(row) for row in tokens(min_new_tokens=4, beams=3)] == [4, 4, 4]
+    finally:
+        hook.remove()

@@ -74,6 +74,24 @@ def test_train_eval_predict(tiny_clip_dir, tiny_lm_dir, caption_folder, scorer_c
     summary = json.loads((run / "eval_test_beam2.json").read_text())
     assert summary["decode"]["beams"] == 2 and f"{summary['metrics']['bleu4']:.3f}" in evaluated.output
     assert summary["clipscore"]["model"] == str(scorer_clip_dir) and summary["rescored"] is None
+    # bad decodings: one line, exit 2, nothing written; another decoding: files of its own
+    written = sorted(p.name for p in run.iterdir())
+    for setting, message in [
+            ("decode.repetition_penalty=-1", "decode: repetition_penalty must be positive, got -1"),
+            ("decode.length_penalty=-0.5", "decode.length_penalty must be >= 0, got -0.5"),
+            ("decode.no_repeat_ngram_size=-3", "decode.no_repeat_ngram_size must be >= 0, got -3"),
+            ("decode.min_new_tokens=9", "decode.min_new_tokens (9) must not exceed decode.max_new_tokens (5)"),
+            ("decode.beam=2", "unknown config key 'decode.beam' (decode has: max_new_tokens, beams"),
+            ("train.epochs=3", "re-decoding a run takes decode.* settings only, got 'train.epochs=3'")]:
+        refused = runner.invoke(app, ["caption", "eval", str(run), "--set", setting])
+        assert refused.exit_code == 2 and message in refused.output, (setting, refused.output)
+        assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+    assert sorted(p.name for p in run.iterdir()) == written
+    redecoded = runner.invoke(app, ["caption", "eval", str(run), "--set", "decode.no_repeat_ngram_size=2"])
+    assert redecoded.exit_code == 0, redecoded.output
+    assert json.loads((run / "eval_test_norepeat2.json").read_text())["decode"]["no_repeat_ngram_size"] == 2
+    assert "eval_test_norepeat2_predictions.json" in redecoded.output.replace("\n", "")
+    assert json.loads((run / "eval_test_beam2.json").read_text()) == summary  # the other decoding's file stands
 
     # the saved test captions scored again by the same CLIP: training's numbers, nothing decoded
     again = runner.invoke(app, ["caption", "eval", str(run), "--clipscore-model", str(scorer_clip_dir)])

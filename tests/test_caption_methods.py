@@ -9,7 +9,7 @@ from clipadapt.captioning.encoder import patch_geometry
 from clipadapt.captioning.methods import CAPTION_METHODS, apply_method, build_caption_method
 from clipadapt.captioning.model import BRIDGES, BridgeConfig, Captioner, encode_captions, load_decoder
 from clipadapt.errors import ConfigError
-from tests.helpers import train_captioner_steps
+from tests.helpers import check_decoding_controls, train_captioner_steps
 
 CAPTIONS = ["a red circle", "two blue squares on green", "a yellow star"]
 METHODS = ["bridge-only", "full", "lora", "adapter", "prefix"]
@@ -122,3 +122,24 @@ def test_prefix_tuned_decoding_equals_peft_forward(kind, num_beams, tiny_bundle,
         for i in range(len(out["captions"])):
             alone = captioner.generate({k: v[i:i + 1] for k, v in encoded.items()}, max_new_tokens=5, num_beams=3)
             assert alone["captions"][0] == out["captions"][i]
+
+
+def test_decoding_controls_reach_the_prefix_tuned_path(tiny_bundle, tiny_lm_dir, encoded):
+    """Prefix-tuned decoders decode through the base model's generate: the controls must get there too."""
+    captioner, _, _ = build("prefix", "patch-prefix", tiny_bundle, tiny_lm_dir)
+    with torch.no_grad():
+        for p in captioner.decoder.prompt_encoder.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(1))
+    check_decoding_controls(captioner, encoded)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_takes_the_optimizer_settings(method):
+    """The classification methods' optimizer fields, checked the same way, errors naming the --set section."""
+    config = build_caption_method(method, {"weight_decay": 0.05, "optimizer": "sgd", "momentum": 0.8}).config
+    assert (config.weight_decay, config.optimizer, config.momentum) == (0.05, "sgd", 0.8)
+    section = method.replace("-", "_")
+    with pytest.raises(ConfigError, match=f"{section}: weight_decay must be >= 0, got -0.1"):
+        build_caption_method(method, {"weight_decay": -0.1})
+    with pytest.raises(ConfigError, match=f"unknown {section}.optimizer 'adam'; valid choices: adamw, sgd"):
+        build_caption_method(method, {"optimizer": "adam"})

@@ -8,7 +8,7 @@ import torch
 from clipadapt.captioning.encoder import patch_geometry
 from clipadapt.captioning.model import BRIDGES, BridgeConfig, Captioner, encode_captions, load_decoder
 from clipadapt.errors import ConfigError
-from tests.helpers import train_captioner_steps
+from tests.helpers import check_decoding_controls, train_captioner_steps
 
 CAPTIONS = ["a red circle", "two blue squares on green", "a yellow star"]
 
@@ -72,3 +72,22 @@ def test_bad_decoders_are_refused(tiny_clip_dir, tmp_path):
         load_decoder(str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="unknown bridge.kind 'adapter'; valid choices: patch-prefix"):
         BridgeConfig(kind="adapter")
+
+
+@pytest.mark.parametrize("kind", ["patch-prefix", "cross-attention"])  # the mapper's prefix goes as patch-prefix's
+def test_decoding_controls_reach_generate(kind, tiny_bundle, tiny_lm_dir, encoded):
+    captioner, _ = build(kind, tiny_bundle, tiny_lm_dir)
+    check_decoding_controls(captioner, encoded)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"repetition_penalty": -1.0}, "decode: repetition_penalty must be positive, got -1.0"),
+    ({"length_penalty": -0.5}, "decode.length_penalty must be >= 0, got -0.5"),
+    ({"no_repeat_ngram_size": -2}, "decode.no_repeat_ngram_size must be >= 0, got -2"),
+    ({"min_new_tokens": 30}, r"decode.min_new_tokens \(30\) must not exceed decode.max_new_tokens \(20\)"),
+])
+def test_bad_decoding_controls_are_refused(setting, message):
+    from clipadapt.captioning.training import DecodeConfig
+
+    with pytest.raises(ConfigError, match=message):
+        DecodeConfig(**setting)

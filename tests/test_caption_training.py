@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from clipadapt.captioning.runs import (
     caption_images,
@@ -15,6 +16,7 @@ from clipadapt.captioning.runs import (
     load_caption_run,
     run_caption_training,
 )
+from clipadapt.engine.trainable import build_optimizer
 from clipadapt.errors import ConfigError
 
 SMALL = {"train": (1, 12), "val": (2, 4), "test": (3, 4)}
@@ -35,9 +37,21 @@ def experiment(method, tiny_clip_dir, tiny_lm_dir, caption_folder, out, *overrid
         "run.attention_images=2", f"run.out={out}", *overrides])
 
 
-def test_a_caption_run_writes_its_directory(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):
-    out = run_caption_training(experiment("lora", tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path / "run"))
+def test_a_caption_run_writes_its_directory(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path, monkeypatch):
+    from clipadapt.engine import trainer
+
+    built = []
+    monkeypatch.setattr(trainer, "build_optimizer", lambda method: built.append(build_optimizer(method)) or built[-1])
+    out = run_caption_training(experiment("lora", tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path / "run",
+                                          "lora.weight_decay=0.05", "bridge.weight_decay=0.01"))
     run = out.run_dir
+    # the weight decay of each part reaches the optimizer the engine trains with, and config.yaml records it
+    groups = {g["name"]: g for g in built[0].param_groups}
+    assert isinstance(built[0], torch.optim.AdamW) and set(groups) == {"bridge", "decoder"}
+    assert (groups["bridge"]["weight_decay"], groups["decoder"]["weight_decay"]) == (0.01, 0.05)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["lora"]["weight_decay"] == 0.05 and saved["bridge"]["weight_decay"] == 0.01
+    assert saved["lora"]["optimizer"] == "adamw" and saved["decode"]["no_repeat_ngram_size"] == 3
     for name in ("config.yaml", "weights/trainable.safetensors", "history.csv", "curves.png", "predictions.json",
                  "best_worst.png", "metrics.json"):
         assert (run / name).is_file(), name
@@ -88,6 +102,13 @@ def test_reloaded_run_captions_as_it_did(tiny_clip_dir, tiny_lm_dir, caption_fol
     assert [p["caption"] for p in again] == [p["caption"] for p in saved]
     beam = evaluate_caption_run(out.run_dir, beams=3)
     assert (out.run_dir / "eval_test_beam3.json").is_file() and beam["decode"]["beams"] == 3
+    # another decoding goes to files of its own, named after what differs from the run's decoding
+    free = evaluate_caption_run(out.run_dir, overrides=["decode.no_repeat_ngram_size=0",
+                                                        "decode.repetition_penalty=1.5"])
+    assert free["predictions"] == "eval_test_norepeat0_reppen1.5_predictions.json"
+    assert free["decode"]["no_repeat_ngram_size"] == 0 and free["decode"]["repetition_penalty"] == 1.5
+    assert json.loads((out.run_dir / "eval_test.json").read_text())["metrics"] == out.record["metrics"]
+    assert (out.run_dir / "eval_test_norepeat0_reppen1.5.json").is_file()
     # the user's own image, as a file
     first = saved[0]
     [mine] = caption_images(out.run_dir, [first["file"]], attention=True, out_dir=tmp_path / "mine")

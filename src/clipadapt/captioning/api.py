@@ -47,15 +47,16 @@ def train(method: str, model: str | None = None, decoder: str | None = None, dat
 
 
 def evaluate(run: str | Path | RunView, split: str = "test", beams: int | None = None,
-             max_new_tokens: int | None = None, device: str | None = None,
-             clipscore_model: str | None = None) -> dict[str, Any]:
-    """Caption a split again with a run's weights and score it; writes ``eval_<split>.json``, its predictions and
-    its best/worst figure (``clipadapt caption eval``). ``clipscore_model``: the CLIP that scores CLIPScore (it must
-    load); with the run's own decoding the saved captions are scored again without decoding."""
+             max_new_tokens: int | None = None, device: str | None = None, clipscore_model: str | None = None,
+             overrides: Iterable[str] = (), **decode: Any) -> dict[str, Any]:
+    """Caption a split again with a run's weights and score it, with its decoding or another (``decode.*``
+    overrides or keyword settings such as ``no_repeat_ngram_size=2``); writes ``eval_<split><decoding>.json``, its
+    predictions and its best/worst figure (``clipadapt caption eval``). ``clipscore_model``: the CLIP that scores
+    CLIPScore (it must load); with the run's own decoding the saved captions are scored again without decoding."""
     from clipadapt.captioning.runs import evaluate_caption_run
 
     return evaluate_caption_run(run.dir if isinstance(run, RunView) else run, split, beams, max_new_tokens, device,
-                                clipscore_model)
+                                clipscore_model, as_overrides({"decode": decode} if decode else None, overrides))
 
 
 def caption(run: str | Path | RunView, images: Sequence[str | Path], attention: bool = False,

@@ -23,18 +23,20 @@ import torch
 from torch import nn
 
 from clipadapt.captioning.model import Captioner
-from clipadapt.config import option, require_positive
+from clipadapt.config import option, require_positive, section_name
+from clipadapt.engine.trainable import OptimizerConfig
 from clipadapt.errors import ConfigError
 from clipadapt.models.peft_wrap import get_peft_model_quietly
 from clipadapt.registry import Registry
 
 
 @dataclass
-class DecoderMethodConfig:
-    lr: float = option(1e-3, help="learning rate of what the method trains in the decoder")
+class DecoderMethodConfig(OptimizerConfig):
+    """The optimizer fields of the classification methods (``lr``, ``weight_decay``, ``optimizer``, ``momentum``):
+    ``lr`` and ``weight_decay`` are those of what the method trains in the decoder (the bridge has its own in
+    ``bridge.*``), ``optimizer`` and ``momentum`` those of the one optimizer over both."""
 
-    def __post_init__(self) -> None:
-        require_positive(self, ("lr",), "caption method:")
+    lr: float = option(1e-3, help="learning rate of what the method trains in the decoder")
 
 
 @dataclass
@@ -49,6 +51,7 @@ CAPTION_METHODS: Registry[CaptionMethodEntry] = Registry("caption method")
 def register_caption_method(name: str, config_cls: type):
     def wrap(cls):
         cls.name = name
+        config_cls._section = section_name(name)  # its errors name the --set section
         doc = (cls.__doc__ or "").strip().splitlines()
         CAPTION_METHODS.register(name, CaptionMethodEntry(cls, config_cls), help=doc[0] if doc else "")
         return cls

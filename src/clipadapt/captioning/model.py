@@ -17,6 +17,7 @@ tokenizer's own specials (GPT-2's ``<|endoftext|>`` serves as both); the loss co
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +39,13 @@ class BridgeConfig:
     prefix_length: int = option(10, help="mapper: prefix vectors made from the pooled embedding")
     hidden: int | None = option(None, help="mapper: MLP hidden size (default: prefix_length * width / 2, ClipCap's)")
     lr: float = option(1e-3, help="learning rate of the bridge (and of the new cross-attention layers)")
+    weight_decay: float = option(0.0, help="weight decay of the bridge (the optimizer is the decoder method's)")
 
     def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"bridge.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"bridge.weight_decay must be >= 0, got {self.weight_decay}")
         if self.kind not in BRIDGES:
             raise ConfigError(f"unknown bridge.kind '{self.kind}'; valid choices: {', '.join(BRIDGES)}")
         if self.prefix_length <= 0:
@@ -242,9 +248,12 @@ class Captioner(nn.Module):
         return {"loss": out.loss, "logits": out.logits, "correct": correct, "count": predicted.sum()}
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 20, num_beams: int = 1) -> dict:
+    def generate(self, batch: dict, max_new_tokens: int = 20, num_beams: int = 1, no_repeat_ngram_size: int = 0,
+                 repetition_penalty: float = 1.0, length_penalty: float = 1.0, min_new_tokens: int = 0) -> dict:
         """Greedy (``num_beams=1``) or beam search from ``[prefix] [BOS]``; ``{"captions", "sequences"}``
-        (sequences: the generated token ids, without BOS, padded after EOS)."""
+        (sequences: the generated token ids, without BOS, padded after EOS). The controls are transformers
+        ``generate``'s and see only the generated tokens (the image prefix and BOS are embeddings, not ids);
+        ``DecodeConfig.generation()`` gives them all."""
         prefix, extra = self.image_inputs(batch)
         size = (prefix if prefix is not None else extra["encoder_hidden_states"]).shape[0]
         device = next(self.decoder.parameters()).device
@@ -259,9 +268,15 @@ class Captioner(nn.Module):
             extra["past_key_values"] = self.decoder.get_prompt(size * num_beams)
             embeds, mask = self._with_prefix(embeds.new_zeros(size, self.virtual_tokens, embeds.shape[-1]), embeds,
                                              mask)
-        sequences = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                   num_beams=num_beams, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
-                                   pad_token_id=self.tokenizer.pad_token_id, **extra)
+        with warnings.catch_warnings():  # "applies only to newly generated tokens": the prompt is the image, as meant
+            warnings.filterwarnings("ignore", message="Passing `(no_repeat_ngram_size|repetition_penalty)` with "
+                                                      "`inputs_embeds`", category=UserWarning)
+            sequences = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                       num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size,
+                                       repetition_penalty=repetition_penalty, length_penalty=length_penalty,
+                                       min_new_tokens=min_new_tokens, do_sample=False,
+                                       eos_token_id=self.tokenizer.eos_token_id,
+                                       pad_token_id=self.tokenizer.pad_token_id, **extra)
         captions = [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in sequences]
         return {"captions": captions, "sequences": sequences}
 

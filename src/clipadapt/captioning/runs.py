@@ -40,6 +40,7 @@ from clipadapt.captioning.training import (
     CaptionTrainConfig,
     CaptionTrainingData,
     DecodeConfig,
+    check_decode_overrides,
     generate_split,
 )
 from clipadapt.config import from_dict, load_method_experiment, method_experiment_class, option, section_name, to_dict
@@ -261,7 +262,7 @@ def draw_attention(model: CaptionModel, batch: dict[str, torch.Tensor], pictures
     from clipadapt.captioning import plots
 
     with model.evaluating():
-        out = model.captioner.generate(batch, max_new_tokens=decode.max_new_tokens, num_beams=decode.beams)
+        out = model.captioner.generate(batch, **decode.generation())
         maps = model.captioner.attention_maps(batch, out["sequences"], layer)
     for k, (picture, target) in enumerate(zip(pictures, targets, strict=True)):
         plots.plot_word_attention(picture, model.captioner.caption_words(out["sequences"][k]), maps[k], target,
@@ -325,19 +326,22 @@ def with_decoding(decode: DecodeConfig, **changes: int | None) -> DecodeConfig:
 
 def evaluate_caption_run(run_dir: str | Path, split: str = "test", beams: int | None = None,
                          max_new_tokens: int | None = None, device: str | None = None,
-                         clipscore_model: str | None = None) -> dict[str, Any]:
-    """Caption a split of a finished run again and score it; writes ``eval_<split>[_beamN].json``, its predictions
-    and its best/worst figure. With ``clipscore_model`` (which must load) the scores are that CLIP's and the files
+                         clipscore_model: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Caption a split of a finished run again, with its decoding or another (``decode.*`` ``overrides``), and score
+    it; writes ``eval_<split><decoding>.json``, its predictions and its best/worst figure, where ``<decoding>`` names
+    every departure from the run's own decoding (``eval_test_beam3_norepeat0.json``), so no decoding replaces
+    another's files. With ``clipscore_model`` (which must load) the scores are that CLIP's and the files
     are named after it (``..._clipscore-<name>``); if the run's own decoding is kept, the split's saved captions
     (``predictions.json`` for test, an earlier ``eval_<split>_predictions.json`` otherwise) are scored again
     without decoding."""
     from clipadapt.captioning import plots
 
     run_dir = Path(run_dir)
+    check_decode_overrides(overrides)  # before anything loads; the values once the run's decoding is known
     experiment = read_caption_experiment(run_dir, device)
     dataset = load_caption_dataset(experiment.data)
     caption_split = dataset.split(split)  # an unknown split fails here, before anything loads
-    decode = with_decoding(experiment.decode, beams=beams, max_new_tokens=max_new_tokens)
+    decode = experiment.decode.redecoding(overrides, beams=beams, max_new_tokens=max_new_tokens)
     saved = (saved_predictions(run_dir, split, decode) if clipscore_model is not None and decode == experiment.decode
              else None)
     model = load_caption_run(run_dir, device)[1] if saved is None else None
@@ -351,7 +355,7 @@ def evaluate_caption_run(run_dir: str | Path, split: str = "test", beams: int | 
         assert model is not None
         result = evaluate_captions(model, caption_data(experiment, dataset, model, model.bundle.device), split,
                                    decode, scorer)
-    stem = eval_stem(split, decode, clipscore_model)
+    stem = eval_stem(split, decode, experiment.decode, clipscore_model)
     summary = {"run": str(run_dir), "method": experiment.method, "bridge": experiment.bridge.kind,
                "model": experiment.model.spec, "decoder": experiment.decoder.spec, "dataset": dataset.name,
                "split": split, "decode": to_dict(decode), "metrics": result["metrics"],
@@ -369,9 +373,10 @@ def evaluate_caption_run(run_dir: str | Path, split: str = "test", beams: int | 
     return summary
 
 
-def eval_stem(split: str, decode: DecodeConfig, clipscore_model: str | None = None) -> str:
-    """``eval_<split>``, then ``_beamN`` for beam search and ``_clipscore-<name>`` for a scorer asked for."""
-    stem = f"eval_{split}" + (f"_beam{decode.beams}" if decode.beams > 1 else "")
+def eval_stem(split: str, decode: DecodeConfig, reference: DecodeConfig, clipscore_model: str | None = None) -> str:
+    """``eval_<split>``, then what sets ``decode`` apart from the run's own decoding ``reference`` (``_beam3``,
+    ``_norepeat0``, ...) and ``_clipscore-<name>`` for a scorer asked for."""
+    stem = f"eval_{split}{decode.label(reference)}"
     return stem + (f"_clipscore-{slug(clipscore_model.rstrip('/').split('/')[-1])}" if clipscore_model else "")
 
 
@@ -425,7 +430,6 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
             entry["attention"] = str(target)
         else:
             with model.evaluating():
-                entry["caption"] = model.captioner.generate(batch, max_new_tokens=decode.max_new_tokens,
-                                                            num_beams=decode.beams)["captions"][0]
+                entry["caption"] = model.captioner.generate(batch, **decode.generation())["captions"][0]
         results.append(entry)
     return results

@@ -10,6 +10,7 @@ and with ``train.select=cider`` the CIDEr-D of greedy captions of the validation
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from clipadapt.captioning.data import CaptionDataset, CaptionSplit
 from clipadapt.captioning.encoder import EncodedImages, EncoderCache, encode_cached, image_tokens
 from clipadapt.captioning.methods import DecoderMethod
 from clipadapt.captioning.model import Captioner, caption_ids, pad_captions
-from clipadapt.config import option, require_positive
+from clipadapt.config import apply_overrides, option, override_section, require_positive
 from clipadapt.engine.features import SkippedImage, image_loader
 from clipadapt.engine.inputs import epoch_order, note_skipped
 from clipadapt.engine.trainable import TrainableModule
@@ -64,19 +65,69 @@ TOKENIZERS = ("auto", "ptb", "simple")
 
 @dataclass
 class DecodeConfig:
+    """How captions are generated (transformers ``generate``); every decoding path (greedy, beams, prefix-tuned
+    decoders through the base model) receives the same controls through ``generation()``."""
+
     max_new_tokens: int = option(20, help="longest caption generated, in tokens")
     beams: int = option(1, help="beam width (1: greedy)")
+    no_repeat_ngram_size: int = option(3, help="no n-gram of this many tokens occurs twice in a caption (0: off)")
+    repetition_penalty: float = option(1.0, help="divides the logit of every token already generated (CTRL's "
+                                                 "penalty, Keskar et al. 2019; 1: off)")
+    length_penalty: float = option(1.0, help="beams only: a finished beam's log-probability is divided by its "
+                                             "length to this power (0: plain sum, favours short captions)")
+    min_new_tokens: int = option(0, help="end-of-text is not allowed before this many tokens")
     tokenizer: str = option("auto", help="tokenizer of the n-gram metrics: auto (PTB where Java runs, else "
                                          "simple), ptb or simple (no METEOR)")
 
     def __post_init__(self) -> None:
-        require_positive(self, ("max_new_tokens", "beams"), "decode:")
+        require_positive(self, ("max_new_tokens", "beams", "repetition_penalty"), "decode:")
+        for name in ("no_repeat_ngram_size", "length_penalty", "min_new_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"decode.{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(f"decode.min_new_tokens ({self.min_new_tokens}) must not exceed "
+                              f"decode.max_new_tokens ({self.max_new_tokens})")
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"unknown decode.tokenizer '{self.tokenizer}'; valid choices: {', '.join(TOKENIZERS)}")
 
     @property
     def use_java(self) -> bool | None:
         return {"auto": None, "ptb": True, "simple": False}[self.tokenizer]
+
+    def generation(self) -> dict[str, Any]:
+        """The keyword arguments of ``Captioner.generate``."""
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.beams,
+                "no_repeat_ngram_size": self.no_repeat_ngram_size, "repetition_penalty": self.repetition_penalty,
+                "length_penalty": self.length_penalty, "min_new_tokens": self.min_new_tokens}
+
+    def redecoding(self, overrides: list[str] | None = None, **changes: int | None) -> DecodeConfig:
+        """This decoding with ``decode.KEY=VALUE`` overrides, then the given changes (None: keep); checked as
+        ``--set`` is."""
+        check_decode_overrides(overrides)
+        decoding = apply_overrides(_Decoding(self), overrides).decode
+        return dataclasses.replace(decoding, **{k: v for k, v in changes.items() if v is not None})
+
+    def label(self, reference: DecodeConfig) -> str:
+        """What sets this decoding apart from ``reference``, for file names: ``""`` (the same decoding),
+        ``"_beam3"``, ``"_beam3_norepeat0"``, ..."""
+        return "".join(f"_{short}{getattr(self, name):g}" for name, short in DECODE_LABELS.items()
+                       if getattr(self, name) != getattr(reference, name))
+
+
+@dataclass
+class _Decoding:  # the decode section alone, so that overrides and their errors read decode.KEY
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+def check_decode_overrides(overrides: list[str] | None) -> None:
+    """Re-decoding a finished run takes ``decode.*`` overrides only (checked before the run loads)."""
+    for item in overrides or []:
+        if override_section(item) != "decode":
+            raise ConfigError(f"re-decoding a run takes decode.* settings only, got '{item}'")
+
+
+DECODE_LABELS = {"beams": "beam", "max_new_tokens": "max", "no_repeat_ngram_size": "norepeat",
+                 "repetition_penalty": "reppen", "length_penalty": "lenpen", "min_new_tokens": "min"}
 
 
 class CaptionModel(TrainableModule):
@@ -86,7 +137,7 @@ class CaptionModel(TrainableModule):
                  inputs: str = "features") -> None:
         super().__init__()
         self.name = method.name
-        self.config = method.config  # the optimizer reads lr (and weight decay, optimizer) from here
+        self.config = method.config  # the optimizer reads optimizer and momentum from here
         self.inputs = inputs
         self.captioner = captioner
         self.fingerprint = bundle.fingerprint
@@ -114,8 +165,11 @@ class CaptionModel(TrainableModule):
         for name, parameter in self.captioner.named_parameters():
             if parameter.requires_grad:
                 groups["bridge" if name in bridge else "decoder"].append(parameter)
-        return [{"name": "bridge", "params": groups["bridge"], "lr": self.captioner.config.lr},
-                {"name": "decoder", "params": groups["decoder"], "lr": self.config.lr}]
+        bridge_config = self.captioner.config
+        return [{"name": "bridge", "params": groups["bridge"], "lr": bridge_config.lr,
+                 "weight_decay": bridge_config.weight_decay},
+                {"name": "decoder", "params": groups["decoder"], "lr": self.config.lr,
+                 "weight_decay": self.config.weight_decay}]
 
     def num_parameters(self) -> dict[str, Any]:
         trainable = sum(p.numel() for p in self.trainable_parameters().values())
@@ -237,8 +291,7 @@ def generate_split(model: CaptionModel, data: CaptionTrainingData, split: str, d
     with model.evaluating(), bar as advance:
         for first in range(0, len(positions), data.eval_batch_size):
             rows = slice(first, first + data.eval_batch_size)
-            out = model.captioner.generate(data.image_inputs(split, rows), max_new_tokens=decode.max_new_tokens,
-                                           num_beams=decode.beams)
+            out = model.captioner.generate(data.image_inputs(split, rows), **decode.generation())
             for position, caption in zip(positions[rows], out["captions"], strict=True):
                 captions[images[int(position)].image_id] = caption
             advance(len(out["captions"]))
@@ -274,10 +327,11 @@ class CaptionTask:
 
 
 def validation_cider(model: CaptionModel, data: CaptionTrainingData, decode: DecodeConfig) -> float:
-    """CIDEr-D of greedy captions of the validation images (the simple tokenizer: no JVM every epoch)."""
+    """CIDEr-D of greedy captions of the validation images (the run's other decoding controls; the simple
+    tokenizer: no JVM every epoch)."""
     from clipadapt.captioning.metrics import ngram_scores
 
-    greedy = DecodeConfig(max_new_tokens=decode.max_new_tokens, beams=1, tokenizer="simple")
+    greedy = dataclasses.replace(decode, beams=1, tokenizer="simple")
     captions, _ = generate_split(model, data, "val", greedy)
     references = {k: v for k, v in data.split("val").references().items() if k in captions}
     return ngram_scores(captions, references, use_java=False, only=("cider",)).metrics["cider"]

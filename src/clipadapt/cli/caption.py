@@ -126,14 +126,17 @@ def eval_command(
     clipscore_model: Annotated[str | None, typer.Option(help="CLIP that scores CLIPScore (a hub id, a folder, "
                                                              "world:tiny or run); with the run's decoding the saved "
                                                              "captions are scored again, not decoded")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="another decoding: decode.KEY=VALUE, repeatable (e.g. decode.no_repeat_ngram_size=2)")] = None,
     device: DeviceOpt = None,
 ):
-    """Caption a split again with a run's weights (or score its saved captions with another CLIP); prints the
-    metrics, writes eval_<split>.json, its predictions and its best/worst figure."""
+    """Caption a split again with a run's weights (its decoding, or another with --set decode.*; or score its saved
+    captions with another CLIP); prints the metrics, writes eval_<split><decoding>.json, its predictions and its
+    best/worst figure (the names say which decoding and scorer made them)."""
     setup_logging()
     from clipadapt.captioning.api import evaluate
 
-    result = evaluate(run_dir, split, beam, max_new_tokens, device, clipscore_model)
+    result = evaluate(run_dir, split, beam, max_new_tokens, device, clipscore_model, overrides=set_ or [])
     row = [run_dir, result["method"], result["bridge"], split, result["decode"]["beams"], result["images"],
            *metric_row(result["metrics"])]
     out.print(result_table(["run", "method", "bridge", "split", "beams", "images", *[n for _, n in METRICS]], [row],
@@ -142,6 +145,7 @@ def eval_command(
     scorer_line(result)
     for line in result.get("skipped_metrics", []):
         notice("skipped", line)
+    out.print(f"predictions: {run_dir / result['predictions']}", highlight=False)
 
 
 @_command("predict")
