@@ -56,7 +56,8 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def cache_part(args) -> dict:
-    from clipadapt.captioning.runs import evaluate_caption_run, load_caption_experiment, run_caption_training
+    from clipadapt.captioning.finished import evaluate_caption_run
+    from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
     from clipadapt.world.caption_data import write_caption_dataset
     from common import header, workspace
 

@@ -64,8 +64,9 @@ def _check_demo_combined(out, accuracy):
 def _check_demo_captions(captions, output):
     """The demo's caption runs: a report, and captions that fit their own image better than another image."""
     from clipadapt.captioning.data import load_caption_dataset
+    from clipadapt.captioning.finished import load_caption_run
     from clipadapt.captioning.metrics import clip_scores
-    from clipadapt.captioning.runs import caption_data, load_caption_run
+    from clipadapt.captioning.runs import caption_data
 
     assert f"caption report: {captions / 'report.html'}" in output.replace("\n", "")
     report = (captions / "report.md").read_text()

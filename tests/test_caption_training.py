@@ -9,13 +9,8 @@ import pytest
 import torch
 import yaml
 
-from clipadapt.captioning.runs import (
-    caption_images,
-    evaluate_caption_run,
-    load_caption_experiment,
-    load_caption_run,
-    run_caption_training,
-)
+from clipadapt.captioning.finished import caption_images, evaluate_caption_run, load_caption_run
+from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
 from clipadapt.engine.trainable import build_optimizer
 from clipadapt.errors import ConfigError
 

@@ -278,7 +278,8 @@ def test_caption_best_epoch(tiny_clip_dir, tiny_lm_dir, tmp_path):
     """Captions have no exact mirror; instead the saved model is re-scored on val: its CIDEr-D there must be the best
     of the epochs' validation CIDEr-D. Were those numbers read from test (the rotated captions), they would belong to
     another epoch's weights and the saved model's val score would not match."""
-    from clipadapt.captioning.runs import evaluate_caption_run, load_caption_experiment, run_caption_training
+    from clipadapt.captioning.finished import evaluate_caption_run
+    from clipadapt.captioning.runs import load_caption_experiment, run_caption_training
     from tests.helpers import make_disagreeing_captions
 
     folder = make_disagreeing_captions(tmp_path / "captions")

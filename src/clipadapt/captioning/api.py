@@ -53,7 +53,7 @@ def evaluate(run: str | Path | RunView, split: str = "test", beams: int | None =
     overrides or keyword settings such as ``no_repeat_ngram_size=2``); writes ``eval_<split><decoding>.json``, its
     predictions and its best/worst figure (``clipadapt caption eval``). ``clipscore_model``: the CLIP that scores
     CLIPScore (it must load); with the run's own decoding the saved captions are scored again without decoding."""
-    from clipadapt.captioning.runs import evaluate_caption_run
+    from clipadapt.captioning.finished import evaluate_caption_run
 
     return evaluate_caption_run(run.dir if isinstance(run, RunView) else run, split, beams, max_new_tokens, device,
                                 clipscore_model, as_overrides({"decode": decode} if decode else None, overrides))
@@ -64,7 +64,7 @@ def caption(run: str | Path | RunView, images: Sequence[str | Path], attention: 
             device: str | None = None, strict: bool = False) -> list[dict[str, Any]]:
     """Captions of your own images, with per-word attention figures in ``out`` (``clipadapt caption predict``):
     ``layer`` a decoder layer, ``"mean"`` (None: the mean over layers) or ``"all"`` (one row per layer)."""
-    from clipadapt.captioning.runs import caption_images
+    from clipadapt.captioning.finished import caption_images
 
     return caption_images(run.dir if isinstance(run, RunView) else run, list(images), attention, out, layer, beams,
                           device, strict)
