@@ -62,7 +62,8 @@ def _check_demo_combined(out, accuracy):
 
 
 def _check_demo_captions(captions, output):
-    """The demo's caption runs: a report, and captions that fit their own image better than another image."""
+    """The demo's caption runs: a report, LoRA above the frozen decoder on CIDEr-D (what docs/captioning.md finds),
+    and captions that fit their own image better than another image."""
     from clipadapt.captioning.data import load_caption_dataset
     from clipadapt.captioning.finished import load_caption_run
     from clipadapt.captioning.metrics import clip_scores
@@ -70,8 +71,12 @@ def _check_demo_captions(captions, output):
 
     assert f"caption report: {captions / 'report.html'}" in output.replace("\n", "")
     report = (captions / "report.md").read_text()
-    assert "bridge-only (patch-prefix)" in report and "lora (patch-prefix)" in report
-    run = captions / "lora-patch-prefix-seed0"
+    assert "bridge-only (cross-attention)" in report and "lora (cross-attention)" in report
+    cider = {method: json.loads((captions / f"{method}-cross-attention-seed0" / "metrics.json").read_text())
+             ["metrics"]["cider"] for method in ("bridge-only", "lora")}
+    # measured (seeds 0, 1, 2): lora 0.762, 0.751, 0.802 against 0.566, 0.486, 0.568
+    assert cider["lora"] > cider["bridge-only"] + 0.1, cider
+    run = captions / "lora-cross-attention-seed0"
     experiment, model = load_caption_run(run, "cpu")
     dataset = load_caption_dataset(experiment.data)
     encoded = caption_data(experiment, dataset, model, model.bundle.device).encoded("test")
@@ -80,5 +85,5 @@ def _check_demo_captions(captions, output):
     texts = [generated[images[int(p)].image_id] for p in encoded.positions]
     own = clip_scores(model.bundle, encoded.pooled, texts)["clip_score"].mean()
     shuffled = clip_scores(model.bundle, encoded.pooled.roll(1, 0), texts)["clip_score"].mean()  # nobody's own
-    # measured CLIPScores, own vs shuffled: 0.577 vs 0.520 (all images, 3 epochs), 0.570 vs 0.454 (600 images, 3)
-    assert own > shuffled + 0.01, (own, shuffled)
+    # measured CLIPScores, own vs shuffled (seeds 0, 1, 2): 1.21 vs 0.53, 1.40 vs 0.60, 1.27 vs 0.50
+    assert own > shuffled + 0.3, (own, shuffled)

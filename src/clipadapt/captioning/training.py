@@ -6,6 +6,13 @@ outputs (``inputs = "features"``: tokens and pooled embedding, encoded once per 
 docs/benchmarks.md). An item is one (image, reference caption) pair: every caption of every training image.
 ``CaptionTask`` tells the engine what to count (next-token accuracy) and how to score an epoch: validation loss,
 and with ``train.select=cider`` the CIDEr-D of greedy captions of the validation images.
+
+``DecodeConfig`` holds transformers ``generate``'s controls: greedy or beam search, ``no_repeat_ngram_size`` (no
+n-gram twice in a caption: the trigram blocking of Paulus et al. 2018, "A Deep Reinforced Model for Abstractive
+Summarization"), ``repetition_penalty`` (CTRL's, Keskar et al. 2019: the logit of a token already generated is
+divided by the penalty where positive, multiplied where negative), ``length_penalty`` (beams: a finished
+hypothesis scores its summed log-probability over ``length ** length_penalty``) and ``min_new_tokens``. The default
+blocks repeated trigrams, chosen on validation CIDEr-D on the world (docs/captioning.md, "Decoding").
 """
 
 from __future__ import annotations
@@ -71,8 +78,9 @@ class DecodeConfig:
     max_new_tokens: int = option(20, help="longest caption generated, in tokens")
     beams: int = option(1, help="beam width (1: greedy)")
     no_repeat_ngram_size: int = option(3, help="no n-gram of this many tokens occurs twice in a caption (0: off)")
-    repetition_penalty: float = option(1.0, help="divides the logit of every token already generated (CTRL's "
-                                                 "penalty, Keskar et al. 2019; 1: off)")
+    repetition_penalty: float = option(1.0, help="penalises every token already generated (CTRL's, Keskar et al. "
+                                                 "2019: its logit divided by this where positive, multiplied where "
+                                                 "negative; 1: off)")
     length_penalty: float = option(1.0, help="beams only: a finished beam's log-probability is divided by its "
                                              "length to this power (0: plain sum, favours short captions)")
     min_new_tokens: int = option(0, help="end-of-text is not allowed before this many tokens")
