@@ -110,6 +110,11 @@ def test_reloaded_run_captions_as_it_did(tiny_clip_dir, tiny_lm_dir, caption_fol
     assert mine["caption"] == first["caption"]
     drawn = [p.name for p in (tmp_path / "mine").glob("*-attention.png")]
     assert drawn == [f"{Path(first['file']).stem}-attention.png"] and mine["attention"].endswith(drawn[0])
+    # a run from before decode.no_repeat_ngram_size is read back with the decoding it was made with
+    config = yaml.safe_load((out.run_dir / "config.yaml").read_text())
+    del config["decode"]["no_repeat_ngram_size"]
+    (out.run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_caption_run(out.run_dir)[0].decode.no_repeat_ngram_size == 0
 
 
 def test_cached_encoder_outputs_train_as_re_encoding_does(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):

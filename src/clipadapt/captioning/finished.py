@@ -40,6 +40,8 @@ def read_caption_experiment(run_dir: str | Path, device: str | None = None) -> C
     raw = read_run_config(run_dir)
     if raw.get("task") != "captioning":
         raise ClipAdaptError(f"'{run_dir}' is not a caption run (use `clipadapt eval` for classification runs)")
+    # runs from before the trigram block decoded without it: re-decoding them reproduces their metrics
+    raw.setdefault("decode", {}).setdefault("no_repeat_ngram_size", 0)
     experiment = from_dict(caption_experiment_class(raw.get("method", "lora")), raw)
     if device is not None:
         experiment.model.device = device

@@ -281,6 +281,3 @@ def write_attention_figures(model: CaptionModel, data: CaptionTrainingData, spli
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text))[:40]
-
-
-# -- finished runs ------------------------------------------------------------------------------------------------
