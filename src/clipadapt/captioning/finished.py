@@ -4,7 +4,6 @@ split) and caption new images (``clipadapt caption eval`` / ``predict`` as libra
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -60,11 +59,6 @@ def load_caption_run(run_dir: str | Path, device: str | None = None):
     model = build_caption_model(experiment, bundle)
     model.load_weights(run_dir / WEIGHTS_DIR)
     return experiment, model
-
-
-def with_decoding(decode: DecodeConfig, **changes: int | None) -> DecodeConfig:
-    """The run's decoding with the given changes (None: keep); bad values fail in DecodeConfig's own checks."""
-    return dataclasses.replace(decode, **{k: v for k, v in changes.items() if v is not None})
 
 
 def evaluate_caption_run(run_dir: str | Path, split: str = "test", beams: int | None = None,
@@ -155,7 +149,7 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
                 raise ClipAdaptError(f"cannot read image '{path}': {error}") from None
             loaded[str(path)] = error
     experiment, model = load_caption_run(run_dir, device)
-    decode = with_decoding(experiment.decode, beams=beams)
+    decode = experiment.decode.redecoding(beams=beams)
     layer = model.captioner.check_attention_layer(layer) if attention else None  # before anything is drawn
     results = []
     out = Path(out_dir) if out_dir is not None else None
