@@ -165,7 +165,7 @@ def test_prolip_with_a_huge_lambda_stays_at_zero_shot(tiny_clip_dir, dataset):
     method, trainer = built("prolip", tiny_clip_dir, dataset, "prolip.lam=1e9", "prolip.lr=1e-2",
                             "prolip.iterations=20")
     fit = method.fit(trainer)
-    assert fit.chosen == [] and fit.selection["lambda"] == 1e9
+    assert trainer.selections.choices == [] and fit.details["lambda"] == 1e9
     w0 = method.bundle.model.visual_projection.weight
     held = float((method.projection.weight - w0).abs().max())  # Adam's steps are ~lr whatever the gradient's size
     pooled = trainer.features("test").features
@@ -194,7 +194,7 @@ def test_prolip_val_chooses_lr_and_lambda_on_validation(tiny_clip_dir, colour_fo
     output = run("prolip-val", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5",
                  "prolip.lrs=[0.01,0.00000001]", "prolip.lams=[0,1]")
     selection = output.record["selection"]
-    assert selection["chose"] == ["lr", "lambda"]
+    assert selection["chose"] == ["lr,lambda"] and selection["choices"][0]["candidates"] == 4
     cells = [(lr, lam) for lr in (0.01, 1e-8) for lam in (0, 1)]
     best = max(range(4), key=lambda i: scores[i])
     assert (selection["lr"], selection["lambda"]) == cells[best]

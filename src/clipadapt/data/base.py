@@ -58,6 +58,7 @@ class Split:
     source: ImageSource
     indices: np.ndarray
     name: str
+    carved_from: str | None = None  # the split this one was carved out of (a val made from train by make_splits)
 
     def __post_init__(self) -> None:
         self.indices = np.asarray(self.indices, dtype=np.int64)
@@ -76,7 +77,8 @@ class Split:
         return self.source.describe(int(self.indices[i]))
 
     def subset(self, positions: np.ndarray, name: str | None = None) -> Split:
-        return Split(self.source, self.indices[np.asarray(positions, dtype=np.int64)], name or self.name)
+        return Split(self.source, self.indices[np.asarray(positions, dtype=np.int64)], name or self.name,
+                     self.carved_from)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.source.fingerprint().encode())
@@ -217,11 +219,11 @@ def make_splits(
     if train is not None:
         if val is None and val_fraction > 0:
             keep, held = stratified_split(train.labels, val_fraction, seed)
-            val = train.subset(held, "val")
+            val = Split(train.source, train.indices[held], "val", carved_from="train")
             train = train.subset(keep, "train")
         splits["train"] = train
     if val is not None:
-        splits["val"] = Split(val.source, val.indices, "val")
+        splits["val"] = Split(val.source, val.indices, "val", val.carved_from)
     if test is not None:
         splits["test"] = test
     if not splits:

@@ -26,6 +26,7 @@ from clipadapt.data.prompts import TemplateSet, resolve_template_sets
 from clipadapt.engine.features import EncodedSplit, FeatureCache, encode_split
 from clipadapt.engine.metrics import classification_metrics
 from clipadapt.engine.records import ORACLE_LABEL
+from clipadapt.engine.selection import Selections
 from clipadapt.errors import ConfigError
 from clipadapt.models.bundle import ClipBundle
 
@@ -199,10 +200,17 @@ def evaluate_zero_shot(
     def score(result: TemplateResult) -> tuple[float, float]:
         return result.selection_metrics["acc1"], result.selection_metrics["mean_per_class_acc"]
 
-    # ties: the first listed set wins
-    best = default if selection.on == "none" else max(results, key=score).template_set.name
+    log = Selections()  # the record of the choice is what was chosen here, on which split, among how many
+    best = default
+    if selection.on != "none":  # ties: the first listed set wins
+        prefix = "val" if selection.on == "val" else "test"
+        best = log.choose("template_set", results, score, split=selection.on, images=len(selection.split),
+                          value=lambda r: r.template_set.name,
+                          scores=lambda r: {f"{prefix}_acc": r.selection_metrics["acc1"],
+                                            f"{prefix}_mean_per_class_acc": r.selection_metrics[
+                                                "mean_per_class_acc"]}).template_set.name
     return ZeroShotResult(
         split=split, results=results, best=best, selected_on=selection.on, encoded=encoded,
         logits=logits_by_set[best], heads=heads, selection_encoded=selection_encoded,
-        selection=selection.record(default),
+        selection=log.record(**selection.record(default)),
     )

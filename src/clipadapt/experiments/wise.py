@@ -89,6 +89,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     device_ = method.bundle.device
     accelerator = make_accelerator(device_, experiment.train.precision)
     trainer = Trainer(experiment.train, training_data(experiment, dataset, method, device_), accelerator)
+    trainer.selections.validation = {"split": "val", "images": len(dataset.split("val"))}
     shift_trainer = (Trainer(experiment.train, training_data(experiment, shift, method, device_), accelerator)
                      if shift is not None else None)
     rows, evaluations = [], {}
@@ -104,7 +105,9 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
             rows.append(row)
             evaluations[alpha] = test
             advance()
-    chosen = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"], -abs(r["alpha"] - 0.5)))
+    chosen = trainer.choose("alpha", rows, lambda r: (r["val_acc"], -r["val_loss"], -abs(r["alpha"] - 0.5)),
+                            value=lambda r: r["alpha"],
+                            scores=lambda r: {"val_acc": r["val_acc"], "val_loss": r["val_loss"]})
     method.load_trainable_state(method.interpolate(start, end, chosen["alpha"]), source="chosen alpha")
     seconds = time.perf_counter() - started
 
@@ -117,11 +120,9 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
                "selection": "val_acc, then val_loss", "shift_dataset": shift.name if shift else None,
                "rows": rows, "seconds": round(seconds, 3)}
     fit = FitResult(history=[{"step": i, **r} for i, r in enumerate(rows)], best_epoch=rows.index(chosen),
-                    train_time_s=seconds, train_images=0,
-                    selection={"alpha": chosen["alpha"], "val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"]},
-                    chosen=["alpha"] if len(alphas) > 1 else [])
+                    train_time_s=seconds, train_images=0, details={"alpha": chosen["alpha"]})
     evaluation = evaluations[chosen["alpha"]]
-    record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1)
+    record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1, trainer.selections)
     record["wise"] = {k: summary[k] for k in ("source", "chosen_alpha", "alphas", "shift_dataset")}
     data = trainer.data
     with staged_directory(out, overwrite=overwrite) as stage:

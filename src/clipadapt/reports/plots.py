@@ -152,9 +152,10 @@ SEARCH_AXES = {"C": "C (inverse regularisation strength)", "beta": "beta (cache 
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "", loss_label: str = "cross-entropy",
                          acc_label: str = "accuracy", extra: tuple[tuple[str, str], ...] = (),
                          selected: int | None = None) -> None:
-    """Loss and accuracy per epoch (train and val), one more panel per ``extra`` (validation key, label) the
-    history has, the ``selected`` epoch marked (default: best val acc); a closed-form method's search (rows of
-    ``C``, the linear probe's, or ``beta``, Tip-Adapter's, with the best ``alpha`` at each) as val accuracy vs it."""
+    """Loss and accuracy per epoch (train and val, where the run had a validation split), one more panel per
+    ``extra`` (validation key, label) the history has, the ``selected`` epoch marked (the epoch the run chose on
+    validation; None: nothing chosen, no mark); a closed-form method's search (rows of ``C``, the linear probe's, or
+    ``beta``, Tip-Adapter's, with the best ``alpha`` at each) as val accuracy vs it."""
     if history and {"lr", "lambda"} <= set(history[0]):  # ProLIP's grid: one line per lambda
         fig, ax = subplots(figsize=(6, 3.5))
         for lam in sorted({r["lambda"] for r in history}):
@@ -183,13 +184,13 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "",
     fig, axes = subplots(1, 2 + len(extra), figsize=(5 * (2 + len(extra)), 3.6))
     ax_loss, ax_acc = axes[0], axes[1]
     for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
+        if history and f"{split}_loss" not in history[0]:
+            continue  # no validation split: nothing was validated
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", color=colour, label=split)
         ax_acc.plot(epochs, [r[f"{split}_acc"] for r in history], "o-", color=colour, label=split)
     for ax, (key, label) in zip(axes[2:], extra, strict=True):
         ax.plot(epochs, [r[key] for r in history], "o-", color="tab:orange", label="val")
         ax.set_ylabel(label)
-    if selected is None and history:
-        selected = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
     if selected is not None:
         for ax in axes[1:]:
             ax.axvline(selected, color="gray", linestyle="--", linewidth=1, label="selected")
