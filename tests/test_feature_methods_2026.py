@@ -179,9 +179,10 @@ def test_prolip_with_a_huge_lambda_stays_at_zero_shot(tiny_clip_dir, dataset):
 
 def test_prolip_lambda_defaults_to_one_over_shots(tiny_clip_dir, colour_folder, tmp_path):
     output = run("prolip", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5")
-    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0))
+    # val-free: no validation carved from this folder's training images, so N counts all of them
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0, val_fraction=0))
     shots = len(dataset.split("train")) / dataset.num_classes
-    assert output.record["selection"]["lambda"] == pytest.approx(1 / shots)
+    assert shots == 6 and output.record["selection"]["lambda"] == pytest.approx(1 / shots)
     assert output.record["selection"]["chose"] == [] and output.record["best_epoch"] == 5
 
 

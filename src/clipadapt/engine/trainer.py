@@ -303,8 +303,12 @@ class Trainer:
         method.load_trainable_state(best_weights, source="best weights")
         if cfg.keep == "best":
             self._record_epoch(progress)
+        # the kept weights' validation scores (a sweep compares its cells by them), also where a single scored epoch
+        # left nothing to choose
+        kept_scores = dict(progress.get("best_selection", {})) if cfg.keep == "best" else {}
         return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
-                         train_time_s=progress["train_time_s"], train_images=progress["train_images"])
+                         train_time_s=progress["train_time_s"], train_images=progress["train_images"],
+                         details=kept_scores)
 
     def _record_epoch(self, progress: dict) -> None:
         """The kept epoch as the run's choice, from what this fit did: the epochs scored on validation were the
