@@ -21,8 +21,9 @@ import torch
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
 from clipadapt.data.base import same_classes
-from clipadapt.engine.records import CONFIG_FILE, write_csv
+from clipadapt.engine.records import CONFIG_FILE, refuse_oracle_runs, write_csv
 from clipadapt.engine.rundir import save_config_dict
+from clipadapt.engine.selection import Selections
 from clipadapt.engine.trainer import FitResult, Trainer, make_accelerator
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
@@ -68,6 +69,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     alphas = check_alphas(alphas)
     run_dir, out = Path(run_dir), Path(out)
     require_classification_runs([run_dir], "WiSE-FT")
+    refuse_oracle_runs([run_dir], "WiSE-FT")
     check_run_dir(out, overwrite, resumable=False)
     experiment, dataset, method = load_run(run_dir, device)
     refusal = method.zero_shot_start_refusal()
@@ -96,6 +98,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
         for alpha in alphas:
             method.load_trainable_state(method.interpolate(start, end, alpha), source=f"alpha {alpha:g}")
             val = trainer.evaluate(method, "val")
+            val_images = len(val.labels)
             test = trainer.evaluate(method, experiment.data.split)
             row = {"alpha": alpha, "val_acc": val.metrics["acc1"], "val_loss": val.loss,
                    "test_acc": test.metrics["acc1"]}
@@ -104,7 +107,11 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
             rows.append(row)
             evaluations[alpha] = test
             advance()
-    chosen = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"], -abs(r["alpha"] - 0.5)))
+    selections = Selections()
+    selections.validation = {"split": "val", "images": val_images}
+    chosen = selections.choose("alpha", rows, lambda r: (r["val_acc"], -r["val_loss"], -abs(r["alpha"] - 0.5)),
+                               split="val", images=val_images, value=lambda r: r["alpha"],
+                               scores=lambda r: {"val_acc": r["val_acc"], "val_loss": r["val_loss"]})
     method.load_trainable_state(method.interpolate(start, end, chosen["alpha"]), source="chosen alpha")
     seconds = time.perf_counter() - started
 
@@ -119,9 +126,12 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     fit = FitResult(history=[{"step": i, **r} for i, r in enumerate(rows)], best_epoch=rows.index(chosen),
                     train_time_s=seconds, train_images=0,
                     selection={"alpha": chosen["alpha"], "val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"]},
-                    chosen=["alpha"] if len(alphas) > 1 else [])
+                    chosen=selections.names)
     evaluation = evaluations[chosen["alpha"]]
     record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1)
+    # the alpha chosen on val (nothing with one alpha), with the chosen alpha's scores either way
+    record["selection"] = selections.record(alpha=chosen["alpha"], val_acc=chosen["val_acc"],
+                                            val_loss=chosen["val_loss"])
     record["wise"] = {k: summary[k] for k in ("source", "chosen_alpha", "alphas", "shift_dataset")}
     data = trainer.data
     with staged_directory(out, overwrite=overwrite) as stage:
