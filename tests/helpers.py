@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -33,6 +34,11 @@ def require_or_skip(available: bool, what: str) -> None:
         pytest.fail(f"{what} is missing, and CI={os.environ['CI']} runs every test: install it (.ci/run does) "
                     f"instead of skipping", pytrace=False)
     pytest.skip(f"{what} is missing on this machine (CI installs it; with CI=true this test fails instead)")
+
+
+def require_ray() -> None:
+    """The Ray executor's tests need Ray (the dev extra installs it): skipped without it, failed under CI."""
+    require_or_skip(importlib.util.find_spec("ray") is not None, "Ray (pip install 'clipadapt[ray]')")
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
