@@ -3,7 +3,9 @@
 Members must share the dataset, its class list and the model (so one preprocessing feeds them all). The ensemble is
 written as a run directory: ``config.yaml`` names the members and their weights, and ``load_predictor`` rebuilds it
 from them, so ``report``, ``predict`` and ``robustness`` treat it as any run. Logits of the ensemble are the log of
-the averaged probabilities (its softmax is the average).
+the averaged probabilities (its softmax is the average). An oracle member (chosen on the test split it reports) is
+refused. ``selection`` records what was chosen on validation: the weights (``member_weights``) with ``--weights
+val``, nothing (``on: none``) with uniform weights.
 """
 
 from __future__ import annotations
