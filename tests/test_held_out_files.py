@@ -131,8 +131,11 @@ def test_copies_are_compared_by_content_only_within_the_budget(folder, tmp_path,
     shutil.copytree(folder, root)
     shutil.copyfile(root / "val" / "blue" / "val_2.png", root / "copy.png")
     os.link(root / "val" / "red" / "val_3.jpg", root / "hard-link.jpg")
-    test = entries(root, "test") + [["copy.png", 0, "blue"], ["hard-link.jpg", 2, "red"]]
-    split_file = write_split_file(root, "copies.json", test=test)
+    (root / "empty-val.jpg").write_bytes(b"")  # two empty files: alike, but no image (the loader skips them)
+    (root / "empty-test.jpg").write_bytes(b"")
+    test = entries(root, "test") + [["copy.png", 0, "blue"], ["hard-link.jpg", 2, "red"], ["empty-test.jpg", 0, "blue"]]
+    split_file = write_split_file(root, "copies.json", test=test,
+                                  val=entries(root, "val") + [["empty-val.jpg", 0, "blue"]])
     for budget, count in ((base.CONTENT_HASH_BUDGET, 2), (0, 1)):  # over budget: the hard link is still the file
         monkeypatch.setattr(base, "CONTENT_HASH_BUDGET", budget)
         dataset = load_dataset(DataConfig(dataset=f"imagefolder:{root}", split_file=split_file))

@@ -282,7 +282,7 @@ def _split_files(split: Split) -> list[_File] | None:
 def _same_content(files_a: list[_File], files_b: list[_File]) -> set[tuple[int, int]]:
     """Identities of the files of ``files_a`` whose bytes equal a file of ``files_b``: only files of a size both
     hold are read, and none when that is more than CONTENT_HASH_BUDGET bytes."""
-    sizes = {f.size for f in files_a} & {f.size for f in files_b}
+    sizes = ({f.size for f in files_a} & {f.size for f in files_b}) - {0}  # empty files hold no image to share
     if not sizes:
         return set()
     todo = {f.identity: f for f in [*files_a, *files_b] if f.size in sizes}
