@@ -290,8 +290,9 @@ def test_training_refuses_an_evaluation_split_that_holds_training_images(tiny_cl
                                  "--set", "data.split=all"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     message = [line for line in result.output.splitlines() if "data.split" in line]
-    assert message == ["error: data.split 'all' shares 15 images with train and 3 images with val; evaluate on a "
-                       "held-out split; valid choices: test"]
+    shared = ", ".join(str(flat_folder / "blue" / name) for name in ("img_0.png", "img_1.jpg", "img_3.jpg"))
+    assert message == [f"error: data.split 'all' shares 15 images with train and 3 images with val (e.g. {shared}, "
+                       "...); evaluate on a held-out split; valid choices: test"]
     assert not out.exists()
     for used in ("train", "val"):
         with pytest.raises(ConfigError, match=f"data.split '{used}' is used for"):

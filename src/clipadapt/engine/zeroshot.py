@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from clipadapt.config import option
-from clipadapt.data.base import ClassificationDataset, Split, shared_images, stratified_split
+from clipadapt.data.base import ClassificationDataset, Split, image_overlap, stratified_split
 from clipadapt.data.prompts import TemplateSet, resolve_template_sets
 from clipadapt.engine.features import EncodedSplit, FeatureCache, encode_split
 from clipadapt.engine.metrics import classification_metrics
@@ -143,11 +143,12 @@ def choose_selection(dataset: ClassificationDataset, split: str, select_on: str,
         source = dataset.splits.get(name)
         if source is None or name == split:
             continue
-        shared = shared_images(evaluated, source)
+        shared = image_overlap(evaluated, source)
         if shared:
-            raise ConfigError(f"data.split '{split}' shares {shared} images with {name}, which chooses the template "
-                              f"set; evaluate a held-out split ({', '.join(dataset.held_out_splits()) or 'none'}) "
-                              f"or pass --set zeroshot.select_on=none")
+            raise ConfigError(f"data.split '{split}' shares {shared.count} images with {name}, which chooses the "
+                              f"template set ({shared.named()}); evaluate a held-out split "
+                              f"({', '.join(dataset.held_out_splits()) or 'none'}) or pass --set "
+                              f"zeroshot.select_on=none")
         if not carve:
             return Selection("val", source)
         _, held = stratified_split(source.labels, CARVED_VAL_FRACTION, seed)

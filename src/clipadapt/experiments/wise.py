@@ -21,7 +21,7 @@ import torch
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
 from clipadapt.data.base import same_classes
-from clipadapt.engine.records import CONFIG_FILE, write_csv
+from clipadapt.engine.records import CONFIG_FILE, refuse_oracle_runs, write_csv
 from clipadapt.engine.rundir import save_config_dict
 from clipadapt.engine.trainer import FitResult, Trainer, make_accelerator
 from clipadapt.errors import ConfigError
@@ -68,6 +68,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     alphas = check_alphas(alphas)
     run_dir, out = Path(run_dir), Path(out)
     require_classification_runs([run_dir], "WiSE-FT")
+    refuse_oracle_runs([run_dir], "WiSE-FT")
     check_run_dir(out, overwrite, resumable=False)
     experiment, dataset, method = load_run(run_dir, device)
     refusal = method.zero_shot_start_refusal()
@@ -120,7 +121,8 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
                "selection": "val_acc, then val_loss", "shift_dataset": shift.name if shift else None,
                "rows": rows, "seconds": round(seconds, 3)}
     fit = FitResult(history=[{"step": i, **r} for i, r in enumerate(rows)], best_epoch=rows.index(chosen),
-                    train_time_s=seconds, train_images=0, details={"alpha": chosen["alpha"]})
+                    train_time_s=seconds, train_images=0,
+                    details={k: chosen[k] for k in ("alpha", "val_acc", "val_loss")})  # one alpha: nothing chosen
     evaluation = evaluations[chosen["alpha"]]
     record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1, trainer.selections)
     record["wise"] = {k: summary[k] for k in ("source", "chosen_alpha", "alphas", "shift_dataset")}

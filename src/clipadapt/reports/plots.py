@@ -3,6 +3,7 @@ notebook keeps its inline plots after clipadapt draws) and no figure stays open.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +281,8 @@ def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, t
 
 def plot_image_predictions(image: Image.Image, name: str, top: dict[str, list[tuple[str, float]]],
                            path: str | Path) -> None:
-    """One image, then a bar chart of the top-k probabilities of each run (``clipadapt predict``)."""
+    """One image, then a bar chart of the top-k probabilities of each run (``clipadapt predict``), titled with the
+    run's whole label."""
     n = len(top)
     fig, axes = subplots(1, n + 1, figsize=(3.2 * (n + 1), 2.8), squeeze=False,
                              gridspec_kw={"width_ratios": [1] + [1.3] * n})
@@ -293,6 +295,6 @@ def plot_image_predictions(image: Image.Image, name: str, top: dict[str, list[tu
         ax.set_yticks(y, [c[:18] for c, _ in classes], fontsize=7)
         ax.set_xlim(0, 1)
         ax.tick_params(axis="x", labelsize=6)
-        ax.set_title(label[:34], fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(label, 34)), fontsize=8)  # whole: an oracle's label ends the name
     fig.tight_layout()
     save_figure(fig, path)
