@@ -80,15 +80,46 @@ def test_gda_classifier_equals_shrunk_lda():
     np.testing.assert_allclose(bias.numpy(), prior - 0.5 * (w * means).sum(1), rtol=1e-5, atol=1e-5)
 
 
-def test_gda_chooses_alpha_on_val_and_is_per_class(tiny_clip_dir, colour_folder, tmp_path):
-    output = run("gda", tiny_clip_dir, colour_folder, tmp_path / "run")
+@pytest.fixture(scope="module")
+def disagree(tmp_path_factory):
+    """Validation and test disagree about every candidate (tests/helpers.py): test acc = 1 - val acc, exactly."""
+    from tests.helpers import COLOURS, make_disagreeing_folder
+
+    return make_disagreeing_folder(tmp_path_factory.mktemp("data") / "disagree",
+                                   colours={"red": COLOURS["red"], "blue": COLOURS["blue"]})
+
+
+def assert_chosen_on_val(record: dict, name: str, candidates: list[dict]) -> dict:
+    """The candidates differ on val, the recorded one is the val-best, and the test number is its mirror (a choice
+    that read test would report 1 - min(val))."""
+    val = [c["val_acc"] for c in candidates]
+    assert max(val) > min(val), f"the fixture must make the candidates differ on val: {val}"
+    best = max(candidates, key=lambda c: (c["val_acc"], -c["val_loss"]))
+    choice = record["selection"]["choices"][-1]
+    assert choice["name"] == name and choice["split"] == "val" and choice["candidates"] == len(candidates)
+    assert choice["val_acc"] == pytest.approx(best["val_acc"], abs=1e-6)
+    assert record["metrics"]["acc1"] == pytest.approx(1 - best["val_acc"], abs=1e-6)
+    return best
+
+
+def history_rows(run_dir) -> list[dict]:
+    import csv
+
+    with (run_dir / "history.csv").open() as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def test_gda_chooses_alpha_on_val_and_is_per_class(tiny_clip_dir, disagree, tmp_path):
+    output = run("gda", tiny_clip_dir, disagree, tmp_path / "run")
     record = output.record
-    assert record["selection"]["on"] == "val" and record["selection"]["chose"] == ["alpha"]
-    assert record["selection"]["alpha"] in [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+    rows = history_rows(output.run_dir)
+    assert [r["alpha"] for r in rows] == [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]  # the reference grid
+    best = assert_chosen_on_val(record, "alpha", rows)
+    assert record["selection"]["chose"] == ["alpha"] and record["selection"]["alpha"] == best["alpha"]
     assert record["params"]["trainable"] == 0
     _, dataset, method = __import__("clipadapt.classification.evaluation", fromlist=["load_run"]).load_run(
         output.run_dir)
-    assert method.per_class_state() == ["weight", "bias"]
+    assert method.per_class_state() == ["weight", "bias"] and float(method.alpha) == pytest.approx(best["alpha"])
 
 
 # -- lp++ -------------------------------------------------------------------------------------------------
@@ -186,20 +217,21 @@ def test_prolip_lambda_defaults_to_one_over_shots(tiny_clip_dir, colour_folder, 
     assert output.record["selection"]["chose"] == [] and output.record["best_epoch"] == 5
 
 
-def test_prolip_val_chooses_lr_and_lambda_on_validation(tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
+def test_prolip_val_chooses_lr_and_lambda_on_validation(tiny_clip_dir, disagree, tmp_path, monkeypatch):
     from clipadapt.methods import prolip
 
     scores = []
     real = prolip._val_scores
     monkeypatch.setattr(prolip, "_val_scores", lambda *a: scores.append(real(*a)) or scores[-1])
-    output = run("prolip-val", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5",
-                 "prolip.lrs=[0.01,0.00000001]", "prolip.lams=[0,1]")
+    output = run("prolip-val", tiny_clip_dir, disagree, tmp_path / "run", "prolip.iterations=20",
+                 "prolip.lrs=[0.1,0.00001]", "prolip.lams=[0.0,10.0]")
     selection = output.record["selection"]
-    assert selection["chose"] == ["lr,lambda"] and selection["choices"][0]["candidates"] == 4
-    cells = [(lr, lam) for lr in (0.01, 1e-8) for lam in (0, 1)]
-    best = max(range(4), key=lambda i: scores[i])
-    assert (selection["lr"], selection["lambda"]) == cells[best]
-    assert selection["val_acc"] == scores[best][0]
+    assert selection["chose"] == ["lr,lambda"] and len(scores) == 4  # each cell scored once on val, at its end
+    cells = [{"lr": lr, "lambda": lam, "val_acc": acc, "val_loss": -neg_loss}
+             for (lr, lam), (acc, neg_loss) in zip([(lr, lam) for lr in (0.1, 1e-5) for lam in (0.0, 10.0)], scores,
+                                                    strict=True)]
+    best = assert_chosen_on_val(output.record, "lr,lambda", cells)
+    assert (selection["lr"], selection["lambda"]) == (best["lr"], best["lambda"])
 
 
 def test_classes_without_training_images_are_handled_as_the_linear_probe_does():
