@@ -343,3 +343,36 @@ def test_caption_best_epoch(tiny_clip_dir, tiny_lm_dir, tmp_path):
     assert out.record["selection"]["val_cider"] == pytest.approx(max(val), abs=EXACT)
     rescored = evaluate_caption_run(out.run_dir, split="val")
     assert rescored["metrics"]["cider"] == pytest.approx(max(val), abs=1e-4)
+
+
+def test_caption_best_epoch_by_validation_loss(tiny_clip_dir, tiny_lm_dir, tmp_path):
+    """``train.select=loss`` (the default): the saved model's teacher-forced loss on val, computed again from the saved
+    weights, is the lowest of the epochs' val losses; were they read from test (the rotated captions) the kept
+    weights would be another epoch's and their val loss another number."""
+    import torch
+
+    from clipadapt.captioning.data import load_caption_dataset
+    from clipadapt.captioning.finished import load_caption_run
+    from clipadapt.captioning.runs import caption_data, load_caption_experiment, run_caption_training
+    from clipadapt.captioning.training import CaptionTask
+    from clipadapt.engine.trainer import Trainer, make_accelerator
+    from tests.helpers import make_disagreeing_captions
+
+    folder = make_disagreeing_captions(tmp_path / "captions")
+    out = run_caption_training(load_caption_experiment("lora", None, [
+        f"model.spec={tiny_clip_dir}", f"decoder.spec={tiny_lm_dir}", f"data.dataset=coco:{folder}",
+        "train.epochs=8", "train.batch_size=16", "train.max_length=24", "decode.max_new_tokens=6",
+        "decode.tokenizer=simple", "train.patience=0", "run.attention_images=0", "lora.lr=0.3", "bridge.lr=0.3",
+        f"run.out={tmp_path / 'run'}"]))
+    rows = history(out.run_dir)
+    val = [row["val_loss"] for row in rows]
+    assert max(val) > min(val) + 1e-3, f"the epochs must differ on val: {val}"
+    selection = out.record["selection"]
+    assert selection["by"] == "loss" and selection["chose"] == ["epoch"]
+    assert selection["val_loss"] == pytest.approx(min(val), abs=EXACT)
+    assert out.record["best_epoch"] == 1 + val.index(min(val)) < len(rows)  # not the last: the choice kept another
+    experiment, model = load_caption_run(out.run_dir)
+    data = caption_data(experiment, load_caption_dataset(experiment.data), model, torch.device("cpu"))
+    trainer = Trainer(experiment.train, data, make_accelerator(torch.device("cpu"), "fp32"), task=CaptionTask("loss"))
+    rescored = trainer.task.validate(trainer, model.to("cpu"))
+    assert rescored.row["val_loss"] == pytest.approx(min(val), abs=1e-5)
