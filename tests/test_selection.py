@@ -117,6 +117,24 @@ def test_tip_adapter_alpha_and_beta(tiny_clip_dir, disagree_distinct, tmp_path):
     assert_val_chosen(record, [row["val_acc"] for row in history(tmp_path / "run")])
 
 
+def test_tip_adapter_f_keeps_its_epoch_then_searches_alpha_and_beta_again(tiny_clip_dir, disagree_distinct, tmp_path,
+                                                                          monkeypatch):
+    """Its keys train and the epoch is kept on val; then alpha and beta are searched again with the trained keys,
+    on val: the final test number is the mirror of the re-search's best."""
+    from clipadapt.methods.tip_adapter import TipAdapter
+
+    grids = []
+    search = TipAdapter.search
+    monkeypatch.setattr(TipAdapter, "search", lambda self, trainer: grids.append(search(self, trainer)) or grids[-1])
+    record = train("tip-adapter-f", tiny_clip_dir, disagree_distinct, tmp_path / "run", "train.epochs=3",
+                   "tip_adapter.lr=0.01", "tip_adapter.alpha_steps=5", "tip_adapter.beta_steps=6")
+    assert len(grids) == 1 and len(grids[0]) == 30  # searched once, after training, over the whole grid
+    assert record["selection"]["chose"] == ["epoch", "alpha,beta"]
+    assert_val_chosen(record, [row["val_acc"] for row in grids[0]])
+    best = max(grids[0], key=lambda r: (r["val_acc"], -r["val_loss"]))
+    assert (record["selection"]["alpha"], record["selection"]["beta"]) == pytest.approx((best["alpha"], best["beta"]))
+
+
 def test_gda_alpha(tiny_clip_dir, disagree_distinct, tmp_path):
     record = train("gda", tiny_clip_dir, disagree_distinct, tmp_path / "run")
     rows = history(tmp_path / "run")
