@@ -30,15 +30,19 @@ from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_text
 from clipadapt.progress import progress_bar
 from clipadapt.world.captions import caption
+from clipadapt.world.reproducible import reproducible_build
 from clipadapt.world.scenes import COLOUR_NAMES, SceneSpec, generate_images, held_out_combinations
 from clipadapt.world.tokenizer import build_world_tokenizer
 
 RECIPE_VERSION = "1"
+ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 @dataclass
 class WorldClipRecipe:
     seed: int = option(0, help="seed of weights, scenes and captions")
+    threads: int = option(2, help="torch threads of the build, whatever the caller's: kernels split sums by "
+                                  "thread, so another count gives other weights")
     steps: int = option(2500, help="optimizer steps (about 3.5 minutes on 2 CPU cores)")
     batch_size: int = option(128, help="image-caption pairs per step")
     lr: float = option(1e-3, help="peak learning rate")
@@ -48,8 +52,9 @@ class WorldClipRecipe:
     shared_positives: bool = option(True, help="pairs whose captions mean the same are all positives (soft "
                                                "targets), instead of CLIP's one-hot target among duplicates")
     logit_scale_init: float = option(2.6592, help="initial log temperature (CLIP's value)")
-    focus_share: float = option(0.75, help="share of batches with single objects of 2 colours, captioned by "
+    focus_share: float = option(0.75, help="share of batches with single objects of few colours, captioned by "
                                            "colour and shape only, so that shape tells pairs apart")
+    focus_colours: int = option(2, help="colours in one focus batch")
     edge_filters: int = option(16, help="patch-embedding filters initialised as oriented edges and bars "
                                         "(a locality prior that shortens the plateau before shape is learned)")
     warmup_steps: int = option(50, help="linear warmup steps")
@@ -61,20 +66,25 @@ class WorldClipRecipe:
     vision_layers: int = option(2, help="vision transformer layers")
     text_layers: int = option(2, help="text transformer layers")
     projection_dim: int = option(64, help="joint embedding size")
+    activation: str = option("quick_gelu", help="MLP activation of both towers: quick_gelu (OpenAI CLIP's) or gelu "
+                                                "(torch's fused kernel, faster on a CPU)")
     version: str = option(RECIPE_VERSION, help="recipe version; cached models are rebuilt when it changes")
 
     def __post_init__(self) -> None:
-        require_positive(self, ("steps", "batch_size", "lr", "resolution", "patch_size", "width", "vision_layers",
-                                "text_layers"), "world recipe")
+        require_positive(self, ("threads", "steps", "batch_size", "lr", "resolution", "patch_size", "width",
+                                "vision_layers", "text_layers", "focus_colours"), "world recipe")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"world recipe activation must be one of {', '.join(ACTIVATIONS)}, got "
+                              f"{self.activation!r}")
 
 
 def build_world_clip(recipe: WorldClipRecipe, tokenizer) -> CLIPModel:
     heads = max(1, recipe.width // 32)
     config = CLIPConfig(
-        vision_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width,
+        vision_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width, hidden_act=recipe.activation,
                            num_hidden_layers=recipe.vision_layers, num_attention_heads=heads,
                            image_size=recipe.resolution, patch_size=recipe.patch_size),
-        text_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width,
+        text_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width, hidden_act=recipe.activation,
                          num_hidden_layers=recipe.text_layers, num_attention_heads=heads,
                          vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -114,7 +124,7 @@ def _plan(recipe: WorldClipRecipe, step: int) -> tuple[np.random.Generator, bool
     """The step's random stream, whether it is a focus batch, and the colours it may use."""
     rng = np.random.default_rng([recipe.seed, step, 7])
     focus = bool(rng.random() < recipe.focus_share)
-    n_colours = 2 if focus else recipe.colours_per_batch
+    n_colours = recipe.focus_colours if focus else recipe.colours_per_batch
     colours = set(rng.choice(COLOUR_NAMES, size=min(n_colours, len(COLOUR_NAMES)), replace=False))
     return rng, focus, colours
 
@@ -153,8 +163,8 @@ def _batch(recipe: WorldClipRecipe, spec: SceneSpec, step: int, tokenizer, prepr
 class PooledBatches:
     """Scenes rendered and resized once, then drawn with fresh captions: most of a step's data cost goes away.
 
-    Draws follow the same plan as ``_batch`` (focus batches: single objects of 2 colours, every allowed pair
-    equally often; other batches: scenes whose objects use only the step's colours).
+    Draws follow the same plan as ``_batch`` (focus batches: single objects of ``focus_colours`` colours, every
+    allowed pair equally often; other batches: scenes whose objects use only the step's colours).
     """
 
     def __init__(self, recipe: WorldClipRecipe, spec: SceneSpec, preprocess: ClipPreprocess | None = None) -> None:
@@ -221,11 +231,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
 
 def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = None,
                         seconds: float | None = None) -> dict:
-    """Train and save the world CLIP (model, tokenizer, preprocessor, recipe, loss curve) into ``out_dir``."""
+    """Train and save the world CLIP (model, tokenizer, preprocessor, recipe, loss curve) into ``out_dir``.
+
+    Same weights for a recipe whoever calls (the build fixes its own threads and random state, see reproducible.py).
+    """
     recipe = recipe or WorldClipRecipe()
     if seconds is not None and seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {seconds}")
-    out_dir = Path(out_dir)
+    with reproducible_build(recipe.threads, recipe.seed):
+        return _pretrain(Path(out_dir), recipe, seconds)
+
+
+def _pretrain(out_dir: Path, recipe: WorldClipRecipe, seconds: float | None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_world_tokenizer()
     model = build_world_clip(recipe, tokenizer).train()
