@@ -195,23 +195,40 @@ def test_concurrent_users_wait_for_one_build():
 
 
 def test_the_documented_world_figures_are_read_from_docs(tmp_path):
-    from tests.helpers import documented_world_figures
+    from tests.helpers import documented_thread_figures, documented_world_figures, documented_world_spread
 
-    # what tests/test_world_slow.py holds the built world to: the default recipe's row of docs/world.md
+    # what tests/test_world_slow.py holds the built world to: the default recipe's row of docs/world.md, within the
+    # spread of its builds with other thread counts; the default row is the build with the recipe's own thread count
     figures = documented_world_figures()
     assert set(figures) == {"shapes", "shapes-novel", "shape", "colour", "shapes-shifted"}
     assert all(0 < value <= 1 for value in figures.values())
+    by_threads = documented_thread_figures()
+    assert set(by_threads) == {1, 2, 4} and by_threads[WorldClipRecipe().threads] == figures
     table = ["| recipe | build | world:shapes (48) | shapes-novel (16) | shape (6) | colour (8) | shifted (48) | lp |",
              "|---|---:|---:|---:|---:|---:|---:|---:|",
              "| older | 200 s | 0.5 | 0.4 | 0.3 | 0.9 | 0.2 | - |",
-             "| **same: the default recipe** | 230 s | **0.81** | 0.62* | 0.79 | 0.88 | 0.47 | - |"]
+             "| **same: the default recipe** | 230 s | **0.81** | 0.62* | 0.79 | 0.88 | 0.47 | - |",
+             "",
+             "| threads | build | world:shapes (48) | shapes-novel (16) | shape (6) | colour (8) | shifted (48) |",
+             "|---:|---:|---:|---:|---:|---:|---:|",
+             "| **1 (the recipe's)** | 230 s | 0.81 | 0.62 | 0.79 | 0.88 | 0.47 |",
+             "| 2 | 170 s | 0.83 | 0.60 | 0.80 | 0.88 | 0.40 |",
+             "| spread | | 0.02 | 0.02 | 0.01 | 0 | 0.07 |",
+             "",
+             "after the table"]
     doc = tmp_path / "world.md"
     doc.write_text("\n".join(table) + "\n")
     assert documented_world_figures(doc) == {"shapes": 0.81, "shapes-novel": 0.62, "shape": 0.79, "colour": 0.88,
                                              "shapes-shifted": 0.47}
+    assert documented_thread_figures(doc)[2] == {"shapes": 0.83, "shapes-novel": 0.6, "shape": 0.8, "colour": 0.88,
+                                                 "shapes-shifted": 0.4}
+    assert documented_world_spread(doc) == {"shapes": 0.02, "shapes-novel": 0.02, "shape": 0.01, "colour": 0.0,
+                                            "shapes-shifted": 0.07}
     doc.write_text("\n".join(table[:3]) + "\n")
     with pytest.raises(ValueError, match="one 'the default recipe' row"):
         documented_world_figures(doc)
+    with pytest.raises(ValueError, match=re.escape("one '| threads |' table")):
+        documented_thread_figures(doc)
 
 
 def test_pretraining_is_deterministic_for_a_seed(tmp_path):
@@ -324,9 +341,9 @@ def test_pooled_batches_follow_the_batch_rules_and_are_deterministic():
         pixels2, tokens2, keys2 = again.batch(step, tokenizer)
         assert torch.equal(pixels, pixels2) and keys == keys2 and torch.equal(tokens["input_ids"], tokens2["input_ids"])
         assert pixels.shape == (32, 3, 48, 48)
-        if isinstance(keys[0], tuple):  # focus batch: single objects, two colours, balanced pairs
+        if isinstance(keys[0], tuple):  # focus batch: single objects, the recipe's focus colours, balanced pairs
             kinds.add("focus")
-            assert len({c for c, _ in keys}) == 2 and not set(keys) & held_out_combinations()
+            assert len({c for c, _ in keys}) == recipe.focus_colours == 3 and not set(keys) & held_out_combinations()
             counts = np.unique([str(k) for k in keys], return_counts=True)[1]
             assert counts.max() - counts.min() <= 1
         else:
