@@ -46,7 +46,7 @@ class WorldClipRecipe:
     seed: int = option(0, help="seed of weights, scenes and captions")
     threads: int = option(1, help="torch threads of the build, whatever the caller's: kernels split sums by "
                                   "thread, so another count gives other weights")
-    steps: int = option(2500, help="optimizer steps (about 4 minutes on one CPU core)")
+    steps: int = option(2500, help="optimizer steps (4-6 minutes on one CPU thread)")
     batch_size: int = option(128, help="image-caption pairs per step")
     lr: float = option(1e-3, help="peak learning rate")
     colours_per_batch: int = option(3, help="colours in one batch: few colours force the model to see shape")
