@@ -371,3 +371,25 @@ def test_forced_rebuild_replaces_a_valid_entry():
     path = ensure_built("forced", "r", _fake_build(calls))
     assert ensure_built("forced", "r", _fake_build(calls), force=True) == path
     assert len(calls) == 2 and verify(path, "r") and verify(path) and not verify(path, "other")
+
+
+
+def test_clip_logits_encode_each_distinct_caption_once_and_equal_the_models(monkeypatch):
+    from clipadapt.world.pretrain import build_world_clip, clip_logits
+
+    tokenizer = build_world_tokenizer()
+    model = build_world_clip(WorldClipRecipe(**TINY_RECIPE), tokenizer).eval()
+    tokens = tokenizer(["a red star", "a blue circle .", "a red star", "a red star"], padding=True,
+                       return_tensors="pt")
+    pixels = torch.randn(4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, **tokens).logits_per_image
+    encoded = []
+    text_features = model.get_text_features
+    monkeypatch.setattr(model, "get_text_features", lambda **kw: encoded.append(len(kw["input_ids"])) or
+                        text_features(**kw))
+    with torch.no_grad():
+        logits = clip_logits(model, pixels, tokens)
+    assert encoded == [2]  # two distinct captions among four
+    assert logits.shape == (4, 4) and torch.allclose(logits, expected, atol=1e-5)
+    assert torch.equal(logits[:, 0], logits[:, 2]) and torch.equal(logits[:, 0], logits[:, 3])
