@@ -10,7 +10,8 @@ Fixed for the build, and the caller's own restored after it (also when the build
 count, deterministic algorithms, the default dtype, and the global random state of torch, Python and NumPy
 (seeded from the recipe, so a draw from a global generator is part of the recipe too). Not touched: torch's
 inter-op thread count (it can be set only once per process, before any parallel work, and eager training on the
-CPU does not use that pool) and the CPU's instruction set (the remaining difference between machines).
+CPU does not use that pool), the flush-denormal mode (torch cannot read it back to restore it; off unless a caller
+turns it on) and the CPU's instruction set (the remaining difference between machines, see docs/world.md).
 """
 
 from __future__ import annotations
