@@ -99,17 +99,19 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_callers_with_one_and_two_threads_build_bit_identical_weights(tmp_path):
-    # Even this tiny model's kernels split their sums by thread: the recipe's thread count changes the weights (the
-    # last build below), so the first two agreeing is the builder's doing, not the model being too small to split.
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_callers_with_one_and_two_threads_build_bit_identical_weights(builder, tmp_path):
+    # Even these tiny models' kernels split their sums by thread: the recipe's thread count changes the weights (the
+    # last build below), so the first two agreeing is the builder's doing, not a model too small to split.
+    _, build = BUILDERS[builder]
     with caller_state(threads=1):  # `make test`'s workers
-        pretrain.pretrain_world_clip(tmp_path / "one", WorldClipRecipe(threads=2, **TINY_CLIP))
+        build(tmp_path / "one", 2)
     with caller_state(threads=2, dtype=torch.float64):  # `make demo` on two cores, and a caller with odd defaults
         _seed_everything(123)
-        pretrain.pretrain_world_clip(tmp_path / "two", WorldClipRecipe(threads=2, **TINY_CLIP))
+        build(tmp_path / "two", 2)
     assert _same(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
     with caller_state(threads=2):
-        pretrain.pretrain_world_clip(tmp_path / "recipe-one-thread", WorldClipRecipe(threads=1, **TINY_CLIP))
+        build(tmp_path / "recipe-one-thread", 1)
     assert not _same(_weights(tmp_path / "one"), _weights(tmp_path / "recipe-one-thread"))
 
 
