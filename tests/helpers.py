@@ -117,24 +117,53 @@ WORLD_DOC_COLUMNS = {"world:shapes (48)": "shapes", "shapes-novel (16)": "shapes
                      "colour (8)": "colour", "shifted (48)": "shapes-shifted"}
 
 
+def _table_cells(line: str) -> list[str]:
+    return [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+
+
+def _world_figures(header: list[str], row: list[str], path: Path) -> dict[str, float]:
+    cells = dict(zip(header, row, strict=True))
+    missing = set(WORLD_DOC_COLUMNS) - set(cells)
+    if missing:
+        raise ValueError(f"{path}: the table has no column {', '.join(sorted(missing))}")
+    return {task: float(cells[column]) for column, task in WORLD_DOC_COLUMNS.items()}
+
+
 def documented_world_figures(path: Path = WORLD_DOC) -> dict[str, float]:
     """The zero-shot figures docs/world.md records for world:tiny's default recipe (the one row of its table that
     says "the default recipe"), by task name."""
-
-    def cells(line: str) -> list[str]:
-        return [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
-
     lines = path.read_text().splitlines()
-    headers = [cells(line) for line in lines if line.startswith("| recipe |")]
-    rows = [cells(line) for line in lines if line.startswith("|") and "the default recipe" in line]
+    headers = [_table_cells(line) for line in lines if line.startswith("| recipe |")]
+    rows = [_table_cells(line) for line in lines if line.startswith("|") and "the default recipe" in line]
     if len(headers) != 1 or len(rows) != 1:
         raise ValueError(f"{path}: expected one '| recipe |' table with one 'the default recipe' row, found "
                          f"{len(headers)} tables and {len(rows)} rows")
-    row = dict(zip(headers[0], rows[0], strict=True))
-    missing = set(WORLD_DOC_COLUMNS) - set(row)
-    if missing:
-        raise ValueError(f"{path}: the recipe table has no column {', '.join(sorted(missing))}")
-    return {task: float(row[column]) for column, task in WORLD_DOC_COLUMNS.items()}
+    return _world_figures(headers[0], rows[0], path)
+
+
+def documented_thread_figures(path: Path = WORLD_DOC) -> dict[int, dict[str, float]]:
+    """docs/world.md's builds of the default recipe with other thread counts (the '| threads |' table, a stand-in
+    for other machines): ``{threads: {task: acc1}}``."""
+    lines = path.read_text().splitlines()
+    start = [i for i, line in enumerate(lines) if line.startswith("| threads |")]
+    if len(start) != 1:
+        raise ValueError(f"{path}: expected one '| threads |' table, found {len(start)}")
+    header = _table_cells(lines[start[0]])
+    figures = {}
+    for line in lines[start[0] + 2:]:
+        if not line.startswith("|"):
+            break
+        row = _table_cells(line)
+        if row[0].split()[0].isdigit():  # the spread row, if any, is derived, not read
+            figures[int(row[0].split()[0])] = _world_figures(header, row, path)
+    return figures
+
+
+def documented_world_spread(path: Path = WORLD_DOC) -> dict[str, float]:
+    """By task: the largest distance between the default recipe's documented figure and a build with another thread
+    count (how far a build on another machine may land from the documented figure)."""
+    default, by_threads = documented_world_figures(path), documented_thread_figures(path)
+    return {task: round(max(abs(row[task] - default[task]) for row in by_threads.values()), 4) for task in default}
 
 
 @contextmanager

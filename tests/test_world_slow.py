@@ -11,7 +11,12 @@ from clipadapt.classification.training import run_training
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.zeroshot import evaluate_zero_shot
 from clipadapt.models import load_model
-from tests.helpers import clipadapt_home, documented_world_figures
+from tests.helpers import (
+    clipadapt_home,
+    documented_thread_figures,
+    documented_world_figures,
+    documented_world_spread,
+)
 
 # `make test` distributes by file (pytest-xdist --dist loadfile) in collection order, and conftest.py puts this file
 # first: one worker starts building world:tiny at once and runs these tests, the other runs the rest of the suite.
@@ -19,20 +24,17 @@ from tests.helpers import clipadapt_home, documented_world_figures
 pytestmark = pytest.mark.slow
 
 
-# docs/world.md records what world:tiny's default recipe scores zero-shot (acc1 on the test split, template `simple`).
-# The world built here must hold those figures, above and below (a change that moves them must update the docs),
-# within these margins:
-MARGINS = {"shapes": 0.05, "shapes-novel": 0.14, "shape": 0.05, "colour": 0.05, "shapes-shifted": 0.15}
-# Why that wide: the test images are fixed by their seeds, so the spread is the model's. Pretraining is deterministic
-# for a recipe on one machine with one thread count, but not bit-reproducible across thread counts or machines:
-# `make test` builds with one torch thread per worker, and that build (x86_64, torch 2.13.0+cpu, 2026-11-30) scored
-# shapes 0.829, novel 0.588, shape 0.792, colour 0.884, shifted 0.404; another build of the same recipe on the same
-# machine (its loss first differs at step 60, in the fifth decimal) 0.829, 0.594, 0.818, 0.898, 0.415. Add the
-# neighbouring step counts in docs/world.md (2,400 and 2,600 steps: up to 0.015 shapes, 0.031 novel, 0.013 colour,
-# 0.053 shifted) and docs/benchmarks.md's rebuild on another machine (novel pairs moved by 0.066): each margin is
-# twice the largest deviation from the documented figure seen so far, rounded up, at least 0.05. Shifted backgrounds,
-# never seen in pretraining, move most (0.073). Beyond the margin is a real change of the world, not a rebuild.
+# docs/world.md records what world:tiny's default recipe scores zero-shot (acc1 on the test split, template `simple`),
+# and what the same recipe scores when built with 1, 2 and 4 torch threads (its '| threads |' table). Every builder
+# fixes its own thread count (world/reproducible.py), so on one machine `make test`, `make demo` and the CLI build the
+# same weights and the documented figures exactly; another machine (another instruction set) may land elsewhere, as
+# another thread count does. So the world built here must hold each documented figure within the spread measured
+# across thread counts (plus 0.001: both figures are rounded to 3 decimals in the docs), never closer: a change of
+# the world beyond that spread must update the docs.
+ROUNDING = 0.001
+TASKS = ("shapes", "shapes-novel", "shape", "colour", "shapes-shifted")
 CHANCE = {"shapes": 1 / 48, "shapes-novel": 1 / 48, "shape": 1 / 6, "colour": 1 / 8, "shapes-shifted": 1 / 48}
+TARGET = 0.80  # world:shapes zero-shot (issue 3), met by every documented build
 
 
 def _zero_shot(bundle, task: str, templates=("simple",)) -> float:
@@ -46,26 +48,29 @@ def world_scores(world_home):
         start = time.perf_counter()
         bundle = load_model("world:tiny")
         load_s = time.perf_counter() - start
-        scores = {task: _zero_shot(bundle, task) for task in MARGINS}
+        scores = {task: _zero_shot(bundle, task) for task in TASKS}
     return load_s, scores
 
 
 def test_world_tiny_holds_its_documented_zero_shot_figures(world_scores):
     load_s, scores = world_scores
     assert load_s < 10  # the cached copy (target < 3 s; generous under test load)
-    documented = documented_world_figures()
-    assert set(documented) == set(MARGINS)
-    off = {task: (round(scores[task], 3), documented[task], MARGINS[task]) for task in MARGINS
-           if abs(scores[task] - documented[task]) > MARGINS[task]}
-    assert not off, f"(measured, documented in docs/world.md, margin) by task: {off}; all measured: {scores}"
-    for task, chance in CHANCE.items():  # the margins keep every task far above chance
-        assert documented[task] - MARGINS[task] > 2 * chance, task
+    documented, spread = documented_world_figures(), documented_world_spread()
+    assert set(documented) == set(spread) == set(TASKS)
+    off = {task: (round(scores[task], 4), documented[task], spread[task]) for task in TASKS
+           if abs(scores[task] - documented[task]) > spread[task] + ROUNDING}
+    assert not off, f"(measured, documented in docs/world.md, spread) by task: {off}; all measured: {scores}"
+    for task, chance in CHANCE.items():  # anywhere within the spread, every task stays far above chance
+        assert documented[task] - spread[task] > 2 * chance, task
     assert scores["shapes-novel"] < scores["shapes"] - 0.05, scores  # a real gap for adaptation to close
 
 
 def test_world_tiny_meets_the_issue_target(world_scores):
     _, scores = world_scores
-    assert scores["shapes"] >= 0.80, scores
+    assert scores["shapes"] >= TARGET, scores
+    # and so does a build anywhere within the measured spread: whether the target is met does not depend on the machine
+    assert min(figures["shapes"] for figures in documented_thread_figures().values()) >= TARGET
+    assert documented_world_figures()["shapes"] - documented_world_spread()["shapes"] >= TARGET
 
 
 def test_world_tiny_is_a_real_clip_checkpoint(with_world):
@@ -74,9 +79,9 @@ def test_world_tiny_is_a_real_clip_checkpoint(with_world):
     assert type(bundle.model).__name__ == "CLIPModel"
 
 
-# Methods really learn: on the pretrained world:tiny, adaptation beats zero-shot by a clear margin. Measured
-# (docs/benchmarks.md): world:shapes zero-shot 0.833, linear-probe 0.891, lora 0.880; world:shapes-novel with 4 shots
-# zero-shot 0.603, linear-probe 0.931, lora 0.784.
+# Methods really learn: on the pretrained world:tiny, adaptation beats zero-shot by a clear margin. Measured on world
+# recipe v1 (docs/benchmarks.md): world:shapes zero-shot 0.833, linear-probe 0.891, lora 0.880; world:shapes-novel
+# with 4 shots zero-shot 0.603, linear-probe 0.931, lora 0.784 (recipe v2's zero-shot figures: docs/world.md).
 def zero_shot_acc1(dataset: str) -> float:
     result = evaluate_zero_shot(load_model("world:tiny"), load_dataset(DataConfig(dataset=dataset)), "test",
                                 ["simple"])
@@ -96,10 +101,10 @@ def test_linear_probe_and_lora_beat_zero_shot(dataset, shots, margin, with_world
             assert record["shots"] == shots
 
 
-# The prompt methods on the task world:tiny was not pretrained for. Measured (docs/methods.md, seeds 0-2): zero-shot
-# 0.594 (`simple`); coop with one context per class ~0.93. coop's shared context (its default) only ties zero-shot
-# here, see the docs. visual-prompt, vpt and vision-prefix at their defaults are checked on the demo's own runs
-# (same task, shots and schedule) in test_demo_runs_offline_on_the_world, which trains them anyway.
+# The prompt methods on the task world:tiny was not pretrained for. Measured on recipe v1 (docs/methods.md, seeds
+# 0-2): zero-shot 0.594 (`simple`); coop with one context per class ~0.93. coop's shared context (its default) only
+# ties zero-shot here, see the docs. visual-prompt, vpt and vision-prefix at their defaults are checked on the demo's
+# own runs (same task, shots and schedule) in test_demo_runs_offline_on_the_world, which trains them anyway.
 def test_class_specific_coop_beats_zero_shot_on_novel_pairs(with_world, tmp_path):
     zero_shot = zero_shot_acc1("world:shapes-novel")
     overrides = ["model.spec=world:tiny", "data.dataset=world:shapes-novel", "data.shots=8",
@@ -109,12 +114,12 @@ def test_class_specific_coop_beats_zero_shot_on_novel_pairs(with_world, tmp_path
     assert record["shots"] == 8 and record["selection"]["val_acc"] > 0
 
 
-# Corruptions cost the pretrained model accuracy. Measured on world:shapes test, the first 5 images of each of the 48
-# classes (240), zero-shot with the simple template: blur radius 0/0.5/1/2/4: 0.817 0.808 0.725 0.417 0.233; JPEG
-# 100 - quality 0/50/80/90/95: 0.817 0.629 0.517 0.412 0.308 (all 960 images: 0.829 0.826 0.715 0.392 0.229 and
-# 0.829 0.645 0.486 0.384 0.275). A level may score up to ROBUSTNESS_NOISE above the one before it (one image is
-# 0.004; blur 0.5 barely changes a 64-pixel scene, so those two levels are a near tie), and the strongest level is
-# far below clean. About 2-4 s each once the world exists.
+# Corruptions cost the pretrained model accuracy. Measured (recipe v1) on world:shapes test, the first 5 images of
+# each of the 48 classes (240), zero-shot with the simple template: blur radius 0/0.5/1/2/4: 0.817 0.808 0.725 0.417
+# 0.233; JPEG 100 - quality 0/50/80/90/95: 0.817 0.629 0.517 0.412 0.308 (all 960 images: 0.829 0.826 0.715 0.392
+# 0.229 and 0.829 0.645 0.486 0.384 0.275). A level may score up to ROBUSTNESS_NOISE above the one before it (one
+# image is 0.004; blur 0.5 barely changes a 64-pixel scene, so those two levels are a near tie), and the strongest
+# level is far below clean. About 2-4 s each once the world exists.
 ROBUSTNESS_NOISE = 0.02
 
 

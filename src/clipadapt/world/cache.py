@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -92,21 +92,6 @@ def _locked(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextmanager
-def _own_random_state() -> Iterator[None]:
-    """Torch's and Python's global random state restored after the block (CPU; a build runs on the CPU)."""
-    import random
-
-    import torch
-
-    python_state = random.getstate()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        random.setstate(python_state)
-
-
 def ensure_built(name: str, recipe_key: str, build: Callable[[Path], None], force: bool = False) -> Path:
     """Return the verified cache directory of ``name``, building it (once, atomically) if needed.
 
@@ -123,8 +108,7 @@ def ensure_built(name: str, recipe_key: str, build: Callable[[Path], None], forc
             shutil.rmtree(final)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=world_dir()))
         try:
-            with _own_random_state():  # a build seeds torch; the run that asked for it must not notice
-                build(staging)
+            build(staging)  # a builder keeps its threads and seeding to itself (world/reproducible.py)
             write_manifest(staging, recipe_key)
             if final.exists():  # force: the old entry stays valid until the new one is complete
                 shutil.rmtree(final)

@@ -21,6 +21,7 @@ from clipadapt.progress import progress_bar
 from clipadapt.world.cache import ensure_built, recipe_key
 from clipadapt.world.captions import ONE_OBJECT, caption
 from clipadapt.world.pretrain import write_loss_curve
+from clipadapt.world.reproducible import reproducible_build
 from clipadapt.world.scenes import SceneSpec, held_out_combinations, sample_scene
 from clipadapt.world.tokenizer import build_world_tokenizer
 
@@ -32,6 +33,8 @@ LM_PHRASINGS = tuple(i for i in range(len(ONE_OBJECT)) if i not in HELD_OUT_PHRA
 @dataclass
 class WorldLMRecipe:
     seed: int = option(0, help="seed of weights and captions")
+    threads: int = option(1, help="torch threads of the build, whatever the caller's (another count gives other "
+                                  "weights)")
     steps: int = option(400, help="optimizer steps (about a minute on 2 CPU cores)")
     batch_size: int = option(64, help="captions per step")
     lr: float = option(2e-3, help="peak learning rate")
@@ -43,7 +46,8 @@ class WorldLMRecipe:
     version: str = option(LM_VERSION, help="recipe version; cached models are rebuilt when it changes")
 
     def __post_init__(self) -> None:
-        require_positive(self, ("steps", "batch_size", "lr", "layers", "width", "heads"), "world LM recipe")
+        require_positive(self, ("threads", "steps", "batch_size", "lr", "layers", "width", "heads"),
+                         "world LM recipe")
 
 
 def _captions(recipe: WorldLMRecipe, step: int) -> list[str]:
@@ -57,8 +61,13 @@ def _captions(recipe: WorldLMRecipe, step: int) -> list[str]:
 
 
 def pretrain_world_lm(out_dir: str | Path, recipe: WorldLMRecipe | None = None) -> dict:
+    """Train and save the world LM into ``out_dir``: same weights for a recipe whoever calls (reproducible.py)."""
     recipe = recipe or WorldLMRecipe()
-    out_dir = Path(out_dir)
+    with reproducible_build(recipe.threads, recipe.seed):
+        return _pretrain_lm(Path(out_dir), recipe)
+
+
+def _pretrain_lm(out_dir: Path, recipe: WorldLMRecipe) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_world_tokenizer()
     # positions for a captioner's image prefix (world:tiny's 37 tokens) in front of a caption

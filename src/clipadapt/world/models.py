@@ -18,7 +18,7 @@ def world_clip_dir(rebuild: bool = False) -> Path:
 
     def build(staging: Path) -> None:
         if not rebuild:
-            log.warning("world:tiny is not cached yet: pretraining it now (about 4 minutes on 2 CPU cores, once)")
+            log.warning("world:tiny is not cached yet: pretraining it now (4-6 minutes on one CPU thread, once)")
         pretrain_world_clip(staging, WorldClipRecipe())
 
     return ensure_built(WORLD_CLIP_NAME, recipe_key(WorldClipRecipe()), build, force=rebuild)

@@ -16,6 +16,9 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,16 +33,20 @@ from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_text
 from clipadapt.progress import progress_bar
 from clipadapt.world.captions import caption
+from clipadapt.world.reproducible import reproducible_build
 from clipadapt.world.scenes import COLOUR_NAMES, SceneSpec, generate_images, held_out_combinations
 from clipadapt.world.tokenizer import build_world_tokenizer
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
+ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 @dataclass
 class WorldClipRecipe:
     seed: int = option(0, help="seed of weights, scenes and captions")
-    steps: int = option(2500, help="optimizer steps (about 3.5 minutes on 2 CPU cores)")
+    threads: int = option(1, help="torch threads of the build, whatever the caller's: kernels split sums by "
+                                  "thread, so another count gives other weights")
+    steps: int = option(2500, help="optimizer steps (4-6 minutes on one CPU thread)")
     batch_size: int = option(128, help="image-caption pairs per step")
     lr: float = option(1e-3, help="peak learning rate")
     colours_per_batch: int = option(3, help="colours in one batch: few colours force the model to see shape")
@@ -48,8 +55,10 @@ class WorldClipRecipe:
     shared_positives: bool = option(True, help="pairs whose captions mean the same are all positives (soft "
                                                "targets), instead of CLIP's one-hot target among duplicates")
     logit_scale_init: float = option(2.6592, help="initial log temperature (CLIP's value)")
-    focus_share: float = option(0.75, help="share of batches with single objects of 2 colours, captioned by "
+    focus_share: float = option(0.75, help="share of batches with single objects of few colours, captioned by "
                                            "colour and shape only, so that shape tells pairs apart")
+    focus_colours: int = option(3, help="colours in one focus batch: each colour with its shapes, so that shape "
+                                         "must be told apart within a colour and across colours")
     edge_filters: int = option(16, help="patch-embedding filters initialised as oriented edges and bars "
                                         "(a locality prior that shortens the plateau before shape is learned)")
     warmup_steps: int = option(50, help="linear warmup steps")
@@ -61,20 +70,25 @@ class WorldClipRecipe:
     vision_layers: int = option(2, help="vision transformer layers")
     text_layers: int = option(2, help="text transformer layers")
     projection_dim: int = option(64, help="joint embedding size")
+    activation: str = option("gelu", help="MLP activation of both towers: gelu (torch's fused kernel, faster on a "
+                                          "CPU) or quick_gelu (OpenAI CLIP's)")
     version: str = option(RECIPE_VERSION, help="recipe version; cached models are rebuilt when it changes")
 
     def __post_init__(self) -> None:
-        require_positive(self, ("steps", "batch_size", "lr", "resolution", "patch_size", "width", "vision_layers",
-                                "text_layers"), "world recipe")
+        require_positive(self, ("threads", "steps", "batch_size", "lr", "resolution", "patch_size", "width",
+                                "vision_layers", "text_layers", "focus_colours"), "world recipe")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"world recipe activation must be one of {', '.join(ACTIVATIONS)}, got "
+                              f"{self.activation!r}")
 
 
 def build_world_clip(recipe: WorldClipRecipe, tokenizer) -> CLIPModel:
     heads = max(1, recipe.width // 32)
     config = CLIPConfig(
-        vision_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width,
+        vision_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width, hidden_act=recipe.activation,
                            num_hidden_layers=recipe.vision_layers, num_attention_heads=heads,
                            image_size=recipe.resolution, patch_size=recipe.patch_size),
-        text_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width,
+        text_config=dict(hidden_size=recipe.width, intermediate_size=4 * recipe.width, hidden_act=recipe.activation,
                          num_hidden_layers=recipe.text_layers, num_attention_heads=heads,
                          vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -114,7 +128,7 @@ def _plan(recipe: WorldClipRecipe, step: int) -> tuple[np.random.Generator, bool
     """The step's random stream, whether it is a focus batch, and the colours it may use."""
     rng = np.random.default_rng([recipe.seed, step, 7])
     focus = bool(rng.random() < recipe.focus_share)
-    n_colours = 2 if focus else recipe.colours_per_batch
+    n_colours = recipe.focus_colours if focus else recipe.colours_per_batch
     colours = set(rng.choice(COLOUR_NAMES, size=min(n_colours, len(COLOUR_NAMES)), replace=False))
     return rng, focus, colours
 
@@ -153,8 +167,8 @@ def _batch(recipe: WorldClipRecipe, spec: SceneSpec, step: int, tokenizer, prepr
 class PooledBatches:
     """Scenes rendered and resized once, then drawn with fresh captions: most of a step's data cost goes away.
 
-    Draws follow the same plan as ``_batch`` (focus batches: single objects of 2 colours, every allowed pair
-    equally often; other batches: scenes whose objects use only the step's colours).
+    Draws follow the same plan as ``_batch`` (focus batches: single objects of ``focus_colours`` colours, every
+    allowed pair equally often; other batches: scenes whose objects use only the step's colours).
     """
 
     def __init__(self, recipe: WorldClipRecipe, spec: SceneSpec, preprocess: ClipPreprocess | None = None) -> None:
@@ -191,6 +205,34 @@ class PooledBatches:
         return self.preprocess.normalize(pixels), tokens, keys
 
 
+def prefetched(make_batch: Callable[[int], tuple]) -> Iterator[tuple]:
+    """``make_batch(0), make_batch(1), ...``, each next one made in a thread while the caller trains on this one.
+
+    A batch depends only on its step, so the weights are the same as without the thread; with torch on one thread,
+    rendering captions and tokenising (pure Python, a tenth of a step) move to the machine's other core."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="world-batches") as executor:
+        step, upcoming = 0, executor.submit(make_batch, 0)
+        while True:
+            batch = upcoming.result()
+            step += 1
+            upcoming = executor.submit(make_batch, step)
+            yield batch
+
+
+def clip_logits(model: CLIPModel, pixels: torch.Tensor, tokens: dict) -> torch.Tensor:
+    """``model(...).logits_per_image``, with each distinct caption encoded once: a focus batch repeats a few
+    captions ("a red star") many times, and the text tower need not see them again."""
+    image = model.get_image_features(pixel_values=pixels).pooler_output
+    rows = torch.cat([tokens["input_ids"], tokens["attention_mask"]], dim=1)
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    width = tokens["input_ids"].shape[1]
+    text = model.get_text_features(input_ids=unique[:, :width], attention_mask=unique[:, width:]).pooler_output
+    text = text[inverse]
+    image = image / image.norm(dim=-1, keepdim=True)
+    text = text / text.norm(dim=-1, keepdim=True)
+    return model.logit_scale.exp() * image @ text.T
+
+
 def contrastive_loss(logits_per_image: torch.Tensor, keys: list | None = None) -> torch.Tensor:
     """Symmetric InfoNCE; with ``keys``, every pair with the same key is a positive (uniform soft target)."""
     n = logits_per_image.shape[0]
@@ -221,11 +263,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
 
 def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = None,
                         seconds: float | None = None) -> dict:
-    """Train and save the world CLIP (model, tokenizer, preprocessor, recipe, loss curve) into ``out_dir``."""
+    """Train and save the world CLIP (model, tokenizer, preprocessor, recipe, loss curve) into ``out_dir``.
+
+    Same weights for a recipe whoever calls (the build fixes its own threads and random state, see reproducible.py).
+    """
     recipe = recipe or WorldClipRecipe()
     if seconds is not None and seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {seconds}")
-    out_dir = Path(out_dir)
+    with reproducible_build(recipe.threads, recipe.seed):
+        return _pretrain(Path(out_dir), recipe, seconds)
+
+
+def _pretrain(out_dir: Path, recipe: WorldClipRecipe, seconds: float | None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_world_tokenizer()
     model = build_world_clip(recipe, tokenizer).train()
@@ -238,14 +287,16 @@ def pretrain_world_clip(out_dir: str | Path, recipe: WorldClipRecipe | None = No
     preprocess = _preprocess(recipe)
     pool = PooledBatches(recipe, spec, preprocess) if recipe.pool_images > 0 else None  # before timing steps
     pool_s = time.perf_counter() - build_start
+
+    def make_batch(i: int) -> tuple:
+        return pool.batch(i, tokenizer) if pool is not None else _batch(recipe, spec, i, tokenizer, preprocess)
+
     losses, start, step = [], time.perf_counter(), 0
-    with progress_bar("pretraining world:tiny", total=total, unit="steps") as advance:
+    with progress_bar("pretraining world:tiny", total=total, unit="steps") as advance, \
+            closing(prefetched(make_batch)) as batches:
         while step < total:
-            if pool is not None:
-                pixels, tokens, keys = pool.batch(step, tokenizer)
-            else:
-                pixels, tokens, keys = _batch(recipe, spec, step, tokenizer, preprocess)
-            logits = model(pixel_values=pixels, **tokens).logits_per_image
+            pixels, tokens, keys = next(batches)
+            logits = clip_logits(model, pixels, tokens)
             loss = contrastive_loss(logits, keys if recipe.shared_positives else None)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

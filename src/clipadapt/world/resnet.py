@@ -22,6 +22,7 @@ from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
 from clipadapt.io import atomic_write_text
 from clipadapt.progress import progress_bar
 from clipadapt.world.cache import ensure_built, recipe_key
+from clipadapt.world.reproducible import reproducible_build
 from clipadapt.world.scenes import SceneSpec, generate_images, held_out_combinations
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ class WorldResNetRecipe:
     resolution: int = option(48, help="input side in pixels")
     hidden_sizes: list[int] = option([32, 64, 128], help="channels per stage")
     seed: int = option(0, help="weights and order")
+    threads: int = option(1, help="torch threads of the build, whatever the caller's (another count gives other "
+                                  "weights)")
 
     def __post_init__(self) -> None:
-        require_positive(self, ("images", "epochs", "batch_size", "lr", "resolution"), "world resnet:")
+        require_positive(self, ("threads", "images", "epochs", "batch_size", "lr", "resolution"), "world resnet:")
 
 
 def seen_pairs() -> list[tuple[str, str]]:
@@ -49,10 +52,16 @@ def seen_pairs() -> list[tuple[str, str]]:
 
 
 def train_world_resnet(out_dir: Path, recipe: WorldResNetRecipe | None = None) -> dict:
+    """Train and save world:tiny-resnet into ``out_dir``: same weights for a recipe whoever calls (reproducible.py)."""
+    recipe = recipe or WorldResNetRecipe()
+    with reproducible_build(recipe.threads, recipe.seed):
+        return _train(Path(out_dir), recipe)
+
+
+def _train(out_dir: Path, recipe: WorldResNetRecipe) -> dict:
     from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
     from transformers.utils import logging as hf_logging
 
-    recipe = recipe or WorldResNetRecipe()
     pairs = seen_pairs()
     labels = [f"{c} {s}" for c, s in pairs]
     forced = [pairs[i % len(pairs)] for i in range(recipe.images)]
