@@ -251,3 +251,27 @@ def test_caption_methods_are_data_with_the_defaults_a_run_gets():
         experiment = load_caption_experiment(name)
         assert row["settings"] == to_dict(getattr(experiment, row["section"])), name
     assert [row["name"] for row in clipadapt.caption_methods("*e*")] == ["adapter", "bridge-only", "prefix"]
+
+
+def test_compare_gives_each_method_its_own_settings(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):
+    """The demo's learning rates were chosen per method on validation: one compare carries them to that method's
+    runs only (after the common settings, so they win)."""
+    import yaml
+
+    from clipadapt.errors import ConfigError
+    from clipadapt.experiments.caption_compare import CaptionCompareConfig, run_caption_compare
+
+    common_settings = [f"model.spec={tiny_clip_dir}", f"decoder.spec={tiny_lm_dir}",
+                       f"data.dataset=coco:{caption_folder}", "decode.max_new_tokens=5", "decode.tokenizer=simple",
+                       "run.attention_images=0", "train.epochs=1", "bridge.lr=1e-3"]
+    config = CaptionCompareConfig(methods=["bridge-only", "lora"], overrides=common_settings,
+                                  method_overrides={"bridge-only": ["bridge.lr=2e-2"], "lora": ["lora.r=2"]},
+                                  out=str(tmp_path / "cmp"))
+    assert len(run_caption_compare(config).runs) == 2
+    saved = {m: yaml.safe_load((tmp_path / "cmp" / f"{m}-patch-prefix-seed0" / "config.yaml").read_text())
+             for m in ("bridge-only", "lora")}
+    assert saved["bridge-only"]["bridge"]["lr"] == 0.02 and saved["lora"]["bridge"]["lr"] == 0.001
+    assert saved["lora"]["lora"]["r"] == 2
+    with pytest.raises(ConfigError, match="settings given for caption method 'full', which is not compared; "
+                                          "compared: bridge-only, lora"):
+        CaptionCompareConfig(methods=["bridge-only", "lora"], method_overrides={"full": ["full.lr=1e-4"]})
