@@ -2,6 +2,8 @@
 
 The test itself is the last one of tests/test_world_slow.py: under ``make test`` that file is one unit of work that
 starts first, so the worker that builds world:tiny goes on to the demo while the other runs the rest of the suite.
+It runs ``clipadapt demo --full``: the whole ladder, which trains every method the default demo trains (one of each
+family, tests/test_demo.py checks that plan) and every other registered method, through the same code.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from clipadapt.cli import app
 def run_and_check_demo(out):
     from clipadapt.methods import list_methods
 
-    result = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    result = CliRunner().invoke(app, ["demo", "--full", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"report: {out / 'report.html'}" in result.output.replace("\n", "")
+    said = result.output.replace("\n", "")
+    assert f"1/6 compare: zero-shot and {len(list_methods())} methods (every registered one)" in said
+    assert "failed:" not in said  # every method finished
+    assert f"report: {out / 'report.html'}" in said
     html = (out / "report.html").read_text()
     shown = set(re.findall(r"class='method-row' data-method='([^']+)'", html))
     assert {"zeroshot", *list_methods()} <= shown  # every registered method, without listing them in the demo

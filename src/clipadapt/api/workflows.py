@@ -329,11 +329,13 @@ def bench(models: str | Sequence[str], batch: int = 32, dtype: str = "fp32", met
     return results
 
 
-def demo(out: PathLike = "runs/demo", say: Callable[[str], None] = lambda message: None, captions: bool = True):
-    """The whole ladder offline on the built-in world, with one report (``clipadapt demo``)."""
+def demo(out: PathLike = "runs/demo", say: Callable[[str], None] = lambda message: None, captions: bool = True,
+         full: bool = False):
+    """The ladder offline on the built-in world, with one report (``clipadapt demo``): zero-shot and one method of
+    each family, or with ``full`` every registered method and the ResNet baseline (``clipadapt demo --full``)."""
     from clipadapt.experiments.demo import run_demo
 
-    return run_demo(out, say=say, captions=captions)
+    return run_demo(out, say=say, captions=captions, full=full)
 
 
 def _dir(run: PathLike | Run) -> Path:
