@@ -54,7 +54,7 @@ def lp_cache(work: Path, model_dir: Path, n_images: int, classes: int) -> dict:
         evaluation = trainer.evaluate(method, "test")
         seconds = time.perf_counter() - start
         runs.append({"run": attempt, "seconds": round(seconds, 3), "sweep_s": round(fit.train_time_s, 3),
-                     "C": fit.selection["C"], "test_acc1": evaluation.metrics["acc1"]})
+                     "C": fit.details["C"], "test_acc1": evaluation.metrics["acc1"]})
         print(runs[-1], flush=True)
     return {
         "images": {s: len(dataset.split(s)) for s in ("train", "val", "test")}, "classes": classes,

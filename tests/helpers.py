@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 CI_VALUES = ("true", "1", "yes")
 
@@ -32,6 +34,11 @@ def require_or_skip(available: bool, what: str) -> None:
         pytest.fail(f"{what} is missing, and CI={os.environ['CI']} runs every test: install it (.ci/run does) "
                     f"instead of skipping", pytrace=False)
     pytest.skip(f"{what} is missing on this machine (CI installs it; with CI=true this test fails instead)")
+
+
+def require_ray() -> None:
+    """The Ray executor's tests need Ray (the dev extra installs it): skipped without it, failed under CI."""
+    require_or_skip(importlib.util.find_spec("ray") is not None, "Ray (pip install 'clipadapt[ray]')")
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
@@ -172,8 +179,10 @@ def make_disagreeing_folder(root: Path, colours: dict[str, tuple[int, int, int]]
     """An image folder on which validation and test disagree about every candidate, by construction.
 
     Two colour classes (close ones by default). ``train/`` and ``val/`` are labelled truly; ``test/`` holds
-    byte-identical copies of the ``val/`` images with the two labels swapped. A deterministic classifier predicts the
-    same on an image and its copy, so for every candidate (template set, C, epoch, alpha, weights, sweep cell) test
+    pixel-identical copies of the ``val/`` images with the two labels swapped (saved again with a note, so they are
+    other files with other bytes: the held-out check refuses the same file or a byte-identical copy in two splits, and
+    this fixture shares images between val and test on purpose). A deterministic classifier predicts the same on an
+    image and its copy, so for every candidate (template set, C, epoch, alpha, weights, sweep cell) test
     accuracy = 1 - val accuracy, exactly: the candidate best on validation is the worst on test. An odd number of
     val images (7 + 6) rules out the tie at 0.5. A selection that read test would report 1 - min(val), not
     1 - max(val).
@@ -195,7 +204,9 @@ def make_disagreeing_folder(root: Path, colours: dict[str, tuple[int, int, int]]
         target = root / "test" / swapped
         target.mkdir(parents=True, exist_ok=True)
         for path in sorted((root / "val" / true_name).glob("*.png")):
-            (target / path.name).write_bytes(path.read_bytes())
+            note = PngInfo()  # other bytes, same pixels: the held-out check refuses byte-identical copies
+            note.add_text("copy-of", f"val/{true_name}/{path.name}")
+            Image.open(path).save(target / path.name, pnginfo=note)
     return root
 
 

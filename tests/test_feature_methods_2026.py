@@ -165,7 +165,7 @@ def test_prolip_with_a_huge_lambda_stays_at_zero_shot(tiny_clip_dir, dataset):
     method, trainer = built("prolip", tiny_clip_dir, dataset, "prolip.lam=1e9", "prolip.lr=1e-2",
                             "prolip.iterations=20")
     fit = method.fit(trainer)
-    assert fit.chosen == [] and fit.selection["lambda"] == 1e9
+    assert trainer.selections.choices == [] and fit.details["lambda"] == 1e9
     w0 = method.bundle.model.visual_projection.weight
     held = float((method.projection.weight - w0).abs().max())  # Adam's steps are ~lr whatever the gradient's size
     pooled = trainer.features("test").features
@@ -179,9 +179,10 @@ def test_prolip_with_a_huge_lambda_stays_at_zero_shot(tiny_clip_dir, dataset):
 
 def test_prolip_lambda_defaults_to_one_over_shots(tiny_clip_dir, colour_folder, tmp_path):
     output = run("prolip", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5")
-    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0))
+    # val-free: no validation carved from this folder's training images, so N counts all of them
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0, val_fraction=0))
     shots = len(dataset.split("train")) / dataset.num_classes
-    assert output.record["selection"]["lambda"] == pytest.approx(1 / shots)
+    assert shots == 6 and output.record["selection"]["lambda"] == pytest.approx(1 / shots)
     assert output.record["selection"]["chose"] == [] and output.record["best_epoch"] == 5
 
 
@@ -194,7 +195,7 @@ def test_prolip_val_chooses_lr_and_lambda_on_validation(tiny_clip_dir, colour_fo
     output = run("prolip-val", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5",
                  "prolip.lrs=[0.01,0.00000001]", "prolip.lams=[0,1]")
     selection = output.record["selection"]
-    assert selection["chose"] == ["lr", "lambda"]
+    assert selection["chose"] == ["lr,lambda"] and selection["choices"][0]["candidates"] == 4
     cells = [(lr, lam) for lr in (0.01, 1e-8) for lam in (0, 1)]
     best = max(range(4), key=lambda i: scores[i])
     assert (selection["lr"], selection["lambda"]) == cells[best]

@@ -81,7 +81,11 @@ def test_alpha_beta_search_reads_validation_only_and_keeps_the_best(name, tiny_c
     assert len(rows) == 5 * 6
     best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"]))
     assert (float(method.alpha), float(method.beta)) == pytest.approx((best["alpha"], best["beta"]))
-    assert fit.selection["val_acc"] == best["val_acc"] and fit.selection["alpha"] == pytest.approx(best["alpha"])
+    choice = trainer.selections.choices[-1]  # the search's choice, as the run records it
+    assert choice.name == "alpha,beta" and choice.split == "val" and choice.candidates == 5 * 6
+    assert choice.scores["val_acc"] == best["val_acc"] and choice.value == pytest.approx(
+        {"alpha": best["alpha"], "beta": best["beta"]})
+    assert fit.details == pytest.approx({"alpha": best["alpha"], "beta": best["beta"]})
     with torch.no_grad():  # the chosen pair scores on val what the search said
         val = trainer.features("val")
         logits = method({"inputs": val.features})["logits"]

@@ -15,6 +15,7 @@ from clipadapt.data import DataConfig, load_dataset
 from clipadapt.engine.zeroshot import build_zero_shot_head
 from clipadapt.errors import ConfigError
 from clipadapt.models import load_model
+from tests.helpers import make_image_folder
 
 
 def experiment(name, tiny_clip_dir, colour_folder, out, *overrides):
@@ -27,9 +28,11 @@ def experiment(name, tiny_clip_dir, colour_folder, out, *overrides):
 def test_methods_declare_what_they_choose_on_validation():
     rows = {row["name"]: row for row in clipadapt.methods()}
     assert rows["linear-probe"]["chooses_on_val"] == ["C"]
-    assert rows["tip-adapter"]["chooses_on_val"] == ["alpha", "beta"]
-    assert rows["tip-adapter-f"]["chooses_on_val"] == ["epoch", "alpha", "beta"]
+    assert rows["tip-adapter"]["chooses_on_val"] == ["alpha,beta"]
+    assert rows["tip-adapter-f"]["chooses_on_val"] == ["epoch", "alpha,beta"]
     assert rows["lora"]["chooses_on_val"] == ["epoch"]
+    assert rows["prolip-val"]["chooses_on_val"] == ["lr,lambda"]
+    assert rows["2sfs"]["chooses_on_val"] == rows["clip-lora"]["chooses_on_val"] == []
     result = CliRunner().invoke(app, ["methods", "linear-probe"])
     assert "chooses on validation: C" in result.output
 
@@ -39,13 +42,47 @@ def test_val_free_training_keeps_the_last_epoch_and_records_no_choice(tiny_clip_
                                      "linear_head.lr=1e-9"))  # nothing improves: early stopping after epoch 2
     record = chosen.record
     assert record["selection"]["on"] == "val" and record["selection"]["chose"] == ["epoch"]
+    selection = record["selection"]
+    assert selection["choices"] == [{"name": "epoch", "value": 1, "split": "val", "images": 3, "candidates": 2,
+                                     "val_acc": selection["val_acc"], "val_loss": selection["val_loss"]}]
+    assert record["selection"]["validation"] == {"split": "val", "images": 3, "carved_from": "train"}
     assert record["best_epoch"] == 1
     last = run_training(experiment("linear-head", tiny_clip_dir, colour_folder, tmp_path / "last",
                                    "linear_head.lr=1e-9", "train.keep=last"))
-    assert last.record["selection"] == {"on": "none", "chose": []}
+    assert {k: last.record["selection"][k] for k in ("on", "chose", "choices")} == {"on": "none", "chose": [],
+                                                                                     "choices": []}
     assert last.record["best_epoch"] == 3  # every epoch ran (no early stopping) and the last one is kept
     with pytest.raises(ConfigError, match="unknown train.keep 'final'; valid choices: best, last"):
         load_experiment("linear-head", None, ["train.keep=final"])
+
+
+def test_a_run_that_chooses_nothing_trains_on_every_training_image(tiny_clip_dir, colour_folder, tmp_path):
+    """colour_folder has no val/: a run that chooses (keep=best) carves a sixth of train for validation; one that
+    chooses nothing (keep=last) carves nothing: it trains on all 18 images and records that nothing was validated."""
+    trained_on = {}
+
+    def count(name):
+        return {"epoch_end": [lambda trainer, row: trained_on.setdefault(name, len(trainer.data.split("train")))]}
+
+    chooses = run_training(experiment("linear-head", tiny_clip_dir, colour_folder, tmp_path / "best"), count("best"))
+    free = run_training(experiment("linear-head", tiny_clip_dir, colour_folder, tmp_path / "last", "train.keep=last"),
+                        count("last"))
+    assert len(list(colour_folder.rglob("*.*"))) == 24  # a flat folder: 6 carved as test (fixed), 18 for training
+    assert trained_on == {"best": 15, "last": 18}
+    assert chooses.record["selection"]["validation"] == {"split": "val", "images": 3, "carved_from": "train"}
+    assert free.record["selection"]["validation"] == {
+        "split": None, "reason": "the method chooses nothing and the dataset has no validation split: every "
+                                 "training image trains, nothing is validated"}
+    assert all("val_acc" not in row for row in csv_rows(free.run_dir / "history.csv"))  # nothing validated
+    assert all(row["val_acc"] for row in csv_rows(chooses.run_dir / "history.csv"))
+
+
+def test_with_a_val_split_a_val_free_run_still_draws_its_curve(tiny_clip_dir, tmp_path):
+    folder = make_image_folder(tmp_path / "data", per_class=4, splits=("train", "val", "test"))
+    free = run_training(experiment("linear-head", tiny_clip_dir, folder, tmp_path / "run", "train.keep=last"))
+    assert free.record["selection"]["validation"] == {"split": "val", "images": 12, "used_for": "the validation "
+                                                      "curve only: nothing is chosen on it"}
+    assert all(row["val_acc"] != "" for row in csv_rows(free.run_dir / "history.csv"))
 
 
 def test_head_templates_build_the_head_as_zero_shot_with_that_prompt(tiny_clip_dir, colour_folder):
@@ -84,14 +121,22 @@ def test_an_iteration_budget_stops_part_way_through_an_epoch(tiny_clip_dir, colo
         load_experiment("linear-head", None, ["train.steps=0"])
 
 
-def test_val_free_training_validates_only_for_the_curve(tiny_clip_dir, colour_folder, tmp_path):
+def test_val_free_training_validates_only_for_the_curve(tiny_clip_dir, tmp_path):
     from clipadapt.engine.trainer import validates
 
     assert [e for e in range(30) if validates("last", e, 0, 30)] == [0, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29]
     assert all(validates("best", e, 0, 30) for e in range(30))
+    folder = make_image_folder(tmp_path / "data", per_class=4, splits=("train", "val", "test"))
     rows = []
-    run_training(experiment("linear-head", tiny_clip_dir, colour_folder, tmp_path / "run", "train.keep=last",
+    run_training(experiment("linear-head", tiny_clip_dir, folder, tmp_path / "run", "train.keep=last",
                             "train.epochs=12", "train.patience=0"),
                  callbacks={"epoch_end": [lambda trainer, row: rows.append(row)]})
     validated = [row["epoch"] for row in rows if row["val_acc"] == row["val_acc"]]
     assert len(rows) == 12 and validated == [1, 2, 4, 6, 8, 10, 12]
+
+
+def csv_rows(path) -> list[dict]:
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

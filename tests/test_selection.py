@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -182,13 +183,56 @@ def zero_shot_run(tiny_clip_dir, folder, out, *overrides) -> dict:
     return run_zero_shot(experiment).record
 
 
+def carved_disagreeing_folder(root) -> tuple:
+    """train/ only (amber 12, rust 25 images), then test/ = the images zero-shot carves out of train as its
+    validation, with the two labels swapped: every template set's test accuracy is 1 - its carved-val accuracy."""
+    from clipadapt.engine.zeroshot import choose_selection
+    from tests.helpers import DISAGREE_COLOURS, coloured_image
+
+    for (name, colour), count in zip(DISAGREE_COLOURS.items(), (12, 25), strict=True):
+        (root / "train" / name).mkdir(parents=True)
+        (root / "test" / name).mkdir(parents=True)
+        for i in range(count):
+            coloured_image(colour, (36, 30), seed=100 * count + i).save(root / "train" / name / f"{name}-{i}.png")
+    (root / "test" / "amber" / "placeholder.png").write_bytes((root / "train" / "amber" / "amber-0.png").read_bytes())
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{root}", val_fraction=0.0))
+    carved = choose_selection(dataset, "test", "val", candidates=2).split
+    (root / "test" / "amber" / "placeholder.png").unlink()
+    items = [carved.describe(i) for i in range(len(carved))]
+    for item in items:  # a carved amber image goes to test/rust, and the other way round
+        path = Path(item)
+        swapped = SWAP[path.parent.name]
+        (root / "test" / swapped / path.name).write_bytes(path.read_bytes())
+    return root, items
+
+
 def test_zero_shot_without_val_chooses_on_a_part_carved_from_train(tiny_clip_dir, tmp_path):
-    folder = make_image_folder(tmp_path / "data", per_class=10, splits=("train", "test"))
+    folder, carved = carved_disagreeing_folder(tmp_path / "data")
+    train_items = {str(p) for p in (folder / "train").rglob("*.png")}
+    assert len(carved) == 3 and set(carved) <= train_items  # 1 of 12 amber, 2 of 25 rust: all from train
+    bundle = load_model(str(tiny_clip_dir))
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{folder}", val_fraction=0.0))
+    assert set(dataset.splits) == {"train", "test"}
+    sets = [TemplateSet("names", ["a photo of a {}."]),
+            TemplateSet("swapped", [lambda name: f"a photo of a {SWAP[name]}."])]
+    result = evaluate_zero_shot(bundle, dataset, "test", sets, num_workers=0)
+    val = {r.template_set.name: r.selection_metrics["acc1"] for r in result.results}
+    test = {r.template_set.name: r.metrics["acc1"] for r in result.results}
+    assert sorted(val.values()) == pytest.approx([1 / 3, 2 / 3], abs=EXACT)  # the mirror of each other
+    assert all(test[name] == pytest.approx(1 - val[name], abs=EXACT) for name in val)
+    oracle = evaluate_zero_shot(bundle, dataset, "test", sets, num_workers=0, select_on="test")
+    assert result.best == max(val, key=val.get) != oracle.best == max(test, key=test.get)
+    assert result.selection["carved_from"] == "train" and result.selection["images"] == 3
+    assert result.selection["choices"] == [{
+        "name": "template_set", "value": result.best, "split": "val", "images": 3, "candidates": 2,
+        "val_acc": max(val.values()), "val_mean_per_class_acc": pytest.approx(
+            result.best_result.selection_metrics["mean_per_class_acc"])}]
+    # the run command records the same choice
     record = zero_shot_run(tiny_clip_dir, folder, tmp_path / "run", "data.val_fraction=0",
                            "zeroshot.templates=[simple,clip]")
     assert record["selected_on"] == "val" and not record["oracle"]
-    assert record["selection"] == {"on": "val", "images": 3, "carved_from": "train", "fraction": 0.1}
-    assert all(entry["selection_metrics"] for entry in record["templates"].values())
+    assert {k: record["selection"][k] for k in ("on", "images", "carved_from", "fraction", "chose")} == {
+        "on": "val", "images": 3, "carved_from": "train", "fraction": 0.1, "chose": ["template_set"]}
 
 
 def test_zero_shot_with_only_a_test_split_reports_the_a_priori_default(tiny_clip_dir, tmp_path):
@@ -246,8 +290,9 @@ def test_training_refuses_an_evaluation_split_that_holds_training_images(tiny_cl
                                  "--set", "data.split=all"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     message = [line for line in result.output.splitlines() if "data.split" in line]
-    assert message == ["error: data.split 'all' shares 15 images with train and 3 images with val; evaluate on a "
-                       "held-out split; valid choices: test"]
+    shared = ", ".join(str(flat_folder / "blue" / name) for name in ("img_0.png", "img_1.jpg", "img_3.jpg"))
+    assert message == [f"error: data.split 'all' shares 15 images with train and 3 images with val (e.g. {shared}, "
+                       "...); evaluate on a held-out split; valid choices: test"]
     assert not out.exists()
     for used in ("train", "val"):
         with pytest.raises(ConfigError, match=f"data.split '{used}' is used for"):

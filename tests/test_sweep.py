@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -104,6 +105,57 @@ def test_grid_with_seeds_chooses_on_validation(tiny_clip_dir, colour_folder, tmp
         if name != interrupted.name:
             assert (out / name / "metrics.json").stat().st_mtime_ns == mtime
     assert (interrupted / "metrics.json").is_file()
+
+
+NOTHING_CHOSEN = "no cell chosen: these runs record no validation score"
+
+
+def test_a_sweep_of_runs_that_choose_nothing_chooses_no_cell(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, base_args("linear-head", tiny_clip_dir, colour_folder, out) + [
+        "--set", "train.keep=last", "--sweep", "linear_head.lr=0.001,0.05"])
+    assert result.exit_code == 0, result.output
+    for run in ("lr=0.001-seed0", "lr=0.05-seed0"):  # what the sweep reads: no validation score recorded
+        selection = json.loads((out / run / "metrics.json").read_text())["selection"]
+        assert selection["on"] == "none" and "val_acc" not in selection
+    rows = read_csv(out / "sweep.csv")
+    assert [(r["chosen_on_val"], r["val_acc"]) for r in rows] == [(NOTHING_CHOSEN, "")] * 2
+    for row in rows:  # test accuracy still shown (never used to choose)
+        record = json.loads((Path(row["runs"]) / "metrics.json").read_text())
+        assert float(row["test_acc1"]) == pytest.approx(record["metrics"]["acc1"], abs=1e-4)
+    markdown = (out / "sweep.md").read_text()
+    assert bold_cells(markdown) == {"Test accuracy": []}  # no validation table, nothing bold
+    assert ("No cell chosen: these runs record no validation score (linear-head chooses nothing on validation "
+            "with these settings, e.g. train.keep=last), so nothing is in bold.") in markdown
+    assert "Chosen on validation" not in markdown and "nan" not in markdown
+    table = [line.strip("│").split("│") for line in result.output.splitlines() if line.startswith("│")]
+    assert [(cells[2].strip(), cells[-1].strip()) for cells in table] == [("-", "")] * 2  # no val score, no "*"
+    assert NOTHING_CHOSEN in result.output.splitlines()
+
+
+def test_a_mixed_sweep_chooses_among_the_cells_with_a_validation_score(tiny_clip_dir, colour_folder, tmp_path):
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, base_args("linear-head", tiny_clip_dir, colour_folder, out) + [
+        "--sweep", "linear_head.lr=0.001,0.05", "--sweep", "train.keep=best,last"])
+    assert result.exit_code == 0, result.output
+    rows = {(r["linear_head.lr"], r["train.keep"]): r for r in read_csv(out / "sweep.csv")}
+    scored = {key: float(r["val_acc"]) for key, r in rows.items() if key[1] == "best"}
+    chosen = max(scored, key=scored.get)
+    assert {key: r["chosen_on_val"] for key, r in rows.items()} == {
+        **{key: "yes" if key == chosen else "" for key in scored},
+        ("0.001", "last"): "left out: no validation score", ("0.05", "last"): "left out: no validation score"}
+    assert all(r["val_acc"] == "" for key, r in rows.items() if key[1] == "last")
+    markdown = (out / "sweep.md").read_text()
+    label = f"linear-head lr={chosen[0]} keep=best"
+    assert f"Chosen on validation among the 2 cells that record a validation score: **{label}**" in markdown
+    assert ("Left out of the choice (their runs record no validation score): linear-head lr=0.001 keep=last, "
+            "linear-head lr=0.05 keep=last.") in markdown
+    where = (chosen[0], "train.keep=best")
+    assert bold_cells(markdown) == {"Validation accuracy (selects the cell)": [(*where, f"{scored[chosen]:.3f}")],
+                                    "Test accuracy": [(*where, f"{float(rows[chosen]['test_acc1']):.3f}")]}
+    assert "| 0.05 |" in markdown and "no score" in markdown
+    assert (f"chosen on validation: {label}, among the cells that record a validation score; left out (no "
+            "validation score): linear-head lr=0.001 keep=last, linear-head lr=0.05 keep=last") in result.output
 
 
 @pytest.mark.slow

@@ -57,11 +57,17 @@ def test_train_then_eval(tiny_clip_dir, colour_folder, tmp_path):
     ("lora.head=mlp", "unknown lora.head 'mlp'; valid choices: zeroshot, linear, text"),
     ("train.augment=mixup", "unknown train.augment 'mixup'; valid choices: none, flip, crop-flip"),
 ])
-def test_bad_hyperparameters_are_one_line_errors(override, message, tiny_clip_dir, colour_folder, tmp_path):
+def test_bad_hyperparameters_are_one_line_errors(override, message, tiny_clip_dir, colour_folder, tmp_path,
+                                                monkeypatch):
+    from clipadapt.cli.common import err
+
+    monkeypatch.setattr(err, "width", 40)  # narrower than every message (the LoRA one names a long model path)
     out = tmp_path / "run"
     result = runner.invoke(app, train_args("lora", tiny_clip_dir, colour_folder, out, "--set", override))
     assert result.exit_code == 2
-    assert message.replace("{model}", str(tiny_clip_dir)) in result.output.replace("\n", "")
+    lines = result.output.strip().splitlines()  # one line, whatever the terminal's width: never wrapped
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message.replace("{model}", str(tiny_clip_dir)) in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists()
 

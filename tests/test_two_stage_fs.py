@@ -61,9 +61,14 @@ def test_two_stages_in_one_budget_val_free(tiny_clip_dir, colour_folder, tmp_pat
     before = {k: v.clone() for k, v in load_model(str(tiny_clip_dir)).model.state_dict().items()}
     result = run_training(experiment(tiny_clip_dir, colour_folder, tmp_path / "run"))
     record = result.record
-    assert record["selection"] == {"on": "none", "chose": []}
+    # val-free: neither stage chose an epoch (recorded from what the engine did), and colour_folder has no val/, so
+    # no validation was carved out of the training images
+    assert {k: record["selection"][k] for k in ("on", "chose", "choices")} == {"on": "none", "chose": [],
+                                                                                "choices": []}
+    assert record["selection"]["validation"]["split"] is None
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert history[0].startswith("stage,") and {line.split(",")[0] for line in history[1:]} == {"1", "2"}
+    assert record["best_epoch"] == len(history) - 1  # the second stage's last epoch, counted from the start
     _, _, method = load_run(tmp_path / "run")
     norms = {k: v for k, v in method.bundle.model.state_dict().items() if "norm" in k}
     changed = [k for k, v in norms.items() if not torch.equal(v, before[k])]

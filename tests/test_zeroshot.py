@@ -98,4 +98,5 @@ def test_one_template_set_is_no_choice(tiny_bundle, colour_folder):
     dataset = load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}"))
     single = evaluate_zero_shot(tiny_bundle, dataset, "test", ["simple"], num_workers=0)
     assert single.selection_encoded is None and single.best == "simple" and single.selected_on == "none"
-    assert single.selection == {"on": "none", "default": "simple", "reason": "one template set: nothing to choose"}
+    assert single.selection == {"on": "none", "chose": [], "choices": [], "default": "simple",
+                                "reason": "one template set: nothing to choose"}

@@ -174,7 +174,8 @@ class _TrainingBar:
             self.lines.line(f"train loss {loss:.4f}  acc {accuracy:.3f}")
 
     def end_epoch(self, epoch: int, row: dict) -> None:
-        info = f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.3f}"
+        info = (f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.3f}" if "val_loss" in row else
+                f"train loss {row['train_loss']:.4f}  train acc {row['train_acc']:.3f} (no validation)")
         if self.progress is not None:
             self.progress.update(self.epoch_task, completed=epoch + 1, info=info)
             self.progress.reset(self.step_task, total=self.steps_per_epoch, info="")

@@ -103,13 +103,15 @@ def coop_words(run: PathLike | Run, top: int = 3, device: str | None = None) -> 
     return nearest(_dir(run), top, device)
 
 
-def export(run: PathLike | Run, out: PathLike, overwrite: bool = False, device: str | None = None) -> dict[str, Any]:
+def export(run: PathLike | Run, out: PathLike, overwrite: bool = False, device: str | None = None,
+           allow_oracle: bool = False) -> dict[str, Any]:
     """A finished run as a folder plain transformers loads (``clipadapt export``): the merged model with its tokenizer
     and image processor, and either the zero-shot pipeline's class names and template or ``head.safetensors``;
-    returns what was written (docs/export.md)."""
+    returns what was written (docs/export.md). An oracle run (chosen on test) is refused unless ``allow_oracle``,
+    and then labelled in the folder's README and metadata."""
     from clipadapt.classification.export import export_run
 
-    return export_run(_dir(run), out, overwrite, device)
+    return export_run(_dir(run), out, overwrite, device, allow_oracle)
 
 
 def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], model: str | None = None,

@@ -52,6 +52,7 @@ from clipadapt.engine.rundir import (
     resumable,
     start_run_dir,
 )
+from clipadapt.engine.selection import chosen_epoch
 from clipadapt.engine.trainer import Trainer, make_accelerator
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
@@ -175,6 +176,7 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
 
         trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume,
                           task=CaptionTask(cfg.train.select, cfg.decode))
+        trainer.selections.validation = {"split": "val", "images": len(dataset.split("val"))}
         for event, functions in (callbacks or {}).items():
             for function in functions:
                 trainer.add_callback(event, function)
@@ -187,7 +189,7 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
                   "train_pairs_per_s": round(fit.train_images_per_s, 2),
                   "decode_images_per_s": round(result["images_per_s"], 2)},
             seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
-            selection={"on": "val", "by": cfg.train.select, **fit.selection}, task="captioning",
+            selection=trainer.selections.record(by=cfg.train.select, **fit.details), task="captioning",
             decoder=cfg.decoder.spec, bridge=cfg.bridge.kind, decode=to_dict(cfg.decode),
             tokenizer=result["tokenizer"], skipped_metrics=result["skipped"], clipscore=result["clipscore"],
             data=dataset.summary(), processes=accelerator.num_processes)
@@ -231,7 +233,7 @@ def _write_results(run_dir: Path, model: CaptionModel, dataset: CaptionDataset, 
     curves.plot_training_curves(fit.history, run_dir / "curves.png", f"{cfg.method} ({cfg.bridge.kind}) on "
                                 f"{dataset.name}", loss_label="next-token cross-entropy",
                                 acc_label="next-token accuracy", extra=(("val_cider", "CIDEr-D (greedy)"),),
-                                selected=fit.best_epoch)
+                                selected=chosen_epoch(record, fit.best_epoch))
     atomic_write_json(run_dir / PREDICTIONS_FILE, result["predictions"])
     test = data.split("test")
     position = {image.image_id: k for k, image in enumerate(test.images)}

@@ -10,8 +10,10 @@ and a README.md with the code. Two kinds, chosen by the method (``Method.export_
   metadata) and a few lines of torch that apply it as the head does.
 
 Methods whose forward does more than a head on CLIP's image features (prompts, adapters, caches) say why they cannot
-be exported (``Method.export_refusal``); the exporter never asks which method it has. Nothing is written on refusal,
-and OUT appears whole or not at all (staged, then renamed).
+be exported (``Method.export_refusal``); the exporter never asks which method it has. An oracle run (its template
+set chosen on the test split it reports) is refused unless ``--allow-oracle``, and then labelled in README.md,
+clipadapt_export.json and head.safetensors' metadata. Nothing is written on refusal, and OUT appears whole or not at
+all (staged, then renamed).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from clipadapt.classification.zeroshot import ZeroShotExperiment
 from clipadapt.config import from_dict
 from clipadapt.data import load_dataset
 from clipadapt.data.prompts import TemplateSet
-from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, oracle_source
 from clipadapt.engine.rundir import read_run_config
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, atomic_write_text, staged_directory
@@ -57,14 +59,24 @@ class ExportPlan:
     source: dict
 
 
-def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False, device: str | None = None) -> dict:
+def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False, device: str | None = None,
+               allow_oracle: bool = False) -> dict:
     """Write the run in ``run_dir`` to ``out`` for plain transformers; returns what was written (also saved as
     ``out/clipadapt_export.json``). Refused in one line (ConfigError), with nothing written, for an existing ``out``
-    without ``overwrite`` and for methods that cannot be expressed as a transformers model."""
+    without ``overwrite``, for methods that cannot be expressed as a transformers model, and for an oracle run
+    (chosen on the test split it reports) unless ``allow_oracle``: then its README, clipadapt_export.json and head
+    metadata carry the oracle label."""
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"'{out}' already exists; pass --overwrite to replace it")
+    oracle = (run_dir / METRICS_FILE).is_file() and oracle_source(run_dir) is not None
+    if oracle and not allow_oracle:
+        raise ConfigError(f"'{run_dir}' is an {ORACLE_LABEL}: what it would export was chosen on the test split it "
+                          f"reports; re-run it with --set zeroshot.select_on=val (or none), or pass --allow-oracle "
+                          f"to export it labelled as an oracle")
     plan = plan_export(run_dir, device)
+    if oracle:
+        plan.source["oracle"] = ORACLE_LABEL
     pipeline_exact = plan.kind == "text" and len(plan.templates) == 1
     record = {"source_run": str(run_dir), **plan.source, "kind": plan.kind,
               "model_class": type(plan.model).__name__, "classnames": plan.classnames,
@@ -132,6 +144,9 @@ def export_readme(record: dict, out: Path) -> str:
     lines = [f"# {record['method']} run exported by clipadapt", "",
              f"Model `{record['model']}` adapted with `{record['method']}` on `{record['dataset']}` "
              f"(run `{record['source_run']}`); classes: {', '.join(record['classnames'])}.", ""]
+    if record.get("oracle"):
+        lines += [f"**{record['oracle']}**: what this folder holds was chosen on the test split the run reports, so "
+                  "that run's accuracy is an upper bound, not a result (exported with --allow-oracle).", ""]
     if record["kind"] == "text":
         labels = json.dumps(record["classnames"])
         lines += ["The classifier is the text tower: transformers' zero-shot pipeline with these class names and "

@@ -21,7 +21,7 @@ from clipadapt.config import from_dict, option
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.data.prompts import TemplateSet
 from clipadapt.data.transforms import ClipPreprocess
-from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, oracle_source
 from clipadapt.engine.rundir import RunConfig, read_run_config
 from clipadapt.engine.zeroshot import build_zero_shot_head, zero_shot_logits
 from clipadapt.errors import ClipAdaptError
@@ -48,11 +48,19 @@ class Predictor:
 
 def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
     """A training run with its trained weights, a zero-shot run with its selected template set, or an ensemble of
-    runs (each member loaded from its own directory)."""
+    runs (each member loaded from its own directory). An oracle's label says so (``ORACLE_LABEL``), in tables and
+    figures alike."""
     run_dir = Path(run_dir)
     raw = read_run_config(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise ClipAdaptError(f"run '{run_dir}' is incomplete (no {METRICS_FILE}); resume or rerun it first")
+    predictor = _load(run_dir, raw, device)
+    if oracle_source(run_dir) is not None:
+        predictor.label = f"{predictor.label} {ORACLE_LABEL}"
+    return predictor
+
+
+def _load(run_dir: Path, raw: dict, device: str | None) -> Predictor:
     if is_ensemble_config(raw):
         return load_ensemble_predictor(run_dir, raw, device)
     if raw.get("method"):

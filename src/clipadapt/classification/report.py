@@ -61,7 +61,7 @@ def _figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
         figures.append(Figure(path, "Test accuracy against training time (dashed: zero-shot)."))
         curves = []
         for r in trained:
-            history = [h for h in r.runs[0].history() if "epoch" in h]
+            history = [h for h in r.runs[0].history() if "epoch" in h and "val_acc" in h]
             if history:
                 curves.append({"x": [h["epoch"] for h in history], "y": [h["val_acc"] for h in history],
                                "label": f"{label(r)} seed {r.runs[0].seed}"})

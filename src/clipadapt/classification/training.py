@@ -7,6 +7,7 @@ and, last, ``metrics.json``. A directory without metrics.json is an interrupted 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.records import build_metrics_record, write_csv, write_metrics, write_skipped
 from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, resumable, start_run_dir
+from clipadapt.engine.selection import Selections, chosen_epoch
 from clipadapt.engine.trainer import Evaluation, FitResult, Trainer, make_accelerator
 from clipadapt.io import staged_directory
-from clipadapt.methods import Method
+from clipadapt.methods import METHODS, Method
 from clipadapt.models import load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,11 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     accelerator = make_accelerator(resolve_device(cfg.model.device), cfg.train.precision, cfg.train.log_with, run_dir)
     check_train_run_dir(run_dir, resolved, cfg.run.resume, cfg.run.overwrite, type(cfg))
 
-    dataset = load_dataset(cfg.data)
-    for split in ("train", "val", cfg.data.split):
+    plan = planned_choices(cfg)
+    # a run that chooses nothing carves no validation out of its training images (an official val split stays, for
+    # the curve); one that chooses needs one
+    dataset = load_dataset(cfg.data if plan else dataclasses.replace(cfg.data, val_fraction=0.0))
+    for split in ("train", cfg.data.split, *(("val",) if plan else ())):
         dataset.split(split)  # a clear error before any heavy work
     dataset.check_held_out(cfg.data.split)
     device = accelerator.device
@@ -60,12 +65,14 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
         start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
 
         trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume)
+        trainer.selections.validation = validation_record(dataset, plan)
         for event, functions in (callbacks or {}).items():
             for function in functions:
                 trainer.add_callback(event, function)
         fit = method.fit(trainer)
         evaluation = trainer.evaluate(method, cfg.data.split)  # the only time the test split is read
-        record = run_record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes)
+        record = run_record(cfg, resolved, method, dataset, fit, evaluation, device, accelerator.num_processes,
+                            trainer.selections)
         if initialised is not None:
             record["init_from"] = initialised
         if accelerator.is_main_process:
@@ -76,9 +83,29 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     return RunOutput(run_dir, record, evaluation, main_process=accelerator.is_main_process)
 
 
+def planned_choices(cfg: TrainExperiment) -> tuple[str, ...]:
+    """What the run's method and settings choose on validation (() is val-free)."""
+    return METHODS.get(cfg.method).method_class.planned_choices(cfg.method_config(), cfg.train)
+
+
+def validation_record(dataset, plan: tuple[str, ...]) -> dict:
+    """What validation the run had: the split and its size, where it came from, and what it was for."""
+    val = dataset.splits.get("val")
+    if val is None:
+        return {"split": None, "reason": "the method chooses nothing and the dataset has no validation split: "
+                                         "every training image trains, nothing is validated"}
+    out: dict = {"split": "val", "images": len(val)}
+    if val.carved_from:
+        out["carved_from"] = val.carved_from
+    if not plan:
+        out["used_for"] = "the validation curve only: nothing is chosen on it"
+    return out
+
+
 def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device,
-               processes: int) -> dict:
-    """metrics.json of a classification run (also of a WiSE-FT run, whose "fit" is its alpha search)."""
+               processes: int, selections: Selections) -> dict:
+    """metrics.json of a classification run (also of a WiSE-FT run, whose "fit" is its alpha search); its
+    ``selection`` is what ``selections`` recorded while the run chose (engine/selection.py)."""
     return build_metrics_record(
         method=cfg.method, model=method.reported_model or cfg.model.spec, dataset=dataset.name, split=evaluation.split,
         metrics=evaluation.metrics, params=method.num_parameters(),
@@ -86,7 +113,7 @@ def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluatio
               "train_images_per_s": round(fit.train_images_per_s, 2),
               "eval_images_per_s": round(evaluation.images_per_s, 2)},
         seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
-        selection={"on": "val" if fit.chosen else "none", "chose": list(fit.chosen), **fit.selection},
+        selection=selections.record(**fit.details),
         num_classes=dataset.num_classes,
         shots=dataset.info.get("shots"), test_loss=round(evaluation.loss, 6), processes=processes,
     )
@@ -100,7 +127,8 @@ def write_run_results(run_dir: Path, method: Method, dataset, fit: FitResult, ev
     with staged_directory(run_dir / WEIGHTS_DIR, overwrite=True) as stage:
         method.save_weights(stage)
     write_csv(run_dir / HISTORY_FILE, fit.history)
-    plots.plot_training_curves(fit.history, run_dir / "curves.png", title=f"{method.name} on {dataset.name}")
+    plots.plot_training_curves(fit.history, run_dir / "curves.png", title=f"{method.name} on {dataset.name}",
+                               selected=chosen_epoch(record, fit.best_epoch))
     write_evaluation_artifacts(run_dir, dataset, evaluation.split, evaluation.positions, evaluation.labels,
                                evaluation.logits, method.name, samples, seed)
     if method.pictures and len(evaluation.positions):  # what the method learned, on the first evaluated image

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clipadapt.cli.common import DeviceOpt, out, setup_logging, user_errors
+from clipadapt.cli.common import DeviceOpt, notice, out, setup_logging, user_errors
 
 
 @user_errors
@@ -16,14 +16,19 @@ def export_command(
                                                  "bitfit, full-ft or lora")],
     out_dir: Annotated[Path, typer.Argument(help="the folder to write (transformers' from_pretrained reads it)")],
     overwrite: Annotated[bool, typer.Option(help="replace an existing OUT")] = False,
+    allow_oracle: Annotated[bool, typer.Option(help="export an oracle run (chosen on the test split it reports), "
+                                                    "labelled as one in the README")] = False,
     device: DeviceOpt = None,
 ):
     """Write a run's model (LoRA merged) with its tokenizer and image processor for plain transformers: a zero-shot
     pipeline model, or the model and head.safetensors with a README snippet that applies the head."""
     setup_logging()
     from clipadapt.api import export
+    from clipadapt.classification.export import EXPORT_FILE
 
-    record = export(run_dir, out_dir, overwrite, device)
+    record = export(run_dir, out_dir, overwrite, device, allow_oracle)
+    if record.get("oracle"):
+        notice("oracle:", f"{run_dir} is an {record['oracle']}; README.md and {EXPORT_FILE} say so")
     if record["kind"] == "text":
         out.print(f"zero-shot pipeline model: {record['out']} (hypothesis_template "
                   f"{record['hypothesis_template']!r}, {len(record['classnames'])} classes)", highlight=False)

@@ -47,9 +47,11 @@ def predict_command(
     for path, reason in skipped:
         notice("skipped", f"{path}: {reason}")
     for result in results:
-        rows = [[label, *[f"{name} {p:.3f}" for name, p in top]] for label, top in result.top.items()]
-        out.print(result_table(["run", *[f"top {i + 1}" for i in range(topk)]], rows, title=str(result.image),
-                               text=range(1, topk + 1)))
+        shown = max(len(top) for top in result.top.values())  # runs with fewer classes than --topk show them all
+        rows = [[label, *[f"{name} {p:.3f}" for name, p in top], *[""] * (shown - len(top))]
+                for label, top in result.top.items()]
+        out.print(result_table(["run", *[f"top {i + 1}" for i in range(shown)]], rows, title=str(result.image),
+                               text=range(1, shown + 1)))
         out.print(f"bar chart: {result.figure}", highlight=False)
     if not results:
         raise typer.Exit(2)

@@ -136,6 +136,7 @@ def _sweep(method: str, model: str | None, dataset: str | None, config: Path | N
     out.print(result_table([names[k] for k in keys] + ["seeds", "val acc1", "test acc1", "chosen"], rows,
                            title=f"sweep of {method} (mean over seeds; * chosen on validation)",
                            names=max(len(keys), 1)))
+    out.print(result.note, highlight=False)
     out.print(f"sweep tables: {result.markdown}  ({result.csv})", highlight=False)
     print_failed(result.failed)
     if result.failed:

@@ -99,7 +99,8 @@ def apply_subsample(dataset: ClassificationDataset, subsample: str) -> None:
     mapping[keep] = np.arange(len(keep))
     for name, split in dataset.splits.items():
         kept = np.flatnonzero(mapping[split.labels] >= 0)
-        dataset.splits[name] = Split(RelabelledSource(split.source, mapping), split.indices[kept], split.name)
+        dataset.splits[name] = Split(RelabelledSource(split.source, mapping), split.indices[kept], split.name,
+                                     split.carved_from)
     dataset.classnames = [dataset.classnames[label] for label in keep]
     dataset.info.update(subsample=subsample, subsample_labels=keep)
 

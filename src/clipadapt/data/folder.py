@@ -37,6 +37,10 @@ class FileSource:
     def describe(self, index: int) -> str:
         return str(self.paths[index])
 
+    def file_path(self, index: int) -> Path:
+        """The image's file (``data.base.image_overlap`` compares splits by file)."""
+        return self.paths[index]
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for path, label in zip(self.paths, self.labels, strict=True):
@@ -69,7 +73,8 @@ def read_split_file(path: str | Path, root: Path, max_pixels: int | None = None,
                     clean: Callable[[str], str] = clean_classname) -> tuple[list[str], dict[str, Split]]:
     """A CoOp split file (``{"train"|"val"|"test": [[path, label, classname], ...]}``, paths relative to ``root``):
     the class names by label (passed through ``clean``) and the splits, in the file's order (which CoOp's few-shot
-    draw depends on)."""
+    draw depends on). Each split is a source of its own; whether they share images is checked across them by file
+    (``ClassificationDataset.check_held_out``)."""
     path = Path(path).expanduser()
     data = read_json_file(path, "split file")
     unknown = sorted(set(data) - {"train", "val", "test"}) if isinstance(data, dict) else ["(not a mapping)"]

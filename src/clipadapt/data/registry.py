@@ -128,7 +128,8 @@ def _with_classes(dataset: ClassificationDataset, classes: list[str]) -> Classif
         new_index = {c.lower(): i for i, c in enumerate(classes)}
         mapping = np.array([new_index[c] for c in lowered])
         for name, split in dataset.splits.items():
-            dataset.splits[name] = Split(RelabelledSource(split.source, mapping), split.indices, split.name)
+            dataset.splits[name] = Split(RelabelledSource(split.source, mapping), split.indices, split.name,
+                                         split.carved_from)
     dataset.classnames = list(classes)
     return dataset
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import platform
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
+from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_write_json, atomic_write_text
 from clipadapt.version import __version__
 
@@ -22,6 +25,52 @@ CONFIG_FILE = "config.yaml"
 PER_CLASS_FILE = "per_class.csv"
 SKIPPED_FILE = "skipped_images.txt"
 ORACLE_LABEL = "oracle (selected on test)"  # a number chosen on the split it reports: shown, never compared
+
+
+def is_oracle(record: Mapping[str, Any] | None) -> bool:
+    """Whether a run's metrics.json says it chose on the split it reports (``selection.on: test``): an oracle, an
+    upper bound that is shown with ``ORACLE_LABEL`` and never built on. Zero-shot runs also say it with ``oracle``
+    and ``selected_on``; any of the three is enough."""
+    if not record:
+        return False
+    selection = record.get("selection")
+    return (bool(record.get("oracle")) or record.get("selected_on") == "test"
+            or (isinstance(selection, Mapping) and selection.get("on") == "test"))
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run directory's metrics.json, or None while it has none (an unfinished run)."""
+    path = Path(run_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def oracle_source(run_dir: str | Path, record: Mapping[str, Any] | None = None) -> Path | None:
+    """The run that makes ``run_dir`` an oracle: itself (``is_oracle``), or a member it was built from (an ensemble's
+    ``members``, written before ensembles refused oracles), else None."""
+    record = read_record(run_dir) if record is None else record
+    if is_oracle(record):
+        return Path(run_dir)
+    for member in (record or {}).get("members") or []:
+        found = oracle_source(member["run"]) if isinstance(member, Mapping) and member.get("run") else None
+        if found is not None:
+            return found
+    return None
+
+
+def refuse_oracle_runs(run_dirs: Iterable[str | Path], workflow: str, instead: str | None = None) -> None:
+    """One line naming the first oracle among ``run_dirs`` (``oracle_source``) and what to do ``instead`` (default:
+    re-run it choosing on validation), before ``workflow`` (a phrase: "an ensemble", "WiSE-FT") reads or writes
+    anything."""
+    for run_dir in run_dirs:
+        source = oracle_source(run_dir)
+        if source is None:
+            continue
+        record = read_record(source) or {}
+        instead = instead or ("re-run it with --set zeroshot.select_on=val (or none)"
+                              if record.get("method") == "zeroshot" else "re-run it choosing on validation")
+        what = f"'{run_dir}' is" if source == Path(run_dir) else f"'{run_dir}' is built on '{source}',"
+        raise ConfigError(f"{what} an {ORACLE_LABEL}: it chose on the split it reports, so {workflow} cannot use "
+                          f"it; {instead}")
 
 
 def environment(device: torch.device | str) -> dict[str, str]:

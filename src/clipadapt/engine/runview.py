@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, is_oracle
 from clipadapt.engine.rundir import read_run_config
 from clipadapt.errors import ClipAdaptError
 
@@ -76,8 +76,9 @@ class RunView:
             rows += [(name, f"{value:.4f}" if isinstance(value, float) else value)
                      for name, value in record["metrics"].items()]
             params = record.get("params", {})
+            chosen_on = (record.get("selection") or {}).get("on", record.get("selected_on", "-"))
             rows += [("trainable params", f"{params.get('trainable', 0):,}"),
-                     ("chosen on", (record.get("selection") or {}).get("on", record.get("selected_on", "-")))]
+                     ("chosen on", f"{chosen_on}: {ORACLE_LABEL}" if is_oracle(record) else chosen_on)]
         else:
             rows.append(("state", "incomplete: no metrics.json yet"))
         table = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"

@@ -15,6 +15,7 @@ The record (a public schema: fields are added, never renamed)::
                   "val_acc": 0.77, "val_loss": 0.5}, ...],
      "validation": {"split": "val", "images": 13} | {"split": null, "reason": "..."},
      "C": 0.3, "epoch": 4, "val_acc": 0.77, "val_loss": 0.5}   # each choice's value and the last one's scores, flat
+                                                               # (a joint choice, "alpha,beta", by its parts)
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ class Selections:
         return best
 
     def add(self, *choices: Choice) -> None:
-        """Choices made elsewhere (the engine's kept epoch), or taken back from ``collect``; the current stage's
-        prefix is put in front of their names."""
+        """Choices made elsewhere (the engine's kept epoch, an incremental search); the current stage's prefix is
+        put in front of their names."""
         prefix = "".join(f"{p}." for p in self._prefixes)
         for choice in choices:
             self.choices.append(Choice(prefix + choice.name, choice.value, choice.split, choice.images,
                                        choice.candidates, dict(choice.scores)))
+
+    def extend(self, choices: Sequence[Choice]) -> None:
+        """Choices taken out by ``collect``, put back as they were recorded."""
+        self.choices.extend(choices)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -85,7 +90,7 @@ class Selections:
     @contextmanager
     def collect(self) -> Iterator[list[Choice]]:
         """Choices made inside are taken out of the log into the yielded list: a search over whole trainings (a
-        grid cell that keeps its best epoch) adds back only the chosen candidate's own choices."""
+        grid cell that keeps its best epoch) puts back (``extend``) only the chosen candidate's own choices."""
         start = len(self.choices)
         taken: list[Choice] = []
         try:
@@ -110,10 +115,15 @@ class Selections:
         out: dict[str, Any] = {"on": self.on, "chose": self.names, "choices": [c.as_record() for c in self.choices]}
         if self.validation is not None:
             out["validation"] = dict(self.validation)
-        for choice in self.choices:
-            out[choice.name] = choice.value
+        for choice in self.choices:  # a joint choice's value ({"alpha": .., "beta": ..}) by its parts
+            out.update(choice.value if isinstance(choice.value, dict) else {choice.name: choice.value})
         if self.choices:
             out.update(self.choices[-1].scores)
         for key, value in extra.items():
             out.setdefault(key, value)
         return out
+
+
+def chosen_epoch(record: dict[str, Any], best_epoch: int) -> int | None:
+    """The epoch a run chose on validation, to mark on its curves; None where it chose none (it kept the last)."""
+    return best_epoch if "epoch" in record.get("selection", {}).get("chose", []) else None

@@ -33,6 +33,7 @@ from clipadapt.engine.checkpoint import (
 from clipadapt.engine.features import EncodedSplit
 from clipadapt.engine.inputs import AUGMENTATIONS, TrainingData
 from clipadapt.engine.metrics import classification_metrics
+from clipadapt.engine.selection import Choice, Selections
 from clipadapt.engine.tracking import Tracking, check_tracker
 from clipadapt.engine.trainable import build_optimizer
 from clipadapt.errors import ConfigError
@@ -131,8 +132,9 @@ class FitResult:
     best_epoch: int
     train_time_s: float
     train_images: int  # images (or feature vectors) processed in training
-    selection: dict[str, Any] = field(default_factory=dict)
-    chosen: list[str] = field(default_factory=list)  # what validation chose ("epoch", "C", "alpha"...): [] val-free
+    # what describes the fit without being chosen (LP++'s step sizes, ProLIP's fixed lambda); what was chosen, and
+    # on what, is in the trainer's ``selections`` (metrics.json's selection is built from both)
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def train_images_per_s(self) -> float:
@@ -194,6 +196,21 @@ class Trainer:
         self.run_dir, self.resume = run_dir, resume
         self.task = task or ClassificationTask()
         self.callbacks: dict[str, list[Callback]] = {"epoch_end": []}
+        self.selections = Selections()  # every choice of the run, made here or by the method's own searches
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the run has a validation split (a val-free method on a dataset without one trains on every
+        training image and validates nothing)."""
+        return "val" in self.data.dataset.splits
+
+    def validation_images(self) -> int:
+        return len(self.data.split("val"))
+
+    def choose(self, name: str, candidates, score, value=None, scores=None):
+        """``Selections.choose`` on the validation split: the best of ``candidates``, recorded as the run's choice."""
+        return self.selections.choose(name, candidates, score, split="val", images=self.validation_images(),
+                                      value=value, scores=scores)
 
     def add_callback(self, event: str, callback: Callback) -> None:
         if event not in self.callbacks:
@@ -258,7 +275,7 @@ class Trainer:
                                                                 epoch, bar, tracking, epoch * steps_per_epoch,
                                                                 total_steps)
                 train_seconds = time.perf_counter() - started
-                if validates(cfg.keep, epoch, start_epoch, epochs):
+                if self.has_validation and validates(cfg.keep, epoch, start_epoch, epochs):
                     val = self.task.validate(self, method)
                     val_keys = list(val.row)
                     val_row = val.row
@@ -284,10 +301,22 @@ class Trainer:
                     callback(self, row)
 
         method.load_trainable_state(best_weights, source="best weights")
+        if cfg.keep == "best":
+            self._record_epoch(progress)
+        # the kept weights' validation scores (a sweep compares its cells by them), also where a single scored epoch
+        # left nothing to choose
+        kept_scores = dict(progress.get("best_selection", {})) if cfg.keep == "best" else {}
         return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
                          train_time_s=progress["train_time_s"], train_images=progress["train_images"],
-                         selection=dict(progress.get("best_selection", {})),
-                         chosen=["epoch"] if cfg.keep == "best" else [])
+                         details=kept_scores)
+
+    def _record_epoch(self, progress: dict) -> None:
+        """The kept epoch as the run's choice, from what this fit did: the epochs scored on validation were the
+        candidates (early stopping chose among the epochs it trained)."""
+        scored = [row for row in progress["history"] if not math.isnan(row.get("val_loss", math.nan))]
+        if len(scored) > 1:
+            self.selections.add(Choice("epoch", progress["best_epoch"], "val", self.validation_images(),
+                                       len(scored), dict(progress.get("best_selection", {}))))
 
     def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar, tracking: Tracking,
                      step: int, total_steps: int) -> tuple[float, float, int]:

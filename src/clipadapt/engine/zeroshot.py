@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import torch
 
 from clipadapt.config import option
-from clipadapt.data.base import ClassificationDataset, Split, shared_images, stratified_split
+from clipadapt.data.base import ClassificationDataset, Split, image_overlap, stratified_split
 from clipadapt.data.prompts import TemplateSet, resolve_template_sets
 from clipadapt.engine.features import EncodedSplit, FeatureCache, encode_split
 from clipadapt.engine.metrics import classification_metrics
 from clipadapt.engine.records import ORACLE_LABEL
+from clipadapt.engine.selection import Selections
 from clipadapt.errors import ConfigError
 from clipadapt.models.bundle import ClipBundle
 
@@ -142,11 +143,12 @@ def choose_selection(dataset: ClassificationDataset, split: str, select_on: str,
         source = dataset.splits.get(name)
         if source is None or name == split:
             continue
-        shared = shared_images(evaluated, source)
+        shared = image_overlap(evaluated, source)
         if shared:
-            raise ConfigError(f"data.split '{split}' shares {shared} images with {name}, which chooses the template "
-                              f"set; evaluate a held-out split ({', '.join(dataset.held_out_splits()) or 'none'}) "
-                              f"or pass --set zeroshot.select_on=none")
+            raise ConfigError(f"data.split '{split}' shares {shared.count} images with {name}, which chooses the "
+                              f"template set ({shared.named()}); evaluate a held-out split "
+                              f"({', '.join(dataset.held_out_splits()) or 'none'}) or pass --set "
+                              f"zeroshot.select_on=none")
         if not carve:
             return Selection("val", source)
         _, held = stratified_split(source.labels, CARVED_VAL_FRACTION, seed)
@@ -199,10 +201,17 @@ def evaluate_zero_shot(
     def score(result: TemplateResult) -> tuple[float, float]:
         return result.selection_metrics["acc1"], result.selection_metrics["mean_per_class_acc"]
 
-    # ties: the first listed set wins
-    best = default if selection.on == "none" else max(results, key=score).template_set.name
+    log = Selections()  # the record of the choice is what was chosen here, on which split, among how many
+    best = default
+    if selection.on != "none":  # ties: the first listed set wins
+        prefix = "val" if selection.on == "val" else "test"
+        best = log.choose("template_set", results, score, split=selection.on, images=len(selection.split),
+                          value=lambda r: r.template_set.name,
+                          scores=lambda r: {f"{prefix}_acc": r.selection_metrics["acc1"],
+                                            f"{prefix}_mean_per_class_acc": r.selection_metrics[
+                                                "mean_per_class_acc"]}).template_set.name
     return ZeroShotResult(
         split=split, results=results, best=best, selected_on=selection.on, encoded=encoded,
         logits=logits_by_set[best], heads=heads, selection_encoded=selection_encoded,
-        selection=selection.record(default),
+        selection=log.record(**selection.record(default)),
     )

@@ -16,9 +16,10 @@ Every cell is a normal run directory, ``OUT/runs/<dataset>[-base]/<method>/<K>sh
 domain-shift alike; its evaluations on other classes or images are ``RUN/evaluations/<target>.json``. Zero-shot
 is always included, with the dataset's own prompt (its last template set; CoOp's hand-crafted one for the coop11
 datasets) and nothing chosen. Model selection of the methods stays on the few-shot validation split; the test split
-is evaluated once per run. ``benchmark.csv``, ``benchmark.md`` and ``report.html`` are written from the run
-directories (experiments.benchmark_report), whichever executor ran them, so ``--skip-existing`` after an
-interruption runs exactly the cells without results and rebuilds the same tables.
+is evaluated once per run. An oracle (chosen on test: ``--set zeroshot.select_on=test``, or a kept run directory
+that is one) is refused before anything runs. ``benchmark.csv``, ``benchmark.md`` and ``report.html`` are written
+from the run directories (experiments.benchmark_report), whichever executor ran them, so ``--skip-existing`` after
+an interruption runs exactly the cells without results and rebuilds the same tables.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 from clipadapt.config import format_overrides
 from clipadapt.data.registry import check_dataset_spec
-from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, refuse_oracle_runs
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.executors import ExecutorConfig, Outcome, open_executor, run_cells
 from clipadapt.experiments.compare import refuse_existing, resolve_methods, split_overrides
@@ -299,6 +300,7 @@ def run_benchmark(config: BenchmarkConfig, on_outcome: Callable[[Outcome, dict[s
     from clipadapt.experiments.benchmark_report import write_benchmark_report
 
     cells = plan(config)
+    refuse_oracles(config, cells)
     refuse_existing([Path(c.run_dir) for c in cells], config.out, config.skip_existing, config.overwrite)
     prepare(cells)
     todo = [c for c in cells if not (config.skip_existing and c.complete())]
@@ -314,6 +316,22 @@ def run_benchmark(config: BenchmarkConfig, on_outcome: Callable[[Outcome, dict[s
     if report:
         result.csv, result.markdown, result.html = write_benchmark_report(config, cells, outcomes)
     return result
+
+
+def refuse_oracles(config: BenchmarkConfig, cells: list[BenchCell]) -> None:
+    """Before anything loads or runs: no cell may be an oracle (chosen on the test split it reports), neither asked
+    for (``--set zeroshot.select_on=test``) nor kept by ``--skip-existing``."""
+    from clipadapt.classification.zeroshot import ZeroShotExperiment
+    from clipadapt.config import apply_overrides
+
+    zero_shot = split_overrides(config.overrides, config.methods)["zeroshot"]
+    if zero_shot and apply_overrides(ZeroShotExperiment(), zero_shot).zeroshot.select_on == "test":
+        raise ConfigError(f"zeroshot.select_on=test is an {ORACLE_LABEL}, not a result: the benchmark's zero-shot "
+                          "rows use the dataset's own prompt and choose nothing; drop the setting (`clipadapt "
+                          "zeroshot --set zeroshot.select_on=test` runs the oracle on its own)")
+    if config.skip_existing:
+        refuse_oracle_runs([c.run_dir for c in cells], "benchmark --skip-existing",
+                           "remove it, or pass --overwrite to run its cell again")
 
 
 def prepare(cells: list[BenchCell]) -> None:

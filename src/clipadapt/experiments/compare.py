@@ -19,7 +19,7 @@ from clipadapt.classification.training import run_training
 from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
 from clipadapt.config import apply_overrides, format_overrides, override_section
 from clipadapt.data import DataConfig
-from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, refuse_oracle_runs
 from clipadapt.engine.rundir import RunConfig
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
@@ -140,9 +140,9 @@ def build_experiment(cell: CompareCell):
         if not experiment.zeroshot.templates:
             experiment.zeroshot.templates = list(cell.templates)
         if experiment.zeroshot.select_on == "test":
-            raise ConfigError("compare puts results side by side; zeroshot.select_on=test is an oracle (selected on "
-                              "test), not a result: valid choices in compare: val, none (`clipadapt zeroshot` runs "
-                              "the oracle on its own)")
+            raise ConfigError(f"compare puts results side by side; zeroshot.select_on=test is an {ORACLE_LABEL}, "
+                              "not a result: valid choices in compare: val, none (`clipadapt zeroshot` runs the "
+                              "oracle on its own)")
         return experiment
     experiment: TrainExperiment = experiment_class(cell.method)()
     return apply_overrides(experiment, cell.items)
@@ -172,6 +172,9 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
     overrides = split_overrides(config.overrides, config.methods)
     runs = plan(config)
     refuse_existing([r.run_dir for r in runs], config.out, config.skip_existing, config.overwrite)
+    if config.skip_existing:  # a kept run goes into the table as it is: never an oracle
+        refuse_oracle_runs([r.run_dir for r in runs], "compare --skip-existing",
+                           "remove it, or pass --overwrite to run it again choosing on validation")
     if config.zeroshot and not config.templates:
         dataset = load_dataset(DataConfig(dataset=config.dataset))  # fails early on a bad dataset spec
         names = list(dict.fromkeys(list(dataset.templates) + list(ZEROSHOT_EXTRA_SETS)))

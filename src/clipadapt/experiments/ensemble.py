@@ -3,7 +3,9 @@
 Members must share the dataset, its class list and the model (so one preprocessing feeds them all). The ensemble is
 written as a run directory: ``config.yaml`` names the members and their weights, and ``load_predictor`` rebuilds it
 from them, so ``report``, ``predict`` and ``robustness`` treat it as any run. Logits of the ensemble are the log of
-the averaged probabilities (its softmax is the average).
+the averaged probabilities (its softmax is the average). An oracle member (chosen on the test split it reports) is
+refused. ``selection`` records what was chosen on validation: the weights (``member_weights``) with ``--weights
+val``, nothing (``on: none``) with uniform weights.
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ from clipadapt.config import from_dict, to_dict
 from clipadapt.data import DataConfig
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.metrics import classification_metrics
-from clipadapt.engine.records import CONFIG_FILE, build_metrics_record, write_csv, write_metrics
+from clipadapt.engine.records import (
+    CONFIG_FILE,
+    build_metrics_record,
+    refuse_oracle_runs,
+    write_csv,
+    write_metrics,
+)
 from clipadapt.engine.rundir import RunConfig, check_run_dir, read_run_config, save_config_dict
+from clipadapt.engine.selection import Selections
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
 from clipadapt.models.config import ModelConfig
@@ -44,8 +53,10 @@ def simplex_grid(members: int, steps: int) -> list[tuple[float, ...]]:
     return points
 
 
-def search_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[list[float], list[dict]]:
-    """Weights on a simplex grid (tenths up to 4 members, fifths up to 10) scored on val: accuracy, then loss."""
+def search_weights(probabilities: list[np.ndarray], labels: np.ndarray,
+                   selections: Selections | None = None) -> tuple[list[float], list[dict]]:
+    """Weights on a simplex grid (tenths up to 4 members, fifths up to 10) scored on val: accuracy, then loss, then
+    nearness to uniform; the choice is logged in ``selections`` (as ``member_weights``) when given."""
     n = len(probabilities)
     steps = 10 if n <= 4 else 5
     if n > 10:
@@ -57,8 +68,11 @@ def search_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple
         loss = float(-np.log(np.clip(mixed[np.arange(len(labels)), labels], 1e-12, 1)).mean())
         rows.append({"weights": list(weights), "val_acc": accuracy, "val_loss": loss})
     uniform = 1.0 / n
-    best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"],
-                                    -sum(abs(w - uniform) for w in r["weights"])))  # ties: nearest to uniform
+    best = (selections or Selections()).choose(
+        "member_weights", rows, lambda r: (r["val_acc"], -r["val_loss"],
+                                           -sum(abs(w - uniform) for w in r["weights"])),  # ties: nearest uniform
+        split="val", images=len(labels), value=lambda r: list(r["weights"]),
+        scores=lambda r: {"val_acc": r["val_acc"], "val_loss": r["val_loss"]})
     return best["weights"], rows
 
 
@@ -119,6 +133,7 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
         raise ConfigError(f"unknown --weights '{mode}'; valid choices: {', '.join(WEIGHT_MODES)}")
     run_dirs, out = [Path(r) for r in run_dirs], Path(out)
     require_classification_runs(run_dirs, "an ensemble")
+    refuse_oracle_runs(run_dirs, "an ensemble")
     check_run_dir(out, overwrite)
     started = time.perf_counter()
     predictors, first_config = _members(run_dirs, device)
@@ -128,9 +143,11 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
     search_rows: list[dict] = []
     val_probabilities, val_labels, _ = _split_probabilities(predictors, "val")
     val_members = [float((p.argmax(-1) == val_labels).mean()) for p in val_probabilities]
+    selections = Selections()  # what was chosen on val: the weights with --weights val, nothing with uniform
+    selections.validation = {"split": "val", "images": len(val_labels)}
     weights = uniform
     if mode == "val" and len(predictors) > 1:
-        weights, search_rows = search_weights(val_probabilities, val_labels)
+        weights, search_rows = search_weights(val_probabilities, val_labels, selections)
     val_metrics = classification_metrics(ensemble_logits(val_probabilities, weights), val_labels)
     split = first_config["data"].get("split", "test")
     test_probabilities, labels, positions = _split_probabilities(predictors, split)  # read once, at the end
@@ -154,7 +171,7 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
               "train_images_per_s": 0.0,
               "eval_images_per_s": round(len(labels) / seconds, 2) if seconds > 0 else 0.0},
         seed=experiment.run.seed, config=resolved, device=predictors[0].device, best_epoch=0,
-        selection={"on": "val", "weights": mode, "val_acc": val_metrics["acc1"]}, num_classes=dataset.num_classes,
+        selection=selections.record(weights=mode, val_acc=val_metrics["acc1"]), num_classes=dataset.num_classes,
         members=members)
     with staged_directory(out, overwrite=overwrite) as stage:
         save_config_dict(resolved, stage / CONFIG_FILE)

@@ -2,11 +2,13 @@
 
 Every cell of the grid (and every seed) is a normal training run directory under the sweep's folder, named by its
 values (``layer=0_tokens=4-seed1``) and labelled for reports (``vpt layer=0 tokens=4``). The cell chosen is the one
-with the best mean validation accuracy; the test accuracy of every cell is shown beside it, as in a paper's
-ablation table, but never used to choose. ``sweep.csv`` has one line per cell, ``sweep.md`` the tables (rows: the
-first swept field, columns: the second, one table per value of any further fields). The cells go through an
-executor (``executor``: this process one after another, or Ray tasks); the tables are read from the run
-directories, so they are the same whichever executor ran the cells.
+with the best mean validation accuracy (``selection.val_acc`` of its runs) among the cells whose runs record one; the
+test accuracy of every cell is shown beside it, as in a paper's ablation table, but never used to choose. Runs of a
+method that chooses nothing on validation (lp++, clip-lora, ``train.keep=last``) record no validation score: a grid
+of them chooses no cell, and a mixed grid leaves them out of the choice and says so. ``sweep.csv`` has one line per
+cell, ``sweep.md`` the tables (rows: the first swept field, columns: the second, one table per value of any further
+fields). The cells go through an executor (``executor``: this process one after another, or Ray tasks); the tables
+are read from the run directories, so they are the same whichever executor ran the cells.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import csv
 import io
 import itertools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +159,11 @@ class SweepResult:
     csv: Path
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
+    @property
+    def note(self) -> str:
+        """What was chosen, in one line (``choice_note``)."""
+        return choice_note(self.rows)
+
 
 def check_cells(config: SweepConfig, cells: list[SweepCell]) -> None:
     """Build every cell's config, then check every distinct one against its model, before anything trains."""
@@ -205,9 +213,7 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
             outcomes = run_with_status(executor, train_cell, todo, notify)
         failed = [(todo[key][0].run_dir, outcome.error or "") for key, outcome in outcomes.items() if outcome.failed]
     rows = summarize(cells)
-    chosen = max((r for r in rows if r["runs"]), key=lambda r: r["val_acc"], default=None)
-    for row in rows:
-        row["chosen"] = row is chosen
+    chosen = choose_cell(rows)
     markdown, table = out / "sweep.md", out / "sweep.csv"
     atomic_write_text(table, sweep_csv(list(config.axes), rows))
     atomic_write_text(markdown, sweep_markdown(config, rows))
@@ -221,7 +227,9 @@ def _default_out(experiment: TrainExperiment) -> Path:
 
 
 def summarize(cells: list[SweepCell]) -> list[dict[str, Any]]:
-    """One row per grid cell: validation accuracy (of the selected weights) and test accuracy over its seeds."""
+    """One row per grid cell: validation accuracy (of the selected weights) and test accuracy over its seeds.
+    ``scored``: every finished run of the cell records a validation score (``selection.val_acc``); only those cells
+    can be chosen."""
     rows: dict[str, dict[str, Any]] = {}
     for cell in cells:
         row = rows.setdefault(cell.label, {"values": cell.values, "label": cell.label, "runs": [], "val": [],
@@ -231,15 +239,48 @@ def summarize(cells: list[SweepCell]) -> list[dict[str, Any]]:
             continue
         record = json.loads(metrics.read_text())
         row["runs"].append(str(cell.run_dir))
-        row["val"].append(float(record.get("selection", {}).get("val_acc", float("nan"))))
+        val = (record.get("selection") or {}).get("val_acc")
+        if isinstance(val, int | float) and math.isfinite(val):
+            row["val"].append(float(val))
         row["test"].append(float(record["metrics"]["acc1"]))
         row["trainable"] = record["params"]["trainable"]
         row["train_time_s"].append(float(record["cost"]["train_time_s"]))
     for row in rows.values():
-        row["val_acc"], row["val_std"] = mean_std(row["val"])
+        row["scored"] = bool(row["runs"]) and len(row["val"]) == len(row["runs"])
+        row["val_acc"], row["val_std"] = mean_std(row["val"]) if row["scored"] else (math.nan, math.nan)
         row["test_acc"], row["test_std"] = mean_std(row["test"])
         row["train_time_s"] = mean_std(row["train_time_s"])[0]
     return list(rows.values())
+
+
+def choose_cell(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cell with the best mean validation accuracy among those that record one (the first of equals), marked
+    ``chosen``; None when no cell records a validation score (nothing is chosen)."""
+    chosen = max((r for r in rows if r["scored"]), key=lambda r: r["val_acc"], default=None)
+    for row in rows:
+        row["chosen"] = row is chosen
+    return chosen
+
+
+def unscored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished cells whose runs record no validation score: never chosen."""
+    return [r for r in rows if r["runs"] and not r["scored"]]
+
+
+NOTHING_CHOSEN = "no cell chosen: these runs record no validation score"
+
+
+def choice_note(rows: list[dict[str, Any]]) -> str:
+    """One line: the chosen cell, the cells left out of the choice, or that nothing was chosen."""
+    chosen = next((r for r in rows if r["chosen"]), None)
+    left_out = unscored(rows)
+    if chosen is None:
+        return NOTHING_CHOSEN if left_out else "no cell chosen: no cell has a finished run"
+    note = f"chosen on validation: {chosen['label']}"
+    if left_out:
+        note += (f", among the cells that record a validation score; left out (no validation score): "
+                 f"{', '.join(r['label'] for r in left_out)}")
+    return note
 
 
 def sweep_csv(keys: list[str], rows: list[dict[str, Any]]) -> str:
@@ -247,12 +288,22 @@ def sweep_csv(keys: list[str], rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(keys + ["seeds", "val_acc", "val_acc_std", "test_acc1", "test_acc1_std", "trainable",
                             "train_time_s", "chosen_on_val", "runs"])
+    nothing_chosen = not any(row["chosen"] for row in rows)
     for row in rows:
         writer.writerow([row["values"][k] for k in keys] + [
             len(row["runs"]), _fmt(row["val_acc"]), _fmt(row["val_std"]), _fmt(row["test_acc"]),
             _fmt(row["test_std"]), row["trainable"] if row["trainable"] is not None else "",
-            _fmt(row["train_time_s"], 2), "yes" if row["chosen"] else "", ";".join(row["runs"])])
+            _fmt(row["train_time_s"], 2), _chosen_on_val(row, nothing_chosen), ";".join(row["runs"])])
     return buffer.getvalue()
+
+
+def _chosen_on_val(row: dict[str, Any], nothing_chosen: bool) -> str:
+    """sweep.csv's ``chosen_on_val``: yes for the chosen cell, why a finished cell without a score was not."""
+    if row["chosen"]:
+        return "yes"
+    if not row["runs"] or row["scored"]:
+        return ""
+    return NOTHING_CHOSEN if nothing_chosen else "left out: no validation score"
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -262,6 +313,8 @@ def _fmt(value: float, digits: int = 4) -> str:
 def _cell(row: dict[str, Any] | None, key: str, seeds: int) -> str:
     if row is None or not row["runs"]:
         return "-"
+    if key == "val" and not row["scored"]:
+        return "no score"
     text = f"{row[f'{key}_acc']:.3f}" + (f" ± {row[f'{key}_std']:.3f}" if seeds > 1 else "")
     return f"**{text}**" if row["chosen"] else text
 
@@ -290,16 +343,29 @@ def ablation_tables(keys: list[str], rows: list[dict[str, Any]], key: str, seeds
 def sweep_markdown(config: SweepConfig, rows: list[dict[str, Any]]) -> str:
     keys, seeds = list(config.axes), len(config.seeds)
     chosen = next((r for r in rows if r["chosen"]), None)
+    left_out = unscored(rows)
     fields = "; ".join(f"`{k}` = " + ", ".join(v) for k, v in config.axes.items()) or "none"
     lines = [f"# Sweep: {config.method}", "",
              f"Fields: {fields}; "
              f"seeds {', '.join(map(str, config.seeds))}. Accuracy is top-1"
-             + (", mean ± std over seeds" if seeds > 1 else "") + ". The cell in **bold** has the best validation "
-             "accuracy and is the one chosen; test accuracy is shown for every cell but never used to choose.", ""]
+             + (", mean ± std over seeds" if seeds > 1 else "") + "."
+             + (" The cell in **bold** has the best validation accuracy and is the one chosen;" if chosen else "")
+             + " Test accuracy is shown for every cell but never used to choose.", ""]
     if chosen is not None:
-        lines += [f"Chosen on validation: **{chosen['label']}** (val {chosen['val_acc']:.4f}, test "
+        among = (f" among the {sum(r['scored'] for r in rows)} cells that record a validation score"
+                 if left_out else "")
+        lines += [f"Chosen on validation{among}: **{chosen['label']}** (val {chosen['val_acc']:.4f}, test "
                   f"{chosen['test_acc']:.4f}; {chosen['trainable']:,} trainable parameters).", ""]
-    for key, title in (("val", "Validation accuracy (selects the cell)"), ("test", "Test accuracy")):
+        if left_out:
+            lines += [f"Left out of the choice (their runs record no validation score): "
+                      f"{', '.join(r['label'] for r in left_out)}.", ""]
+    elif left_out:
+        lines += [f"No cell chosen: these runs record no validation score ({config.method} chooses nothing on "
+                  "validation with these settings, e.g. train.keep=last), so nothing is in bold.", ""]
+    sections = [("test", "Test accuracy")]
+    if any(r["scored"] for r in rows) or not left_out:
+        sections.insert(0, ("val", "Validation accuracy (selects the cell)"))
+    for key, title in sections:
         lines += [f"## {title}", ""]
         for subtitle, table in ablation_tables(keys, rows, key, seeds):
             if subtitle:

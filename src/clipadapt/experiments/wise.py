@@ -21,7 +21,7 @@ import torch
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
 from clipadapt.data.base import same_classes
-from clipadapt.engine.records import CONFIG_FILE, write_csv
+from clipadapt.engine.records import CONFIG_FILE, refuse_oracle_runs, write_csv
 from clipadapt.engine.rundir import save_config_dict
 from clipadapt.engine.trainer import FitResult, Trainer, make_accelerator
 from clipadapt.errors import ConfigError
@@ -68,6 +68,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     alphas = check_alphas(alphas)
     run_dir, out = Path(run_dir), Path(out)
     require_classification_runs([run_dir], "WiSE-FT")
+    refuse_oracle_runs([run_dir], "WiSE-FT")
     check_run_dir(out, overwrite, resumable=False)
     experiment, dataset, method = load_run(run_dir, device)
     refusal = method.zero_shot_start_refusal()
@@ -89,6 +90,7 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     device_ = method.bundle.device
     accelerator = make_accelerator(device_, experiment.train.precision)
     trainer = Trainer(experiment.train, training_data(experiment, dataset, method, device_), accelerator)
+    trainer.selections.validation = {"split": "val", "images": len(dataset.split("val"))}
     shift_trainer = (Trainer(experiment.train, training_data(experiment, shift, method, device_), accelerator)
                      if shift is not None else None)
     rows, evaluations = [], {}
@@ -104,7 +106,9 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
             rows.append(row)
             evaluations[alpha] = test
             advance()
-    chosen = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"], -abs(r["alpha"] - 0.5)))
+    chosen = trainer.choose("alpha", rows, lambda r: (r["val_acc"], -r["val_loss"], -abs(r["alpha"] - 0.5)),
+                            value=lambda r: r["alpha"],
+                            scores=lambda r: {"val_acc": r["val_acc"], "val_loss": r["val_loss"]})
     method.load_trainable_state(method.interpolate(start, end, chosen["alpha"]), source="chosen alpha")
     seconds = time.perf_counter() - started
 
@@ -118,10 +122,9 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
                "rows": rows, "seconds": round(seconds, 3)}
     fit = FitResult(history=[{"step": i, **r} for i, r in enumerate(rows)], best_epoch=rows.index(chosen),
                     train_time_s=seconds, train_images=0,
-                    selection={"alpha": chosen["alpha"], "val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"]},
-                    chosen=["alpha"] if len(alphas) > 1 else [])
+                    details={k: chosen[k] for k in ("alpha", "val_acc", "val_loss")})  # one alpha: nothing chosen
     evaluation = evaluations[chosen["alpha"]]
-    record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1)
+    record = run_record(wise_experiment, resolved, method, dataset, fit, evaluation, device_, 1, trainer.selections)
     record["wise"] = {k: summary[k] for k in ("source", "chosen_alpha", "alphas", "shift_dataset")}
     data = trainer.data
     with staged_directory(out, overwrite=overwrite) as stage:

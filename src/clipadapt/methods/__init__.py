@@ -17,7 +17,7 @@ def listing(pattern: str | None = None) -> list[dict[str, Any]]:
     """Methods as data: name, description, package, config section, what it chooses on validation ([]: val-free)
     and its settings with their defaults."""
     return METHODS.rows(pattern, section=lambda n: METHODS.get(n).section,
-                        chooses_on_val=lambda n: list(METHODS.get(n).method_class.chooses_on_val),
+                        chooses_on_val=lambda n: list(METHODS.get(n).method_class.default_choices()),
                         settings=lambda n: {k: d for k, (d, _) in field_help(METHODS.get(n).config_class).items()})
 
 

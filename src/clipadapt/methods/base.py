@@ -81,9 +81,6 @@ class Method(TrainableModule):
     feature_kind: ClassVar[str] = "projected"
     augment: ClassVar[str | None] = None  # training augmentation the method insists on (None: train.augment)
     starts_at_zero_shot: ClassVar[bool] = False  # built and untrained (head=zeroshot), it is the zero-shot model
-    # what its default recipe chooses on validation (`clipadapt methods`, the reports); () is val-free. The run's
-    # metrics.json records what it actually chose (selection.chose), which train.keep=last empties for epochs.
-    chooses_on_val: ClassVar[tuple[str, ...]] = ("epoch",)
     # train.* defaults of its recipe (e.g. a val-free method's keep=last); the user's --set still wins
     train_defaults: ClassVar[dict[str, Any]] = {}
     # why `clipadapt export` cannot write its runs as a plain transformers model; None where it can: what trained are
@@ -106,6 +103,22 @@ class Method(TrainableModule):
         self._bundle = [bundle]  # a list: feature methods must not register the frozen model
         self.attach_backbone(bundle)
         self.head = self.make_head(bundle, templates)
+
+    @classmethod
+    def planned_choices(cls, config: Any, train: Any) -> tuple[str, ...]:
+        """What a run with this method config and ``train`` config chooses on validation, in order; () is val-free
+        (a dataset without a validation split then trains on every training image). The engine chooses the epoch
+        under train.keep=best; methods with searches of their own add theirs. What a run actually chose is
+        recorded from what it did (engine/selection.py), not from this; tests hold the two equal for every method."""
+        return ("epoch",) if train.keep == "best" else ()
+
+    @classmethod
+    def default_choices(cls) -> tuple[str, ...]:
+        """What the method's default recipe chooses on validation (`clipadapt methods`, the reports)."""
+        from clipadapt.engine.trainer import TrainConfig
+
+        section = METHODS.get(cls.name).config_class
+        return cls.planned_choices(section(), TrainConfig(**cls.train_defaults))
 
     @classmethod
     def check(cls, config: Any, bundle: ClipBundle, classnames: Sequence[str]) -> None:

@@ -53,7 +53,6 @@ class ClipLoRAConfig(PeftLoRAConfig):
 class ClipLoRA(LoRA):
     """CLIP-LoRA: peft LoRA on q, k, v of both towers (r=2), the text tower's prompts as the classifier, val-free."""
 
-    chooses_on_val = ()
     # the reference's loop: one prompt, no validation, batch 32, cosine without warmup, no clipping, random resized
     # crops and flips (ours crop 50-100% of the image; the reference's torchvision crop 8-100%)
     train_defaults = {"head_templates": "a photo of a {}.", "keep": "last", "patience": 0, "batch_size": 32,

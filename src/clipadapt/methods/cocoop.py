@@ -84,7 +84,7 @@ class CoCoOp(Method):
     """Conditional prompts (CoCoOp): CoOp's context plus a per-image shift from a meta-network; text tower per image."""
 
     inputs = "features"
-    chooses_on_val = ()  # the reference trains a fixed number of epochs and keeps the last
+    # val-free by its recipe (train.keep=last): the reference trains a fixed number of epochs and keeps the last
     train_defaults = {"keep": "last", "epochs": 10, "batch_size": 1}
 
     @classmethod

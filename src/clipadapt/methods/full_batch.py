@@ -43,13 +43,15 @@ def train_full_batch(method: Method, trainer: Trainer, iterations: int, step: St
     """``iterations`` calls of ``step`` on the whole training split; returns the engine's FitResult. ``keep``:
     ``last`` or ``best`` (default: ``train.keep``). ``best`` scores validation after every iteration (a history row
     each); ``last`` only every ``log_every`` iterations and after the last, for the history (0: never)."""
+    from clipadapt.engine.selection import Choice
     from clipadapt.engine.trainer import FitResult
 
     keep = keep or trainer.config.keep
     device = trainer.accelerator.device
     method.to(device)
     train_x, train_y = split_tensors(trainer, "train", device)
-    val_x, val_y = split_tensors(trainer, "val", device)
+    validated = trainer.has_validation  # a val-free run on a dataset without one draws no validation curve
+    val_x, val_y = split_tensors(trainer, "val", device) if validated else (None, None)
     history, best, best_state = [], None, None
     seconds = 0.0
     for iteration in range(1, iterations + 1):
@@ -59,17 +61,18 @@ def train_full_batch(method: Method, trainer: Trainer, iterations: int, step: St
         seconds += time.perf_counter() - started
         if keep != "best" and (log_every <= 0 or (iteration % log_every and iteration != iterations)):
             continue
-        val_acc, val_loss = score(method, val_x, val_y)
         row = {"epoch": iteration, "train_loss": float(loss),
-               "train_acc": float((logits.detach().argmax(-1) == train_y).float().mean()),
-               "val_loss": val_loss, "val_acc": val_acc}
+               "train_acc": float((logits.detach().argmax(-1) == train_y).float().mean())}
+        if validated:
+            row["val_acc"], row["val_loss"] = score(method, val_x, val_y)
         history.append(row)
-        if keep == "best" and (best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"])):
+        if keep == "best" and (best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"],
+                                                                                    -best["val_loss"])):
             best, best_state = row, method.trainable_state()
     if keep == "best" and best_state is not None:
         method.load_trainable_state(best_state, source="best iteration")
-    chosen = best if keep == "best" else {"epoch": iterations}
-    return FitResult(history=history, best_epoch=chosen.get("epoch", 0), train_time_s=seconds,
-                     train_images=len(train_y) * iterations,
-                     selection={k: chosen[k] for k in ("val_acc", "val_loss")} if keep == "best" and chosen else {},
-                     chosen=["epoch"] if keep == "best" else [])
+        if len(history) > 1:  # the iterations scored on validation were the candidates
+            trainer.selections.add(Choice("epoch", best["epoch"], "val", trainer.validation_images(), len(history),
+                                          {"val_acc": best["val_acc"], "val_loss": best["val_loss"]}))
+    return FitResult(history=history, best_epoch=best["epoch"] if keep == "best" and best else iterations,
+                     train_time_s=seconds, train_images=len(train_y) * iterations)

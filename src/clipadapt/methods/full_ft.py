@@ -41,6 +41,10 @@ class FullFineTune(Method):
         for module in bundle.image_tower_modules():
             module.requires_grad_(True)
 
+    @classmethod
+    def planned_choices(cls, config: FullFTConfig, train) -> tuple[str, ...]:
+        return ("C",) * config.lp_ft + super().planned_choices(config, train)  # LP-FT's probe chooses its C
+
     def make_head(self, bundle, templates):
         if self.config.lp_ft:
             return build_head("linear", bundle, self.classnames, templates)

@@ -81,7 +81,10 @@ class Gda(Method):
     """Gaussian discriminant analysis on cached features added to zero-shot (training-free); alpha chosen on val."""
 
     inputs = "features"
-    chooses_on_val = ("alpha",)
+
+    @classmethod
+    def planned_choices(cls, config: GdaConfig, train) -> tuple[str, ...]:
+        return ("alpha",) if config.search and len(config.alphas) > 1 else ()
 
     def __init__(self, bundle, classnames, config: GdaConfig, templates) -> None:
         super().__init__(bundle, classnames, config, templates)
@@ -122,21 +125,20 @@ class Gda(Method):
 
     @torch.no_grad()
     def search(self, trainer: Trainer) -> list[dict]:
-        """Every alpha of the grid scored on val; keeps the best (accuracy, then loss)."""
+        """Every alpha of the grid scored on val; the trainer chooses the best (accuracy, then loss)."""
         val = trainer.features("val")
         features = val.features.to(self.weight.device).float()
         labels = torch.as_tensor(val.labels, device=features.device)
         with self.evaluating():
             zero_shot, gda = self.head(features).float(), self.gda_logits(features).float()
-        rows, best = [], None
+        rows = []
         for alpha in self.config.alphas:
             logits = self.blend(zero_shot, gda, alpha)
-            row = {"step": len(rows), "alpha": float(alpha),
-                   "val_acc": float((logits.argmax(-1) == labels).float().mean()),
-                   "val_loss": float(nn.functional.cross_entropy(logits, labels))}
-            rows.append(row)
-            if best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"]):
-                best = row
+            rows.append({"step": len(rows), "alpha": float(alpha),
+                         "val_acc": float((logits.argmax(-1) == labels).float().mean()),
+                         "val_loss": float(nn.functional.cross_entropy(logits, labels))})
+        best = trainer.choose("alpha", rows, lambda r: (r["val_acc"], -r["val_loss"]), value=lambda r: r["alpha"],
+                              scores=lambda r: {"val_acc": r["val_acc"], "val_loss": r["val_loss"]})
         self.alpha.fill_(best["alpha"])
         self.chosen = best
         return rows
@@ -148,12 +150,10 @@ class Gda(Method):
         self.to(trainer.accelerator.device)
         self.prepare(trainer)
         rows = self.search(trainer) if self.config.search else []
-        selection = {"alpha": self.chosen.get("alpha", float(self.config.alpha)),  # as given, not float32
-                     **{k: self.chosen[k] for k in ("val_acc", "val_loss") if k in self.chosen}}
         return FitResult(history=rows, best_epoch=self.chosen.get("step", 0),
                          train_time_s=time.perf_counter() - start,
-                         train_images=len(trainer.features("train").labels), selection=selection,
-                         chosen=["alpha"] if rows else [])
+                         train_images=len(trainer.features("train").labels),
+                         details={"alpha": self.chosen.get("alpha", float(self.config.alpha))})  # as given
 
     # -- weights: the classifier is state, not trained weights ----------------------------------------------
     def per_class_state(self) -> list[str]:

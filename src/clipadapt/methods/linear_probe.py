@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,8 +83,11 @@ def _full_weights(model: LogisticRegression, num_classes: int, dim: int) -> tupl
 
 
 def sweep_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                              num_classes: int, config: LinearProbeConfig | None = None) -> ProbeFit:
-    """Fit on train for each C of the search, score on val (accuracy, then log-loss), keep the best."""
+                              num_classes: int, config: LinearProbeConfig | None = None,
+                              choose: Callable[[Sequence[float], Callable], float] | None = None) -> ProbeFit:
+    """Fit on train for each C of the search, score on val (accuracy, then log-loss), keep the best. ``choose``
+    makes the final choice among the exponents tried, given their score (default: the best, the first among
+    equals); ``fit_probe_head`` passes the trainer's, which records it."""
     config = config or LinearProbeConfig()
     if len(np.unique(train_y)) < 2:
         raise DataError("a linear probe needs training images of at least two classes")
@@ -112,7 +116,8 @@ def sweep_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, val_x: n
             candidates = [best] + [e for e in (best - step, best + step) if
                                    config.c_min_exp - 1 <= e <= config.c_max_exp + 1]
             best = max(candidates, key=score)
-    best = max(tried, key=lambda e: tried[e][:2])  # over everything tried, in case refinement wandered
+    choose = choose or (lambda candidates, key: max(candidates, key=key))
+    best = choose(list(tried), lambda e: tried[e][:2])  # over everything tried, in case refinement wandered
     weight, bias = _full_weights(tried[best][2], num_classes, train_x.shape[1])
     sweep = [{"C": 10.0 ** e, "val_acc": tried[e][0], "val_loss": -tried[e][1]} for e in sorted(tried)]
     return ProbeFit(weight, bias, 10.0 ** best, sweep)
@@ -122,8 +127,13 @@ def fit_probe_head(head: LinearHead, trainer: Trainer, num_classes: int,
                    config: LinearProbeConfig | None = None) -> ProbeFit:
     """Fit a logistic regression on the cached train features (C chosen on val) and load it into ``head``."""
     train, val = trainer.features("train"), trainer.features("val")
+
+    def choose(exponents: Sequence[float], score: Callable) -> float:
+        return trainer.choose("C", exponents, score, value=lambda e: 10.0 ** e,
+                              scores=lambda e: {"val_acc": score(e)[0], "val_loss": -score(e)[1]})
+
     probe = sweep_logistic_regression(train.features.numpy(), train.labels, val.features.numpy(), val.labels,
-                                      num_classes, config)
+                                      num_classes, config, choose)
     head.set_weights(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
     return probe
 
@@ -135,8 +145,11 @@ class LinearProbe(Method):
     export_refusal = None  # its changes are CLIP weights, its classifier the head
 
     inputs = "features"
-    chooses_on_val = ("C",)
     gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() solves with L-BFGS
+
+    @classmethod
+    def planned_choices(cls, config: LinearProbeConfig, train) -> tuple[str, ...]:
+        return ("C",)  # the grid always holds several values (c_min_exp < c_max_exp)
 
     def make_head(self, bundle, templates):
         return build_head("linear", bundle, self.classnames, templates)
@@ -156,6 +169,4 @@ class LinearProbe(Method):
         best_step = next(i for i, row in enumerate(probe.sweep) if row["C"] == probe.c)
         return FitResult(history=history, best_epoch=best_step, train_time_s=elapsed,
                          train_images=train_images * len(probe.sweep),
-                         selection={"C": probe.c, "val_acc": probe.sweep[best_step]["val_acc"],
-                                    "val_loss": probe.sweep[best_step]["val_loss"]},
-                         chosen=["C"] if len(probe.sweep) > 1 else [])
+                         details={"C": probe.c})

@@ -90,7 +90,6 @@ class LpPlusPlus(Method):
     """Linear probe blending visual prototypes with text embeddings by learned class-wise ratios (full batch)."""
 
     inputs = "features"
-    chooses_on_val = ()
     train_defaults = {"keep": "last"}
     gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() uses the paper's step sizes
 
@@ -152,5 +151,5 @@ class LpPlusPlus(Method):
 
         fit = train_full_batch(self, trainer, config.iterations, step)
         self.alpha.grad = None
-        fit.selection = {**fit.selection, "lr_w": lr_w, "lr_alpha": lr_alpha}
+        fit.details = {**fit.details, "lr_w": lr_w, "lr_alpha": lr_alpha}  # from the training data, not chosen
         return fit

@@ -128,7 +128,7 @@ class VisionPrompts(nn.Module):
 class MaPLe(Method):
     """Multi-modal prompts (MaPLe): deep language prompts, and vision prompts coupled to them, in the first layers."""
 
-    chooses_on_val = ()  # the reference trains a fixed number of epochs and keeps the last
+    # val-free by its recipe (train.keep=last): the reference trains a fixed number of epochs and keeps the last
     train_defaults = {"keep": "last", "epochs": 5, "batch_size": 4, "warmup": 0.2}
 
     @classmethod

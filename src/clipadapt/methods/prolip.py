@@ -70,7 +70,6 @@ class Prolip(Method):
 
     inputs = "features"
     feature_kind = "pooled"
-    chooses_on_val = ()
     train_defaults = {"keep": "last", "patience": 0}
     search = False
 
@@ -91,7 +90,6 @@ class Prolip(Method):
             self.projection.weight.copy_(pretrained.weight.float())
         self.register_buffer("initial", pretrained.weight.detach().float().clone(), persistent=False)
         self.lam = config.lam if config.lam >= 0 else None  # None: 1 / N, known once the training split is
-        self.chosen: dict = {}
 
     @property
     def feature_dim(self) -> int:
@@ -147,30 +145,35 @@ class Prolip(Method):
         lam = self.config.lam if self.config.lam >= 0 else self.shots_lambda(trainer)
         if not self.search:
             fit = self.train_once(trainer, self.config.lr, lam)
-            fit.selection = {**fit.selection, "lr": self.config.lr, "lambda": lam}
+            fit.details = {**fit.details, "lr": self.config.lr, "lambda": lam}
             return fit
         return self.grid_search(trainer)
 
     def grid_search(self, trainer: Trainer) -> FitResult:
+        """Every (lr, lambda) cell trained from W0 and scored once on val at its end; the trainer chooses the cell
+        (accuracy, then loss). A cell that keeps its best iteration (train.keep=best) chose it on val too: only the
+        chosen cell's own choice is recorded."""
         started = time.perf_counter()
         val_x, val_y = split_tensors(trainer, "val", self.projection.weight.device)
-        best, rows = None, []
+        cells = []
         for lr in self.config.lrs:
             for lam in self.config.lams:
-                fit = self.train_once(trainer, lr, lam, log_every=0)  # a cell is scored once, at its end
-                scored = _val_scores(self, val_x, val_y)
-                rows.append({"step": len(rows), "lr": lr, "lambda": lam, "val_acc": scored[0],
-                             "val_loss": -scored[1]})
-                if best is None or scored > best[0]:
-                    best = (scored, lr, lam, fit, self.trainable_state())
-        (val_acc, neg_loss), lr, lam, fit, state = best
-        self.load_trainable_state(state, source="the chosen cell")
-        self.lam = lam
-        fit.history = rows  # one row per cell of the grid, as Tip-Adapter's search writes it
+                with trainer.selections.collect() as inner:
+                    fit = self.train_once(trainer, lr, lam, log_every=0)  # a cell is scored once, at its end
+                val_acc, neg_loss = _val_scores(self, val_x, val_y)
+                cells.append({"step": len(cells), "lr": lr, "lambda": lam, "val_acc": val_acc, "val_loss": -neg_loss,
+                              "fit": fit, "state": self.trainable_state(), "inner": inner})
+        with trainer.selections.collect() as grid:
+            best = trainer.choose("lr,lambda", cells, lambda c: (c["val_acc"], -c["val_loss"]),
+                                  value=lambda c: {"lr": c["lr"], "lambda": c["lambda"]},
+                                  scores=lambda c: {"val_acc": c["val_acc"], "val_loss": c["val_loss"]})
+        trainer.selections.extend(best["inner"] + grid)  # in the order made: the cell's own choice, then the cell
+        self.load_trainable_state(best["state"], source="the chosen cell")
+        self.lam = best["lambda"]
+        fit = best["fit"]
+        fit.history = [{k: c[k] for k in ("step", "lr", "lambda", "val_acc", "val_loss")} for c in cells]
         fit.train_time_s = time.perf_counter() - started
-        fit.train_images *= len(self.config.lrs) * len(self.config.lams)
-        fit.selection = {**fit.selection, "lr": lr, "lambda": lam, "val_acc": val_acc, "val_loss": -neg_loss}
-        fit.chosen = ["lr", "lambda", *fit.chosen]
+        fit.train_images *= len(cells)
         return fit
 
 
@@ -185,5 +188,9 @@ def _val_scores(method: Method, features: torch.Tensor, labels: torch.Tensor) ->
 class ProlipVal(Prolip):
     """ProLIP with lr and lambda chosen on validation over the reference grid (49 runs of 300 full-batch steps)."""
 
-    chooses_on_val = ("lr", "lambda")
     search = True
+
+    @classmethod
+    def planned_choices(cls, config: ProlipConfig, train) -> tuple[str, ...]:
+        cells = len(config.lrs) * len(config.lams)
+        return super().planned_choices(config, train) + (("lr,lambda",) if cells > 1 else ())

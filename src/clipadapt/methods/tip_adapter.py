@@ -57,6 +57,11 @@ class TipAdapterConfig(MethodConfig):
                               f"classifier), got {self.head}")
 
 
+def search_choices(config: TipAdapterConfig) -> tuple[str, ...]:
+    """The search's one choice (the pair), where it searches a grid of more than one cell."""
+    return ("alpha,beta",) if config.search and config.alpha_steps * config.beta_steps > 1 else ()
+
+
 def search_grid(low: float, high: float, steps: int) -> list[float]:
     """The reference code's grid: ``steps`` values from ``low`` in equal steps, below ``high``."""
     return [low + i * (high - low) / steps for i in range(steps)] if steps > 1 else [low]
@@ -69,8 +74,11 @@ class TipAdapter(Method):
     export_refusal = "its cache of training features votes beside the classifier, outside the model's weights"
 
     inputs = "features"
-    chooses_on_val = ("alpha", "beta")
     train_keys = False
+
+    @classmethod
+    def planned_choices(cls, config: TipAdapterConfig, train) -> tuple[str, ...]:
+        return search_choices(config)
 
     def __init__(self, bundle, classnames, config: TipAdapterConfig, templates) -> None:
         super().__init__(bundle, classnames, config, templates)
@@ -82,7 +90,6 @@ class TipAdapter(Method):
         self.register_buffer("values", torch.zeros(0, len(self.classnames)))
         self.register_buffer("alpha", torch.tensor(float(config.alpha)))
         self.register_buffer("beta", torch.tensor(float(config.beta)))
-        self.chosen: dict = {}  # the search's best row
 
     # -- the cache ----------------------------------------------------------------------------------------
     def state_from_features(self, features: torch.Tensor, labels: np.ndarray | torch.Tensor) -> None:
@@ -117,25 +124,26 @@ class TipAdapter(Method):
 
     @torch.no_grad()
     def search(self, trainer: Trainer) -> list[dict]:
-        """Every (beta, alpha) of the grid scored on val; keeps the best (accuracy, then loss). Returns the rows."""
+        """Every (beta, alpha) of the grid scored on val; the trainer chooses the best (accuracy, then loss), one
+        choice of the pair. Returns the rows."""
         config = self.config
         val = trainer.features("val")
         features = val.features.to(self.keys.device).float()
         labels = torch.as_tensor(val.labels, device=features.device)
         with self.evaluating():
             zero_shot, affinity = self.head(features).float(), self.cache_affinity(features).float()
-        rows, best = [], None
+        rows = []
         for beta in search_grid(0.1, config.beta_max, config.beta_steps):
             for alpha in search_grid(0.1, config.alpha_max, config.alpha_steps):
                 logits = self.blend(zero_shot, affinity, alpha, beta)
                 accuracy = float((logits.argmax(-1) == labels).float().mean())
                 loss = float(nn.functional.cross_entropy(logits, labels))
                 rows.append({"beta": beta, "alpha": alpha, "val_acc": accuracy, "val_loss": loss})
-                if best is None or (accuracy, -loss) > (best["val_acc"], -best["val_loss"]):
-                    best = rows[-1]
+        best = trainer.choose("alpha,beta", rows, lambda r: (r["val_acc"], -r["val_loss"]),
+                              value=lambda r: {"alpha": r["alpha"], "beta": r["beta"]},
+                              scores=lambda r: {"val_acc": r["val_acc"], "val_loss": r["val_loss"]})
         self.alpha.fill_(best["alpha"])
         self.beta.fill_(best["beta"])
-        self.chosen = best
         return rows
 
     def fit(self, trainer: Trainer) -> FitResult:
@@ -146,13 +154,11 @@ class TipAdapter(Method):
         self.prepare(trainer)
         rows = self.search(trainer) if self.config.search else []
         return FitResult(history=_search_history(rows), best_epoch=0, train_time_s=time.perf_counter() - start,
-                         train_images=len(trainer.features("train").labels), selection=self.selection(),
-                         chosen=["alpha", "beta"] if rows else [])
+                         train_images=len(trainer.features("train").labels), details=self.in_use())
 
-    def selection(self) -> dict:
-        """alpha and beta in use, with the validation scores of the search's choice (where it searched)."""
-        return {"alpha": float(self.alpha), "beta": float(self.beta),
-                **{k: self.chosen[k] for k in ("val_acc", "val_loss") if k in self.chosen}}
+    def in_use(self) -> dict:
+        """alpha and beta in use (chosen on val where it searched, else as given)."""
+        return {"alpha": float(self.alpha), "beta": float(self.beta)}
 
     # -- weights: the cache is state even where nothing trains ----------------------------------------------
     def per_class_state(self) -> list[str]:
@@ -192,7 +198,10 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter with the cache keys fine-tuned on cached features (head frozen); alpha, beta re-searched on val."""
 
     train_keys = True
-    chooses_on_val = ("epoch", "alpha", "beta")
+
+    @classmethod
+    def planned_choices(cls, config: TipAdapterConfig, train) -> tuple[str, ...]:
+        return Method.planned_choices(config, train) + search_choices(config)  # the engine's epoch, then the search
 
     def fit(self, trainer: Trainer) -> FitResult:
         fit = trainer.fit(self)  # prepare() builds the cache; the engine trains the keys, selected on val
@@ -200,6 +209,5 @@ class TipAdapterF(TipAdapter):
         if self.config.search:
             self.search(trainer)
         fit.train_time_s += time.perf_counter() - started
-        fit.selection = {**fit.selection, **self.selection()}
-        fit.chosen = fit.chosen + (["alpha", "beta"] if self.config.search else [])
+        fit.details = {**fit.details, **self.in_use()}
         return fit

@@ -114,8 +114,11 @@ def layer_norm_parameters(bundle, towers: str) -> dict[str, nn.Parameter]:
 class TwoStageFewShot(Method):
     """Two stages in one budget: the LayerNorms of both towers, then a linear classifier; selective inference."""
 
-    chooses_on_val = ()
     train_defaults = {"keep": "last", "patience": 0, "batch_size": 32, "warmup": 0.0}
+
+    @classmethod
+    def planned_choices(cls, config: TwoStageConfig, train) -> tuple[str, ...]:
+        return ("stage1.epoch", "stage2.epoch") if train.keep == "best" else ()
 
     @classmethod
     def check(cls, config: TwoStageConfig, bundle, classnames) -> None:
@@ -168,21 +171,24 @@ class TwoStageFewShot(Method):
         run_dir = trainer.run_dir
         self._set_stage(1)
         self._budget = first
-        fits = [trainer.fit(self)]  # resumes from RUN/checkpoints (a finished first stage: nothing left to run)
+        with trainer.selections.stage("stage1"):  # train.keep=best: each stage keeps its best epoch on val
+            fits = [trainer.fit(self)]  # resumes from RUN/checkpoints (a finished first stage: nothing left to run)
         self.head.start_classifier()
         self._set_stage(2)
         self._budget = second
         # the second stage's optimizer has its own checkpoints, inside RUN/checkpoints (removed with them)
         trainer.run_dir = run_dir / CHECKPOINT_DIR / "stage2" if run_dir is not None else None
         try:
-            fits.append(trainer.fit(self))
+            with trainer.selections.stage("stage2"):
+                fits.append(trainer.fit(self))
         finally:
             trainer.run_dir = run_dir
             self._budget = None
             self._set_stage(0)
         history = [{"stage": stage, **row} for stage, fit in enumerate(fits, start=1) for row in fit.history]
-        return FitResult(history=history, best_epoch=len(history), train_time_s=sum(f.train_time_s for f in fits),
-                         train_images=sum(f.train_images for f in fits), selection={}, chosen=[])
+        best_epoch = len(fits[0].history) + fits[1].best_epoch  # the second stage's kept epoch, counted from the start
+        return FitResult(history=history, best_epoch=best_epoch, train_time_s=sum(f.train_time_s for f in fits),
+                         train_images=sum(f.train_images for f in fits))
 
     # -- what is saved: every LayerNorm and the classifier, whatever the stage -------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -11,12 +11,13 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE, ORACLE_LABEL
+from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE, ORACLE_LABEL, oracle_source
 
 ROBUSTNESS_FILE = "robustness.json"
 SKIP_DIRS = {"checkpoints", "weights", "report_files"}
@@ -60,19 +61,21 @@ class RunInfo:
     @property
     def label(self) -> str:
         """The report row a run belongs to: its run.label (a sweep cell), else the method (with the template set
-        for zero-shot)."""
+        for zero-shot); an oracle's label says so."""
         named = (self.config.get("run") or {}).get("label")
         if named:
-            return str(named)
-        if self.method == "zeroshot" and self.record:
+            label = str(named)
+        elif self.method == "zeroshot" and self.record:
             label = f"zeroshot ({self.record.get('best_template_set')})"
-            return f"{label} {ORACLE_LABEL}" if self.oracle else label
-        return self.method
+        else:
+            label = self.method
+        return f"{label} {ORACLE_LABEL}" if self.oracle else label
 
-    @property
+    @cached_property
     def oracle(self) -> bool:
-        """Selected on the test split it reports (``zeroshot.select_on=test``): an upper bound, not a result."""
-        return bool((self.record or {}).get("oracle"))
+        """Chosen on the test split it reports (``zeroshot.select_on=test``), or built on such a run (an ensemble
+        written before ensembles refused them): an upper bound, not a result."""
+        return self.complete and oracle_source(self.path, self.record) is not None
 
     def history(self) -> list[dict[str, float]]:
         path = self.path / "history.csv"

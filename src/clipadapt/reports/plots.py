@@ -3,6 +3,7 @@ notebook keeps its inline plots after clipadapt draws) and no figure stays open.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +170,10 @@ SEARCH_AXES = {"C": "C (inverse regularisation strength)", "beta": "beta (cache 
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "", loss_label: str = "cross-entropy",
                          acc_label: str = "accuracy", extra: tuple[tuple[str, str], ...] = (),
                          selected: int | None = None) -> None:
-    """Loss and accuracy per epoch (train and val), one more panel per ``extra`` (validation key, label) the
-    history has, the ``selected`` epoch marked (default: best val acc); a closed-form method's search (rows of
-    ``C``, the linear probe's, or ``beta``, Tip-Adapter's, with the best ``alpha`` at each) as val accuracy vs it."""
+    """Loss and accuracy per epoch (train and val, where the run had a validation split), one more panel per
+    ``extra`` (validation key, label) the history has, the ``selected`` epoch marked (the epoch the run chose on
+    validation; None: nothing chosen, no mark); a closed-form method's search (rows of ``C``, the linear probe's, or
+    ``beta``, Tip-Adapter's, with the best ``alpha`` at each) as val accuracy vs it."""
     if history and {"lr", "lambda"} <= set(history[0]):  # ProLIP's grid: one line per lambda
         fig, ax = subplots(figsize=(6, 3.5))
         for lam in sorted({r["lambda"] for r in history}):
@@ -200,13 +202,13 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "",
     fig, axes = subplots(1, 2 + len(extra), figsize=(5 * (2 + len(extra)), 3.6))
     ax_loss, ax_acc = axes[0], axes[1]
     for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
+        if history and f"{split}_loss" not in history[0]:
+            continue  # no validation split: nothing was validated
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", color=colour, label=split)
         ax_acc.plot(epochs, [r[f"{split}_acc"] for r in history], "o-", color=colour, label=split)
     for ax, (key, label) in zip(axes[2:], extra, strict=True):
         ax.plot(epochs, [r[key] for r in history], "o-", color="tab:orange", label="val")
         ax.set_ylabel(label)
-    if selected is None and history:
-        selected = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
     if selected is not None:
         for ax in axes[1:]:
             ax.axvline(selected, color="gray", linestyle="--", linewidth=1, label="selected")
@@ -296,7 +298,8 @@ def plot_lines(series: list[dict], path: str | Path, xlabel: str, ylabel: str, t
 
 def plot_image_predictions(image: Image.Image, name: str, top: dict[str, list[tuple[str, float]]],
                            path: str | Path) -> None:
-    """One image, then a bar chart of the top-k probabilities of each run (``clipadapt predict``)."""
+    """One image, then a bar chart of the top-k probabilities of each run (``clipadapt predict``), titled with the
+    run's whole label."""
     n = len(top)
     fig, axes = subplots(1, n + 1, figsize=(3.2 * (n + 1), 2.8), squeeze=False,
                              gridspec_kw={"width_ratios": [1] + [1.3] * n})
@@ -309,6 +312,6 @@ def plot_image_predictions(image: Image.Image, name: str, top: dict[str, list[tu
         ax.set_yticks(y, [c[:18] for c, _ in classes], fontsize=7)
         ax.set_xlim(0, 1)
         ax.tick_params(axis="x", labelsize=6)
-        ax.set_title(label[:34], fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(label, 34)), fontsize=8)  # whole: an oracle's label ends the name
     fig.tight_layout()
     save_figure(fig, path)
