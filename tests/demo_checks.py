@@ -2,6 +2,8 @@
 
 The test itself is the last one of tests/test_world_slow.py: under ``make test`` that file is one unit of work that
 starts first, so the worker that builds world:tiny goes on to the demo while the other runs the rest of the suite.
+It runs ``clipadapt demo --full``: the whole ladder, which trains every method the default demo trains (one of each
+family, tests/test_demo.py checks that plan) and every other registered method, through the same code.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from clipadapt.cli import app
 def run_and_check_demo(out):
     from clipadapt.methods import list_methods
 
-    result = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    result = CliRunner().invoke(app, ["demo", "--full", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"report: {out / 'report.html'}" in result.output.replace("\n", "")
+    said = result.output.replace("\n", "")
+    assert f"1/6 compare: zero-shot and {len(list_methods())} methods (every registered one)" in said
+    assert "failed:" not in said  # every method finished
+    assert f"report: {out / 'report.html'}" in said
     html = (out / "report.html").read_text()
     shown = set(re.findall(r"class='method-row' data-method='([^']+)'", html))
     assert {"zeroshot", *list_methods()} <= shown  # every registered method, without listing them in the demo
@@ -74,8 +79,9 @@ def _check_demo_captions(captions, output):
     assert "bridge-only (cross-attention)" in report and "lora (cross-attention)" in report
     cider = {method: json.loads((captions / f"{method}-cross-attention-seed0" / "metrics.json").read_text())
              ["metrics"]["cider"] for method in ("bridge-only", "lora")}
-    # measured (seeds 0, 1, 2): lora 0.762, 0.751, 0.802 against 0.566, 0.486, 0.568
-    assert cider["lora"] > cider["bridge-only"] + 0.1, cider
+    # measured (seeds 0, 1, 2; docs/captioning.md "The demo"): lora 0.767, 0.582, 0.767 against 0.487, 0.437, 0.555,
+    # margins 0.28, 0.15, 0.21; a third of the smallest leaves room for a rebuilt world (weights move like a seed)
+    assert cider["lora"] > cider["bridge-only"] + 0.05, cider
     run = captions / "lora-cross-attention-seed0"
     experiment, model = load_caption_run(run, "cpu")
     dataset = load_caption_dataset(experiment.data)
@@ -85,5 +91,5 @@ def _check_demo_captions(captions, output):
     texts = [generated[images[int(p)].image_id] for p in encoded.positions]
     own = clip_scores(model.bundle, encoded.pooled, texts)["clip_score"].mean()
     shuffled = clip_scores(model.bundle, encoded.pooled.roll(1, 0), texts)["clip_score"].mean()  # nobody's own
-    # measured CLIPScores, own vs shuffled (seeds 0, 1, 2): 1.21 vs 0.53, 1.40 vs 0.60, 1.27 vs 0.50
+    # measured CLIPScores, own vs shuffled (seeds 0, 1, 2): 1.22 vs 0.62, 1.10 vs 0.52, 1.24 vs 0.58
     assert own > shuffled + 0.3, (own, shuffled)

@@ -203,3 +203,75 @@ def test_caption_commands_refuse_classification_runs(tmp_path):
     result = runner.invoke(app, ["caption", "eval", str(tmp_path)])
     assert result.exit_code == 2 and "is not a caption run" in result.output
 
+
+
+def _setting_rows(output: str) -> dict[str, list[str]]:
+    """``{"lora.r": ["8", "rank of the update"], ...}`` from the settings tables of a listing (COLUMNS=200)."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip("│ ").split("│")]
+        if len(cells) == 3 and "." in cells[0] and " " not in cells[0]:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_caption_methods_list_every_setting_with_its_default_and_help():
+    result = runner.invoke(app, ["caption", "methods"])
+    assert result.exit_code == 0, result.output
+    rows = _setting_rows(result.output)
+    assert rows["lora.r"] == ["8", "rank of the update"]
+    assert rows["lora.weight_decay"] == ["0.0", "weight decay of what the method trains in the decoder (the bridge's: "
+                                                "bridge.weight_decay)"]
+    assert rows["prefix.lr"] == ["0.005", "learning rate of the prefix"]
+    assert rows["prefix.length"] == ["10", "prefix key/value vectors per decoder layer (peft's num_virtual_tokens)"]
+    assert rows["full.lr"] == ["0.0001", "learning rate of the decoder's weights"]
+    assert rows["bridge_only.weight_decay"][0] == "0.0" and rows["adapter.bottleneck"][0] == "64"
+    # the bridge trains in every method: its section is listed once, after the methods
+    assert rows["bridge.kind"] == ["patch-prefix", "patch-prefix, cross-attention or mapper"]
+    assert rows["bridge.lr"] == ["0.001", "learning rate of the bridge (and of the new cross-attention layers)"]
+    assert rows["bridge.weight_decay"] == ["0.0", "weight decay of the bridge (the optimizer is the decoder method's)"]
+    assert result.output.count("bridge.lr") == 1 and "train.select" not in rows
+    assert "Shared sections: model.*, decoder.*, data.*, train.*, decode.*, eval.*, run.*" in result.output
+    shared = _setting_rows(runner.invoke(app, ["caption", "methods", "lo*", "--shared"]).output)
+    assert {key.split(".")[0] for key in shared} == {"lora", "bridge", "model", "decoder", "data", "train", "decode",
+                                                    "eval", "run"}  # the pattern keeps lora alone
+    assert shared["train.select"][0] == "loss" and shared["decode.no_repeat_ngram_size"][0] == "3"
+
+
+def test_caption_methods_are_data_with_the_defaults_a_run_gets():
+    import clipadapt
+    from clipadapt.captioning.runs import load_caption_experiment
+    from clipadapt.config import to_dict
+
+    rows = {row["name"]: row for row in clipadapt.caption_methods()}
+    assert sorted(rows) == ["adapter", "bridge-only", "full", "lora", "prefix"]
+    assert rows["bridge-only"]["section"] == "bridge_only" and rows["lora"]["package"] is None
+    assert rows["lora"]["settings"]["weight_decay"] == 0.0 and rows["prefix"]["settings"]["lr"] == 5e-3
+    for name, row in rows.items():  # what is listed is what a run with no --set uses
+        experiment = load_caption_experiment(name)
+        assert row["settings"] == to_dict(getattr(experiment, row["section"])), name
+    assert [row["name"] for row in clipadapt.caption_methods("*e*")] == ["adapter", "bridge-only", "prefix"]
+
+
+def test_compare_gives_each_method_its_own_settings(tiny_clip_dir, tiny_lm_dir, caption_folder, tmp_path):
+    """The demo's learning rates were chosen per method on validation: one compare carries them to that method's
+    runs only (after the common settings, so they win)."""
+    import yaml
+
+    from clipadapt.errors import ConfigError
+    from clipadapt.experiments.caption_compare import CaptionCompareConfig, run_caption_compare
+
+    common_settings = [f"model.spec={tiny_clip_dir}", f"decoder.spec={tiny_lm_dir}",
+                       f"data.dataset=coco:{caption_folder}", "decode.max_new_tokens=5", "decode.tokenizer=simple",
+                       "run.attention_images=0", "train.epochs=1", "bridge.lr=1e-3"]
+    config = CaptionCompareConfig(methods=["bridge-only", "lora"], overrides=common_settings,
+                                  method_overrides={"bridge-only": ["bridge.lr=2e-2"], "lora": ["lora.r=2"]},
+                                  out=str(tmp_path / "cmp"))
+    assert len(run_caption_compare(config).runs) == 2
+    saved = {m: yaml.safe_load((tmp_path / "cmp" / f"{m}-patch-prefix-seed0" / "config.yaml").read_text())
+             for m in ("bridge-only", "lora")}
+    assert saved["bridge-only"]["bridge"]["lr"] == 0.02 and saved["lora"]["bridge"]["lr"] == 0.001
+    assert saved["lora"]["lora"]["r"] == 2
+    with pytest.raises(ConfigError, match="settings given for caption method 'full', which is not compared; "
+                                          "compared: bridge-only, lora"):
+        CaptionCompareConfig(methods=["bridge-only", "lora"], method_overrides={"full": ["full.lr=1e-4"]})

@@ -72,3 +72,38 @@ def test_the_evaluated_images_are_clean_at_level_0_and_further_from_clean_at_eac
     levels = sorted(distances)
     assert distances[levels[1]] > 0.01, distances  # normalised units: about 2.5 pixel values out of 255
     assert all(distances[b] > distances[a] for a, b in zip(levels, levels[1:], strict=False)), distances
+
+
+def _scorer(dataset, preprocess, weights: torch.Tensor):
+    """A predictor whose logits are a fixed linear map of the mean colour: different weights, different answers."""
+    def logits(pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.mean(dim=(2, 3)) @ weights
+
+    return Predictor("scorer", dataset.classnames, preprocess, logits, torch.device("cpu"), dataset=dataset)
+
+
+def test_runs_evaluated_together_give_each_run_its_own_numbers_from_one_pass_per_level(colour_folder, monkeypatch):
+    from clipadapt.classification import robustness
+
+    dataset = load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0))
+    colour = torch.zeros(3, len(dataset.classnames))  # the red channel votes for red, ...
+    for channel, name in enumerate(("red", "green", "blue")):
+        colour[channel, dataset.classnames.index(name)] = 1
+    other = ClipPreprocess(PreprocessConfig(resize=24, crop=(24, 24)))
+    predictors = [_scorer(dataset, PREPROCESS, colour), _scorer(dataset, PREPROCESS, -colour),
+                  _scorer(dataset, other, colour[[1, 0, 2]])]  # red and green swapped
+    levels = [0.0, 0.2]
+    alone = [robustness.evaluate_robustness(p, "gaussian", levels, seed=3) for p in predictors]
+    loaders = []
+    counting = robustness.image_loader
+
+    def counted(*args, **kwargs):
+        loaders.append(args[1])
+        return counting(*args, **kwargs)
+
+    monkeypatch.setattr(robustness, "image_loader", counted)
+    together = robustness.evaluate_robustness_of_runs(predictors, "gaussian", levels, seed=3)
+    assert together == alone  # the same numbers, in the callers' order
+    assert [entry["accuracy"]["0"] for entry in alone] == pytest.approx([1, 0, 1 / 3])  # three different answers
+    # the two runs that share preprocessing and images read each level once; the third reads its own
+    assert loaders == [PREPROCESS, PREPROCESS, other, other]

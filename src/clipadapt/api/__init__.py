@@ -9,6 +9,7 @@ docs/python.md has an example for every function.
 """
 
 from clipadapt.api.listing import (
+    caption_methods,
     datasets,
     methods,
     models,
@@ -41,7 +42,7 @@ from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenEr
 
 __all__ = [
     "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "benchmark",
-    "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run",
-    "methods", "models", "predict", "register_dataset", "register_method", "register_model", "register_template_set",
-    "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
+    "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate",
+    "export", "load_run", "methods", "models", "predict", "register_dataset", "register_method", "register_model",
+    "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
 ]

@@ -1,4 +1,5 @@
-"""What is registered, as data, and how a user's own method, dataset, model or template set registers from Python.
+"""What is registered, as data (caption decoder methods too), and how a user's own method, dataset, model or
+template set registers from Python.
 
 Each listing is one dict per name: ``name``, ``description`` and ``package`` (the plug-in package that registered
 it; ``None`` for clipadapt's own and for names registered in this process). Registering a taken name raises
@@ -15,6 +16,14 @@ from typing import Any
 def methods(pattern: str | None = None) -> list[dict[str, Any]]:
     """Classification methods: name, description, package, config section and its settings with defaults."""
     from clipadapt.methods import listing
+
+    return listing(pattern)
+
+
+def caption_methods(pattern: str | None = None) -> list[dict[str, Any]]:
+    """Caption decoder methods (``clipadapt caption methods``): name, description, package, config section and its
+    settings with defaults; the bridge's settings (``bridge.*``, trained by every method) are shared, not listed."""
+    from clipadapt.captioning.listing import listing
 
     return listing(pattern)
 

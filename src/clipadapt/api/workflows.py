@@ -284,13 +284,14 @@ def robustness(runs: PathLike | Run | Sequence[PathLike | Run], corruption: str 
                progress: bool = True) -> dict[Path, dict[str, Any]]:
     """Accuracy of each run under a seeded corruption per level, saved in each run (``clipadapt robustness``)."""
     from clipadapt.classification.predictors import load_predictor
-    from clipadapt.classification.robustness import CORRUPTIONS, check_levels, evaluate_robustness
+    from clipadapt.classification.robustness import CORRUPTIONS, check_levels, evaluate_robustness_of_runs
 
     entry = CORRUPTIONS.get(corruption)
     chosen = check_levels(corruption, list(entry.default_levels) if levels is None else list(levels))
     predictors = [load_predictor(d, device) for d in _run_dirs(runs)]  # every run loads before the first evaluation
     with _progress(progress):
-        return {Path(p.run_dir or ""): evaluate_robustness(p, corruption, chosen, seed, split) for p in predictors}
+        entries = evaluate_robustness_of_runs(predictors, corruption, chosen, seed, split)  # each image once
+    return {Path(p.run_dir or ""): entry for p, entry in zip(predictors, entries, strict=True)}
 
 
 def bench(models: str | Sequence[str], batch: int = 32, dtype: str = "fp32", methods: str | Sequence[str] = (),
@@ -330,11 +331,13 @@ def bench(models: str | Sequence[str], batch: int = 32, dtype: str = "fp32", met
     return results
 
 
-def demo(out: PathLike = "runs/demo", say: Callable[[str], None] = lambda message: None, captions: bool = True):
-    """The whole ladder offline on the built-in world, with one report (``clipadapt demo``)."""
+def demo(out: PathLike = "runs/demo", say: Callable[[str], None] = lambda message: None, captions: bool = True,
+         full: bool = False):
+    """The ladder offline on the built-in world, with one report (``clipadapt demo``): zero-shot and one method of
+    each family, or with ``full`` every registered method and the ResNet baseline (``clipadapt demo --full``)."""
     from clipadapt.experiments.demo import run_demo
 
-    return run_demo(out, say=say, captions=captions)
+    return run_demo(out, say=say, captions=captions, full=full)
 
 
 def _dir(run: PathLike | Run) -> Path:

@@ -37,6 +37,8 @@ class DecoderMethodConfig(OptimizerConfig):
     ``bridge.*``), ``optimizer`` and ``momentum`` those of the one optimizer over both."""
 
     lr: float = option(1e-3, help="learning rate of what the method trains in the decoder")
+    weight_decay: float = option(0.0, help="weight decay of what the method trains in the decoder (the bridge's: "
+                                           "bridge.weight_decay)")
 
 
 @dataclass

@@ -130,7 +130,8 @@ def ngram_scores(predictions: dict[str, str], references: dict[str, list[str]],
         finally:
             del meteor
     elif "meteor" in only:
-        skipped.append("meteor: needs Java" + ("" if java_available() else " (not found on PATH)"))
+        skipped.append("meteor: needs Java" + (" and the PTB tokenizer (decode.tokenizer=simple)" if java_available()
+                                               else " (not found on PATH)"))
     if "rouge_l" in only:
         add("rouge_l", *Rouge().compute_score(refs, preds))
     if "cider" in only:

@@ -86,11 +86,21 @@ def check_levels(corruption: str, levels: list[float]) -> list[float]:
 def corrupted_accuracy(predictor: Predictor, split: str, corruption: str, level: float, seed: int = 0,
                        batch_size: int = 64, num_workers: int = -1) -> dict:
     """Metrics of one predictor on a split with every image corrupted at ``level`` (0: clean)."""
+    return corrupted_accuracies([predictor], split, corruption, level, seed, batch_size, num_workers)[0]
+
+
+def corrupted_accuracies(predictors: list[Predictor], split: str, corruption: str, level: float, seed: int = 0,
+                         batch_size: int = 64, num_workers: int = -1) -> list[dict]:
+    """Metrics of predictors that read the same split with the same preprocessing (``shared_input``), each image
+    read and corrupted once for all of them: the same numbers as one pass per predictor."""
     apply = CORRUPTIONS.get(corruption).apply
-    data = predictor.dataset.split(split)
-    logits, labels = [], []
-    with progress_bar(f"{predictor.label}: {corruption} {level:g}", total=len(data)) as advance:
-        for batch in image_loader(data, predictor.preprocess, batch_size, num_workers):
+    first = predictors[0]
+    data = first.dataset.split(split)
+    logits: list[list[torch.Tensor]] = [[] for _ in predictors]
+    labels = []
+    label = first.label if len(predictors) == 1 else f"{len(predictors)} runs"
+    with progress_bar(f"{label}: {corruption} {level:g}", total=len(data)) as advance:
+        for batch in image_loader(data, first.preprocess, batch_size, num_workers):
             if batch["images"] is None:
                 advance(len(batch["skipped"]))
                 continue
@@ -98,25 +108,52 @@ def corrupted_accuracy(predictor: Predictor, split: str, corruption: str, level:
             if level > 0:  # level 0 is the clean image itself, bit for bit
                 images = torch.stack([apply(img, level, seed, int(pos))
                                       for img, pos in zip(images, batch["positions"], strict=True)])
-            with torch.no_grad(), predictor.context():
-                pixels = predictor.preprocess.normalize(images).to(predictor.device)
-                logits.append(predictor.logits(pixels).float().cpu())
+            pixels = first.preprocess.normalize(images)
+            for predictor, out in zip(predictors, logits, strict=True):
+                with torch.no_grad(), predictor.context():
+                    out.append(predictor.logits(pixels.to(predictor.device)).float().cpu())
             labels.append(batch["labels"].numpy())
             advance(len(batch["labels"]) + len(batch["skipped"]))
-    return classification_metrics(torch.cat(logits), np.concatenate(labels))
+    return [classification_metrics(torch.cat(out), np.concatenate(labels)) for out in logits]
+
+
+def shared_input(predictor: Predictor, split: str) -> tuple:
+    """What a predictor's corrupted images and their labels depend on besides the corruption: its preprocessing,
+    and the images of the split with their labels (runs of one dataset share them)."""
+    data = predictor.dataset.split(split)
+    preprocess = getattr(predictor.preprocess, "config", id(predictor.preprocess))  # unknown kinds: never shared
+    return preprocess, tuple(data.describe(k) for k in range(len(data))), tuple(data.labels.tolist())
 
 
 def evaluate_robustness(predictor: Predictor, corruption: str, levels: list[float], seed: int = 0,
                         split: str = "test", batch_size: int = 64) -> dict:
     """``{"levels", "accuracy": {level: acc1}, ...}``, merged into the run's robustness.json."""
+    return evaluate_robustness_of_runs([predictor], corruption, levels, seed, split, batch_size)[0]
+
+
+def evaluate_robustness_of_runs(predictors: list[Predictor], corruption: str, levels: list[float], seed: int = 0,
+                                split: str = "test", batch_size: int = 64) -> list[dict]:
+    """``evaluate_robustness`` of each predictor (in order), with the predictors that share their input
+    (``shared_input``) evaluated together: each corrupted image is made once per level for all of them."""
     levels = check_levels(corruption, levels)
-    accuracy = {f"{level:g}": corrupted_accuracy(predictor, split, corruption, level, seed, batch_size)["acc1"]
-                for level in levels}
-    entry = {"levels": levels, "level_name": CORRUPTIONS.get(corruption).level_name, "accuracy": accuracy,
-             "seed": seed, "split": split}
-    if predictor.run_dir is not None:
-        save_robustness(predictor.run_dir, corruption, entry)
-    return entry
+    groups: dict[tuple, list[int]] = {}
+    for k, predictor in enumerate(predictors):
+        groups.setdefault(shared_input(predictor, split), []).append(k)
+    accuracy: list[dict[str, float]] = [{} for _ in predictors]
+    for members in groups.values():
+        for level in levels:
+            results = corrupted_accuracies([predictors[k] for k in members], split, corruption, level, seed,
+                                           batch_size)
+            for k, result in zip(members, results, strict=True):
+                accuracy[k][f"{level:g}"] = result["acc1"]
+    entries = []
+    for predictor, per_level in zip(predictors, accuracy, strict=True):
+        entry = {"levels": levels, "level_name": CORRUPTIONS.get(corruption).level_name, "accuracy": per_level,
+                 "seed": seed, "split": split}
+        if predictor.run_dir is not None:
+            save_robustness(predictor.run_dir, corruption, entry)
+        entries.append(entry)
+    return entries
 
 
 def save_robustness(run_dir: Path, corruption: str, entry: dict) -> None:

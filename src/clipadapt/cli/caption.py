@@ -59,12 +59,31 @@ def _command(name: str):
 
 
 @_command("methods")
-def methods_command():
-    """List the decoder adaptation methods."""
+def methods_command(
+    pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'l*'")] = None,
+    shared: Annotated[bool, typer.Option(help="also list every shared section (model, decoder, data, train, "
+                                              "decode, eval, run)")] = False,
+):
+    """List the decoder adaptation methods with their settings and defaults, then the bridge's (every method trains
+    it); set them with --set SECTION.KEY=VALUE."""
+    from clipadapt.api import caption_methods
+    from clipadapt.captioning.listing import shared_sections
     from clipadapt.captioning.methods import CAPTION_METHODS
+    from clipadapt.cli.listing import package_note, settings_table
 
-    rows = [[name, CAPTION_METHODS.help(name)] for name in CAPTION_METHODS.names()]
-    out.print(result_table(["method", "what trains besides the bridge"], rows, text=[1]))
+    for row in caption_methods(pattern):
+        out.print(settings_table(f"{row['name']}: {row['description']}{package_note(row)}", row["section"],
+                                 CAPTION_METHODS.get(row["name"]).config_cls))
+    sections = shared_sections()
+    bridge = sections.pop("bridge")
+    out.print(settings_table("bridge: trained by every method (with the method's optimizer and momentum)", "bridge",
+                             bridge))
+    if shared:
+        for name, config_class in sections.items():
+            out.print(settings_table(f"{name} (every method)", name, config_class))
+    else:
+        out.print(f"Shared sections: {', '.join(f'{name}.*' for name in sections)} (`clipadapt caption methods "
+                  "--shared` lists them)", highlight=False)
 
 
 @_command("train")

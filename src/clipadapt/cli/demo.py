@@ -15,12 +15,15 @@ from clipadapt.cli.compare import report_table
 def demo_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes its runs and report")] = Path(
         "runs/demo"),
+    full: Annotated[bool, typer.Option("--full", help="every registered method and the ResNet baseline (the whole "
+                                                      "ladder), not one method of each family")] = False,
 ):
-    """Offline demo: every method on the built-in world, robustness, bench, one report (first run pretrains)."""
+    """Offline demo on the built-in world: zero-shot and one method of each family (--full: every method), combined
+    runs, robustness, bench, one report, two captioners (the first run pretrains the world)."""
     setup_logging()
     from clipadapt.api import demo
 
-    result = demo(out_dir, say=lambda message: err.print(message, highlight=False))
+    result = demo(out_dir, say=lambda message: err.print(message, highlight=False), full=full)
     out.print(report_table(result.report))
     print_failed(result.compare.failed)
     out.print(f"bench: {result.bench}", highlight=False)

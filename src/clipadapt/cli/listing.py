@@ -9,7 +9,7 @@ import typer
 from clipadapt.cli.common import out, result_table, user_errors
 
 
-def _package(row: dict) -> str:
+def package_note(row: dict) -> str:
     return f" [{row['package']}]" if row["package"] else ""
 
 
@@ -19,7 +19,7 @@ def models_command(pattern: Annotated[str | None, typer.Argument(help="shell pat
     from clipadapt.api import models
     from clipadapt.models import SCHEMES
 
-    rows = [[row["name"], row["description"] + _package(row)] for row in models(pattern)]
+    rows = [[row["name"], row["description"] + package_note(row)] for row in models(pattern)]
     out.print(result_table(["model", "what it is"], rows, title="named models", text=[1]))
     out.print("Also accepted: any transformers CLIP/SigLIP hub id (org/name), a local model folder, "
               + ", ".join(f"{s}:..." for s in SCHEMES.names()) + " (optional extra).")
@@ -30,7 +30,7 @@ def datasets_command():
     """List registered datasets."""
     from clipadapt.api import datasets
 
-    rows = [[row["usage"], row["description"] + _package(row)] for row in datasets()]
+    rows = [[row["usage"], row["description"] + package_note(row)] for row in datasets()]
     out.print(result_table(["dataset", "what it is"], rows, text=[1]))
 
 
@@ -45,25 +45,29 @@ def templates_command(name: Annotated[str | None, typer.Argument(help="show the 
         for template in template_sets(name)[0]["templates"]:
             out.print(template, highlight=False)
         return
-    rows = [[row["name"], len(row["templates"]), row["description"] + _package(row)] for row in template_sets()]
+    rows = [[row["name"], len(row["templates"]), row["description"] + package_note(row)] for row in template_sets()]
     out.print(result_table(["template set", "templates", "description"], rows, text=[2]))
+
+
+def settings_table(title: str, section: str, config_class: type):
+    """One section's settings (``SECTION.KEY``, default, help) under a title: `clipadapt methods` and
+    `clipadapt caption methods`."""
+    from clipadapt.config import field_help
+
+    rows = [[f"{section}.{key}", default, text] for key, (default, text) in field_help(config_class).items()]
+    table = result_table(["field", "default", "help"], rows, title=title, text=[2])
+    table.title_justify = "left"
+    return table
 
 
 @user_errors
 def methods_command(pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'lin*'")] = None):
     """List adaptation methods with their config fields and defaults (set them with --set SECTION.KEY=VALUE)."""
     from clipadapt.api import methods
-    from clipadapt.config import field_help
     from clipadapt.methods import METHODS
 
     for row in methods(pattern):
-        entry = METHODS.get(row["name"])
-        rows = [[f"{entry.section}.{key}", default, text]
-                for key, (default, text) in field_help(entry.config_class).items()]
         chooses = ", ".join(row["chooses_on_val"]) or "nothing (val-free)"
-        table = result_table(["field", "default", "help"], rows,
-                             title=f"{row['name']}: {row['description']}{_package(row)}\n  chooses on validation: "
-                                   f"{chooses}", text=[2])
-        table.title_justify = "left"
-        out.print(table)
+        out.print(settings_table(f"{row['name']}: {row['description']}{package_note(row)}\n  chooses on validation: "
+                                 f"{chooses}", row["section"], METHODS.get(row["name"]).config_class))
     out.print("Shared sections: train.* (see `clipadapt train --help`), data.*, model.*, run.*", highlight=False)

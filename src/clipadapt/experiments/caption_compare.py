@@ -32,6 +32,7 @@ class CaptionCompareConfig:
     bridges: list[str] = field(default_factory=lambda: ["patch-prefix"])
     seeds: list[int] = field(default_factory=lambda: [0])
     overrides: list[str] = field(default_factory=list)  # --set for every run (a method's section: its runs only)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)  # settings of one method's runs, after those
     out: str = "runs/caption-compare"
     skip_existing: bool = False
     overwrite: bool = False
@@ -41,6 +42,10 @@ class CaptionCompareConfig:
             self.methods = CAPTION_METHODS.names()
         for name in self.methods:
             CAPTION_METHODS.get(name)
+        for name in self.method_overrides:
+            if name not in self.methods:
+                raise ConfigError(f"settings given for caption method '{name}', which is not compared; compared: "
+                                  f"{', '.join(self.methods)}")
         for bridge in self.bridges:
             if bridge not in BRIDGES:
                 raise ConfigError(f"unknown bridge '{bridge}'; valid choices: {', '.join(BRIDGES)}")
@@ -70,8 +75,8 @@ def run_caption_compare(config: CaptionCompareConfig,
         for bridge in config.bridges:
             for seed in config.seeds:
                 run_dir = out / f"{method}-{bridge}-seed{seed}"
-                overrides = [*_overrides_for(method, config.overrides), f"bridge.kind={bridge}",
-                             f"run.seed={seed}", f"run.out={run_dir}"]
+                overrides = [*_overrides_for(method, config.overrides), *config.method_overrides.get(method, []),
+                             f"bridge.kind={bridge}", f"run.seed={seed}", f"run.out={run_dir}"]
                 planned.append((run_dir, load_caption_experiment(method, None, overrides)))  # all checked
     refuse_existing([run_dir for run_dir, _ in planned], config.out, config.skip_existing, config.overwrite)
     runs, failed = [], []

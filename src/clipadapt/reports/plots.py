@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageOps
 
 from clipadapt.io import atomic_save
 
@@ -85,33 +85,50 @@ def plot_confusion(matrix: np.ndarray, classnames: list[str], path: str | Path, 
     save_figure(fig, path)
 
 
+GRID_DPI = 110
+GRID_COLOURS = {"true": "#74c476", "other": "#bdbdbd", "track": "#f0f0f0"}
+
+
 def plot_prediction_grid(images: list[Image.Image], true_labels: list[str], top_classes: list[list[str]],
                          top_probs: list[list[float]], path: str | Path, title: str = "") -> None:
-    """Each sample: the image, its true label, and a bar chart of the top-k probabilities."""
+    """Each sample: the image under its true label (green: the top class is right, red: wrong), and a bar per top
+    class with its probability (the true class's bar green).
+
+    Drawn with figure-level artists only (pictures, texts, rectangles; no axes): the grid of axes it had (two per
+    sample, each with its tickers, and tight layout) took about 2 s a run, a fifth of a cheap run's wall time."""
+    from matplotlib.patches import Rectangle
+
     n = len(images)
     cols = min(4, n) or 1
     rows = (n + cols - 1) // cols
-    fig, axes = subplots(rows, cols * 2, figsize=(cols * 5.2, rows * 2.4), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.4] * cols})
-    for k in range(rows * cols):
-        ax_img, ax_bar = axes[k // cols][2 * (k % cols)], axes[k // cols][2 * (k % cols) + 1]
-        ax_img.axis("off")
-        if k >= n:
-            ax_bar.axis("off")
-            continue
-        ax_img.imshow(images[k])
-        correct = top_classes[k][0] == true_labels[k]
-        ax_img.set_title(f"true: {true_labels[k][:22]}", fontsize=8, color="green" if correct else "red")
-        y = np.arange(len(top_classes[k]))[::-1]
-        colours = ["tab:green" if c == true_labels[k] else "tab:gray" for c in top_classes[k]]
-        ax_bar.barh(y, top_probs[k], color=colours)
-        ax_bar.set_yticks(y, [c[:20] for c in top_classes[k]], fontsize=7)
-        ax_bar.set_xlim(0, 1)
-        ax_bar.tick_params(axis="x", labelsize=6)
+    cell_w, cell_h, side, head = 4.6, 1.95, 1.5, (0.45 if title else 0.1)  # inches: cell, picture, title band
+    width, height = cols * cell_w, rows * cell_h + head
+    fig = Figure(figsize=(width, height), dpi=GRID_DPI)
+    FigureCanvasAgg(fig)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
+        fig.text(0.5, 1 - 0.25 / height, title, ha="center", va="center", fontsize=10)
+    pixels = int(side * GRID_DPI)
+    for k in range(n):
+        row, col = divmod(k, cols)
+        left, top = col * cell_w + 0.1, height - head - row * cell_h - 0.05  # inches from the bottom left
+        picture = ImageOps.contain(images[k].convert("RGB"), (pixels, pixels), Image.Resampling.BICUBIC)
+        fig.figimage(np.asarray(picture), xo=int(left * GRID_DPI) + (pixels - picture.width) // 2,
+                     yo=int((top - 0.25) * GRID_DPI) - pixels + (pixels - picture.height) // 2, origin="upper")
+        correct = top_classes[k][0] == true_labels[k]
+        fig.text((left + side / 2) / width, (top - 0.12) / height, f"true: {true_labels[k][:22]}", ha="center",
+                 va="center", fontsize=8, color="green" if correct else "red")
+        bar_left, bar_width = left + side + 0.15, cell_w - side - 0.45
+        bar_height = side / max(len(top_classes[k]), 1)
+        for j, (name, probability) in enumerate(zip(top_classes[k], top_probs[k], strict=True)):
+            bottom = top - 0.25 - (j + 1) * bar_height
+            colour = GRID_COLOURS["true"] if name == true_labels[k] else GRID_COLOURS["other"]
+            for share, face in ((1.0, GRID_COLOURS["track"]), (probability, colour)):
+                fig.add_artist(Rectangle((bar_left / width, (bottom + 0.1 * bar_height) / height),
+                                         share * bar_width / width, 0.8 * bar_height / height, facecolor=face,
+                                         edgecolor="none"))
+            fig.text((bar_left + 0.04) / width, (bottom + bar_height / 2) / height,
+                     f"{name[:24]}  {probability:.2f}", ha="left", va="center", fontsize=7)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=GRID_DPI))
 
 
 def plot_template_sets(names: list[str], acc1: list[float], path: str | Path, title: str = "") -> None:
