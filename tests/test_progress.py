@@ -80,3 +80,25 @@ def test_a_piped_command_gets_lines_not_bars(tmp_path):
                           env={"CLIPADAPT_PROGRESS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "work: 1/4 items (25%)" in done.stderr and "\x1b[" not in done.stderr
+
+
+def test_an_iteration_budget_sets_the_bar_total():
+    """157 steps of a 313-step epoch (the demo's captioning): the bar counts 157, not the epoch's 313."""
+    from rich.progress import Progress
+
+    clock, lines = Clock(), []
+    bar = _TrainingBar(None, epochs=1, steps_per_epoch=313, total_steps=157,
+                       lines=ProgressLines("training", 157, "steps", clock=clock, write=lines.append))
+    assert bar.epoch_steps(0) == 157 and bar.epoch_steps(1) == 0
+    for _ in range(157):
+        clock.now += 1.0
+        bar.advance()
+    bar.end_epoch(0, {"train_loss": 0.5, "train_acc": 0.25})
+    assert bar.lines.done == 157 and "157/157 steps (100%)" in " ".join(lines)
+    assert lines[-1].endswith("epoch 1/1: train loss 0.5000  train acc 0.250 (no validation)")
+    with Progress(disable=True) as progress:
+        rich_bar = _TrainingBar(progress, epochs=3, steps_per_epoch=10, total_steps=25)
+        assert [rich_bar.epoch_steps(e) for e in range(3)] == [10, 10, 5]
+        assert progress.tasks[1].total == 10
+        rich_bar.start(2)  # resumed in the last epoch
+        assert progress.tasks[1].total == 5

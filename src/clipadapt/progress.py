@@ -140,11 +140,16 @@ class _TrainingBar:
     """
 
     def __init__(self, progress: Progress | None, epochs: int, steps_per_epoch: int,
-                 lines: ProgressLines | None = None) -> None:
+                 lines: ProgressLines | None = None, total_steps: int | None = None) -> None:
         self.progress, self.epochs, self.steps_per_epoch, self.lines = progress, epochs, steps_per_epoch, lines
+        self.total_steps = total_steps or epochs * steps_per_epoch  # an iteration budget ends part-way
         if progress is not None:
             self.epoch_task = progress.add_task("epochs", total=epochs, info="")
-            self.step_task = progress.add_task("steps", total=steps_per_epoch, info="")
+            self.step_task = progress.add_task("steps", total=self.epoch_steps(0), info="")
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of this epoch: a whole one, or what is left of the budget in the last."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
 
     @property
     def visible(self) -> bool:
@@ -157,6 +162,7 @@ class _TrainingBar:
     def start(self, epoch: int) -> None:
         if self.progress is not None:
             self.progress.update(self.epoch_task, completed=epoch)
+            self.progress.reset(self.step_task, total=self.epoch_steps(epoch), info="")
         if self.lines is not None:
             self.lines.done = epoch * self.steps_per_epoch
 
@@ -178,27 +184,28 @@ class _TrainingBar:
                 f"train loss {row['train_loss']:.4f}  train acc {row['train_acc']:.3f} (no validation)")
         if self.progress is not None:
             self.progress.update(self.epoch_task, completed=epoch + 1, info=info)
-            self.progress.reset(self.step_task, total=self.steps_per_epoch, info="")
+            self.progress.reset(self.step_task, total=self.epoch_steps(epoch + 1), info="")
         if self.lines is not None:
-            self.lines.done = (epoch + 1) * self.steps_per_epoch
+            self.lines.done = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
             if self.lines.due() or (self.lines.printed and epoch + 1 == self.epochs):
                 self.lines.line(f"epoch {epoch + 1}/{self.epochs}: {info}")
 
 
 @contextmanager
-def training_progress(epochs: int, steps_per_epoch: int, enabled: bool = True) -> Iterator[_TrainingBar]:
+def training_progress(epochs: int, steps_per_epoch: int, enabled: bool = True,
+                      total_steps: int | None = None) -> Iterator[_TrainingBar]:
     mode = progress_mode() if enabled else "off"
     if mode == "off":
-        yield _TrainingBar(None, epochs, steps_per_epoch)
+        yield _TrainingBar(None, epochs, steps_per_epoch, total_steps=total_steps)
         return
     if mode == "lines":
-        yield _TrainingBar(None, epochs, steps_per_epoch,
-                           ProgressLines("training", epochs * steps_per_epoch, "steps"))
+        total = total_steps or epochs * steps_per_epoch
+        yield _TrainingBar(None, epochs, steps_per_epoch, ProgressLines("training", total, "steps"), total)
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
     with Progress(*columns, console=console, transient=True) as progress:
-        yield _TrainingBar(progress, epochs, steps_per_epoch)
+        yield _TrainingBar(progress, epochs, steps_per_epoch, total_steps=total_steps)
 
 
 class GridProgress:

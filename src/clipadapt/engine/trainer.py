@@ -237,7 +237,7 @@ class Trainer:
             best_weights, progress, start_epoch = state.best_weights, state.progress, state.epoch
 
         val_keys: list[str] = []
-        with (training_progress(epochs, steps_per_epoch, enabled=acc.is_main_process) as bar,
+        with (training_progress(epochs, steps_per_epoch, acc.is_main_process, total_steps) as bar,
               Tracking(acc) as tracking):
             bar.start(start_epoch)
             for epoch in range(start_epoch, epochs):
