@@ -1,6 +1,6 @@
 """``clipadapt demo``: the ladder offline, on the built-in world.
 
-The world CLIP (``world:tiny``, pretrained on first use, about 4 minutes on 2 CPU cores, then cached) is adapted
+The world CLIP (``world:tiny``, pretrained on first use, about 4 minutes on one CPU thread, then cached) is adapted
 to a few-shot task it has never seen: the 16 colour-shape pairs held out of its pretraining (``world:shapes-novel``,
 8 images per class, labelled among all 48 classes), by zero-shot and one method of each family (``DEMO_METHODS``;
 ``full=True``, ``clipadapt demo --full``: every registered method and the ResNet baseline, the whole ladder). Then
