@@ -74,10 +74,6 @@ class Selections:
             self.choices.append(Choice(prefix + choice.name, choice.value, choice.split, choice.images,
                                        choice.candidates, dict(choice.scores)))
 
-    def extend(self, choices: Sequence[Choice]) -> None:
-        """Choices taken out by ``collect``, put back as they were recorded."""
-        self.choices.extend(choices)
-
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Choices inside are named ``<name>.<choice>`` (2sfs's ``stage1.epoch``)."""
@@ -88,15 +84,13 @@ class Selections:
             self._prefixes.pop()
 
     @contextmanager
-    def collect(self) -> Iterator[list[Choice]]:
-        """Choices made inside are taken out of the log into the yielded list: a search over whole trainings (a
-        grid cell that keeps its best epoch) puts back (``extend``) only the chosen candidate's own choices."""
+    def discarded(self) -> Iterator[None]:
+        """Choices made inside are not recorded: a search over whole trainings (each grid cell keeping its best
+        epoch) trains the chosen candidate again outside, and that training's choices are the run's."""
         start = len(self.choices)
-        taken: list[Choice] = []
         try:
-            yield taken
+            yield
         finally:
-            taken.extend(self.choices[start:])
             del self.choices[start:]
 
     @property

@@ -151,29 +151,26 @@ class Prolip(Method):
 
     def grid_search(self, trainer: Trainer) -> FitResult:
         """Every (lr, lambda) cell trained from W0 and scored once on val at its end; the trainer chooses the cell
-        (accuracy, then loss). A cell that keeps its best iteration (train.keep=best) chose it on val too: only the
-        chosen cell's own choice is recorded."""
+        (accuracy, then loss), which is then trained again from W0 (the same weights: a cell is deterministic), so no
+        cell's weights are held while the others train. Under train.keep=best that last training chooses its best
+        iteration on val too, recorded after the cell; the grid's own trainings record nothing."""
         started = time.perf_counter()
         val_x, val_y = split_tensors(trainer, "val", self.projection.weight.device)
         cells = []
-        for lr in self.config.lrs:
-            for lam in self.config.lams:
-                with trainer.selections.collect() as inner:
-                    fit = self.train_once(trainer, lr, lam, log_every=0)  # a cell is scored once, at its end
-                val_acc, neg_loss = _val_scores(self, val_x, val_y)
-                cells.append({"step": len(cells), "lr": lr, "lambda": lam, "val_acc": val_acc, "val_loss": -neg_loss,
-                              "fit": fit, "state": self.trainable_state(), "inner": inner})
-        with trainer.selections.collect() as grid:
-            best = trainer.choose("lr,lambda", cells, lambda c: (c["val_acc"], -c["val_loss"]),
-                                  value=lambda c: {"lr": c["lr"], "lambda": c["lambda"]},
-                                  scores=lambda c: {"val_acc": c["val_acc"], "val_loss": c["val_loss"]})
-        trainer.selections.extend(best["inner"] + grid)  # in the order made: the cell's own choice, then the cell
-        self.load_trainable_state(best["state"], source="the chosen cell")
-        self.lam = best["lambda"]
-        fit = best["fit"]
-        fit.history = [{k: c[k] for k in ("step", "lr", "lambda", "val_acc", "val_loss")} for c in cells]
+        with trainer.selections.discarded():  # the cells' own choices; the chosen cell's second training records
+            for lr in self.config.lrs:
+                for lam in self.config.lams:
+                    self.train_once(trainer, lr, lam, log_every=0)  # a cell is scored once, at its end
+                    val_acc, neg_loss = _val_scores(self, val_x, val_y)
+                    cells.append({"step": len(cells), "lr": lr, "lambda": lam, "val_acc": val_acc,
+                                  "val_loss": -neg_loss})
+        best = trainer.choose("lr,lambda", cells, lambda c: (c["val_acc"], -c["val_loss"]),
+                              value=lambda c: {"lr": c["lr"], "lambda": c["lambda"]},
+                              scores=lambda c: {"val_acc": c["val_acc"], "val_loss": c["val_loss"]})
+        fit = self.train_once(trainer, best["lr"], best["lambda"], log_every=0)
+        fit.history = cells  # one row per cell of the grid, as Tip-Adapter's search writes it
         fit.train_time_s = time.perf_counter() - started
-        fit.train_images *= len(cells)
+        fit.train_images *= len(cells) + 1
         return fit
 
 
@@ -192,5 +189,5 @@ class ProlipVal(Prolip):
 
     @classmethod
     def planned_choices(cls, config: ProlipConfig, train) -> tuple[str, ...]:
-        cells = len(config.lrs) * len(config.lams)
-        return super().planned_choices(config, train) + (("lr,lambda",) if cells > 1 else ())
+        cells = len(config.lrs) * len(config.lams)  # the cell, then (keep=best) the chosen cell's best iteration
+        return (("lr,lambda",) if cells > 1 else ()) + super().planned_choices(config, train)
