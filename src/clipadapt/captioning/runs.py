@@ -176,7 +176,6 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
 
         trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume,
                           task=CaptionTask(cfg.train.select, cfg.decode))
-        trainer.selections.validation = {"split": "val", "images": len(dataset.split("val"))}
         for event, functions in (callbacks or {}).items():
             for function in functions:
                 trainer.add_callback(event, function)
@@ -189,7 +188,8 @@ def run_caption_training(experiment: CaptionExperiment, callbacks: dict[str, lis
                   "train_pairs_per_s": round(fit.train_images_per_s, 2),
                   "decode_images_per_s": round(result["images_per_s"], 2)},
             seed=cfg.run.seed, config=resolved, device=device, best_epoch=fit.best_epoch,
-            selection=trainer.selections.record(by=cfg.train.select, **fit.details), task="captioning",
+            selection=trainer.selections.record(**selected_by(trainer, cfg.train.select), **fit.details),
+            task="captioning",
             decoder=cfg.decoder.spec, bridge=cfg.bridge.kind, decode=to_dict(cfg.decode),
             tokenizer=result["tokenizer"], skipped_metrics=result["skipped"], clipscore=result["clipscore"],
             data=dataset.summary(), processes=accelerator.num_processes)
@@ -220,6 +220,11 @@ def evaluate_captions(model: CaptionModel, data: CaptionTrainingData, split: str
     result = score_predictions(entries, features, scorer, decode.use_java)
     return {"split": split, **result, "seconds": seconds,
             "images_per_s": len(entries) / seconds if seconds > 0 else float("nan")}
+
+
+def selected_by(trainer: Trainer, select: str) -> dict[str, str]:
+    """``by``: the validation score (loss or CIDEr-D) that chose the epoch; nothing where nothing was chosen."""
+    return {"by": select} if trainer.selections.choices else {}
 
 
 def _write_results(run_dir: Path, model: CaptionModel, dataset: CaptionDataset, fit, result: dict, record: dict,
