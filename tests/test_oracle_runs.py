@@ -200,8 +200,8 @@ def test_the_ensemble_records_what_it_chose(runs, tmp_path):
         assert result.exit_code == 0, result.output
     uniform = json.loads((tmp_path / "uniform" / "metrics.json").read_text())["selection"]
     assert (uniform["on"], uniform["chose"], uniform["choices"], uniform["weights"]) == ("none", [], [], "uniform")
-    val_images = uniform["validation"]["images"]
-    assert uniform["validation"] == {"split": "val", "images": val_images} and val_images > 0
+    val_images = 3  # colour_folder has no val/: a tenth of each class's training images, carved out of train
+    assert uniform["validation"] == {"split": "val", "images": val_images, "carved_from": "train"}
     searched = json.loads((tmp_path / "val" / "metrics.json").read_text())["selection"]
     saved = json.loads((tmp_path / "val" / "ensemble.json").read_text())
     assert (searched["on"], searched["chose"], searched["weights"]) == ("val", ["member_weights"], "val")

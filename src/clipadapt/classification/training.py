@@ -22,7 +22,7 @@ from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.records import build_metrics_record, write_csv, write_metrics, write_skipped
 from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, resumable, start_run_dir
-from clipadapt.engine.selection import Selections, chosen_epoch
+from clipadapt.engine.selection import Selections, chosen_epoch, describe_validation
 from clipadapt.engine.trainer import Evaluation, FitResult, Trainer, make_accelerator
 from clipadapt.io import staged_directory
 from clipadapt.methods import METHODS, Method
@@ -65,7 +65,8 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
         start_run_dir(accelerator, run_dir, resolved, cfg.run.resume)
 
         trainer = Trainer(cfg.train, data, accelerator, run_dir=run_dir, resume=cfg.run.resume)
-        trainer.selections.validation = validation_record(dataset, plan)
+        if not plan:  # a val split it has draws the curve only
+            trainer.selections.validation = describe_validation(dataset.splits.get("val"), chooses=False)
         for event, functions in (callbacks or {}).items():
             for function in functions:
                 trainer.add_callback(event, function)
@@ -86,20 +87,6 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
 def planned_choices(cfg: TrainExperiment) -> tuple[str, ...]:
     """What the run's method and settings choose on validation (() is val-free)."""
     return METHODS.get(cfg.method).method_class.planned_choices(cfg.method_config(), cfg.train)
-
-
-def validation_record(dataset, plan: tuple[str, ...]) -> dict:
-    """What validation the run had: the split and its size, where it came from, and what it was for."""
-    val = dataset.splits.get("val")
-    if val is None:
-        return {"split": None, "reason": "the method chooses nothing and the dataset has no validation split: "
-                                         "every training image trains, nothing is validated"}
-    out: dict = {"split": "val", "images": len(val)}
-    if val.carved_from:
-        out["carved_from"] = val.carved_from
-    if not plan:
-        out["used_for"] = "the validation curve only: nothing is chosen on it"
-    return out
 
 
 def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluation: Evaluation, device,

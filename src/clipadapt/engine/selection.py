@@ -118,6 +118,23 @@ class Selections:
         return out
 
 
+NO_VALIDATION = ("the method chooses nothing and the dataset has no validation split: every training image trains, "
+                 "nothing is validated")
+
+
+def describe_validation(val: Any, chooses: bool = True) -> dict[str, Any]:
+    """The ``validation`` of a record: the validation split a run had (its size and, for a val carved out of train,
+    where from) and, for a run that chooses nothing, that it only drew the curve; or that there was none."""
+    if val is None:
+        return {"split": None, "reason": NO_VALIDATION}
+    out: dict[str, Any] = {"split": "val", "images": len(val)}
+    if getattr(val, "carved_from", None):
+        out["carved_from"] = val.carved_from
+    if not chooses:
+        out["used_for"] = "the validation curve only: nothing is chosen on it"
+    return out
+
+
 def chosen_epoch(record: dict[str, Any], best_epoch: int) -> int | None:
     """The epoch a run chose on validation, to mark on its curves; None where it chose none (it kept the last)."""
     return best_epoch if "epoch" in record.get("selection", {}).get("chose", []) else None

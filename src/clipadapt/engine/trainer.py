@@ -34,7 +34,7 @@ from clipadapt.engine.checkpoint import (
 from clipadapt.engine.features import EncodedSplit
 from clipadapt.engine.inputs import AUGMENTATIONS, TrainingData
 from clipadapt.engine.metrics import classification_metrics
-from clipadapt.engine.selection import Choice, Selections
+from clipadapt.engine.selection import Choice, Selections, describe_validation
 from clipadapt.engine.tracking import Tracking, check_tracker
 from clipadapt.engine.trainable import build_optimizer
 from clipadapt.errors import ConfigError
@@ -170,6 +170,7 @@ class Trainer:
         self.task = task or ClassificationTask()
         self.callbacks: dict[str, list[Callback]] = {"epoch_end": []}
         self.selections = Selections()  # every choice of the run, made here or by the method's own searches
+        self.selections.validation = describe_validation(data.dataset.splits.get("val"))
 
     @property
     def has_validation(self) -> bool:
@@ -274,8 +275,9 @@ class Trainer:
                     callback(self, row)
 
         method.load_trainable_state(best_weights, source="best weights")
-        if cfg.keep == "best":
-            self._record_epoch(progress)
+        if cfg.keep == "best":  # the epochs scored on validation were the candidates (early stopping included)
+            scored = [row for row in progress["history"] if not math.isnan(row.get("val_loss", math.nan))]
+            self.record_kept_epoch(progress["best_epoch"], len(scored), progress.get("best_selection", {}))
         # the kept weights' validation scores (a sweep compares its cells by them), also where a single scored epoch
         # left nothing to choose
         kept_scores = dict(progress.get("best_selection", {})) if cfg.keep == "best" else {}
@@ -283,13 +285,12 @@ class Trainer:
                          train_time_s=progress["train_time_s"], train_images=progress["train_images"],
                          details=kept_scores)
 
-    def _record_epoch(self, progress: dict) -> None:
-        """The kept epoch as the run's choice, from what this fit did: the epochs scored on validation were the
-        candidates (early stopping chose among the epochs it trained)."""
-        scored = [row for row in progress["history"] if not math.isnan(row.get("val_loss", math.nan))]
-        if len(scored) > 1:
-            self.selections.add(Choice("epoch", progress["best_epoch"], "val", self.validation_images(),
-                                       len(scored), dict(progress.get("best_selection", {}))))
+    def record_kept_epoch(self, epoch: int, candidates: int, scores: dict[str, float]) -> None:
+        """The epoch (or full-batch iteration) kept as the best on validation, among ``candidates`` scored there: the
+        run's choice when there were two or more. The engine's loop and full-batch training both keep theirs
+        incrementally (the weights are snapshotted as they go), so they record the outcome here."""
+        if candidates > 1:
+            self.selections.add(Choice("epoch", epoch, "val", self.validation_images(), candidates, dict(scores)))
 
     def _train_epoch(self, model, method, optimizer, scheduler, trainable, epoch: int, bar, tracking: Tracking,
                      step: int, total_steps: int) -> tuple[float, float, int]:

@@ -34,7 +34,7 @@ from clipadapt.engine.records import (
     write_metrics,
 )
 from clipadapt.engine.rundir import RunConfig, check_run_dir, read_run_config, save_config_dict
-from clipadapt.engine.selection import Selections
+from clipadapt.engine.selection import Selections, describe_validation
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.io import atomic_write_json, staged_directory
 from clipadapt.models.config import ModelConfig
@@ -144,7 +144,7 @@ def run_ensemble(run_dirs: list[str | Path], out: str | Path, mode: str = "unifo
     val_probabilities, val_labels, _ = _split_probabilities(predictors, "val")
     val_members = [float((p.argmax(-1) == val_labels).mean()) for p in val_probabilities]
     selections = Selections()  # what was chosen on val: the weights with --weights val, nothing with uniform
-    selections.validation = {"split": "val", "images": len(val_labels)}
+    selections.validation = describe_validation(dataset.split("val"))
     weights = uniform
     if mode == "val" and len(predictors) > 1:
         weights, search_rows = search_weights(val_probabilities, val_labels, selections)

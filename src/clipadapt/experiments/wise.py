@@ -90,7 +90,6 @@ def run_wise(run_dir: str | Path, alphas: list[float], out: str | Path, shift_da
     device_ = method.bundle.device
     accelerator = make_accelerator(device_, experiment.train.precision)
     trainer = Trainer(experiment.train, training_data(experiment, dataset, method, device_), accelerator)
-    trainer.selections.validation = {"split": "val", "images": len(dataset.split("val"))}
     shift_trainer = (Trainer(experiment.train, training_data(experiment, shift, method, device_), accelerator)
                      if shift is not None else None)
     rows, evaluations = [], {}

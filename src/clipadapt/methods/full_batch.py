@@ -43,7 +43,6 @@ def train_full_batch(method: Method, trainer: Trainer, iterations: int, step: St
     """``iterations`` calls of ``step`` on the whole training split; returns the engine's FitResult. ``keep``:
     ``last`` or ``best`` (default: ``train.keep``). ``best`` scores validation after every iteration (a history row
     each); ``last`` only every ``log_every`` iterations and after the last, for the history (0: never)."""
-    from clipadapt.engine.selection import Choice
     from clipadapt.engine.trainer import FitResult
 
     keep = keep or trainer.config.keep
@@ -71,8 +70,7 @@ def train_full_batch(method: Method, trainer: Trainer, iterations: int, step: St
             best, best_state = row, method.trainable_state()
     if keep == "best" and best_state is not None:
         method.load_trainable_state(best_state, source="best iteration")
-        if len(history) > 1:  # the iterations scored on validation were the candidates
-            trainer.selections.add(Choice("epoch", best["epoch"], "val", trainer.validation_images(), len(history),
-                                          {"val_acc": best["val_acc"], "val_loss": best["val_loss"]}))
+        trainer.record_kept_epoch(best["epoch"], len(history),  # every iteration was scored on validation
+                                  {"val_acc": best["val_acc"], "val_loss": best["val_loss"]})
     return FitResult(history=history, best_epoch=best["epoch"] if keep == "best" and best else iterations,
                      train_time_s=seconds, train_images=len(train_y) * iterations)
