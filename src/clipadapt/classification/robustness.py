@@ -120,9 +120,8 @@ def corrupted_accuracies(predictors: list[Predictor], split: str, corruption: st
 def shared_input(predictor: Predictor, split: str) -> tuple:
     """What a predictor's corrupted images and their labels depend on besides the corruption: its preprocessing,
     and the images of the split with their labels (runs of one dataset share them)."""
-    data = predictor.dataset.split(split)
     preprocess = getattr(predictor.preprocess, "config", id(predictor.preprocess))  # unknown kinds: never shared
-    return preprocess, tuple(data.describe(k) for k in range(len(data))), tuple(data.labels.tolist())
+    return preprocess, predictor.dataset.split(split).fingerprint()  # the feature cache's identity of its images
 
 
 def evaluate_robustness(predictor: Predictor, corruption: str, levels: list[float], seed: int = 0,

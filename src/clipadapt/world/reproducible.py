@@ -23,14 +23,11 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from clipadapt.errors import ConfigError
-
 
 @contextmanager
 def reproducible_build(threads: int, seed: int) -> Iterator[None]:
-    """Run a world build with ``threads`` torch threads, deterministic algorithms, float32 and seeded global RNGs."""
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"world recipe threads must be a positive integer, got {threads!r}")
+    """Run a world build with ``threads`` torch threads (a recipe's, checked positive there), deterministic
+    algorithms, float32 and seeded global RNGs."""
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
