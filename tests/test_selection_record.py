@@ -1,11 +1,12 @@
 """metrics.json's ``selection`` is what the run did, for every registered method (issue 28).
 
-Each method is trained twice on one training split, once with the disagreeing fixture's validation labels and once
-with them swapped (fixture ``mirrored``: its val/ is the fixture's test/, the val images with the two labels
-exchanged). A choice made on validation flips with the labels: the candidate best on one is the worst on the
-other. A run that chooses nothing reads validation only for its curve and trains the same weights either way. So,
-for every method under ``train.keep=best`` and ``train.keep=last`` and under every boolean setting that changes what
-it chooses (LP-FT's probe, Tip-Adapter's and GDA's searches):
+Each method is trained twice on one training split and one test split, once with the disagreeing fixture's
+validation labels and once with them swapped (fixture ``mirrored``: its val/ holds the fixture's test images, the val
+images with the two labels exchanged). A choice made on validation flips with the labels: the candidate best on one
+is the worst on the other; a choice that read the test split would not, since test is the same in both. A run that
+chooses nothing reads validation only for its curve and trains the same weights either way. So, for every method
+under ``train.keep=best`` and ``train.keep=last`` and under every boolean setting that changes what it chooses
+(LP-FT's probe, Tip-Adapter's and GDA's searches):
 
 * nothing recorded => the two runs' saved weights are bit-identical (no choice was made without being recorded);
 * each recorded choice => its chosen value differs between the two runs (it was made, on validation), and it names
@@ -22,6 +23,8 @@ import dataclasses
 import shutil
 
 import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import load_file
 
 from clipadapt.classification.experiment import load_experiment
@@ -65,15 +68,22 @@ CASES = [pytest.param(name, settings, id="-".join([name, *(s.split(".", 1)[1] fo
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """The disagreeing fixture and its mirror: the same train/, val/ and test/ exchanged."""
+    """The disagreeing fixture and its mirror: the same train/ and test/, and as val/ the test images (the val
+    images with the two labels swapped), saved again so that their bytes differ from test's (same pixels). Only
+    validation changes between the two: a choice made on val flips, one that read test would not."""
     root = tmp_path_factory.mktemp("data")
     # two clearly different colours, so that training moves validation accuracy from epoch to epoch (with close
     # ones the tiny model predicts one class throughout and every epoch ties on validation)
     original = make_disagreeing_folder(root / "original", colours={"red": COLOURS["red"], "blue": COLOURS["blue"]})
     mirrored = root / "mirrored"
     shutil.copytree(original / "train", mirrored / "train")
-    shutil.copytree(original / "test", mirrored / "val")
-    shutil.copytree(original / "val", mirrored / "test")
+    shutil.copytree(original / "test", mirrored / "test")
+    for path in sorted((original / "test").rglob("*.png")):
+        target = mirrored / "val" / path.relative_to(original / "test")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        note = PngInfo()  # other bytes, same pixels: the held-out check refuses byte-identical copies
+        note.add_text("mirror-of", str(path.relative_to(original)))
+        Image.open(path).save(target, pnginfo=note)
     return original, mirrored
 
 
