@@ -15,7 +15,7 @@ add_plugin("clipadapt.world.plugin:register")
 
 _API = (
     "Run", "bench", "benchmark", "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo",
-    "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict", "register_dataset",
+    "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict", "recipe_card", "register_dataset",
     "register_method", "register_model", "register_template_set", "report", "robustness", "sweep", "template_sets",
     "train", "wise", "zeroshot",
 )
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         methods,
         models,
         predict,
+        recipe_card,
         register_dataset,
         register_method,
         register_model,

@@ -13,6 +13,7 @@ from clipadapt.api.listing import (
     datasets,
     methods,
     models,
+    recipe_card,
     register_dataset,
     register_method,
     register_model,
@@ -43,6 +44,6 @@ from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenEr
 __all__ = [
     "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "benchmark",
     "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate",
-    "export", "load_run", "methods", "models", "predict", "register_dataset", "register_method", "register_model",
-    "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
+    "export", "load_run", "methods", "models", "predict", "recipe_card", "register_dataset", "register_method",
+    "register_model", "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
 ]

@@ -20,6 +20,18 @@ def methods(pattern: str | None = None) -> list[dict[str, Any]]:
     return listing(pattern)
 
 
+def recipe_card(method: str) -> dict[str, Any]:
+    """A method's recipe card (``clipadapt methods --card NAME``): its paper, reference repository and commit, and
+    per setting the reference's value with its file:line, our config key and value, and why they differ ("" where
+    they do not). docs/methods.md renders every card."""
+    from dataclasses import asdict
+
+    from clipadapt.methods.recipe_cards import load_card
+
+    card = load_card(method)
+    return {**asdict(card), "settings": [asdict(s) for s in card.settings]}
+
+
 def caption_methods(pattern: str | None = None) -> list[dict[str, Any]]:
     """Caption decoder methods (``clipadapt caption methods``): name, description, package, config section and its
     settings with defaults; the bridge's settings (``bridge.*``, trained by every method) are shared, not listed."""

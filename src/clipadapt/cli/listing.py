@@ -61,13 +61,36 @@ def settings_table(title: str, section: str, config_class: type):
 
 
 @user_errors
-def methods_command(pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'lin*'")] = None):
+def methods_command(pattern: Annotated[str | None, typer.Argument(help="shell pattern, e.g. 'lin*'")] = None,
+                    card: Annotated[str | None, typer.Option(help="print this method's recipe card: each setting "
+                                                                  "against its paper's reference code")] = None):
     """List adaptation methods with their config fields and defaults (set them with --set SECTION.KEY=VALUE)."""
     from clipadapt.api import methods
     from clipadapt.methods import METHODS
 
+    if card is not None:
+        print_card(card)
+        return
     for row in methods(pattern):
         chooses = ", ".join(row["chooses_on_val"]) or "nothing (val-free)"
         out.print(settings_table(f"{row['name']}: {row['description']}{package_note(row)}\n  chooses on validation: "
                                  f"{chooses}", row["section"], METHODS.get(row["name"]).config_class))
     out.print("Shared sections: train.* (see `clipadapt train --help`), data.*, model.*, run.*", highlight=False)
+
+
+def print_card(method: str) -> None:
+    """``clipadapt methods --card NAME``: the card as a table."""
+    from clipadapt.api import recipe_card
+
+    card = recipe_card(method)
+    title = f"{card['method']}: {card['paper']}"
+    if card["repository"]:
+        title += f"\n  reference: github.com/{card['repository']} at {card['commit']}"
+    rows = [[s["setting"], s["reference"], s["source"] or "paper",
+             f"{s['ours']}" + (f" ({s['key']})" if s["key"] else ""), s["why"] or "="] for s in card["settings"]]
+    table = result_table(["setting", "reference", "source", "ours", "why they differ"], rows, title=title,
+                         text=[1, 2, 3, 4])
+    table.title_justify = "left"
+    out.print(table)
+    if card["note"]:
+        out.print(card["note"], highlight=False)
