@@ -45,5 +45,6 @@ __all__ = [
     "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "benchmark",
     "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate",
     "export", "load_run", "methods", "models", "predict", "recipe_card", "register_dataset", "register_method",
-    "register_model", "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
+    "register_model", "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise",
+    "zeroshot",
 ]
