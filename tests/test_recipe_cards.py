@@ -71,7 +71,7 @@ def test_a_card_without_a_commit_or_a_source_is_refused():
     good = {"method": "x", "reference": {"repository": "a/b", "commit": "0" * 40},
             "settings": [{"setting": "lr", "reference": "1e-3", "source": "main.py:3", "key": None, "ours": 1e-3}]}
     assert parse_card(good, "x.yaml").settings[0].source == "main.py:3"
-    with pytest.raises(ConfigError, match=r"reference.commit must be 40 hex digits, got 'main'"):
+    with pytest.raises(ConfigError, match=r"reference.commit must be 40 hex digits \(quoted\), got 'main'"):
         parse_card({**good, "reference": {"repository": "a/b", "commit": "main"}}, "x.yaml")
     with pytest.raises(ConfigError, match="setting 'lr' has no source"):
         parse_card({**good, "settings": [{**good["settings"][0], "source": None}]}, "x.yaml")

@@ -52,6 +52,9 @@ class RecipeCard:
     commit: str | None
     settings: tuple[CardSetting, ...]
     note: str = ""  # what the card as a whole should say (a method with no reference code: whose recipe it is)
+    # other repositories the reference builds on, by the prefix its sources use ("Dassl: dassl/optim/...:12"):
+    # name -> (repository, commit)
+    also: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def url(self) -> str | None:
@@ -60,12 +63,17 @@ class RecipeCard:
         return f"https://github.com/{self.repository}" + (f"/tree/{self.commit}" if self.commit else "")
 
     def source_url(self, source: str) -> str | None:
-        """A link to ``file:line`` at the card's commit (the first of several)."""
-        if not (self.repository and self.commit and source):
+        """A link to one ``file:line`` (``[Name: ]path:line[-line]``) at its repository's commit."""
+        repository, commit, source = self.repository, self.commit, source.strip()
+        for name, repo, sha in self.also:
+            if source.startswith(f"{name}:"):
+                repository, commit, source = repo, sha, source[len(name) + 1:].strip()
+        if not (repository and commit and source) or source == "paper":
             return None
-        path, _, line = source.split(",")[0].strip().partition(":")
-        anchor = f"#L{line.split('-')[0]}" if line.split("-")[0].isdigit() else ""
-        return f"https://github.com/{self.repository}/blob/{self.commit}/{path}{anchor}"
+        path, _, lines = source.partition(":")
+        first, _, last = lines.partition("-")
+        anchor = f"#L{first}" + (f"-L{last}" if last.isdigit() else "") if first.isdigit() else ""
+        return f"https://github.com/{repository}/blob/{commit}/{path}{anchor}"
 
 
 def card_names() -> list[str]:
@@ -91,6 +99,13 @@ def parse_card(data: dict, where: str) -> RecipeCard:
     repository, commit = reference.get("repository"), reference.get("commit")
     if repository and not (isinstance(commit, str) and COMMIT.match(commit)):
         raise ConfigError(f"recipe card {where}: reference.commit must be 40 hex digits (quoted), got {commit!r}")
+    also = []
+    for name, other in (reference.get("also") or {}).items():
+        sha = other.get("commit")
+        if not (isinstance(sha, str) and COMMIT.match(sha)):
+            raise ConfigError(f"recipe card {where}: reference.also.{name}.commit must be 40 hex digits (quoted), "
+                              f"got {sha!r}")
+        also.append((str(name), str(other["repository"]), sha))
     settings = []
     for i, item in enumerate(data.get("settings") or []):
         unknown = set(item) - {"setting", "reference", "source", "key", "ours", "why"}
@@ -102,7 +117,7 @@ def parse_card(data: dict, where: str) -> RecipeCard:
                                     str(item["source"]) if item.get("source") else None, item.get("key"),
                                     item.get("ours"), str(item.get("why") or "")))
     return RecipeCard(str(data["method"]), str(data.get("paper", "")), repository, commit, tuple(settings),
-                      str(data.get("note") or ""))
+                      str(data.get("note") or ""), tuple(also))
 
 
 def _cell(value: Any) -> str:
@@ -112,19 +127,26 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _linked(card: RecipeCard, source: str) -> str:
+    link = card.source_url(source)
+    return f"[{_cell(source.strip())}]({link})" if link else _cell(source.strip())
+
+
 def render_card(card: RecipeCard) -> str:
     """One card as markdown: a heading, its reference, and a table of the settings."""
     lines = [f"### `{card.method}`", ""]
     head = card.paper
     if card.repository:
         head += f"; reference code [{card.repository}]({card.url}) at `{card.commit[:10]}`"
+    for name, repository, commit in card.also:
+        head += f"; sources marked {name}: [{repository}](https://github.com/{repository}/tree/{commit}) at " \
+                f"`{commit[:10]}`"
     lines.append(head + ".")
     if card.note:
         lines += ["", card.note]
     lines += ["", "| setting | reference | source | ours (key) | why they differ |", "|---|---|---|---|---|"]
     for s in card.settings:
-        link = card.source_url(s.source) if s.source else None
-        source = f"[{_cell(s.source)}]({link})" if link else _cell(s.source or "paper")
+        source = ", ".join(_linked(card, part) for part in s.source.split(",")) if s.source else "paper"
         ours = _cell(s.ours) + (f" (`{s.key}`)" if s.key else "")
         lines.append(f"| {_cell(s.setting)} | {_cell(s.reference)} | {source} | {ours} | {_cell(s.why) or '='} |")
     return "\n".join(lines)
