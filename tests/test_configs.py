@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def test_the_reports_experiments_are_shipped():
     assert {"coco-caption-prefix", "coco-caption-adapter", "coco-caption-lora", "cifar100-compare"} <= names
 
 
+def test_docs_list_every_config_with_its_command():
+    text = (CONFIGS[0].parents[1] / "docs" / "configs.md").read_text()
+    for path in CONFIGS:
+        command = "clipadapt " + " ".join(_commands(path)[0])
+        generic = re.sub(r"cifar100?-", "DATASET-", command)  # the CIFAR rows stand for both datasets
+        assert f"`{command}`" in text or f"`{generic}`" in text, path.name
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads_with_the_values_it_states(path):
     raw = yaml.safe_load(path.read_text())
@@ -121,14 +130,14 @@ def test_header_commands_are_real_commands_with_real_settings(path):
             method, rest = rest[0], rest[1:]
             assert method == raw["method"], "the command trains the file's method"
         items: dict[str, list[str]] = {"--set": [], "--sweep": []}
-        for word, value in zip(rest, rest[1:] + [""]):
+        for word, value in zip(rest, rest[1:] + [""], strict=True):
             if word.startswith("-"):
                 assert word in options, f"'{word}' is not an option of {args[:2]}"
                 items.setdefault(word, []).append(value)
         assert items["--config"] == [f"configs/{path.name}"]
         if _kind(path) == "train":
             axes = parse_sweep(items["--sweep"])
-            cells = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+            cells = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
             assert len(cells) == (9 if "vpt-deep" in path.name else 1)
             for cell in cells:
                 load_experiment(raw["method"], path, items["--set"] + [f"{k}={v}" for k, v in cell.items()])
