@@ -32,16 +32,16 @@ def compare_command(
     config: Annotated[Path | None, typer.Option(help="YAML compare file (configs/cifar100-compare.yaml); the "
                                                 "flags win over it")] = None,
     methods: Annotated[str | None, typer.Option(help="all, or comma-separated methods (see `clipadapt methods`) "
-                                                "[default: all]")] = None,
+                                                "(default: all)")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds; acc is reported as mean ± std "
-                                              "[default: 0]")] = None,
+                                              "(default: 0)")] = None,
     shots: Annotated[int | None, typer.Option(help="K training images per class")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override for the runs it applies to: "
                                                    "train.epochs=5, lora.r=4, data.root=...")] = None,
     templates: Annotated[list[str] | None, typer.Option("--templates", "-t", help="zero-shot template sets "
                                                         "(default: the dataset's, simple and clip)")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="where the runs and the report go "
-                                                 "[default: runs/compare]")] = None,
+                                                 "(default: runs/compare)")] = None,
     skip_existing: Annotated[bool, typer.Option(help="keep finished runs, resume interrupted ones")] = False,
     overwrite: Annotated[bool, typer.Option(help="retrain runs that already exist")] = False,
     no_zeroshot: Annotated[bool, typer.Option("--no-zeroshot", help="skip the zero-shot runs")] = False,
