@@ -145,27 +145,32 @@ def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], 
         return run_sweep(config_, on_run=on_run)
 
 
-def compare(models: str | Sequence[str], dataset: str, methods: str | Sequence[str] = "all",
-            seeds: Sequence[int] = (0,), shots: int | None = None, out: PathLike = "runs/compare", *,
-            templates: Sequence[str] | None = None, zeroshot: bool = True, skip_existing: bool = False,
-            overwrite: bool = False, device: str = "auto", executor: str = "local", address: str | None = None,
-            cpus_per_run: float | None = None, gpus_per_run: float = 0.0, overrides: Iterable[str] = (),
-            report: bool = True, progress: bool = True, on_run: Callable[[Any, str], None] | None = None,
-            **settings: Any):
+def compare(models: str | Sequence[str] | None = None, dataset: str | None = None,
+            methods: str | Sequence[str] | None = None, seeds: Sequence[int] | None = None, shots: int | None = None,
+            out: PathLike | None = None, *, config: PathLike | None = None, templates: Sequence[str] | None = None,
+            zeroshot: bool | None = None, skip_existing: bool = False, overwrite: bool = False, device: str = "auto",
+            executor: str = "local", address: str | None = None, cpus_per_run: float | None = None,
+            gpus_per_run: float = 0.0, overrides: Iterable[str] = (), report: bool = True, progress: bool = True,
+            on_run: Callable[[Any, str], None] | None = None, **settings: Any):
     """Zero-shot and every chosen method on one dataset, then one report (``clipadapt compare``); the runs run on
     the ``executor`` (local, ray).
 
-    Settings go to the runs whose config has their section (``lora={"r": 4}`` to lora only)."""
+    ``config``: a compare file (``experiments.compare.CompareFile``); the arguments given win over it, and left
+    out, they are the file's or the defaults (``methods="all"``, ``seeds=(0,)``, ``out="runs/compare"``, zero-shot
+    on). Settings go to the runs whose config has their section (``lora={"r": 4}`` to lora only)."""
     from clipadapt.executors import ExecutorConfig
-    from clipadapt.experiments.compare import CompareConfig, run_compare
+    from clipadapt.experiments.compare import load_compare_config, run_compare
 
-    config = CompareConfig(models=_listed(models) or [], dataset=dataset, methods=_names(methods),
-                           seeds=list(seeds), shots=shots, overrides=as_overrides(settings, overrides),
-                           templates=list(templates or []), out=str(out), skip_existing=skip_existing,
-                           overwrite=overwrite, zeroshot=zeroshot, device=device,
-                           executor=ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
+    named = given({"models": _listed(models) if models is not None else None, "dataset": dataset,
+                   "methods": _names(methods) if methods is not None else None,
+                   "seeds": list(seeds) if seeds is not None else None, "shots": shots,
+                   "templates": list(templates) if templates else None, "zeroshot": zeroshot,
+                   "out": str(out) if out is not None else None})
+    compare_config = load_compare_config(config, named, as_overrides(settings, overrides),
+                                         skip_existing=skip_existing, overwrite=overwrite, device=device,
+                                         executor=ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
     with _progress(progress):
-        return run_compare(config, on_run=on_run, report=report)
+        return run_compare(compare_config, on_run=on_run, report=report)
 
 
 def benchmark(model: str, datasets: str | Sequence[str] | None = None, methods: str | Sequence[str] = "linear-probe",

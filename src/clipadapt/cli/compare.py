@@ -22,22 +22,26 @@ from clipadapt.cli.common import (
     setup_logging,
     user_errors,
 )
-from clipadapt.errors import ClipAdaptError
 
 
 @user_errors
 def compare_command(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="model spec; repeat to compare models")],
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="model spec; repeat to compare "
+                                                    "models")] = None,
     dataset: DatasetOpt = None,
-    methods: Annotated[str, typer.Option(help="all, or comma-separated methods (see `clipadapt methods`)")] = "all",
-    seeds: Annotated[str, typer.Option(help="comma-separated seeds; acc is reported as mean ± std")] = "0",
+    config: Annotated[Path | None, typer.Option(help="YAML compare file (configs/cifar100-compare.yaml); the "
+                                                "flags win over it")] = None,
+    methods: Annotated[str | None, typer.Option(help="all, or comma-separated methods (see `clipadapt methods`) "
+                                                "(default: all)")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds; acc is reported as mean ± std "
+                                              "(default: 0)")] = None,
     shots: Annotated[int | None, typer.Option(help="K training images per class")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override for the runs it applies to: "
                                                    "train.epochs=5, lora.r=4, data.root=...")] = None,
     templates: Annotated[list[str] | None, typer.Option("--templates", "-t", help="zero-shot template sets "
                                                         "(default: the dataset's, simple and clip)")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the runs and the report go")] = Path(
-        "runs/compare"),
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="where the runs and the report go "
+                                                 "(default: runs/compare)")] = None,
     skip_existing: Annotated[bool, typer.Option(help="keep finished runs, resume interrupted ones")] = False,
     overwrite: Annotated[bool, typer.Option(help="retrain runs that already exist")] = False,
     no_zeroshot: Annotated[bool, typer.Option("--no-zeroshot", help="skip the zero-shot runs")] = False,
@@ -52,16 +56,14 @@ def compare_command(
     setup_logging(verbose)
     from clipadapt.api import compare
 
-    if dataset is None:
-        raise ClipAdaptError("compare needs --dataset (see `clipadapt datasets`)")
-
     def show(run, status: str) -> None:
         notice(run.method, f"seed {run.seed} on {run.model}: {status}", "bold")
 
-    result = compare(list(model), dataset, methods, number_list(seeds, "--seeds"), shots, out_dir,
-                     templates=list(templates or []), zeroshot=not no_zeroshot, skip_existing=skip_existing,
-                     overwrite=overwrite, device=device, executor=executor, address=address,
-                     cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, overrides=set_ or [], on_run=show)
+    result = compare(model or None, dataset, methods, number_list(seeds, "--seeds") if seeds is not None else None,
+                     shots, out_dir, config=config, templates=list(templates or []),
+                     zeroshot=False if no_zeroshot else None, skip_existing=skip_existing, overwrite=overwrite,
+                     device=device, executor=executor, address=address, cpus_per_run=cpus_per_run,
+                     gpus_per_run=gpus_per_run, overrides=set_ or [], on_run=show)
     if result.report is not None:
         out.print(report_table(result.report))
         out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)

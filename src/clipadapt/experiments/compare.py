@@ -13,11 +13,14 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from clipadapt.classification.experiment import TrainExperiment, experiment_class
 from clipadapt.classification.training import run_training
 from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
-from clipadapt.config import apply_overrides, format_overrides, override_section
+from clipadapt.config import apply_overrides, as_overrides, format_overrides, from_dict, override_section
 from clipadapt.data import DataConfig
 from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, refuse_oracle_runs
 from clipadapt.engine.rundir import RunConfig
@@ -55,6 +58,54 @@ class CompareConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
         self.methods = resolve_methods(self.methods)
+
+
+@dataclass
+class CompareFile:
+    """What ``clipadapt compare --config FILE`` reads: the comparison (what a flag of the same name gives) and
+    ``settings``, the runs' sections as ``--set`` gives them (``train: {epochs: 10}`` to every run, ``lora: {r: 4}``
+    to lora's). Where the runs go and run (--device, --executor, --skip-existing, --overwrite) stays on the command
+    line."""
+
+    models: list[str] | None = None
+    dataset: str | None = None
+    methods: list[str] | None = None
+    seeds: list[int] | None = None
+    shots: int | None = None
+    templates: list[str] | None = None
+    zeroshot: bool | None = None
+    out: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.settings, dict):
+            raise ConfigError(f"settings must be a mapping of the runs' sections (train: {{epochs: 10}}), got "
+                              f"{self.settings!r}")
+
+
+def load_compare_config(path: str | Path | None, given: dict[str, Any], overrides: list[str],
+                        **options: Any) -> CompareConfig:
+    """Defaults, then the file (``CompareFile``), then ``given`` (the named arguments that were given: ``models``,
+    ``dataset``, ...); the runs' settings are the file's, then ``overrides``. ``options``: the other fields of
+    ``CompareConfig`` (device, executor, ...). Every run's settings are checked here, before anything loads."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping")
+    file = from_dict(CompareFile, data)
+    values = {name: value for name, value in dataclasses.asdict(file).items()
+              if name != "settings" and value is not None} | given
+    if not values.get("models"):
+        raise ConfigError("compare needs --model (or models: in --config)")
+    if not values.get("dataset"):
+        raise ConfigError("compare needs --dataset (or dataset: in --config; see `clipadapt datasets`)")
+    config = CompareConfig(**values, overrides=as_overrides(file.settings) + list(overrides), **options)
+    planned_experiments(config)
+    return config
 
 
 def resolve_methods(methods: list[str]) -> list[str]:
@@ -148,6 +199,12 @@ def build_experiment(cell: CompareCell):
     return apply_overrides(experiment, cell.items)
 
 
+def planned_experiments(config: CompareConfig) -> list:
+    """Every planned run's experiment, built from the settings it gets: a bad setting fails here, nothing loaded."""
+    overrides = split_overrides(config.overrides, config.methods)
+    return [build_experiment(_cell(run, config, overrides[run.method], resume=False)) for run in plan(config)]
+
+
 def run_cell(cell: CompareCell) -> None:
     """Run one planned run (trained, resumed or zero-shot) into its run directory; an executor's cell."""
     experiment = build_experiment(cell)
@@ -171,6 +228,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
 
     overrides = split_overrides(config.overrides, config.methods)
     runs = plan(config)
+    experiments = planned_experiments(config)  # every setting checked before a dataset or model loads
     refuse_existing([r.run_dir for r in runs], config.out, config.skip_existing, config.overwrite)
     if config.skip_existing:  # a kept run goes into the table as it is: never an oracle
         refuse_oracle_runs([r.run_dir for r in runs], "compare --skip-existing",
@@ -179,7 +237,6 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
         dataset = load_dataset(DataConfig(dataset=config.dataset))  # fails early on a bad dataset spec
         names = list(dict.fromkeys(list(dataset.templates) + list(ZEROSHOT_EXTRA_SETS)))
         config.templates = [t.name for t in resolve_template_sets(names)]
-    experiments = [build_experiment(_cell(run, config, overrides[run.method], resume=False)) for run in runs]
 
     result = CompareResult(Path(config.out))
     notify = on_run or (lambda run, status: None)
