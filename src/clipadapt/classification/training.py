@@ -17,6 +17,7 @@ from clipadapt.classification.two_stage import initialise_from_run
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
 from clipadapt.data.fewshot import write_fewshot_file
+from clipadapt.data.registry import resolved_data
 from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.inputs import TrainingData
@@ -36,7 +37,9 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     """Train one method, select it on validation, evaluate the test split once and write the run directory."""
     from accelerate.utils import set_seed
 
-    cfg = experiment
+    # the sampler resolved (CoOp's data: coop) and the method's reference validation shots: recorded as used
+    cfg = dataclasses.replace(experiment, data=resolved_data(
+        experiment.data, METHODS.get(experiment.method).method_class.validation_shots))
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, cfg.method)
     resolved = to_dict(cfg)
     resolved["run"]["out"] = str(run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from clipadapt.classification.artifacts import write_evaluation_artifacts
 from clipadapt.config import to_dict
 from clipadapt.data import DataConfig, load_dataset
 from clipadapt.data.prompts import resolve_template_sets
+from clipadapt.data.registry import resolved_data
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
 from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.records import CONFIG_FILE, build_metrics_record, write_metrics, write_skipped
@@ -35,7 +37,7 @@ class ZeroShotExperiment:
 
 def run_zero_shot(experiment: ZeroShotExperiment) -> RunOutput:
     """Evaluate zero-shot classification and write a complete run directory (or nothing, on failure)."""
-    cfg = experiment
+    cfg = dataclasses.replace(experiment, data=resolved_data(experiment.data))  # records the sampler it drew with
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, "zeroshot")
     check_run_dir(run_dir, cfg.run.overwrite)
     # a bad template fails before any heavy work, a refused split before the model loads

@@ -317,4 +317,5 @@ def _layout(spec: CoopSpec) -> str:
 for _key_name, _spec in COOP_DATASETS.items():
     register_dataset(_key_name, usage=_key_name,
                      help=f"CoOp benchmark: {_spec.description}; hub: {_spec.repo}; "
-                          f"--data-root: a hub copy or {_layout(_spec)}")(partial(load_coop_dataset, _key_name))
+                          f"--data-root: a hub copy or {_layout(_spec)}",
+                     sampler="coop")(partial(load_coop_dataset, _key_name))

@@ -1,13 +1,21 @@
 """K-shot subsets: drawn, recorded (``fewshot.json``) and reused (``data.fewshot_file``).
 
-Two samplers (``data.sampler``):
+Two samplers (``data.sampler``; unset, it is ``coop`` for CoOp's datasets and for a ``data.split_file``, ``random``
+otherwise: ``registry.resolve_sampler``):
 
-* ``random`` (the default): a seeded, stratified draw of K training images per class (numpy); validation is kept.
-* ``coop``: the draw of CoOp's code (Zhou et al. 2022, through Dassl's ``generate_fewshot_dataset``), the one the
-  few-shot benchmark's published numbers use: Python's ``random`` seeded with the run's seed, then per class, in the
-  order the classes first appear in the split, ``random.sample(items, K)`` of the training items (``random.choices``
-  with repetition where a class has fewer), then the same of the validation items with ``min(K, 4)``. On the same
-  split file (``data.split_file``) and seed it selects the same images as CoOp's code.
+* ``random``: a seeded, stratified draw of K training images per class (numpy); validation is kept whole (or drawn
+  the same way with ``data.val_shots`` per class).
+* ``coop``: the draw of CoOp's code (Zhou et al. 2022), Dassl's ``generate_fewshot_dataset`` as CoOp calls it, the
+  one the few-shot benchmark's published numbers use: Python's ``random`` seeded with the run's seed, then per class,
+  in the order the classes first appear in the split, ``random.sample(items, K)`` of the training items, then the
+  same of the validation items with ``min(K, 4)`` (``data.val_shots`` replaces it: prolip-val's K, ProLIP's). A class
+  with fewer items than asked keeps them all and draws nothing (Dassl's ``repeat=False``), so it consumes no random
+  numbers and the next class draws as in Dassl. On the same split file (``data.split_file``) and seed it selects the
+  same images as CoOp's code. References: KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb
+  ``dassl/data/datasets/base_dataset.py:167-207`` (``repeat=False`` at 168, the branch at 195-201; classes in first
+  appearance by ``split_dataset_by_label``'s defaultdict, 211-223); KaiyangZhou/CoOp@
+  ff61507c790454bce7c5052c3ac39e60772f1f89 ``datasets/oxford_pets.py:44-45`` (train K, then val ``min(K, 4)``, no
+  ``repeat`` argument; the same two lines in every dataset but ImageNet, which draws train only).
 
 Base-to-novel (``data.subsample``, CoOp's ``subsample_classes``): the classes present in train, sorted by label,
 are halved, ``base`` keeping the first ``ceil(n / 2)`` and ``new`` the rest; every split keeps only those classes and
@@ -35,8 +43,10 @@ from clipadapt.io import atomic_write_json
 FEWSHOT_FILE = "fewshot.json"
 
 
-def dassl_sample(labels: Sequence[int], shots: int, rng: random.Random, repeat: bool = True) -> list[int]:
-    """Positions of ``shots`` items per label, as Dassl's ``generate_fewshot_dataset`` draws them from ``rng``."""
+def dassl_sample(labels: Sequence[int], shots: int, rng: random.Random, repeat: bool = False) -> list[int]:
+    """Positions of ``shots`` items per label, as Dassl's ``generate_fewshot_dataset`` draws them from ``rng``
+    (module docstring): a class with fewer items keeps them all and draws nothing, or with ``repeat`` draws ``shots``
+    with repetition (``random.choices``; ProLIP's copy of the function defaults to it)."""
     by_label: dict[int, list[int]] = {}
     for position, label in enumerate(labels):
         by_label.setdefault(int(label), []).append(position)  # classes in order of first appearance
@@ -49,31 +59,44 @@ def dassl_sample(labels: Sequence[int], shots: int, rng: random.Random, repeat: 
     return chosen
 
 
-def coop_subsets(train: Split, val: Split | None, shots: int, seed: int) -> tuple[Split, Split | None]:
-    """CoOp's K-shot train and min(K, 4)-shot validation subsets (module docstring)."""
+def coop_val_shots(shots: int, val_shots: int | None) -> int:
+    """Validation images per class the coop sampler draws: ``data.val_shots``, else CoOp's ``min(K, 4)``."""
+    return min(shots, 4) if val_shots is None else val_shots
+
+
+def coop_subsets(train: Split, val: Split | None, shots: int, seed: int,
+                 val_shots: int | None = None) -> tuple[Split, Split | None]:
+    """CoOp's K-shot train and min(K, 4)-shot (or ``val_shots``) validation subsets (module docstring)."""
     rng = random.Random(seed)  # = random.seed(seed) in Dassl's set_random_seed, then the same calls
     train_subset = train.subset(np.asarray(dassl_sample(train.labels, shots, rng), dtype=np.int64), "train")
     if val is None:
         return train_subset, None
-    val_positions = dassl_sample(val.labels, min(shots, 4), rng)
+    val_positions = dassl_sample(val.labels, coop_val_shots(shots, val_shots), rng)
     return train_subset, val.subset(np.asarray(val_positions, dtype=np.int64), "val")
 
 
-def random_subsets(train: Split, val: Split | None, shots: int, seed: int) -> tuple[Split, Split | None]:
-    """K training images per class, numpy-seeded and stratified; validation kept whole."""
+def random_subsets(train: Split, val: Split | None, shots: int, seed: int,
+                   val_shots: int | None = None) -> tuple[Split, Split | None]:
+    """K training images per class, numpy-seeded and stratified; validation kept whole, or ``val_shots`` per class
+    drawn the same way."""
+    if val is not None and val_shots is not None:
+        val = val.subset(few_shot(val.labels, val_shots, seed), "val")
     return train.subset(few_shot(train.labels, shots, seed), "train"), val
 
 
 SAMPLERS = {"random": random_subsets, "coop": coop_subsets}  # data.sampler -> (train, val, K, seed) -> subsets
 
 
-def apply_shots(dataset: ClassificationDataset, shots: int, seed: int, sampler: str) -> None:
-    """Replace train (and for ``coop`` val) by their K-shot subsets, in place (``sampler`` checked by DataConfig)."""
-    train, val = SAMPLERS[sampler](dataset.split("train"), dataset.splits.get("val"), shots, seed)
+def apply_shots(dataset: ClassificationDataset, shots: int, seed: int, sampler: str,
+                val_shots: int | None = None) -> None:
+    """Replace train (and for ``coop`` or a ``val_shots`` val) by their K-shot subsets, in place (``sampler``
+    checked by DataConfig)."""
+    train, val = SAMPLERS[sampler](dataset.split("train"), dataset.splits.get("val"), shots, seed, val_shots)
     dataset.splits["train"] = train
     if val is not None:
         dataset.splits["val"] = val
-    dataset.info.update(shots=shots, sampler=sampler, seed=seed)
+    drawn_val = coop_val_shots(shots, val_shots) if sampler == "coop" else val_shots
+    dataset.info.update(shots=shots, sampler=sampler, seed=seed, val_shots=drawn_val)
 
 
 SUBSAMPLES = ("all", "base", "new")  # data.subsample
@@ -111,7 +134,8 @@ def fewshot_record(dataset: ClassificationDataset) -> dict[str, Any]:
     splits = {name: [[split.describe(i), int(split.labels[i])] for i in range(len(split))]
               for name, split in dataset.splits.items() if name in ("train", "val")}
     return {"dataset": dataset.name, "shots": dataset.info.get("shots"), "seed": dataset.info.get("seed"),
-            "sampler": dataset.info.get("sampler", "random"), "subsample": dataset.info.get("subsample", "all"),
+            "sampler": dataset.info.get("sampler", "random"), "val_shots": dataset.info.get("val_shots"),
+            "subsample": dataset.info.get("subsample", "all"),
             "classnames": list(dataset.classnames), **splits}
 
 
@@ -147,4 +171,4 @@ def apply_fewshot_file(dataset: ClassificationDataset, path: str | Path) -> None
             positions.append(where[(item, int(label))])
         dataset.splits[name] = split.subset(np.asarray(positions, dtype=np.int64), name)
     dataset.info.update(shots=record.get("shots"), sampler=record.get("sampler", "random"), seed=record.get("seed"),
-                        fewshot_file=str(path))
+                        val_shots=record.get("val_shots"), fewshot_file=str(path))

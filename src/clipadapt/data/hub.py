@@ -48,11 +48,12 @@ class HubDatasetSpec:
     classnames_key: str
     description: str = ""
     extra: dict = field(default_factory=dict)
+    sampler: str = "random"  # data.sampler when unset: coop for the CoOp benchmark's own (Flowers102)
 
 
 KNOWN_HUB_DATASETS = {
     "flowers102": HubDatasetSpec("dpdl-benchmark/oxford_flowers102", "image", "label", ["simple", "flowers"],
-                                 "flowers102", "Oxford Flowers102 (official train/val/test)"),
+                                 "flowers102", "Oxford Flowers102 (official train/val/test)", sampler="coop"),
     "cub200": HubDatasetSpec("bentrevett/caltech-ucsd-birds-200-2011", "image", "label", ["simple", "birds"],
                              "cub200", "Caltech-UCSD Birds-200-2011 (official train/test)"),
     "cifar10": HubDatasetSpec("uoft-cs/cifar10", "img", "label", ["simple", "cifar"], "cifar10",
@@ -245,7 +246,7 @@ def _register_known(key: str, spec: HubDatasetSpec) -> None:
         return build_hub_dataset(spec.repo, config, key, spec.image_column, spec.label_column,
                                  official_classnames(spec.classnames_key), spec.templates)
 
-    register_dataset(key, usage=key, help=f"{spec.description}; hub: {spec.repo}")(factory)
+    register_dataset(key, usage=key, help=f"{spec.description}; hub: {spec.repo}", sampler=spec.sampler)(factory)
 
 
 for _key, _spec in KNOWN_HUB_DATASETS.items():

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from clipadapt.config import option
 from clipadapt.data.base import ClassificationDataset, RelabelledSource, Split
-from clipadapt.data.fewshot import SAMPLERS, SUBSAMPLES, apply_fewshot_file, apply_shots, apply_subsample
+from clipadapt.data.fewshot import (
+    SAMPLERS,
+    SUBSAMPLES,
+    apply_fewshot_file,
+    apply_shots,
+    apply_subsample,
+    coop_val_shots,
+)
 from clipadapt.errors import ConfigError, DataError, UnknownNameError
 from clipadapt.registry import Registry
 
@@ -22,8 +30,13 @@ class DataConfig:
     label_column: str | None = option(None, help="label column of a hub dataset (default: auto-detect)")
     classes: list[str] | None = option(None, help="class names to use instead of the dataset's own")
     shots: int | None = option(None, help="K training images per class (seeded, stratified)")
-    sampler: str = option("random", help="how K-shot subsets are drawn: random (train only) or coop (CoOp's code: "
-                                         "train K and val min(K, 4) per class, Python's random with data.seed)")
+    sampler: str | None = option(None, help="how K-shot subsets are drawn: random (numpy, train only) or coop "
+                                            "(CoOp's code: train K and val min(K, 4) per class, Python's random "
+                                            "with data.seed); unset: coop for CoOp's datasets and a "
+                                            "data.split_file, random otherwise (a run records which)")
+    val_shots: int | None = option(None, help="validation images per class drawn with the training shots (unset: "
+                                              "the sampler's own, coop min(K, 4) or the method's reference, e.g. "
+                                              "K for prolip-val; random keeps val whole)")
     fewshot_file: str | None = option(None, help="a fewshot.json (an earlier run's, or published) whose train and "
                                                  "val images are used instead of drawing")
     subsample: str = option("all", help="classes kept, as CoOp's base-to-novel protocol splits them: all, base (the "
@@ -40,8 +53,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.shots is not None and self.shots <= 0:
             raise ConfigError(f"data.shots must be positive, got {self.shots}")
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown data.sampler '{self.sampler}'; valid choices: {', '.join(SAMPLERS)}")
+        if self.val_shots is not None and self.val_shots <= 0:
+            raise ConfigError(f"data.val_shots must be positive, got {self.val_shots}")
         if self.subsample not in SUBSAMPLES:
             raise ConfigError(f"unknown data.subsample '{self.subsample}'; valid choices: {', '.join(SUBSAMPLES)}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -57,17 +72,20 @@ class DatasetEntry:
     factory: Callable[[DataConfig, str | None], ClassificationDataset]
     takes_argument: bool = False
     usage: str = ""
+    sampler: str = "random"  # data.sampler when unset (CoOp's datasets: coop)
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
-def register_dataset(name: str, takes_argument: bool = False, usage: str = "", help: str = ""):
-    """Decorator: ``@register_dataset("cifar10")`` or ``@register_dataset("imagefolder", takes_argument=True)``."""
+def register_dataset(name: str, takes_argument: bool = False, usage: str = "", help: str = "",
+                     sampler: str = "random"):
+    """Decorator: ``@register_dataset("cifar10")`` or ``@register_dataset("imagefolder", takes_argument=True)``;
+    ``sampler`` is how its K-shot subsets are drawn where data.sampler is unset (CoOp's datasets: ``coop``)."""
 
     def wrap(factory):
         MISSING_DOC = (factory.__doc__ or "").strip().splitlines()
-        DATASETS.register(name, DatasetEntry(factory, takes_argument, usage or name),
+        DATASETS.register(name, DatasetEntry(factory, takes_argument, usage or name, sampler),
                           help=help or (MISSING_DOC[0] if MISSING_DOC else ""))
         return factory
 
@@ -94,6 +112,28 @@ def check_dataset_spec(spec: str) -> None:
     _resolve(spec)
 
 
+def resolve_sampler(config: DataConfig) -> str:
+    """``data.sampler`` as given, else ``coop`` for a CoOp split file (``data.split_file``) or a dataset registered
+    with it (CoOp's benchmark datasets), else ``random`` (issue 29: CoOp's data draws as CoOp's code by default)."""
+    if config.sampler is not None:
+        return config.sampler
+    return "coop" if config.split_file else _resolve(config.dataset)[0].sampler
+
+
+def resolved_data(config: DataConfig, val_shots: Callable[[int], int] | None = None) -> DataConfig:
+    """``config`` with its sampler resolved and, for K shots under ``coop`` without ``data.val_shots``, the
+    validation shots ``val_shots(K)`` of the method's reference where they are not CoOp's ``min(K, 4)`` (left unset,
+    as runs of earlier versions recorded it): what a run records as the data it used."""
+    if config.fewshot_file is not None:  # nothing is drawn: the file's images (and its sampler, fewshot.json)
+        return config
+    sampler = resolve_sampler(config)
+    if config.shots is not None and sampler == "coop" and config.val_shots is None and val_shots is not None:
+        wanted = val_shots(config.shots)
+        if wanted != coop_val_shots(config.shots, None):
+            return dataclasses.replace(config, sampler=sampler, val_shots=wanted)
+    return dataclasses.replace(config, sampler=sampler)
+
+
 def load_dataset(config: DataConfig) -> ClassificationDataset:
     """Build the dataset named by ``config.dataset``, apply class-name overrides and few-shot sampling."""
     entry, argument = _resolve(config.dataset)
@@ -105,7 +145,7 @@ def load_dataset(config: DataConfig) -> ClassificationDataset:
         apply_fewshot_file(dataset, config.fewshot_file)
     else:  # CoOp draws K shots over all classes, then keeps the base or new half
         if config.shots is not None:
-            apply_shots(dataset, config.shots, config.seed, config.sampler)
+            apply_shots(dataset, config.shots, config.seed, resolve_sampler(config), config.val_shots)
         apply_subsample(dataset, config.subsample)
     return dataset
 

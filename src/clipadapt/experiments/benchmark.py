@@ -4,7 +4,8 @@ method, on one machine or a Ray cluster.
 Protocols (``--protocol``, several at once share their runs):
 
 * ``few-shot``: K-shot training sets (K = 1, 2, 4, 8, 16) drawn per class with seeds 1, 2, 3 as CoOp's code draws
-  them (``data.sampler=coop``: validation min(K, 4) per class), test on the full test split; accuracy as mean ± std
+  them (``data.sampler=coop``: validation min(K, 4) per class, K for prolip-val as ProLIP's code; a class with fewer
+  images keeps them all), test on the full test split; accuracy as mean ± std
   over seeds per dataset and the average over datasets, and the accuracy-against-shots curve.
 * ``base-to-novel`` (CoCoOp): classes sorted by label, the first half is base (``data.subsample=base``); train on
   base (16 shots), test on base and on the novel half (relabelled from 0, the classifier built from their names).

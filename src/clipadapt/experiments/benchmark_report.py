@@ -260,7 +260,8 @@ def selection_blocks(cells: list[BenchCell]) -> list:
         chosen.setdefault(cell.method, set()).update(fields)
     table = [[m, ", ".join(sorted(f)) or "nothing (val-free)"] for m, f in chosen.items()]
     return [("h2", "What the methods chose on validation"),
-            ("p", "Selection uses the few-shot validation split only (min(K, 4) images per class); the test split "
+            ("p", "Selection uses the few-shot validation split only (min(K, 4) images per class, CoOp's; K for "
+                  "prolip-val, ProLIP's); the test split "
                   "is evaluated once per run. Zero-shot uses the dataset's own prompt and chooses nothing."),
             ("table", Table(["method", "chosen on the few-shot validation split"], table))]
 

@@ -91,7 +91,8 @@ def _members(run_dirs: list[Path], device: str | None):
     first_config = read_run_config(run_dirs[0])
     for run_dir, predictor in zip(run_dirs[1:], predictors[1:], strict=True):
         config = read_run_config(run_dir)
-        for key, what in (("dataset", "dataset"), ("shots", "shots"), ("seed", "data seed")):
+        for key, what in (("dataset", "dataset"), ("shots", "shots"), ("seed", "data seed"),
+                          ("sampler", "sampler")):
             if config["data"].get(key) != first_config["data"].get(key):
                 raise ConfigError(f"'{run_dir}' was trained on {what} {config['data'].get(key)!r}, '{run_dirs[0]}' "
                                   f"on {first_config['data'].get(key)!r}: ensemble members must share the data")

@@ -113,6 +113,13 @@ class Method(TrainableModule):
         return ("epoch",) if train.keep == "best" else ()
 
     @classmethod
+    def validation_shots(cls, shots: int) -> int:
+        """Validation images per class the method's reference draws beside K = ``shots`` training shots, what the
+        coop sampler draws where data.val_shots is unset: CoOp's ``min(K, 4)`` (KaiyangZhou/CoOp@
+        ff61507c790454bce7c5052c3ac39e60772f1f89 datasets/oxford_pets.py:45), which its successors keep."""
+        return min(shots, 4)
+
+    @classmethod
     def default_choices(cls) -> tuple[str, ...]:
         """What the method's default recipe chooses on validation (`clipadapt methods`, the reports)."""
         from clipadapt.engine.trainer import TrainConfig

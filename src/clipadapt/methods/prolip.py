@@ -188,6 +188,17 @@ class ProlipVal(Prolip):
     search = True
 
     @classmethod
+    def validation_shots(cls, shots: int) -> int:
+        """K validation images per class, as the reference's search validates (astra-vision/ProLIP@
+        b43e795cbf0b53a9b0aa83cf4f47d9755896ba6f main.py:84-89: ``random.seed(seed)``, then
+        ``generate_fewshot_dataset_(shots, "train")`` and ``(shots, "val")``, datasets/oxford_pets.py:127-135), drawn
+        after the training shots from the same stream as ours. Where ours differs: the reference's copy of Dassl's
+        function repeats the images of a class with fewer than K (datasets/utils.py:211 ``repeat=True``, 241-242)
+        where ours keeps them once (CoOp's ``repeat=False``, so the training images stay every method's); its
+        ImageNet draws 2K per class from train and splits them K/K (datasets/imagenet.py:206-234)."""
+        return shots
+
+    @classmethod
     def planned_choices(cls, config: ProlipConfig, train) -> tuple[str, ...]:
         cells = len(config.lrs) * len(config.lams)  # the cell, then (keep=best) the chosen cell's best iteration
         return (("lr,lambda",) if cells > 1 else ()) + super().planned_choices(config, train)
