@@ -1,6 +1,6 @@
 """The one training engine: every gradient-trained method goes through ``Trainer.fit`` unchanged.
 
-AdamW (or SGD, where a method's recipe asks for it) with a cosine schedule and warmup, gradient clipping and
+AdamW (or SGD, where a method's recipe asks for it) with a schedule (engine/schedules.py), gradient clipping and
 accumulation, Accelerate for device placement, mixed precision and multi-process runs; validation every epoch,
 early stopping, the best-on-validation weights kept; a checkpoint after every epoch from which ``resume``
 continues bit-for-bit on CPU. The test split is not touched here: the caller evaluates it once, at the end, with
@@ -34,6 +34,7 @@ from clipadapt.engine.checkpoint import (
 from clipadapt.engine.features import EncodedSplit
 from clipadapt.engine.inputs import AUGMENTATIONS, TrainingData
 from clipadapt.engine.metrics import classification_metrics
+from clipadapt.engine.schedules import build_scheduler, check_schedule
 from clipadapt.engine.selection import Choice, Selections, describe_validation
 from clipadapt.engine.tracking import Tracking, check_tracker
 from clipadapt.engine.trainable import build_optimizer
@@ -52,7 +53,12 @@ class TrainConfig:
                                           "budget (clip-lora: 500 x shots)")
     batch_size: int = option(32, help="training images per step and process (before accumulation)")
     grad_accum: int = option(1, help="batches accumulated per optimizer step")
+    schedule: str = option("cosine", help="cosine (linear warmup over train.warmup, cosine per step to min_lr) or "
+                                          "dassl (warmup_epochs at warmup_lr, then a cosine stepped per epoch)")
     warmup: float = option(0.1, help="share of the steps with linear warmup before the cosine decay")
+    min_lr: float = option(0.0, help="the learning rate the cosine decays to (absolute, every parameter group)")
+    warmup_epochs: int = option(1, help="dassl schedule: epochs at the constant warmup_lr before the cosine")
+    warmup_lr: float = option(1e-5, help="dassl schedule: the constant learning rate of the warmup epochs")
     grad_clip: float = option(1.0, help="clip the gradient norm to this (0: off)")
     patience: int = option(3, help="stop after this many epochs without a better validation score (0: never)")
     head_templates: str | None = option(None, help="template set (name, file, or one template with {}) that "
@@ -76,6 +82,7 @@ class TrainConfig:
             raise ConfigError(f"train.steps must be positive, got {self.steps}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"train.warmup must be in [0, 1), got {self.warmup}")
+        check_schedule(self)
         if self.grad_clip < 0 or self.patience < 0:
             raise ConfigError("train.grad_clip and train.patience must be >= 0")
         if self.augment not in AUGMENTATIONS:
@@ -196,11 +203,9 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------------------------
     def build_optimizer(self, method) -> tuple[torch.optim.Optimizer, Any, int]:
-        from transformers import get_cosine_schedule_with_warmup
-
         optimizer = build_optimizer(method)
         steps_per_epoch, total = self.schedule(method)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.config.warmup * total), total)
+        scheduler = build_scheduler(optimizer, self.config, steps_per_epoch, total)
         return optimizer, scheduler, steps_per_epoch
 
     def schedule(self, method) -> tuple[int, int]:
