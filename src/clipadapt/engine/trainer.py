@@ -43,6 +43,7 @@ from clipadapt.progress import training_progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KEEPS = ("best", "last")
+DATASET_PROMPT = "coop"  # train.head_templates: the dataset's own prompt (ClassificationDataset.coop_template_set)
 
 
 @dataclass
@@ -61,9 +62,10 @@ class TrainConfig:
     warmup_lr: float = option(1e-5, help="dassl schedule: the constant learning rate of the warmup epochs")
     grad_clip: float = option(1.0, help="clip the gradient norm to this (0: off)")
     patience: int = option(3, help="stop after this many epochs without a better validation score (0: never)")
-    head_templates: str | None = option(None, help="template set (name, file, or one template with {}) that "
-                                                   "zero-shot-initialised heads and frozen text classifiers are "
-                                                   "built from (default: the dataset's recommended sets)")
+    head_templates: str | None = option(None, help="template set (name, file, one template with {}, or coop: the "
+                                                   "dataset's CoOp prompt) that zero-shot-initialised heads and "
+                                                   "frozen text classifiers are built from (default: the dataset's "
+                                                   "recommended sets)")
     keep: str = option("best", help="the weights kept: best (the epoch with the best validation score; early "
                                     "stopping with patience) or last (nothing chosen on validation: val-free)")
     augment: str = option("none", help="training augmentation of images: none, flip or crop-flip")
@@ -89,7 +91,7 @@ class TrainConfig:
             raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown train.precision '{self.precision}'; valid choices: {', '.join(PRECISIONS)}")
-        if self.head_templates:
+        if self.head_templates and self.head_templates != DATASET_PROMPT:
             from clipadapt.data.prompts import resolve_template_set
 
             resolve_template_set(self.head_templates)  # an unknown name: one line with the valid choices
@@ -209,13 +211,13 @@ class Trainer:
         return optimizer, scheduler, steps_per_epoch
 
     def schedule(self, method) -> tuple[int, int]:
-        """``(steps per epoch, total steps)``: train.epochs of steps, or an iteration budget (train.steps, else the
-        method's own ``train_steps``)."""
+        """``(steps per epoch, total steps)``: an iteration budget (train.steps, else the method's own
+        ``train_steps``), else the method's own ``train_epochs`` or train.epochs of steps."""
         world = self.accelerator.num_processes
         per_process = math.ceil(self.data.num_items(method.inputs, "train") / world)
         steps_per_epoch = math.ceil(math.ceil(per_process / self.config.batch_size) / self.config.grad_accum)
         budget = self.config.steps or method.train_steps(self)
-        return steps_per_epoch, budget or steps_per_epoch * self.config.epochs
+        return steps_per_epoch, budget or steps_per_epoch * (method.train_epochs(self) or self.config.epochs)
 
     def fit(self, method) -> FitResult:
         acc, cfg = self.accelerator, self.config
