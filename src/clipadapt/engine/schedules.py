@@ -9,8 +9,9 @@
   schedule per stage): with ``warmup=0`` this is the same curve.
 * ``dassl``: Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(optimizer, max_epoch)``, stepped once per
   epoch (KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/optim/lr_scheduler.py:35-54 and
-  :128-141; the trainers call ``update_lr`` after an epoch's last batch, KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89
-  trainers/coop.py:282). Epoch ``e`` (from 0) trains at ``warmup_lr`` while ``e < warmup_epochs``, then at
+  :128-141; the trainers call ``update_lr`` after an epoch's last batch,
+  KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89 trainers/coop.py:281-282). Epoch ``e`` (from 0) trains at
+  ``warmup_lr`` while ``e < warmup_epochs``, then at
   ``min_lr + (lr - min_lr) (1 + cos(pi (e - warmup_epochs) / epochs)) / 2`` (``WARMUP_RECOUNT=True``, Dassl's
   default, dassl/config/defaults.py:185: the cosine starts at its own step 0 after the warmup, so it never reaches
   its minimum inside the run). The CoOp, CoCoOp and MaPLe configs use one warmup epoch at 1e-5

@@ -15,8 +15,9 @@ One iteration budget, ``iterations_per_shot x K`` optimizer steps (reference: 30
 novel half of base-to-novel, another dataset's classes) is embedded by the adapted text tower. So the run moves to
 new classes (``per_class_state`` is empty) and its trained rows are matched by class name.
 
-Defaults are the reference code's fixed setting (FarinaMatteo/rethinking_fewshot_vlms@64ac143c7d22803bfeeaadfe42f570220ab29b06
-``main.py:41-65``): AdamW lr 2e-4, weight decay 1e-2, batch 32, 300 x K iterations, 60% in the first stage; each
+Defaults are the reference code's fixed setting
+(FarinaMatteo/rethinking_fewshot_vlms@64ac143c7d22803bfeeaadfe42f570220ab29b06 ``main.py:41-65``):
+AdamW lr 2e-4, weight decay 1e-2, batch 32, 300 x K iterations, 60% in the first stage; each
 stage a cosine without warmup to 1e-6 over its own steps (``fs/twostage.py:263, 297``: ``train.min_lr=1e-6``, the
 engine's schedule restarting per stage); no gradient clipping; the prompt "a photo of a {}." on every dataset (its
 ``datasets/*.py`` keep the per-dataset templates commented out: ``train.head_templates``); nothing is chosen on
