@@ -60,6 +60,7 @@ def test_dassl_schedule_equals_dassls_scheduler_stepped_per_epoch(epochs, per_ep
     expected = []
     for _ in range(epochs):  # the trainers step it after an epoch's last batch
         expected.append(reference_opt.param_groups[0]["lr"])
+        reference_opt.step()
         reference.step()
     optimizer = _optimizer(0.002)
     ours = build_scheduler(optimizer, TrainConfig(schedule="dassl"), per_epoch, epochs * per_epoch)
@@ -178,7 +179,7 @@ def test_coop_epochs_follow_the_references_shot_count(shots, dataset, epochs):
 
 
 def test_the_coop_prompt_is_the_datasets_own():
-    assert [resolve_template_set(coop_template_set(key)).templates for key in ("dtd", "eurosat", "oxford_flowers")] \
+    assert [resolve_template_set(coop_template_set(key)).templates for key in ("dtd", "eurosat", "oxford_pets")] \
         == [["{} texture."], ["a centered satellite photo of {}."], ["a photo of a {}, a type of pet."]]
     imagenet = resolve_template_set(coop_template_set("imagenet")).templates
     assert len(imagenet) == 7 and imagenet[0] == "itap of a {}." and coop_template_set("imagenet-a") == "imagenet-7"
