@@ -202,13 +202,16 @@ def four_colour_folder(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name, settings", [("cocoop", ["train.batch_size=4"]), ("maple", ["maple.depth=2"])])
+@pytest.mark.parametrize("name, settings", [("cocoop", ["train.batch_size=4"]), ("maple", [])])
 def test_base_to_novel_after_training_on_base(name, settings, tiny_clip_dir, four_colour_folder, tmp_path):
     output = run_training(load_experiment(name, None, [
         f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{four_colour_folder}",
         "data.num_workers=0", "data.subsample=base", "train.epochs=2", f"run.out={tmp_path / 'run'}", *settings]))
     record = output.record
     assert record["config"]["train"]["keep"] == "last" and record["selection"]["chose"] == []  # the recipe's
+    # MaPLe's default depth (9 of 12 layers) adapted to the tiny model's 2, and recorded
+    assert record["effective"] == ({"maple.depth": 2} if name == "maple" else {})
+    assert json.loads((output.run_dir / "metrics.json").read_text())["effective"] == record["effective"]
     result = evaluate_run(output.run_dir, "test", data=["data.subsample=new"])
     _, dataset, method = load_run(output.run_dir, data=["data.subsample=new"])
     test = dataset.split("test")  # the new classes' accuracy, recomputed image by image with the loaded method
@@ -256,7 +259,20 @@ def test_bad_settings_name_the_limit(setting, message):
 def test_maple_deeper_than_the_model_is_refused(tiny_clip_dir, dataset):
     with pytest.raises(ConfigError, match=r"^maple.depth=9 is beyond the model's depth: its towers have 2 layers "
                                           r"\(the shallower one\), so maple.depth must be between 1 and 2$"):
-        make("maple", tiny_clip_dir, dataset)
+        make("maple", tiny_clip_dir, dataset, "maple.depth=9")
+
+
+@pytest.mark.parametrize("layers, depth", [(12, 9), (2, 2), (1, 1), (6, 5), (24, 18)])
+def test_maple_default_depth_is_the_references_share_of_the_layers(layers, depth, tiny_clip_dir, dataset,
+                                                                   monkeypatch):
+    from clipadapt.methods import maple
+
+    method = make("maple", tiny_clip_dir, dataset)  # the tiny model: 2 of 2 layers
+    assert method.depth == 2 and len(method.head.deep) == 1 and len(method.vision_prompts.coupling) == 2
+    monkeypatch.setattr(maple, "model_depth", lambda b: layers)
+    config = load_experiment("maple", None, []).maple
+    assert config.depth is None and maple.prompt_depth(config, method.bundle) == depth
+    assert maple.prompt_depth(dataclasses.replace(config, depth=1), method.bundle) == 1  # an explicit one is kept
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,10 @@ def test_lp_pp_starts_and_steps_as_the_reference(tiny_clip_dir, dataset):
     shots = len(f) // len(t)
     alpha_tilde = np.array([(f[y == k] @ t[k]).mean() for k in range(len(t))]) * shots
     assert float(method.alpha[0].detach()) == pytest.approx(np.mean(250 / shots * alpha_tilde), rel=1e-5)
-    assert sorted(method.per_class_state()) == ["alpha", "prototypes"]
+    assert sorted(method.per_class_state()) == ["alpha", "bias", "prototypes"]
+    bound = 1 / f.shape[1] ** 0.5  # nn.Linear's bias initialisation, as the reference's classifier
+    bias = method.bias.detach().numpy()
+    assert method.bias.requires_grad and np.all(np.abs(bias) <= bound) and np.ptp(bias) > 0
 
 
 def test_lp_pp_is_val_free_by_default_and_keeps_the_best_iteration_when_asked(tiny_clip_dir, colour_folder,
@@ -153,6 +156,21 @@ def test_lp_pp_is_val_free_by_default_and_keeps_the_best_iteration_when_asked(ti
     assert best.record["selection"]["chose"] == ["epoch"]
     history = (best.run_dir / "history.csv").read_text().splitlines()
     assert len(history) == 21  # one row per iteration
+
+
+def test_lp_pp_trains_a_bias_as_the_references_linear_layer(tiny_clip_dir, dataset):
+    method, trainer = built("lp++", tiny_clip_dir, dataset, "lp_pp.iterations=10")
+    start = method.bias.detach().clone()
+    method.fit(trainer)
+    assert not torch.equal(method.bias.detach(), start)  # trained with the prototypes (SGD over nn.Linear's params)
+    features = trainer.features("train").features
+    with torch.no_grad():
+        with_bias = method.classify(features)
+        method.config.bias = False
+        without = method.classify(features)
+    torch.testing.assert_close(with_bias - without, method.bias.detach().expand_as(with_bias))
+    plain, _ = built("lp++", tiny_clip_dir, dataset, "lp_pp.bias=false")
+    assert "bias" not in plain.trainable_parameters() and "bias" not in plain.per_class_state()
 
 
 # -- prolip -----------------------------------------------------------------------------------------------

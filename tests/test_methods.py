@@ -21,10 +21,9 @@ from clipadapt.models import load_model
 ALL_METHODS = list_methods()
 
 
-# per config section, what the tests need offline, in time or on the tiny CLIP: maple's default depth is 9 (the tiny
-# model has 2 layers); prolip-val's grid is 2 x 2 here (49 runs in its recipe)
-SECTION_SETTINGS: dict[str, list[str]] = {"maple": ["maple.depth=2"],
-                                          "prolip": ["prolip.lrs=[0.01,0.0001]", "prolip.lams=[0,1]"]}
+# per config section, what the tests need offline, in time or on the tiny CLIP: prolip-val's grid is 2 x 2 here (49
+# runs in its recipe); maple's default depth adapts to the tiny model's 2 layers
+SECTION_SETTINGS: dict[str, list[str]] = {"prolip": ["prolip.lrs=[0.01,0.0001]", "prolip.lams=[0,1]"]}
 
 
 @pytest.fixture(autouse=True)
@@ -160,13 +159,13 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
         "tip-adapter": 0,  # training-free: the cache is state, not trained
         "tip-adapter-f": train_images * projection,  # the keys: one per training image
         "clip-adapter": 2 * projection * (projection // 4),  # the bottleneck MLP, no biases; the head is frozen
-        # every LayerNorm (vision: pre, 2 per layer, post; text: 2 per layer, final), then the classifier's rows
-        "2sfs": (2 * d + layers * 4 * d + 2 * d) + (text.num_hidden_layers * 4 * text_width + 2 * text_width)
-                + cosine_head,
+        # the two LayerNorms of every block of both towers (weight and bias each; not the towers' pre, post and
+        # final norms, as the reference), then the classifier's rows
+        "2sfs": layers * 2 * 2 * d + text.num_hidden_layers * 2 * 2 * text_width + cosine_head,
         # q, k, v of every layer of both towers, r=2: A (r x d) and B (d x r) each; no head
         "clip-lora": 2 * 2 * (3 * d * layers + 3 * text_width * text.num_hidden_layers),
         "gda": 0,  # training-free: class means and a shared covariance give the classifier (state)
-        "lp++": classes * projection + classes,  # a visual prototype and a blending ratio per class
+        "lp++": classes * projection + 2 * classes,  # a visual prototype, a blending ratio and a bias per class
         "prolip": d * projection,  # visual_projection alone (no bias)
         "prolip-val": d * projection,
     }[name]

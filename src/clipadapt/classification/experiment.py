@@ -12,7 +12,7 @@ from clipadapt.data.prompts import TemplateSet, resolve_template_set, resolve_te
 from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.rundir import TrainRunConfig
-from clipadapt.engine.trainer import TrainConfig
+from clipadapt.engine.trainer import DATASET_PROMPT, TrainConfig
 from clipadapt.methods import METHODS, Method
 from clipadapt.models.config import ModelConfig
 
@@ -49,8 +49,11 @@ def load_experiment(method: str, config_file: str | Path | None = None,
 
 def head_templates(dataset, setting: str | None = None) -> TemplateSet:
     """The templates zero-shot-initialised heads and frozen text classifiers are built from: ``train.head_templates``
-    (a set's name, a file, or one template such as "This is a photo of a {}"), else the dataset's recommended template
-    sets as one ensemble."""
+    (a set's name, a file, one template such as "This is a photo of a {}", or ``coop``: the dataset's own prompt as
+    the few-shot references use it, ``dataset.coop_template_set``), else the dataset's recommended template sets as
+    one ensemble."""
+    if setting == DATASET_PROMPT:
+        return resolve_template_set(dataset.coop_template_set)
     if setting:
         return resolve_template_set(setting)
     templates: list = []

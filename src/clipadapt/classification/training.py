@@ -96,7 +96,7 @@ def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluatio
                processes: int, selections: Selections) -> dict:
     """metrics.json of a classification run (also of a WiSE-FT run, whose "fit" is its alpha search); its
     ``selection`` is what ``selections`` recorded while the run chose (engine/selection.py)."""
-    return build_metrics_record(
+    record = build_metrics_record(
         method=cfg.method, model=method.reported_model or cfg.model.spec, dataset=dataset.name, split=evaluation.split,
         metrics=evaluation.metrics, params=method.num_parameters(),
         cost={"train_time_s": round(fit.train_time_s, 3), "peak_mem_mb": round(peak_memory_mb(device), 1),
@@ -107,6 +107,8 @@ def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluatio
         num_classes=dataset.num_classes,
         shots=dataset.info.get("shots"), test_loss=round(evaluation.loss, 6), processes=processes,
     )
+    record["effective"] = method.effective_settings()  # what the recipe resolved for this model (MaPLe's depth)
+    return record
 
 
 def write_run_results(run_dir: Path, method: Method, dataset, fit: FitResult, evaluation: Evaluation,

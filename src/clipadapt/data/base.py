@@ -130,6 +130,9 @@ class ClassificationDataset:
     splits: dict[str, Split]
     templates: list[str] = field(default_factory=lambda: ["simple"])
     info: dict[str, Any] = field(default_factory=dict)
+    # the few-shot references' classifier prompt (``train.head_templates=coop``): CoOp's hand-crafted template of the
+    # dataset, the seven ImageNet templates on the ImageNet family; None: ``default_template_set``
+    coop_templates: str | None = None
 
     def __post_init__(self) -> None:
         if not self.classnames:
@@ -143,6 +146,11 @@ class ClassificationDataset:
     def default_template_set(self) -> str:
         """The a-priori template set: the dataset's own (listed last: ``flowers`` for flowers102), else ``simple``."""
         return self.templates[-1] if self.templates else "simple"
+
+    @property
+    def coop_template_set(self) -> str:
+        """The template set (or one template) the few-shot references build their text classifier from."""
+        return self.coop_templates or self.default_template_set
 
     def held_out_splits(self, used: tuple[str, ...] = ("train", "val")) -> list[str]:
         """The splits that share no image with the ``used`` ones (what may be evaluated)."""

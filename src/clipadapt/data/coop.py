@@ -191,6 +191,14 @@ def template_sets(key: str) -> list[str]:
         else ["simple", spec.template_set])
 
 
+def coop_template_set(key: str) -> str:
+    """The few-shot references' prompt for a CoOp dataset: CoOp's own (``dataset.template`` in
+    mrflogs/ICLR24@560fe211700964c915442ff98dbe47dd09656a35 datasets/*.py, e.g. datasets/dtd.py:8), the seven templates
+    on the ImageNet family (datasets/imagenet.py:180-186 there)."""
+    spec = COOP_DATASETS[key]
+    return "imagenet-7" if spec.template_set == "coop-imagenet" else spec.template_set
+
+
 def _label_map(key: str, spec: CoopSpec, feature, label_col: str) -> tuple[np.ndarray | None, list[str]]:
     """(hub label -> our label, -1 for dropped classes; None when the same) and our class names."""
     import datasets
@@ -262,6 +270,7 @@ def _from_hub(key: str, spec: CoopSpec, config: DataConfig) -> ClassificationDat
     splits = make_splits(key, found.get("train"), found.get("test"), found.get("val"),
                          val_fraction=config.val_fraction, seed=config.seed)
     return ClassificationDataset(name=key, classnames=classnames, splits=splits, templates=template_sets(key),
+                                 coop_templates=coop_template_set(key),
                                  info={"repo": spec.repo, "image_column": image_col, "label_column": label_col,
                                        "local_copy": config.root})
 
@@ -289,6 +298,7 @@ def _from_coop_folder(key: str, spec: CoopSpec, config: DataConfig, root: Path) 
                          val_fraction=config.val_fraction, seed=config.seed)
     info = {"coop_folder": str(root.resolve()), "split_file": str(split_path) if split_path else None}
     return ClassificationDataset(name=key, classnames=classnames, splits=splits, templates=template_sets(key),
+                                 coop_templates=coop_template_set(key),
                                  info=info)
 
 

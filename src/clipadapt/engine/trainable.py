@@ -91,6 +91,11 @@ class TrainableModule(nn.Module):
         trains train.epochs."""
         return None
 
+    def train_epochs(self, trainer: Trainer) -> int | None:
+        """The method's own number of epochs (coop: the reference's count for the run's shots), used when neither
+        train.steps nor ``train_steps`` sets a budget; None trains train.epochs."""
+        return None
+
     def fit(self, trainer: Trainer) -> FitResult:
         """Train the method; gradient training by default, a closed-form method overrides this."""
         return trainer.fit(self)

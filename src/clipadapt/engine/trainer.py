@@ -1,6 +1,6 @@
 """The one training engine: every gradient-trained method goes through ``Trainer.fit`` unchanged.
 
-AdamW (or SGD, where a method's recipe asks for it) with a cosine schedule and warmup, gradient clipping and
+AdamW (or SGD, where a method's recipe asks for it) with a schedule (engine/schedules.py), gradient clipping and
 accumulation, Accelerate for device placement, mixed precision and multi-process runs; validation every epoch,
 early stopping, the best-on-validation weights kept; a checkpoint after every epoch from which ``resume``
 continues bit-for-bit on CPU. The test split is not touched here: the caller evaluates it once, at the end, with
@@ -34,6 +34,7 @@ from clipadapt.engine.checkpoint import (
 from clipadapt.engine.features import EncodedSplit
 from clipadapt.engine.inputs import AUGMENTATIONS, TrainingData
 from clipadapt.engine.metrics import classification_metrics
+from clipadapt.engine.schedules import build_scheduler, check_schedule
 from clipadapt.engine.selection import Choice, Selections, describe_validation
 from clipadapt.engine.tracking import Tracking, check_tracker
 from clipadapt.engine.trainable import build_optimizer
@@ -42,6 +43,7 @@ from clipadapt.progress import training_progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KEEPS = ("best", "last")
+DATASET_PROMPT = "coop"  # train.head_templates: the dataset's own prompt (ClassificationDataset.coop_template_set)
 
 
 @dataclass
@@ -52,12 +54,18 @@ class TrainConfig:
                                           "budget (clip-lora: 500 x shots)")
     batch_size: int = option(32, help="training images per step and process (before accumulation)")
     grad_accum: int = option(1, help="batches accumulated per optimizer step")
+    schedule: str = option("cosine", help="cosine (linear warmup over train.warmup, cosine per step to min_lr) or "
+                                          "dassl (warmup_epochs at warmup_lr, then a cosine stepped per epoch)")
     warmup: float = option(0.1, help="share of the steps with linear warmup before the cosine decay")
+    min_lr: float = option(0.0, help="the learning rate the cosine decays to (absolute, every parameter group)")
+    warmup_epochs: int = option(1, help="dassl schedule: epochs at the constant warmup_lr before the cosine")
+    warmup_lr: float = option(1e-5, help="dassl schedule: the constant learning rate of the warmup epochs")
     grad_clip: float = option(1.0, help="clip the gradient norm to this (0: off)")
     patience: int = option(3, help="stop after this many epochs without a better validation score (0: never)")
-    head_templates: str | None = option(None, help="template set (name, file, or one template with {}) that "
-                                                   "zero-shot-initialised heads and frozen text classifiers are "
-                                                   "built from (default: the dataset's recommended sets)")
+    head_templates: str | None = option(None, help="template set (name, file, one template with {}, or coop: the "
+                                                   "dataset's CoOp prompt) that zero-shot-initialised heads and "
+                                                   "frozen text classifiers are built from (default: the dataset's "
+                                                   "recommended sets)")
     keep: str = option("best", help="the weights kept: best (the epoch with the best validation score; early "
                                     "stopping with patience) or last (nothing chosen on validation: val-free)")
     augment: str = option("none", help="training augmentation of images: none, flip or crop-flip")
@@ -76,13 +84,14 @@ class TrainConfig:
             raise ConfigError(f"train.steps must be positive, got {self.steps}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"train.warmup must be in [0, 1), got {self.warmup}")
+        check_schedule(self)
         if self.grad_clip < 0 or self.patience < 0:
             raise ConfigError("train.grad_clip and train.patience must be >= 0")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown train.precision '{self.precision}'; valid choices: {', '.join(PRECISIONS)}")
-        if self.head_templates:
+        if self.head_templates and self.head_templates != DATASET_PROMPT:
             from clipadapt.data.prompts import resolve_template_set
 
             resolve_template_set(self.head_templates)  # an unknown name: one line with the valid choices
@@ -196,21 +205,19 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------------------------
     def build_optimizer(self, method) -> tuple[torch.optim.Optimizer, Any, int]:
-        from transformers import get_cosine_schedule_with_warmup
-
         optimizer = build_optimizer(method)
         steps_per_epoch, total = self.schedule(method)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.config.warmup * total), total)
+        scheduler = build_scheduler(optimizer, self.config, steps_per_epoch, total)
         return optimizer, scheduler, steps_per_epoch
 
     def schedule(self, method) -> tuple[int, int]:
-        """``(steps per epoch, total steps)``: train.epochs of steps, or an iteration budget (train.steps, else the
-        method's own ``train_steps``)."""
+        """``(steps per epoch, total steps)``: an iteration budget (train.steps, else the method's own
+        ``train_steps``), else the method's own ``train_epochs`` or train.epochs of steps."""
         world = self.accelerator.num_processes
         per_process = math.ceil(self.data.num_items(method.inputs, "train") / world)
         steps_per_epoch = math.ceil(math.ceil(per_process / self.config.batch_size) / self.config.grad_accum)
         budget = self.config.steps or method.train_steps(self)
-        return steps_per_epoch, budget or steps_per_epoch * self.config.epochs
+        return steps_per_epoch, budget or steps_per_epoch * (method.train_epochs(self) or self.config.epochs)
 
     def fit(self, method) -> FitResult:
         acc, cfg = self.accelerator, self.config

@@ -286,6 +286,11 @@ class Method(TrainableModule):
                 for name, value in end.items()}
 
     # -- weights ------------------------------------------------------------------------------------------
+    def effective_settings(self) -> dict[str, Any]:
+        """Settings the method resolved for this model or data where its config leaves them to the recipe (MaPLe's
+        depth on a shallow model), by config key; metrics.json records them as ``effective``."""
+        return {}
+
     def metadata(self) -> dict[str, str]:
         return {"method": self.name, "model_fingerprint": self.fingerprint,
                 "classes": "\n".join(self.trained_classes or self.classnames)}

@@ -43,12 +43,22 @@ class CoOpConfig(OptimizerConfig):
     image_features: str = option("cached", help="cached (encode the images once) or recompute (every step)")
     share_prefix: bool = option(True, help="encode the tokens all prompts share (start + shared context) once per "
                                            "step instead of once per class: the same numbers, less work")
-    lr: float = option(2e-3, help="peak learning rate of the context vectors")
+    lr: float = option(2e-3, help="peak learning rate of the context vectors (the reference's SGD at 0.002)")
+    # the reference's optimizer: SGD at 0.002 (KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89
+    # configs/trainers/CoOp/vit_b16.yaml:16-17), momentum 0.9 and weight decay 5e-4 (Dassl's defaults,
+    # KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/config/defaults.py:153-154)
+    optimizer: str = option("sgd", help="adamw or sgd (the reference: SGD, momentum 0.9)")
+    weight_decay: float = option(5e-4, help="weight decay (the reference's, Dassl's default 5e-4)")
+    epochs: int | None = option(None, help="epochs (default: the reference's for the run's shots: 50 at 1 shot, "
+                                           "100 at 2-4, 200 at 8 or more, 50 on ImageNet; train.epochs without "
+                                           "shots); train.steps wins")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_ctx <= 0:
             raise ConfigError(f"coop.n_ctx must be positive, got {self.n_ctx}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"coop.epochs must be positive, got {self.epochs}")
         if self.class_token_position not in POSITIONS:
             raise ConfigError(f"unknown coop.class_token_position '{self.class_token_position}'; valid choices: "
                               f"{', '.join(POSITIONS)}")
@@ -261,6 +271,12 @@ class CoOp(Method):
     """Learned text context (CoOp); trains on cached image features, only the text tower runs per step."""
 
     export_refusal = "its learned context vectors are not words: no text prompt of the pipeline can hold them"
+    # the reference (KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89): batch 32, Dassl's constant warmup
+    # epoch at 1e-5 then a per-epoch cosine (configs/trainers/CoOp/vit_b16.yaml:3,15-22; engine/schedules.py), no
+    # gradient clipping (trainers/coop.py:271-282: backward and step through Dassl's model_backward_and_update), the
+    # last epoch's weights (Dassl's TEST.FINAL_MODEL="last_step",
+    # KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/config/defaults.py:216): val-free
+    train_defaults = {"keep": "last", "batch_size": 32, "schedule": "dassl", "grad_clip": 0.0}
 
     @classmethod
     def check(cls, config: CoOpConfig, bundle, classnames) -> None:
@@ -270,6 +286,18 @@ class CoOp(Method):
     def __init__(self, bundle, classnames, config: CoOpConfig, templates) -> None:
         self.inputs = "features" if config.image_features == "cached" else "pixels"
         super().__init__(bundle, classnames, config, templates)
+
+    def train_epochs(self, trainer) -> int | None:
+        """``coop.epochs``, else the reference's count for the run's shots (COOP.md:13-22: the ``*_ep50`` configs at
+        1 shot and on ImageNet, ``*_ep100`` at 2 and 4, the 200-epoch configs at 8 and 16); None without shots."""
+        if self.config.epochs is not None:
+            return self.config.epochs
+        shots = trainer.data.dataset.info.get("shots")
+        if not shots:
+            return None
+        if trainer.data.dataset.name.split(":")[-1] == "imagenet" or shots == 1:
+            return 50
+        return 100 if shots <= 4 else 200
 
     def per_class_state(self) -> list[str]:
         """The shared context moves to any classes; per-class contexts (``class_specific``) do not."""

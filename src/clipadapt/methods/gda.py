@@ -81,6 +81,10 @@ class Gda(Method):
     """Gaussian discriminant analysis on cached features added to zero-shot (training-free); alpha chosen on val."""
 
     inputs = "features"
+    # the zero-shot classifier from the dataset's CoOp prompt (seven templates on ImageNet): clip_classifier(
+    # dataset.classnames, dataset.template, ...) at mrflogs/ICLR24@560fe211700964c915442ff98dbe47dd09656a35
+    # main_few_shots.py:139
+    train_defaults = {"head_templates": "coop"}
 
     @classmethod
     def planned_choices(cls, config: GdaConfig, train) -> tuple[str, ...]:

@@ -15,8 +15,10 @@ coordinate descent with data-driven step sizes; definitions from the reference c
   that is kept (``alpha_grad=accumulated``); ``fresh`` uses the last ``alpha_every`` iterations' gradients only.
 * 300 iterations (the reference's ``train_epoch``).
 
-Where ours differs: no bias (the paper's logit has none; the reference's ``nn.Linear`` has one, randomly
-initialised, trained). What it chooses on validation: nothing by default (the paper is validation-free;
+* A bias per class, as the reference's ``nn.Linear(D, K, bias=True)`` (``linear_probe_p2.py:96``): its weight is
+  replaced by the centroids, its bias keeps ``nn.Linear``'s initialisation, uniform in ``+-1/sqrt(D)``, and trains with
+  ``w`` (SGD over ``classifier.parameters()``, ``linear_probe_p2.py:116``). The paper's logit has none
+  (``lp_pp.bias=false``). What it chooses on validation: nothing by default (the paper is validation-free;
 ``train.keep=last``); with ``train.keep=best`` it keeps the iteration with the best validation accuracy, which is
 what the reference code reports.
 """
@@ -49,6 +51,8 @@ class LpPlusPlusConfig:
     alpha_grad: str = option("accumulated", help="accumulated (the reference: alpha's gradient is never cleared) "
                                                  "or fresh (the gradients since its last update)")
     momentum: float = option(0.9, help="SGD momentum of the visual prototypes")
+    bias: bool = option(True, help="a trained bias per class, as the reference's nn.Linear (false: the paper's "
+                                   "logit, without)")
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.alpha_every < 1:
@@ -90,7 +94,9 @@ class LpPlusPlus(Method):
     """Linear probe blending visual prototypes with text embeddings by learned class-wise ratios (full batch)."""
 
     inputs = "features"
-    train_defaults = {"keep": "last"}
+    # text weights from the dataset's CoOp prompt (seven templates on ImageNet):
+    # FereshteShakeri/FewShot-CLIP-Strong-Baseline@f81054f995b060f8348d20e7306e15889b70c786 main.py:78-79
+    train_defaults = {"keep": "last", "head_templates": "coop"}
     gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() uses the paper's step sizes
 
     def __init__(self, bundle, classnames, config: LpPlusPlusConfig, templates) -> None:
@@ -98,6 +104,10 @@ class LpPlusPlus(Method):
         freeze(self.head)
         self.prototypes = nn.Parameter(torch.zeros(len(self.classnames), bundle.embed_dim))
         self.alpha = nn.Parameter(torch.ones(len(self.classnames)))
+        # nn.Linear's own bias initialisation, as the reference's classifier (linear_probe_p2.py:96)
+        bound = 1 / bundle.embed_dim ** 0.5
+        self.bias = nn.Parameter(torch.empty(len(self.classnames)).uniform_(-bound, bound),
+                                 requires_grad=config.bias)
 
     def make_head(self, bundle, templates) -> nn.Module:
         return build_head("zeroshot", bundle, self.classnames, templates)
@@ -107,14 +117,15 @@ class LpPlusPlus(Method):
 
     def classify(self, inputs: torch.Tensor) -> torch.Tensor:
         f = nn.functional.normalize(self.image_features(inputs), dim=-1)
-        return f @ self.prototypes.to(f.dtype).T + self.alpha.to(f.dtype) * (f @ self.text_embeddings().to(f.dtype).T)
+        logits = f @ self.prototypes.to(f.dtype).T + self.alpha.to(f.dtype) * (f @ self.text_embeddings().to(f.dtype).T)
+        return logits + self.bias.to(f.dtype) if self.config.bias else logits
 
     def param_groups(self):
-        return [{"name": "lp++", "params": [self.prototypes, self.alpha], "lr": self.gradient_lr}]
+        return [{"name": "lp++", "params": list(self.trainable_parameters().values()), "lr": self.gradient_lr}]
 
     def per_class_state(self) -> list[str]:
-        """A prototype and a blending ratio per class."""
-        return ["prototypes", "alpha"]
+        """A prototype, a blending ratio and a bias per class."""
+        return ["prototypes", "alpha"] + (["bias"] if self.config.bias else [])
 
     def initialise(self, trainer: Trainer) -> tuple[float, float]:
         """The paper's data-driven start; returns the step sizes ``(lr_w, lr_alpha)``."""
@@ -131,7 +142,8 @@ class LpPlusPlus(Method):
         self.to(trainer.accelerator.device)
         lr_w, lr_alpha = self.initialise(trainer)
         config = self.config
-        optimizer = torch.optim.SGD([self.prototypes], lr=lr_w, momentum=config.momentum)
+        weights = [self.prototypes, self.bias] if config.bias else [self.prototypes]  # the reference's nn.Linear
+        optimizer = torch.optim.SGD(weights, lr=lr_w, momentum=config.momentum)
         self.alpha.grad = None
         count = [0]
 

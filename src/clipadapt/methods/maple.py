@@ -36,7 +36,9 @@ from clipadapt.models.bundle import ClipBundle
 
 @dataclass
 class MaPLeConfig(OptimizerConfig):
-    depth: int = option(9, help="layers of both towers that get prompts (the reference: 9 of CLIP's 12)")
+    depth: int | None = option(None, help="layers of both towers that get prompts (default: the reference's 9 of "
+                                          "CLIP's 12 layers, in proportion for other models: round(9/12 x layers), "
+                                          "at least 1; the run records it in metrics.json's effective)")
     length: int = option(2, help="prompt tokens per layer and tower")
     init: str = option("a photo of a", help="the prompt's words: the first `length` start the learned prompt, the "
                                             "rest stay words (empty, or fewer words than `length`: N(0, 0.02))")
@@ -48,10 +50,28 @@ class MaPLeConfig(OptimizerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.depth < 1:
+        if self.depth is not None and self.depth < 1:
             raise ConfigError(f"maple.depth must be >= 1 (1: prompts in the first layer only), got {self.depth}")
         if self.length < 1:
             raise ConfigError(f"maple.length must be >= 1, got {self.length}")
+
+
+# the reference's PROMPT_DEPTH 9 of ViT-B/16's 12 layers (configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:36 at
+# muzairkhattak/multimodal-prompt-learning@69bce21ae8eda80ad6187534b2dce09cf6c59e17)
+REFERENCE_DEPTH, REFERENCE_LAYERS = 9, 12
+
+
+def model_depth(bundle: ClipBundle) -> int:
+    """Layers of the shallower tower: how deep prompts can go."""
+    return min(len(vision_layers(bundle, "maple")), len(text_layers(bundle, "maple")))
+
+
+def prompt_depth(config: MaPLeConfig, bundle: ClipBundle) -> int:
+    """``maple.depth``, else the reference's share of the model's layers rounded half up (9 of 12: 9 on CLIP ViT-B,
+    2 on world:tiny's 2 layers, 18 on 24), at least 1."""
+    if config.depth is not None:
+        return config.depth
+    return max(1, int(REFERENCE_DEPTH * model_depth(bundle) / REFERENCE_LAYERS + 0.5))
 
 
 def maple_prompt_tokens(bundle: ClipBundle, classnames, config: MaPLeConfig) -> PromptTokens:
@@ -69,11 +89,11 @@ class DeepTextPrompts(PromptLearner):
     def __init__(self, bundle: ClipBundle, classnames, config: MaPLeConfig) -> None:
         context = CoOpConfig(share_prefix=config.share_prefix)
         super().__init__(bundle, classnames, context, maple_prompt_tokens(bundle, classnames, config))
-        width = self.ctx.shape[-1]
+        width, depth = self.ctx.shape[-1], prompt_depth(config, bundle)
         self.deep = nn.ParameterList([nn.Parameter(0.02 * torch.randn(self.n_ctx, width))
-                                      for _ in range(config.depth - 1)])
+                                      for _ in range(depth - 1)])
         self.handles = [layer.register_forward_pre_hook(partial(self._replace, index), with_kwargs=True)
-                        for index, layer in enumerate(text_layers(bundle, "maple")[1:config.depth])]
+                        for index, layer in enumerate(text_layers(bundle, "maple")[1:depth])]
 
     def layer_prompts(self) -> list[torch.Tensor]:
         """The language prompts of layers 0 .. depth-1."""
@@ -129,20 +149,29 @@ class MaPLe(Method):
     """Multi-modal prompts (MaPLe): deep language prompts, and vision prompts coupled to them, in the first layers."""
 
     # val-free by its recipe (train.keep=last): the reference trains a fixed number of epochs and keeps the last
-    train_defaults = {"keep": "last", "epochs": 5, "batch_size": 4, "warmup": 0.2}
+    # muzairkhattak/multimodal-prompt-learning@69bce21ae8eda80ad6187534b2dce09cf6c59e17
+    # configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:3 (batch 4), :15-22 (SGD 0.0035, 5 epochs, Dassl's
+    # constant warmup epoch at 1e-5 and per-epoch cosine: engine/schedules.py); no gradient clipping and the
+    # schedule stepped after an epoch's last batch (trainers/maple.py:281-290)
+    train_defaults = {"keep": "last", "epochs": 5, "batch_size": 4, "schedule": "dassl", "grad_clip": 0.0}
 
     @classmethod
     def check(cls, config: MaPLeConfig, bundle, classnames) -> None:
         text_token_embedding(bundle, "maple")
-        depth = min(len(vision_layers(bundle, "maple")), len(text_layers(bundle, "maple")))
-        if config.depth > depth:
+        depth = model_depth(bundle)
+        if config.depth is not None and config.depth > depth:
             raise ConfigError(f"maple.depth={config.depth} is beyond the model's depth: its towers have {depth} "
                               f"layers (the shallower one), so maple.depth must be between 1 and {depth}")
         maple_prompt_tokens(bundle, classnames, config)  # the prompt must fit the text encoder
 
     def __init__(self, bundle, classnames, config: MaPLeConfig, templates) -> None:
         super().__init__(bundle, classnames, config, templates)
-        self.vision_prompts = VisionPrompts(bundle, self.head, config.depth)
+        self.depth = prompt_depth(config, bundle)
+        self.vision_prompts = VisionPrompts(bundle, self.head, self.depth)
+
+    def effective_settings(self) -> dict:
+        """The prompt depth it used (the recipe's proportion of the model's layers where maple.depth is unset)."""
+        return {"maple.depth": self.depth}
 
     def per_class_state(self) -> list[str]:
         """Prompts and couplings serve any classes."""

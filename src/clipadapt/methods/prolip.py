@@ -70,7 +70,9 @@ class Prolip(Method):
 
     inputs = "features"
     feature_kind = "pooled"
-    train_defaults = {"keep": "last", "patience": 0}
+    # the frozen text classifier from the dataset's CoOp prompt (seven templates on ImageNet):
+    # astra-vision/ProLIP@b43e795cbf0b53a9b0aa83cf4f47d9755896ba6f main.py:81-82
+    train_defaults = {"keep": "last", "patience": 0, "head_templates": "coop"}
     search = False
 
     @classmethod

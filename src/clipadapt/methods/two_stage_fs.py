@@ -4,8 +4,9 @@ Vision-Language Models in Two Stages").
 One iteration budget, ``iterations_per_shot x K`` optimizer steps (reference: 300 x K), split in two:
 
 1. **Task-level features** (the first ``first_fraction``, reference 0.6): only the LayerNorm parameters of both
-   towers train (weights and biases of every LayerNorm, from the first layer on: the reference's ``--peft ln
-   --ln_modality both``), the classifier being the text tower's embedding of each class prompt, recomputed through
+   towers train (weights and biases of the two LayerNorms of every transformer block, from the first block on: the
+   reference's ``--peft ln --ln_modality both``, which leaves the towers' pre, post and final norms frozen; see
+   ``layer_norm_parameters``), the classifier being the text tower's embedding of each class prompt, recomputed through
    the adapted text tower every step (as CLIP-LoRA does).
 2. **Specialisation** (the rest): the towers are frozen; a linear classifier, initialised with the adapted text
    embeddings of the training classes, trains on the adapted image features (cosine logits at CLIP's scale).
@@ -14,13 +15,16 @@ One iteration budget, ``iterations_per_shot x K`` optimizer steps (reference: 30
 novel half of base-to-novel, another dataset's classes) is embedded by the adapted text tower. So the run moves to
 new classes (``per_class_state`` is empty) and its trained rows are matched by class name.
 
-Defaults are the reference code's fixed setting (FarinaMatteo/rethinking_fewshot_vlms, ``main.py``): AdamW lr 2e-4,
-weight decay 1e-2, batch 32, 300 x K iterations, 60% in the first stage; nothing is chosen on validation (val-free:
-the last step's weights are kept). Where ours differ: the reference anneals each stage with ``CosineAnnealingLR`` to
-1e-6; ours uses the engine's cosine schedule (to 0, no warmup by default) per stage; the reference's prompt is the
-dataset's hand-crafted template, ours is ``train.head_templates`` (default: the dataset's recommended sets as one
-ensemble; ``--set train.head_templates=...`` for one template). Each stage checkpoints its own optimizer (the
-second inside ``RUN/checkpoints/stage2``), so an interrupted run resumes in the stage it was in.
+Defaults are the reference code's fixed setting
+(FarinaMatteo/rethinking_fewshot_vlms@64ac143c7d22803bfeeaadfe42f570220ab29b06 ``main.py:41-65``):
+AdamW lr 2e-4, weight decay 1e-2, batch 32, 300 x K iterations, 60% in the first stage; each
+stage a cosine without warmup to 1e-6 over its own steps (``fs/twostage.py:263, 297``: ``train.min_lr=1e-6``, the
+engine's schedule restarting per stage); no gradient clipping; the prompt "a photo of a {}." on every dataset (its
+``datasets/*.py`` keep the per-dataset templates commented out: ``train.head_templates``); nothing is chosen on
+validation (val-free: the last step's weights are kept). Where ours differ: the reference runs in fp16 autocast with a
+GradScaler that skips the schedule's step when it skips an update (``fs/twostage.py:222-228``); ours follows
+``train.precision``. Each stage checkpoints its own optimizer (the second inside ``RUN/checkpoints/stage2``), so an
+interrupted run resumes in the stage it was in.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from clipadapt.engine.trainable import OptimizerConfig
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, register_method
 from clipadapt.methods.heads import TextHead, cosine_logits
+from clipadapt.methods.towers import text_layers, vision_layers
 
 TOWERS = ("both", "vision", "text")
 
@@ -94,17 +99,23 @@ class SelectiveHead(nn.Module):
 
 
 def layer_norm_parameters(bundle, towers: str) -> dict[str, nn.Parameter]:
-    """Every LayerNorm weight and bias of the chosen towers, by name inside the model."""
+    """The weights and biases of the two LayerNorms of every transformer block of the chosen towers
+    (``layer_norm1``, ``layer_norm2`` of transformers' ``CLIPEncoderLayer``), by name inside the model.
+
+    Not the towers' own norms (the image tower's pre- and post-LayerNorm, the text tower's final one): the reference
+    unfreezes every LayerNorm its ``named_modules_with_index`` yields, but yields ``ln_pre``, ``ln_post`` and
+    ``ln_final`` twice, the second time with block index -1, which freezes them again
+    (FarinaMatteo/rethinking_fewshot_vlms@64ac143c7d22803bfeeaadfe42f570220ab29b06 fs/utils/model_utils.py:11-23,
+    :31-37), so only the blocks' ``ln_1`` and ``ln_2`` train."""
     model = bundle.model
-    chosen = {"vision": [bundle.vision_tower], "text": [bundle.text_tower],
-              "both": [bundle.vision_tower, bundle.text_tower]}[towers]
+    chosen = {"vision": ("vision",), "text": ("text",), "both": ("vision", "text")}[towers]
+    layers = {"vision": lambda: vision_layers(bundle, "2sfs"), "text": lambda: text_layers(bundle, "2sfs")}
+    ids = {id(m) for tower in chosen for m in layers[tower]().modules() if isinstance(m, nn.LayerNorm)}
     found = {}
-    for tower in chosen:
-        ids = {id(m) for m in tower.modules() if isinstance(m, nn.LayerNorm)}
-        for name, module in model.named_modules():
-            if id(module) in ids:
-                for param_name, param in module.named_parameters(recurse=False):
-                    found[f"{name}.{param_name}"] = param
+    for name, module in model.named_modules():
+        if id(module) in ids:
+            for param_name, param in module.named_parameters(recurse=False):
+                found[f"{name}.{param_name}"] = param
     if not found:
         raise ConfigError(f"model '{bundle.spec}' has no LayerNorm in its {towers} tower(s) for 2sfs")
     return found
@@ -114,7 +125,13 @@ def layer_norm_parameters(bundle, towers: str) -> dict[str, nn.Parameter]:
 class TwoStageFewShot(Method):
     """Two stages in one budget: the LayerNorms of both towers, then a linear classifier; selective inference."""
 
-    train_defaults = {"keep": "last", "patience": 0, "batch_size": 32, "warmup": 0.0}
+    # FarinaMatteo/rethinking_fewshot_vlms@64ac143c7d22803bfeeaadfe42f570220ab29b06: batch 32 (main.py:41); each
+    # stage a CosineAnnealingLR over its own steps to eta_min=1e-6, no warmup (fs/twostage.py:263, :297); no
+    # clipping (scaler.step straight after backward, fs/twostage.py:221-222, :162-163); "a photo of a {}." on every
+    # dataset (datasets/*.py: the per-dataset templates are commented out, e.g. datasets/dtd.py:7-10,
+    # datasets/imagenet.py:194; used at fs/twostage.py:270, :289)
+    train_defaults = {"keep": "last", "patience": 0, "batch_size": 32, "warmup": 0.0, "min_lr": 1e-6,
+                      "grad_clip": 0.0, "head_templates": "a photo of a {}."}
 
     @classmethod
     def planned_choices(cls, config: TwoStageConfig, train) -> tuple[str, ...]:

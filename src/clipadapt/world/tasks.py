@@ -33,6 +33,9 @@ class WorldTask:
     templates: tuple[str, ...]
     novel_only: bool = False
     shifted: bool = False
+    # the one hand-crafted prompt, as CoOp has one per dataset (train.head_templates=coop): "a photo of a {}." as
+    # for most of CoOp's datasets, the colour task's own phrasing for colours
+    coop_template: str = "simple"
 
     def classes(self) -> list[tuple[str, str]]:
         """The label space: all 48 pairs, also for the novel task (it must beat every seen pair)."""
@@ -55,7 +58,8 @@ WORLD_TASKS = {
     "shapes": WorldTask("shapes", "48 colour x shape classes, one object per image", "combination",
                         ("simple", "world")),
     "shape": WorldTask("shape", "6 shapes, any colour", "shape", ("simple", "world-shape")),
-    "colour": WorldTask("colour", "8 colours, any shape", "colour", ("simple", "world-colour")),
+    "colour": WorldTask("colour", "8 colours, any shape", "colour", ("simple", "world-colour"),
+                        coop_template="a {} object."),
     "shapes-shifted": WorldTask("shapes-shifted", "the 48 classes on unseen backgrounds with pixel noise",
                                 "combination", ("simple", "world"), shifted=True),
     "shapes-novel": WorldTask("shapes-novel", "images of the 16 pairs held out of pretraining, labelled among all 48",
@@ -91,7 +95,7 @@ def build_world_task(name: str, resolution: int = 64) -> ClassificationDataset:
         splits[split] = Split(source, np.arange(len(labels)), split)
     return ClassificationDataset(
         name=f"world:{name}", classnames=task.classnames(), splits=splits, templates=list(task.templates),
-        info={"description": task.description, "resolution": resolution},
+        coop_templates=task.coop_template, info={"description": task.description, "resolution": resolution},
     )
 
 
