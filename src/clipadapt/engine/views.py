@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from clipadapt.engine.features import (
     report_skipped,
 )
 from clipadapt.errors import ConfigError, DataError
-from clipadapt.io import atomic_write_json, staged_directory
+from clipadapt.io import _umask, atomic_write_json, staged_directory
 from clipadapt.models.bundle import ClipBundle
 from clipadapt.progress import progress_bar
 
@@ -242,6 +243,7 @@ class ViewCache(SplitCache):
             hit = self.load_views(bundle, split, spec, kind)
             if hit is None:
                 with staged_directory(entry, overwrite=True) as stage:
+                    os.chmod(stage, 0o777 & ~_umask())  # a temporary directory is private; the cache is not
                     def allocate(dim: int) -> np.ndarray:
                         return np.lib.format.open_memmap(stage / STORE, mode="w+", dtype=np.float16,
                                                          shape=(spec.count, len(split), dim))
