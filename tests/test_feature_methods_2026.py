@@ -227,7 +227,7 @@ def test_prolip_with_a_huge_lambda_stays_at_zero_shot(tiny_clip_dir, dataset):
 
 
 def test_prolip_lambda_defaults_to_one_over_shots(tiny_clip_dir, colour_folder, tmp_path):
-    output = run("prolip", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5")
+    output = run("prolip", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5", "features.views=2")
     # val-free: no validation carved from this folder's training images, so N counts all of them
     dataset = load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0, val_fraction=0))
     shots = len(dataset.split("train")) / dataset.num_classes
@@ -241,7 +241,7 @@ def test_prolip_val_chooses_lr_and_lambda_on_validation(tiny_clip_dir, disagree,
     scores = []
     real = prolip._val_scores
     monkeypatch.setattr(prolip, "_val_scores", lambda *a: scores.append(real(*a)) or scores[-1])
-    output = run("prolip-val", tiny_clip_dir, disagree, tmp_path / "run", "prolip.iterations=20",
+    output = run("prolip-val", tiny_clip_dir, disagree, tmp_path / "run", "prolip.iterations=20", "features.views=2",
                  "prolip.lrs=[0.1,0.00001]", "prolip.lams=[0.0,10.0]")
     selection = output.record["selection"]
     assert selection["chose"] == ["lr,lambda"] and len(scores) == 4  # each cell scored once on val, at its end

@@ -13,6 +13,8 @@ from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.rundir import TrainRunConfig
 from clipadapt.engine.trainer import DATASET_PROMPT, TrainConfig
+from clipadapt.engine.views import FeaturesConfig, ViewCache, ViewSpec
+from clipadapt.errors import ConfigError
 from clipadapt.methods import METHODS, Method
 from clipadapt.models.config import ModelConfig
 
@@ -27,6 +29,7 @@ class TrainExperiment:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     run: TrainRunConfig = field(default_factory=TrainRunConfig)
 
     def method_config(self):
@@ -69,11 +72,35 @@ def build_method(experiment: TrainExperiment, bundle, dataset) -> Method:
                               head_templates(dataset, experiment.train.head_templates))
 
 
+def effective_views(cfg: TrainExperiment, method: Method) -> int:
+    """The augmented feature views the run trains on: features.views, else the method's recipe (``Method.views``);
+    0 for methods that cannot use them (pixel methods, which augment with train.augment)."""
+    requested = cfg.features.views
+    if method.inputs != "features" or method.view_use is None:
+        if requested is not None:
+            raise ConfigError(f"features.views={requested} applies to methods on cached features that train on "
+                              f"views; method '{cfg.method}' does not (pixel methods: train.augment=crop-flip)")
+        return 0
+    return requested if requested is not None else method.views
+
+
+def views_record(cfg: TrainExperiment, method: Method) -> dict:
+    """What metrics.json says the run trained on: the views (count, crop, flip, seed) and how the method used them."""
+    views = effective_views(cfg, method)
+    if not views:
+        return {"views": 0}
+    spec = ViewSpec(views, tuple(cfg.train.crop_scale), seed=cfg.features.seed)
+    return {**spec.record(), "use": method.view_use}
+
+
 def training_data(cfg: TrainExperiment, dataset, method: Method, device, accelerator=None) -> TrainingData:
-    """A run's inputs as its config says: the method's own preprocessing and augmentation, the feature cache."""
+    """A run's inputs as its config says: the method's own preprocessing and augmentation, the feature caches, the
+    training split's augmented views."""
     return TrainingData(
         dataset, method.bundle, batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
         num_workers=cfg.data.num_workers, strict=cfg.data.strict, augment=method.augment or cfg.train.augment,
         preprocess=method.preprocess, feature_kind=method.feature_kind, seed=cfg.run.seed,
-        cache=FeatureCache() if cfg.run.feature_cache else None,
+        cache=FeatureCache() if cfg.run.feature_cache else None, crop_scale=tuple(cfg.train.crop_scale),
+        views=effective_views(cfg, method), views_seed=cfg.features.seed,
+        view_cache=ViewCache() if cfg.run.feature_cache else None,
         device=device, main_process_first=accelerator.main_process_first if accelerator is not None else None)

@@ -12,7 +12,13 @@ import logging
 from pathlib import Path
 
 from clipadapt.classification.artifacts import write_evaluation_artifacts
-from clipadapt.classification.experiment import WEIGHTS_DIR, TrainExperiment, build_method, training_data
+from clipadapt.classification.experiment import (
+    WEIGHTS_DIR,
+    TrainExperiment,
+    build_method,
+    training_data,
+    views_record,
+)
 from clipadapt.classification.two_stage import initialise_from_run
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
@@ -106,6 +112,7 @@ def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluatio
         selection=selections.record(**fit.details),
         num_classes=dataset.num_classes,
         shots=dataset.info.get("shots"), test_loss=round(evaluation.loss, 6), processes=processes,
+        features=views_record(cfg, method),
     )
     record["effective"] = method.effective_settings()  # what the recipe resolved for this model (MaPLe's depth)
     return record

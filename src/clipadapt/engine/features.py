@@ -175,7 +175,8 @@ class SplitCache:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else feature_cache_dir() / self.folder
 
-    def key(self, bundle: ClipBundle, split: Split, kind: str = "projected") -> str:
+    def key(self, bundle: ClipBundle, split: Split, kind: str = "projected", extra: dict | None = None) -> str:
+        """``extra``: what a derived entry adds to the identity (augmented views: engine/views.py)."""
         identity = {
             "version": self.version,
             "model": bundle.fingerprint,
@@ -185,6 +186,7 @@ class SplitCache:
         }
         if kind != "projected":  # named only for other kinds, so that existing entries keep their keys
             identity["kind"] = kind
+        identity.update(extra or {})
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
     def path(self, bundle: ClipBundle, split: Split, kind: str = "projected") -> Path:

@@ -28,6 +28,7 @@ from clipadapt.engine.features import (
     encode_split,
     report_skipped,
 )
+from clipadapt.engine.views import FeatureViews, ViewCache, ViewSpec, feature_views
 from clipadapt.errors import ConfigError
 from clipadapt.models.bundle import ClipBundle
 
@@ -61,16 +62,17 @@ def note_skipped(seen: dict[str, dict[int, SkippedImage]], split: Split, positio
 class AugmentedImages(SplitImages):
     """Images of a split as uint8 tensors; the augmentation of an item depends only on (seed, epoch, position)."""
 
-    def __init__(self, split: Split, preprocess: ClipPreprocess, augment: str, seed: int, epoch: int) -> None:
+    def __init__(self, split: Split, preprocess: ClipPreprocess, augment: str, seed: int, epoch: int,
+                 crop_scale: tuple[float, float] = (0.5, 1.0)) -> None:
         super().__init__(split, preprocess)
-        self.augment, self.seed, self.epoch = augment, seed, epoch
+        self.augment, self.seed, self.epoch, self.crop_scale = augment, seed, epoch, tuple(crop_scale)
 
     def pixels(self, image, position: int) -> torch.Tensor:
         if self.augment == "none":
             return self.transform.to_uint8(image)
         rng = random.Random(f"{self.seed}-{self.epoch}-{position}")
         if self.augment == "crop-flip":
-            return TrainAugment(self.transform, rng=rng).to_uint8(image)
+            return TrainAugment(self.transform, scale=self.crop_scale, rng=rng).to_uint8(image)
         pixels = self.transform.to_uint8(image)
         return pixels.flip(-1) if rng.random() < 0.5 else pixels
 
@@ -92,8 +94,15 @@ class TrainingData:
     main_process_first: object = None  # accelerator.main_process_first, so one process encodes and the rest read
     preprocess: ClipPreprocess | None = None  # for pixel batches (default: the bundle's); features use the bundle's
     feature_kind: str = "projected"  # what feature methods eat (engine.features.FEATURE_KINDS)
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop of crop-flip and of the feature views
+    # augmented views of the training split that feature methods train on (engine/views.py; 0: the clean features):
+    # the engine's epoch e trains on view e mod views, and methods that fit themselves read ``feature_views()``
+    views: int = 0
+    views_seed: int = 0
+    view_cache: ViewCache | None = None
     skipped: dict[str, dict[int, SkippedImage]] = field(default_factory=dict)
     _features: dict[str, EncodedSplit] = field(default_factory=dict)
+    _views: FeatureViews | None = None
 
     def __post_init__(self) -> None:
         if self.preprocess is None:
@@ -116,7 +125,26 @@ class TrainingData:
             self._features[split] = encoded
         return self._features[split]
 
+    def feature_views(self) -> FeatureViews:
+        """The training split's ``views`` augmented views (encoded once, then read from the views cache)."""
+        if self.views <= 0:
+            raise ValueError("this run has no feature views (features.views)")
+        if self._views is None:
+            spec = ViewSpec(self.views, tuple(self.crop_scale), seed=self.views_seed)
+            with self.main_process_first() if self.main_process_first is not None else nullcontext():
+                self._views = feature_views(self.bundle, self.split("train"), spec, self.eval_batch_size,
+                                            self.num_workers, self.strict, self.view_cache, self.feature_kind)
+            for s in self._views.skipped:
+                self.skipped.setdefault("train", {})[s.position] = s
+        return self._views
+
+    def viewed(self, kind: str, split: str) -> bool:
+        """Whether training batches of this split come from the feature views."""
+        return kind == "features" and split == "train" and self.views > 0
+
     def num_items(self, kind: str, split: str) -> int:
+        if self.viewed(kind, split):
+            return len(self.feature_views().labels)
         return len(self.features(split).labels) if kind == "features" else len(self.split(split))
 
     def batches(self, kind: str, split: str, epoch: int = 0, train: bool = False, rank: int = 0,
@@ -127,12 +155,13 @@ class TrainingData:
         batch_size = self.batch_size if train else self.eval_batch_size
         order = epoch_order(self.num_items(kind, split), self.seed, epoch, train, rank, world_size)
         if kind == "features":
-            yield from self._feature_batches(split, order, batch_size)
+            encoded = self.feature_views().encoded(epoch % self.views) if train and self.viewed(kind, split) \
+                else self.features(split)
+            yield from self._feature_batches(encoded, order, batch_size)
         else:
             yield from self._pixel_batches(split, order, batch_size, epoch, train)
 
-    def _feature_batches(self, split: str, order: np.ndarray, batch_size: int):
-        encoded = self.features(split)
+    def _feature_batches(self, encoded: EncodedSplit, order: np.ndarray, batch_size: int):
         labels = torch.as_tensor(encoded.labels, dtype=torch.long)
         positions = torch.as_tensor(encoded.positions, dtype=torch.long)
         for start in range(0, len(order), batch_size):
@@ -142,7 +171,7 @@ class TrainingData:
 
     def _pixel_batches(self, split: str, order: np.ndarray, batch_size: int, epoch: int, train: bool):
         images = AugmentedImages(self.split(split), self.preprocess, self.augment if train else "none",
-                                 self.seed, epoch)
+                                 self.seed, epoch, self.crop_scale)
         workers = default_num_workers(self.num_workers)
         loader = DataLoader(images, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
                             collate_fn=collate_images, prefetch_factor=4 if workers > 0 else None,

@@ -78,6 +78,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: i
 
 def check_schedule(config) -> None:
     """One-line errors for the schedule's settings of a ``TrainConfig``."""
+    if config.steps is not None and config.steps <= 0:
+        raise ConfigError(f"train.steps must be positive, got {config.steps}")
+    if not 0 <= config.warmup < 1:
+        raise ConfigError(f"train.warmup must be in [0, 1), got {config.warmup}")
     if config.schedule not in SCHEDULES:
         raise ConfigError(f"unknown train.schedule '{config.schedule}'; valid choices: {', '.join(SCHEDULES)}")
     if not (config.min_lr >= 0 and math.isfinite(config.min_lr)):

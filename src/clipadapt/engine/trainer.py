@@ -38,6 +38,7 @@ from clipadapt.engine.schedules import build_scheduler, check_schedule
 from clipadapt.engine.selection import Choice, Selections, describe_validation
 from clipadapt.engine.tracking import Tracking, check_tracker
 from clipadapt.engine.trainable import build_optimizer
+from clipadapt.engine.views import check_crop_scale
 from clipadapt.errors import ConfigError
 from clipadapt.progress import training_progress
 
@@ -69,6 +70,8 @@ class TrainConfig:
     keep: str = option("best", help="the weights kept: best (the epoch with the best validation score; early "
                                     "stopping with patience) or last (nothing chosen on validation: val-free)")
     augment: str = option("none", help="training augmentation of images: none, flip or crop-flip")
+    crop_scale: list[float] = option([0.5, 1.0], help="min,max area share of the random resized crop (crop-flip and "
+                                                      "the feature views of features.views)")
     precision: str = option("auto", help="auto (bf16 autocast on GPUs that support it, else fp32), fp32, bf16, fp16")
     eval_batch_size: int = option(64, help="images per evaluation batch")
     activation_checkpointing: bool = option(False, help="recompute activations in the backward pass: far less "
@@ -80,15 +83,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, ("epochs", "batch_size", "grad_accum", "eval_batch_size"), "train:")
-        if self.steps is not None and self.steps <= 0:
-            raise ConfigError(f"train.steps must be positive, got {self.steps}")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"train.warmup must be in [0, 1), got {self.warmup}")
         check_schedule(self)
         if self.grad_clip < 0 or self.patience < 0:
             raise ConfigError("train.grad_clip and train.patience must be >= 0")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"unknown train.augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
+        self.crop_scale = list(check_crop_scale(self.crop_scale))
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown train.precision '{self.precision}'; valid choices: {', '.join(PRECISIONS)}")
         if self.head_templates and self.head_templates != DATASET_PROMPT:

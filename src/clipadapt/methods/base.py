@@ -80,6 +80,11 @@ class Method(TrainableModule):
     # image tower's output before its final projection, for methods that train that projection)
     feature_kind: ClassVar[str] = "projected"
     augment: ClassVar[str | None] = None  # training augmentation the method insists on (None: train.augment)
+    # augmented views of the training images (features.views, engine/views.py) for feature methods: how its recipe
+    # uses them (None: it cannot; the engine trains epoch e on view e mod N, methods that fit themselves read
+    # `trainer.data.feature_views()`) and how many its recipe takes (0: the clean cached features)
+    view_use: ClassVar[str | None] = None
+    views: ClassVar[int] = 0
     starts_at_zero_shot: ClassVar[bool] = False  # built and untrained (head=zeroshot), it is the zero-shot model
     # train.* defaults of its recipe (e.g. a val-free method's keep=last); the user's --set still wins
     train_defaults: ClassVar[dict[str, Any]] = {}

@@ -3,6 +3,10 @@
 ``f' = ratio * MLP(f) + (1 - ratio) * f`` with ``MLP = Linear(d, d / reduction) -> ReLU -> Linear(d / reduction, d)
 -> ReLU`` (no biases, as in the paper), then the zero-shot cosine classifier, frozen by default. ``ratio = 0`` is
 zero-shot exactly. The paper's best residual ratio on few-shot ImageNet is 0.2 with reduction 4.
+
+The reference trains on Dassl's training batches (``clip_adapter.py:155-158``;
+gaopengcuhk/CLIP-Adapter@08d07f8b2ecafc6f1479fe636b26d464d7a5574e), which CoOp's configs augment with a random resized
+crop + flip every epoch; ours trains epoch e on the cached augmented view e mod N (``features.views``, default 10).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 
 from clipadapt.config import option, require_positive
+from clipadapt.engine.views import PER_EPOCH
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, MethodConfig, freeze, register_method
 
@@ -53,6 +58,7 @@ class ClipAdapter(Method):
     export_refusal = "its residual MLP runs on the image features, outside the model's weights"
 
     inputs = "features"
+    views, view_use = 10, PER_EPOCH
 
     def __init__(self, bundle, classnames, config: ClipAdapterConfig, templates) -> None:
         super().__init__(bundle, classnames, config, templates)

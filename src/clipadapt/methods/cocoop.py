@@ -9,7 +9,10 @@ Cost: the class vectors depend on the image, so the text tower runs batch x clas
 classes), and an evaluation runs images x classes prompts. Prompts of several images go through the tower together
 (``prompts_per_pass`` at most, at least one image), and the start token and context of each image are encoded once
 and shared by its classes (CoOp's shared-prefix encoding, one prefix per image). Trains on cached image features,
-like ``coop``.
+like ``coop``: epoch e on augmented view e mod N (``features.views``, default 10, one per epoch of its 10), as the
+reference trains on a fresh random resized crop + flip each epoch
+(``configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml:13``, ``trainers/cocoop.py:248``;
+KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 
 from clipadapt.config import option
 from clipadapt.engine.trainable import OptimizerConfig
+from clipadapt.engine.views import PER_EPOCH
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, register_method
 from clipadapt.methods.coop import CoOpConfig, PromptLearner, build_prompt_tokens
@@ -84,6 +88,7 @@ class CoCoOp(Method):
     """Conditional prompts (CoCoOp): CoOp's context plus a per-image shift from a meta-network; text tower per image."""
 
     inputs = "features"
+    views, view_use = 10, PER_EPOCH  # one per epoch of the reference's 10
     # val-free by its recipe (train.keep=last): the reference trains a fixed number of epochs and keeps the last
     # no gradient clipping: Dassl's model_backward_and_update is zero_grad, backward, step
     # (KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/engine/trainer.py:290-303); the

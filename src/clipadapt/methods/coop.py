@@ -10,6 +10,12 @@ the images every step as the paper's implementation does (same numbers, far slow
 
 peft has no CoOp, so this is a small module of ours: a forward hook on the text tower's token embedding table puts
 the context vectors at their positions; transformers' own text model does the rest.
+
+Augmentation: the reference trains on Dassl's training loader, a fresh random resized crop + flip of every image each
+epoch (``configs/trainers/CoOp/vit_b16.yaml:13``, ``trainers/coop.py:259``;
+KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89). On cached features ours trains epoch e on augmented view e
+mod N of the training images (engine/views.py; ``features.views``, default 10: one per epoch of a 10-epoch run, cycled
+over longer ones); ``image_features=recompute`` augments the pixels with train.augment.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import nn
 
 from clipadapt.config import option
 from clipadapt.engine.trainable import OptimizerConfig
+from clipadapt.engine.views import PER_EPOCH
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.methods.attention import install
 from clipadapt.methods.base import Method, register_method
@@ -277,6 +284,7 @@ class CoOp(Method):
     # last epoch's weights (Dassl's TEST.FINAL_MODEL="last_step",
     # KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/config/defaults.py:216): val-free
     train_defaults = {"keep": "last", "batch_size": 32, "schedule": "dassl", "grad_clip": 0.0}
+    views, view_use = 10, PER_EPOCH  # the reference's fresh crop + flip every epoch, on cached features
 
     @classmethod
     def check(cls, config: CoOpConfig, bundle, classnames) -> None:

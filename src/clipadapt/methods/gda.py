@@ -10,8 +10,15 @@ The precision is the reference code's (mrflogs/ICLR24, ``main_few_shots.py``) sh
 wide) and ``^+`` the pseudo-inverse. ``alpha`` is chosen on the **validation** split over the reference grid
 (1e-4 ... 100, one per decade). ``alpha' = alpha * scale / 100``, as in Tip-Adapter here: the reference adds
 ``alpha`` times the GDA logits to ``100 * cos``, so scaling by the model's own logit scale keeps the balance
-for models whose scale is not CLIP's 100 (identical for CLIP). The reference builds the means from 10 augmented
-views per image; here they are the cached features as they are. Nothing is trained: the classifier is state.
+for models whose scale is not CLIP's 100 (identical for CLIP). Nothing is trained: the classifier is state.
+
+The statistics are estimated over augmented views of the training images, as the reference: 10 views
+(``configs/few_shots/*.yaml:10`` ``augment_epoch: 10``) of random resized crop (0.5, 1) + flip
+(``main_few_shots.py:24-29``), every view a sample (``main_few_shots.py:45-60``: the means over all views of a class, N
+in ``(N - 1) S`` counting views; mrflogs/ICLR24@560fe211700964c915442ff98dbe47dd09656a35). Ours are the cached views
+(engine/views.py, ``features.views``, default 10). Without views a 1-shot split has no within-class scatter, so the
+precision is 0 and GDA returns zero-shot exactly; with views it does not. The reference's ImageNet loader crops with
+(0.08, 1) (``datasets/imagenet.py:210``); ours takes ``train.crop_scale``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 from torch import nn
 
 from clipadapt.config import option
+from clipadapt.engine.views import FeatureViews
 from clipadapt.errors import ConfigError, DataError
 from clipadapt.methods.base import Method, freeze, register_method
 from clipadapt.methods.heads import build_head
@@ -85,6 +93,7 @@ class Gda(Method):
     # dataset.classnames, dataset.template, ...) at mrflogs/ICLR24@560fe211700964c915442ff98dbe47dd09656a35
     # main_few_shots.py:139
     train_defaults = {"head_templates": "coop"}
+    views, view_use = 10, "statistics over every view (class means, shared covariance; N counts views)"
 
     @classmethod
     def planned_choices(cls, config: GdaConfig, train) -> tuple[str, ...]:
@@ -124,8 +133,8 @@ class Gda(Method):
 
     # -- fitting ------------------------------------------------------------------------------------------
     def prepare(self, trainer: Trainer) -> None:
-        train = trainer.features("train")
-        self.state_from_features(train.features, train.labels)
+        train = training_samples(trainer)
+        self.state_from_features(*train)
 
     @torch.no_grad()
     def search(self, trainer: Trainer) -> list[dict]:
@@ -156,7 +165,7 @@ class Gda(Method):
         rows = self.search(trainer) if self.config.search else []
         return FitResult(history=rows, best_epoch=self.chosen.get("step", 0),
                          train_time_s=time.perf_counter() - start,
-                         train_images=len(trainer.features("train").labels),
+                         train_images=trainer.data.num_items("features", "train") * max(trainer.data.views, 1),
                          details={"alpha": self.chosen.get("alpha", float(self.config.alpha))})  # as given
 
     # -- weights: the classifier is state, not trained weights ----------------------------------------------
@@ -177,3 +186,13 @@ class Gda(Method):
         with torch.no_grad():
             for name in GDA_STATE:
                 getattr(self, name).copy_(state[name])
+
+
+def training_samples(trainer: Trainer) -> tuple[torch.Tensor, np.ndarray]:
+    """The samples the statistics are estimated from: every view of every training image where the run has views
+    (views x images), else the clean cached features."""
+    if trainer.data.views > 0:
+        views: FeatureViews = trainer.data.feature_views()
+        return views.stacked()
+    train = trainer.features("train")
+    return train.features, train.labels

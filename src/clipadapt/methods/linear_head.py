@@ -1,10 +1,14 @@
-"""``linear-head``: a torch classifier on frozen, cached image features, trained by the engine."""
+"""``linear-head``: a torch classifier on frozen, cached image features, trained by the engine.
+
+No reference code: by default it trains on the clean features; ``features.views=N`` trains epoch e on augmented
+view e mod N."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from clipadapt.config import option
+from clipadapt.engine.views import PER_EPOCH
 from clipadapt.methods.base import Method, MethodConfig, register_method
 
 
@@ -22,3 +26,4 @@ class LinearHeadMethod(Method):
     starts_at_zero_shot = True
 
     inputs = "features"
+    view_use = PER_EPOCH  # no recipe views (views = 0): ours, without a reference

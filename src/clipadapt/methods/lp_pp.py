@@ -14,6 +14,11 @@ coordinate descent with data-driven step sizes; definitions from the reference c
   The reference never clears alpha's gradient, so each of its steps uses the sum of every gradient since the start;
   that is kept (``alpha_grad=accumulated``); ``fresh`` uses the last ``alpha_every`` iterations' gradients only.
 * 300 iterations (the reference's ``train_epoch``).
+* One augmented view of each training image (``features.views=1`` by its recipe): the reference encodes the training
+  split once through its random resized crop (0.5, 1) + flip (``main.py:69-74``, ``methods/linear_probe_p2.py:69-79``;
+  FereshteShakeri/FewShot-CLIP-Strong-Baseline@f81054f995b060f8348d20e7306e15889b70c786) and trains every iteration
+  on those features; validation is on clean images (``tfm=preprocess``). With more views, iteration t uses view
+  t mod N (methods/full_batch.py), the start and step sizes the first iteration's view.
 
 * A bias per class, as the reference's ``nn.Linear(D, K, bias=True)`` (``linear_probe_p2.py:96``): its weight is
   replaced by the centroids, its bias keeps ``nn.Linear``'s initialisation, uniform in ``+-1/sqrt(D)``, and trains with
@@ -32,9 +37,10 @@ import torch
 from torch import nn
 
 from clipadapt.config import option
+from clipadapt.engine.views import PER_ITERATION
 from clipadapt.errors import ConfigError, DataError
 from clipadapt.methods.base import Method, freeze, register_method
-from clipadapt.methods.full_batch import split_tensors, train_full_batch
+from clipadapt.methods.full_batch import TrainingInputs, train_full_batch
 from clipadapt.methods.heads import build_head
 
 if TYPE_CHECKING:
@@ -97,6 +103,7 @@ class LpPlusPlus(Method):
     # text weights from the dataset's CoOp prompt (seven templates on ImageNet):
     # FereshteShakeri/FewShot-CLIP-Strong-Baseline@f81054f995b060f8348d20e7306e15889b70c786 main.py:78-79
     train_defaults = {"keep": "last", "head_templates": "coop"}
+    views, view_use = 1, PER_ITERATION  # the reference's one augmented pass over the training images
     gradient_lr = 1e-3  # only for gradient steps through the shared interface; fit() uses the paper's step sizes
 
     def __init__(self, bundle, classnames, config: LpPlusPlusConfig, templates) -> None:
@@ -127,10 +134,10 @@ class LpPlusPlus(Method):
         """A prototype, a blending ratio and a bias per class."""
         return ["prototypes", "alpha"] + (["bias"] if self.config.bias else [])
 
-    def initialise(self, trainer: Trainer) -> tuple[float, float]:
+    def initialise(self, trainer: Trainer, inputs: TrainingInputs | None = None) -> tuple[float, float]:
         """The paper's data-driven start; returns the step sizes ``(lr_w, lr_alpha)``."""
-        features, labels = split_tensors(trainer, "train", self.prototypes.device)
-        features = nn.functional.normalize(features, dim=-1)
+        inputs = inputs or TrainingInputs(trainer, self.prototypes.device)
+        features, labels = nn.functional.normalize(inputs.at(1), dim=-1), inputs.labels
         text = self.text_embeddings().detach()
         prototypes, alpha = initial_state(features, labels, text, len(self.classnames))
         with torch.no_grad():
@@ -140,7 +147,8 @@ class LpPlusPlus(Method):
 
     def fit(self, trainer: Trainer) -> FitResult:
         self.to(trainer.accelerator.device)
-        lr_w, lr_alpha = self.initialise(trainer)
+        inputs = TrainingInputs(trainer, self.prototypes.device)
+        lr_w, lr_alpha = self.initialise(trainer, inputs)
         config = self.config
         weights = [self.prototypes, self.bias] if config.bias else [self.prototypes]  # the reference's nn.Linear
         optimizer = torch.optim.SGD(weights, lr=lr_w, momentum=config.momentum)
@@ -161,7 +169,7 @@ class LpPlusPlus(Method):
                     self.alpha.grad = None
             return loss.detach(), logits.detach()
 
-        fit = train_full_batch(self, trainer, config.iterations, step)
+        fit = train_full_batch(self, trainer, config.iterations, step, inputs=inputs)
         self.alpha.grad = None
         fit.details = {**fit.details, "lr_w": lr_w, "lr_alpha": lr_alpha}  # from the training data, not chosen
         return fit

@@ -11,10 +11,12 @@ validation-free setting.
 
 ``prolip`` chooses nothing on validation (the paper's validation-free setting: the last iteration is kept).
 ``prolip-val`` trains every (lr, lambda) of the reference grid (lr 1e-2 ... 1e-8, lambda 10 ... 1e-4 and 0) and keeps
-the one with the best validation accuracy (then loss), as the reference's ``search_lr``. Where ours differs: the
-reference trains each iteration on another of 300 augmented views of the training images; here every iteration
-sees the cached features of the images as they are (augmentation would defeat the feature cache). The logit scale
-is the model's own (CLIP's 100 in the reference).
+the one with the best validation accuracy (then loss), as the reference's ``search_lr``. Each iteration trains on
+another augmented view of the training images, as the reference: 300 views (``configs/base.yaml:22`` ``aug_views``,
+random resized crop (0.5, 1) + flip, ``main.py:72-74,110-112``), iteration t on view t mod 300
+(``methods/ProLIP.py:181-185``; astra-vision/ProLIP@b43e795cbf0b53a9b0aa83cf4f47d9755896ba6f). Ours are the cached
+views of the pooled kind (engine/views.py, ``features.views``); validation runs on the clean images, as the
+reference's ``val_loader`` (``tfm=preprocess``). The logit scale is the model's own (CLIP's 100 in the reference).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import torch
 from torch import nn
 
 from clipadapt.config import option
+from clipadapt.engine.views import PER_ITERATION
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, MethodConfig, freeze, register_method
-from clipadapt.methods.full_batch import split_tensors, train_full_batch
+from clipadapt.methods.full_batch import TrainingInputs, split_tensors, train_full_batch
 
 if TYPE_CHECKING:
     from clipadapt.engine.trainer import FitResult, Trainer
@@ -73,6 +76,7 @@ class Prolip(Method):
     # the frozen text classifier from the dataset's CoOp prompt (seven templates on ImageNet):
     # astra-vision/ProLIP@b43e795cbf0b53a9b0aa83cf4f47d9755896ba6f main.py:81-82
     train_defaults = {"keep": "last", "patience": 0, "head_templates": "coop"}
+    views, view_use = 300, PER_ITERATION  # the reference's aug_views
     search = False
 
     @classmethod
@@ -117,14 +121,14 @@ class Prolip(Method):
         return []
 
     # -- fitting ------------------------------------------------------------------------------------------
-    def shots_lambda(self, trainer: Trainer) -> float:
+    def shots_lambda(self, inputs: TrainingInputs) -> float:
         """1 / N, N the mean number of training images per class that has any (the shots of a few-shot split, also
-        when the classifier names classes without training images, as world:shapes-novel's 48)."""
-        labels = np.asarray(trainer.features("train").labels)
+        when the classifier names classes without training images, as world:shapes-novel's 48; views do not count)."""
+        labels = inputs.labels.cpu().numpy()
         return len(np.unique(labels)) / max(len(labels), 1)
 
     def train_once(self, trainer: Trainer, lr: float, lam: float, keep: str | None = None,
-                   log_every: int = 10) -> FitResult:
+                   log_every: int = 10, inputs: TrainingInputs | None = None) -> FitResult:
         """From W0: the reference's full-batch Adam with cosine annealing, at this lr and lambda."""
         with torch.no_grad():
             self.projection.weight.copy_(self.initial)
@@ -140,18 +144,19 @@ class Prolip(Method):
             scheduler.step()
             return out["loss"].detach(), out["logits"].detach()
 
-        return train_full_batch(self, trainer, self.config.iterations, step, keep, log_every)
+        return train_full_batch(self, trainer, self.config.iterations, step, keep, log_every, inputs)
 
     def fit(self, trainer: Trainer) -> FitResult:
         self.to(trainer.accelerator.device)
-        lam = self.config.lam if self.config.lam >= 0 else self.shots_lambda(trainer)
+        inputs = TrainingInputs(trainer, self.projection.weight.device)  # the views, loaded once for every cell
+        lam = self.config.lam if self.config.lam >= 0 else self.shots_lambda(inputs)
         if not self.search:
-            fit = self.train_once(trainer, self.config.lr, lam)
+            fit = self.train_once(trainer, self.config.lr, lam, inputs=inputs)
             fit.details = {**fit.details, "lr": self.config.lr, "lambda": lam}
             return fit
-        return self.grid_search(trainer)
+        return self.grid_search(trainer, inputs)
 
-    def grid_search(self, trainer: Trainer) -> FitResult:
+    def grid_search(self, trainer: Trainer, inputs: TrainingInputs) -> FitResult:
         """Every (lr, lambda) cell trained from W0 and scored once on val at its end; the trainer chooses the cell
         (accuracy, then loss), which is then trained again from W0 (the same weights: a cell is deterministic), so no
         cell's weights are held while the others train. Under train.keep=best that last training chooses its best
@@ -162,14 +167,14 @@ class Prolip(Method):
         with trainer.selections.discarded():  # the cells' own choices; the chosen cell's second training records
             for lr in self.config.lrs:
                 for lam in self.config.lams:
-                    self.train_once(trainer, lr, lam, log_every=0)  # a cell is scored once, at its end
+                    self.train_once(trainer, lr, lam, log_every=0, inputs=inputs)  # scored once, at its end
                     val_acc, neg_loss = _val_scores(self, val_x, val_y)
                     cells.append({"step": len(cells), "lr": lr, "lambda": lam, "val_acc": val_acc,
                                   "val_loss": -neg_loss})
         best = trainer.choose("lr,lambda", cells, lambda c: (c["val_acc"], -c["val_loss"]),
                               value=lambda c: {"lr": c["lr"], "lambda": c["lambda"]},
                               scores=lambda c: {"val_acc": c["val_acc"], "val_loss": c["val_loss"]})
-        fit = self.train_once(trainer, best["lr"], best["lambda"], log_every=0)
+        fit = self.train_once(trainer, best["lr"], best["lambda"], log_every=0, inputs=inputs)
         fit.history = cells  # one row per cell of the grid, as Tip-Adapter's search writes it
         fit.train_time_s = time.perf_counter() - started
         fit.train_images *= len(cells) + 1

@@ -11,8 +11,14 @@ here the test split is not read until the run's single final evaluation.
 
 ``alpha' = alpha * scale / 100``: the paper's alpha is relative to CLIP's logit scale of 100; scaling by the
 model's own scale makes the same range mean the same for models with another scale (identical for CLIP).
-The paper also builds keys from 10 augmented views per image; here they are the cached features of the training
-images as they are (augmentation would defeat the feature cache).
+Keys are built from augmented views, as the reference
+(gaopengcuhk/Tip-Adapter@d0e2d6f8c5feb8b6ce937b757810761f7155d4d5): ``build_cache_model`` (``utils.py:38-60``) encodes
+``augment_epoch: 10`` (``configs/*.yaml:30``) passes of random resized crop (0.5, 1) + flip (``main.py:173-180``) and
+takes each image's mean over them, normalised (``utils.py:59-60``). Ours: the normalised mean of the cached views
+(engine/views.py, ``features.views``, default 10); the reference averages the unnormalised features, so there each view
+weighs by its norm. ``tip-adapter-f`` trains through ``train_loader_F`` (``main.py:78-89``, 20 epochs of fresh random
+crops and flips); ours trains epoch e on view e mod N of the same cached views (the keys' views, encoded once; the
+reference's 20 epochs see each twice).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from torch import nn
 
 from clipadapt.config import option
+from clipadapt.engine.views import PER_EPOCH
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, MethodConfig, freeze, register_method
 
@@ -75,6 +82,7 @@ class TipAdapter(Method):
 
     inputs = "features"
     train_keys = False
+    views, view_use = 10, "keys: the mean of each image's views"  # the reference's augment_epoch
 
     @classmethod
     def planned_choices(cls, config: TipAdapterConfig, train) -> tuple[str, ...]:
@@ -119,8 +127,12 @@ class TipAdapter(Method):
 
     # -- fitting ------------------------------------------------------------------------------------------
     def prepare(self, trainer: Trainer) -> None:
-        train = trainer.features("train")
-        self.state_from_features(train.features, train.labels)
+        if trainer.data.views > 0:  # keys: the mean over each image's views
+            views = trainer.data.feature_views()
+            self.state_from_features(views.mean(), views.labels)
+        else:
+            train = trainer.features("train")
+            self.state_from_features(train.features, train.labels)
 
     @torch.no_grad()
     def search(self, trainer: Trainer) -> list[dict]:
@@ -154,7 +166,7 @@ class TipAdapter(Method):
         self.prepare(trainer)
         rows = self.search(trainer) if self.config.search else []
         return FitResult(history=_search_history(rows), best_epoch=0, train_time_s=time.perf_counter() - start,
-                         train_images=len(trainer.features("train").labels), details=self.in_use())
+                         train_images=trainer.data.num_items("features", "train"), details=self.in_use())
 
     def in_use(self) -> dict:
         """alpha and beta in use (chosen on val where it searched, else as given)."""
@@ -198,6 +210,7 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter with the cache keys fine-tuned on cached features (head frozen); alpha, beta re-searched on val."""
 
     train_keys = True
+    view_use = f"keys: the mean of each image's views; training: {PER_EPOCH}"
 
     @classmethod
     def planned_choices(cls, config: TipAdapterConfig, train) -> tuple[str, ...]:
