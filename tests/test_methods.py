@@ -33,7 +33,11 @@ def _offline_classifier(tiny_resnet_dir):
 
 
 def settings(name: str) -> list[str]:
-    return SECTION_SETTINGS.get(METHODS.get(name).section, [])
+    """Test settings of a method: its section's, and 2 augmented views for a method whose recipe trains on views
+    (prolip's 300 would make every run here encode 300 crops of each image; tests/test_feature_views.py covers
+    the recipes' counts)."""
+    views = ["features.views=2"] if METHODS.get(name).method_class.views else []
+    return [*SECTION_SETTINGS.get(METHODS.get(name).section, []), *views]
 
 
 @pytest.fixture

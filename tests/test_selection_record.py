@@ -92,10 +92,11 @@ def train(name, settings, folder, out, tiny_clip_dir, tiny_resnet_dir):
     offline = [f"baseline.classifier={tiny_resnet_dir}"] if section == "baseline" else []  # no download
     fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
     moving = [f"{section}.lr=0.01"] if "lr" in fields else []  # a rate at which 4 short epochs differ on val
+    views = ["features.views=2"] if METHODS.get(name).method_class.views else []  # not 300 crops per image (prolip)
     experiment = load_experiment(name, None, [
         f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{folder}",
         "data.num_workers=0", "train.epochs=4", "train.batch_size=8", "train.patience=0", f"run.out={out}",
-        "run.samples=0", *offline, *moving, *SECTION_SETTINGS.get(section, []), *settings])
+        "run.samples=0", *offline, *moving, *views, *SECTION_SETTINGS.get(section, []), *settings])
     return experiment, run_training(experiment).record
 
 
