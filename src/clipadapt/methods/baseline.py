@@ -117,8 +117,6 @@ class Baseline(Method):
 
     export_refusal = "it is not a CLIP model (an image classifier with its own head)"
 
-    augment = "none"
-
     def attach_backbone(self, bundle) -> None:
         """The image classifier instead of the CLIP model, which plays no part here."""
         self.net, processor, self.fingerprint = load_classifier(self.config.classifier)
@@ -164,4 +162,4 @@ class Baseline(Method):
 class BaselineFlip(Baseline):
     """The baseline with random horizontal flips during training."""
 
-    augment = "flip"
+    train_defaults = {"augment": "flip"}  # a default, so train.augment=crop-flip (or none) still applies

@@ -55,10 +55,10 @@ class ClipLoRA(LoRA):
 
     # the reference's loop: one prompt, no validation, batch 32, cosine without warmup to 1e-6
     # (MaxZanella/CLIP-LoRA@358f0d7361f59e66c0b2d0b672a3dafb143a759b lora.py:76), no clipping (lora.py:117-122:
-    # scaler.step without unscale/clip), random resized crops and flips (ours crop 50-100% of the image; the
-    # reference's torchvision crop 8-100%)
+    # scaler.step without unscale/clip), random resized crops (8-100% of the image) and flips (main.py:39-40)
     train_defaults = {"head_templates": "a photo of a {}.", "keep": "last", "patience": 0, "batch_size": 32,
-                      "warmup": 0.0, "min_lr": 1e-6, "grad_clip": 0.0, "augment": "crop-flip"}
+                      "warmup": 0.0, "min_lr": 1e-6, "grad_clip": 0.0, "augment": "crop-flip",
+                      "crop_scale": [0.08, 1.0]}
 
     def train_steps(self, trainer) -> int | None:
         """``clip_lora.iterations``, else 500 x the run's shots; a run without shots (a whole dataset) returns None

@@ -93,8 +93,10 @@ class CoCoOp(Method):
     # no gradient clipping: Dassl's model_backward_and_update is zero_grad, backward, step
     # (KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/engine/trainer.py:290-303); the
     # schedule, 10 epochs and batch 1: KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89
-    # configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml:3,15-22 (engine/schedules.py: dassl)
-    train_defaults = {"keep": "last", "epochs": 10, "batch_size": 1, "schedule": "dassl", "grad_clip": 0.0}
+    # configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml:3,15-22 (engine/schedules.py: dassl); its views
+    # crop 8-100% of the image, Dassl's RRCROP_SCALE (configs/...ctxv1.yaml:10-13, Dassl dassl/config/defaults.py:40)
+    train_defaults = {"keep": "last", "epochs": 10, "batch_size": 1, "schedule": "dassl", "grad_clip": 0.0,
+                      "crop_scale": [0.08, 1.0]}
 
     @classmethod
     def check(cls, config: CoCoOpConfig, bundle, classnames) -> None:

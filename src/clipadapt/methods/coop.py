@@ -283,7 +283,11 @@ class CoOp(Method):
     # gradient clipping (trainers/coop.py:271-282: backward and step through Dassl's model_backward_and_update), the
     # last epoch's weights (Dassl's TEST.FINAL_MODEL="last_step",
     # KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/config/defaults.py:216): val-free
-    train_defaults = {"keep": "last", "batch_size": 32, "schedule": "dassl", "grad_clip": 0.0}
+    # crops of 8-100% of the image: Dassl's RRCROP_SCALE (0.08, 1.0), which CoOp's configs keep
+    # (configs/trainers/CoOp/vit_b16.yaml:13; KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb
+    # dassl/config/defaults.py:40): the cached views' crop, and crop-flip's under image_features=recompute
+    train_defaults = {"keep": "last", "batch_size": 32, "schedule": "dassl", "grad_clip": 0.0,
+                      "crop_scale": [0.08, 1.0]}
     views, view_use = 10, PER_EPOCH  # the reference's fresh crop + flip every epoch, on cached features
 
     @classmethod

@@ -152,8 +152,11 @@ class MaPLe(Method):
     # muzairkhattak/multimodal-prompt-learning@69bce21ae8eda80ad6187534b2dce09cf6c59e17
     # configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:3 (batch 4), :15-22 (SGD 0.0035, 5 epochs, Dassl's
     # constant warmup epoch at 1e-5 and per-epoch cosine: engine/schedules.py); no gradient clipping and the
-    # schedule stepped after an epoch's last batch (trainers/maple.py:281-290)
-    train_defaults = {"keep": "last", "epochs": 5, "batch_size": 4, "schedule": "dassl", "grad_clip": 0.0}
+    # schedule stepped after an epoch's last batch (trainers/maple.py:281-290); a fresh random resized crop (8-100%
+    # of the image, Dassl's RRCROP_SCALE) + flip of every image each epoch (the config's :10-13;
+    # KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/config/defaults.py:40)
+    train_defaults = {"keep": "last", "epochs": 5, "batch_size": 4, "schedule": "dassl", "grad_clip": 0.0,
+                      "augment": "crop-flip", "crop_scale": [0.08, 1.0]}
 
     @classmethod
     def check(cls, config: MaPLeConfig, bundle, classnames) -> None:

@@ -52,6 +52,9 @@ class TipAdapterConfig(MethodConfig):
     alpha_steps: int = option(20, help="alpha values in the search grid")
     beta_steps: int = option(40, help="beta values in the search grid")
     lr: float = option(1e-3, help="peak learning rate of the keys (tip-adapter-f)")
+    # AdamW's own default, which the reference does not override (gaopengcuhk/Tip-Adapter@
+    # d0e2d6f8c5feb8b6ce937b757810761f7155d4d5 main.py:72); used by tip-adapter-f only
+    weight_decay: float = option(0.01, help="weight decay of the keys (tip-adapter-f)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +86,9 @@ class TipAdapter(Method):
     inputs = "features"
     train_keys = False
     views, view_use = 10, "keys: the mean of each image's views"  # the reference's augment_epoch
+    # the zero-shot classifier from the dataset's CoOp prompt (seven templates on ImageNet): gaopengcuhk/Tip-Adapter@
+    # d0e2d6f8c5feb8b6ce937b757810761f7155d4d5 datasets/oxford_pets.py:11, datasets/imagenet.py:177-183, utils.py:18-35
+    train_defaults = {"head_templates": "coop"}
 
     @classmethod
     def planned_choices(cls, config: TipAdapterConfig, train) -> tuple[str, ...]:
@@ -211,6 +217,10 @@ class TipAdapterF(TipAdapter):
 
     train_keys = True
     view_use = f"keys: the mean of each image's views; training: {PER_EPOCH}"
+    # the reference's fine-tuning (gaopengcuhk/Tip-Adapter@d0e2d6f8c5feb8b6ce937b757810761f7155d4d5): 20 epochs
+    # (configs/imagenet.yaml:31; EuroSAT's 100 are not followed), batch 256 (main.py:181), a per-iteration cosine
+    # without warmup (main.py:73, :106), no clipping (main.py:103-106)
+    train_defaults = {**TipAdapter.train_defaults, "epochs": 20, "batch_size": 256, "warmup": 0.0, "grad_clip": 0.0}
 
     @classmethod
     def planned_choices(cls, config: TipAdapterConfig, train) -> tuple[str, ...]:

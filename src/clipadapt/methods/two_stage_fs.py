@@ -129,9 +129,11 @@ class TwoStageFewShot(Method):
     # stage a CosineAnnealingLR over its own steps to eta_min=1e-6, no warmup (fs/twostage.py:263, :297); no
     # clipping (scaler.step straight after backward, fs/twostage.py:221-222, :162-163); "a photo of a {}." on every
     # dataset (datasets/*.py: the per-dataset templates are commented out, e.g. datasets/dtd.py:7-10,
-    # datasets/imagenet.py:194; used at fs/twostage.py:270, :289)
+    # datasets/imagenet.py:194; used at fs/twostage.py:270, :289); both stages train on RandomResizedCrop(scale=
+    # (0.08, 1)) + flip (datasets/__init__.py:62-67)
     train_defaults = {"keep": "last", "patience": 0, "batch_size": 32, "warmup": 0.0, "min_lr": 1e-6,
-                      "grad_clip": 0.0, "head_templates": "a photo of a {}."}
+                      "grad_clip": 0.0, "head_templates": "a photo of a {}.", "augment": "crop-flip",
+                      "crop_scale": [0.08, 1.0]}
 
     @classmethod
     def planned_choices(cls, config: TwoStageConfig, train) -> tuple[str, ...]:

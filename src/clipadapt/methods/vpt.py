@@ -36,7 +36,9 @@ class VPTConfig(PromptMethodConfig):
                                         "`layer` on)")
     layer: int = option(0, help="first layer that receives prompts (0: before the first transformer layer)")
     position: str = option("prepend", help="prepend (right after the class token) or append (end of the sequence)")
-    dropout: float = option(0.1, help="dropout on the prompt tokens while training")
+    # the reference's MODEL.PROMPT.DROPOUT, 0.0, which no shipped config sets (KMnP/vpt@
+    # 4410440ec1b489f24f66b9fad3d9b10ff3443567 src/configs/config.py:74)
+    dropout: float = option(0.0, help="dropout on the prompt tokens while training")
     lr: float = option(3e-2, help="peak learning rate of the prompts")
 
     def __post_init__(self) -> None:
