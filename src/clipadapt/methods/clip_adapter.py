@@ -7,6 +7,9 @@ zero-shot exactly. The paper's best residual ratio on few-shot ImageNet is 0.2 w
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +18,7 @@ from torch import nn
 from clipadapt.config import option, require_positive
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, MethodConfig, freeze, register_method
+from clipadapt.models.bundle import ClipBundle
 
 
 @dataclass
@@ -62,3 +66,17 @@ class ClipAdapter(Method):
 
     def classify(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.adapter(self.image_features(inputs)))
+
+    changes_towers = True  # the residual MLP transforms every image's features, whatever the classes
+
+    @contextmanager
+    def adapted_towers(self) -> Iterator[ClipBundle]:
+        """The image tower followed by the adapter (what ``classify`` runs on any image); the text tower as it was."""
+        bundle, adapter = self.bundle, self.adapter
+        weight = next(adapter.parameters())
+
+        def features(model, pixels):
+            return adapter(bundle.image_features_fn(model, pixels).to(weight.dtype))
+
+        with self.evaluating():
+            yield dataclasses.replace(bundle, image_features_fn=features)

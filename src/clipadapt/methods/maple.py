@@ -130,6 +130,9 @@ class MaPLe(Method):
 
     # val-free by its recipe (train.keep=last): the reference trains a fixed number of epochs and keeps the last
     train_defaults = {"keep": "last", "epochs": 5, "batch_size": 4, "warmup": 0.2}
+    # its vision prompts (coupled to the language prompts) join every image the tower encodes; its deeper language
+    # prompts act only inside its own class prompts, which a control's templates replace: that text tower is frozen
+    changes_towers = True
 
     @classmethod
     def check(cls, config: MaPLeConfig, bundle, classnames) -> None:

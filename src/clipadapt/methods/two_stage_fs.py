@@ -115,6 +115,7 @@ class TwoStageFewShot(Method):
     """Two stages in one budget: the LayerNorms of both towers, then a linear classifier; selective inference."""
 
     train_defaults = {"keep": "last", "patience": 0, "batch_size": 32, "warmup": 0.0}
+    changes_towers = True  # the LayerNorms of both towers
 
     @classmethod
     def planned_choices(cls, config: TwoStageConfig, train) -> tuple[str, ...]:
