@@ -21,7 +21,7 @@ from tests.helpers import make_image_folder
 
 runner = CliRunner()
 # what the runs need to stay small on the tiny CLIP (as tests/test_selection_record.py)
-SECTION_SETTINGS = {"maple": ["maple.depth=2"], "prolip": ["prolip.iterations=10", "prolip.lrs=[0.01]",
+SECTION_SETTINGS = {"maple": ["maple.depth=2"], "prolip": ["prolip.iterations=10", "prolip.lrs=[0.01,0.001]",
                                                            "prolip.lams=[0.0]"], "lp_pp": ["lp_pp.iterations=10"]}
 
 
