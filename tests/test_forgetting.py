@@ -61,6 +61,7 @@ def test_before_is_the_frozen_models_zero_shot_and_a_head_keeps_it(tiny_clip_dir
     assert saved["control"] == control
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, extra", [("lora", ["lora.lr=0.05", "train.epochs=4"]),
                                          ("full-ft", ["full_ft.lr=0.05", "full_ft.backbone_lr_scale=1",
                                                       "train.epochs=4"])])
@@ -125,6 +126,7 @@ def test_changes_towers_says_what_training_did_to_the_towers(name, tiny_clip_dir
         assert control["after_metrics"] == control["before_metrics"]
 
 
+@pytest.mark.slow
 def test_compare_shows_control_accuracy_kept(tiny_clip_dir, colour_folder, control_folder, tmp_path):
     out = tmp_path / "compare"
     result = runner.invoke(app, ["compare", "--model", str(tiny_clip_dir), "--dataset",
@@ -141,7 +143,7 @@ def test_compare_shows_control_accuracy_kept(tiny_clip_dir, colour_folder, contr
             if line.startswith("| ") and not line.startswith("| model |")}
     kept = json.loads((out / "tiny-clip" / "bitfit-seed0" / "metrics.json").read_text())["control"]["kept"]
     assert rows["linear-probe"] == "1.000" and rows["bitfit"] == f"{kept:.3f}"
-    assert rows["zeroshot (simple)"] == "-" or any(k.startswith("zeroshot") and v == "-" for k, v in rows.items())
+    assert [v for k, v in rows.items() if k.startswith("zeroshot")] == ["-"]  # a zero-shot run trains nothing
     assert "control accuracy kept: zero-shot accuracy on the control dataset" in report
 
 
