@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.engine.rundir import read_run_config
 from clipadapt.engine.runview import RunView
@@ -15,8 +15,14 @@ if TYPE_CHECKING:
 
 
 class Run(RunView):
-    """A run directory: ``.dir``, ``.config``, ``.record`` (metrics.json), ``.metrics``, ``.history``,
+    """A run directory: ``.dir``, ``.config``, ``.record`` (metrics.json), ``.metrics``, ``.history``, ``.control``,
     ``.predict(images)``, ``.report()``; shown as a table and its training curve in Jupyter."""
+
+    @property
+    def control(self) -> dict[str, Any] | None:
+        """Forgetting (``eval.control``): the control dataset's zero-shot accuracy ``before`` and ``after`` training
+        and ``kept`` (after / before), from metrics.json; None for a run without a control."""
+        return self.record.get("control")
 
     def predict(self, images: Sequence[str | Path | Image.Image] | str | Path | Image.Image, top_k: int = 5,
                 device: str | None = None) -> list[dict[str, float]]:

@@ -9,16 +9,34 @@ from pathlib import Path
 from clipadapt.config import load_method_experiment, method_experiment_class, option
 from clipadapt.data import DataConfig
 from clipadapt.data.prompts import TemplateSet, resolve_template_set, resolve_template_sets
+from clipadapt.data.registry import check_dataset_spec
 from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.rundir import TrainRunConfig
 from clipadapt.engine.trainer import DATASET_PROMPT, TrainConfig
 from clipadapt.engine.views import FeaturesConfig, ViewCache, ViewSpec
-from clipadapt.errors import ConfigError
+from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.methods import METHODS, Method
 from clipadapt.models.config import ModelConfig
 
 WEIGHTS_DIR = "weights"
+
+
+@dataclass
+class EvalConfig:
+    """What a run measures besides its own test split (classification/forgetting.py)."""
+
+    control: str | None = option(None, help="a control dataset (any dataset spec): zero-shot accuracy on it with the "
+                                             "run's towers before and after training (forgetting: metrics.json "
+                                             "control.kept); never used to choose anything")
+    control_split: str = option("test", help="the control dataset's split")
+
+    def __post_init__(self) -> None:
+        if self.control is not None:
+            try:
+                check_dataset_spec(self.control)
+            except ClipAdaptError as error:
+                raise ConfigError(f"eval.control: {error}") from None
 
 
 @dataclass
@@ -31,6 +49,7 @@ class TrainExperiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     run: TrainRunConfig = field(default_factory=TrainRunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def method_config(self):
         return getattr(self, METHODS.get(self.method).section)

@@ -14,10 +14,18 @@ from clipadapt.reports.report import Figure, Table, number, plus_minus
 
 COLUMNS = ["model", "method", "seeds", "acc1", "acc5", "mean per-class", "trainable params", "% of model",
            "train time (s)", "peak memory (MB)", "eval images/s"]
+CONTROL_COLUMN = "control accuracy kept"  # where any row's runs had a control dataset (eval.control)
+
+
+def controls(rows: list[Row]) -> list[str]:
+    """The control datasets of the rows' runs (metrics.json ``control``), in order of appearance."""
+    found = [(run.record or {}).get("control") or {} for row in rows for run in row.runs]
+    return list(dict.fromkeys(f"{c['dataset']} ({c['split']})" for c in found if c.get("dataset")))
 
 
 def summary_table(rows: list[Row]) -> Table:
-    table = Table(COLUMNS, [], [], css_class="summary")
+    with_control = bool(controls(rows))
+    table = Table(COLUMNS + [CONTROL_COLUMN] * with_control, [], [], css_class="summary")
     for row in rows:
         n = len(row.runs)
         trainable, _ = row.stat("params", "trainable")
@@ -30,7 +38,7 @@ def summary_table(rows: list[Row]) -> Table:
             number(row.stat("cost", "train_time_s")[0], ".1f") if row.method != "zeroshot" else "0",
             number(row.stat("cost", "peak_mem_mb")[0], ",.0f"),
             number(row.stat("cost", "eval_images_per_s")[0], ",.1f"),
-        ])
+        ] + [plus_minus(*row.stat("control", "kept"), len(row.values("control", "kept")), 3)] * with_control)
         table.row_keys.append(row.method)
     return table
 
@@ -104,6 +112,12 @@ def dataset_sections(runs: list[RunInfo], dataset: str, files: Path, prefix: str
     """One dataset's table, figures and per-method figures, and the table's rows."""
     rows = [r for r in table_rows(runs) if r.dataset == dataset]
     blocks = [("h2", f"Dataset: {dataset}"), ("table", summary_table(rows))]
+    if controls(rows):
+        blocks.append(("p", f"{CONTROL_COLUMN}: zero-shot accuracy on the control dataset "
+                            f"({', '.join(controls(rows))}) with the run's adapted towers after training, divided by "
+                            f"the frozen model's before it (1 = nothing forgotten; below 1 = forgotten). Methods "
+                            f"that leave the towers frozen (a head, a prompt of their own) keep 1 by construction; "
+                            f"the control never chooses anything."))
     oracles = [r for r in table_rows(runs, oracles=True) if r.dataset == dataset]
     if oracles:
         table = summary_table(oracles)

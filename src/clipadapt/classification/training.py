@@ -19,6 +19,7 @@ from clipadapt.classification.experiment import (
     training_data,
     views_record,
 )
+from clipadapt.classification.forgetting import load_control
 from clipadapt.classification.two_stage import initialise_from_run
 from clipadapt.config import to_dict
 from clipadapt.data import load_dataset
@@ -26,6 +27,7 @@ from clipadapt.data.fewshot import write_fewshot_file
 from clipadapt.data.registry import resolved_data
 from clipadapt.engine.checkpoint import remove_checkpoints
 from clipadapt.engine.cost import peak_memory_mb, reset_peak_memory
+from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.records import build_metrics_record, write_csv, write_metrics, write_skipped
 from clipadapt.engine.rundir import RunOutput, check_train_run_dir, default_run_dir, resumable, start_run_dir
@@ -59,10 +61,13 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
     for split in ("train", cfg.data.split, *(("val",) if plan else ())):
         dataset.split(split)  # a clear error before any heavy work
     dataset.check_held_out(cfg.data.split)
+    control = load_control(cfg.eval, cfg.data, cfg.method)  # a bad control fails here, before anything is written
     device = accelerator.device
     reset_peak_memory(device)
     bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,
                         trust_remote_code=cfg.model.trust_remote_code)
+    if control is not None:  # the frozen model, before the method attaches anything to it
+        control.measure_before(bundle, FeatureCache() if cfg.run.feature_cache else None, accelerator.autocast())
     set_seed(cfg.run.seed)
     method = build_method(cfg, bundle, dataset)
     initialised = None
@@ -85,6 +90,8 @@ def run_training(experiment: TrainExperiment, callbacks: dict[str, list] | None 
                             trainer.selections)
         if initialised is not None:
             record["init_from"] = initialised
+        if control is not None:  # read after every choice was made: the control never chooses
+            record["control"] = control.record(method, accelerator.autocast())
         if accelerator.is_main_process:
             write_run_results(run_dir, method, dataset, fit, evaluation, record, data, cfg.run.samples, cfg.run.seed)
             remove_checkpoints(run_dir)

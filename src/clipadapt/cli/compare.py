@@ -74,15 +74,15 @@ def compare_command(
 
 def report_table(report) -> Table:
     """The report's table, narrowed for a terminal (report.md/html have every column)."""
-    from clipadapt.classification.report import summary_table
+    from clipadapt.classification.report import CONTROL_COLUMN, summary_table
 
     summary = summary_table(report.rows)
     several_models = len({row.model for row in report.rows}) > 1
     keep = ["model"] * several_models + ["method", "seeds", "acc1", "acc5", "trainable params", "% of model",
-                                         "train time (s)"]
+                                         "train time (s)"] + [CONTROL_COLUMN] * (CONTROL_COLUMN in summary.headers)
     index = [summary.headers.index(name) for name in keep]
-    headers = [{"trainable params": "trainable", "train time (s)": "train s"}.get(name, name)
-               for name in keep]
+    headers = [{"trainable params": "trainable", "train time (s)": "train s", CONTROL_COLUMN: "control kept"}.get(
+        name, name) for name in keep]
     return result_table(headers, [[row[i] for i in index] for row in summary.rows],
                         title="comparison (test split; mean ± std over seeds)", names=1 + several_models)
 

@@ -75,7 +75,8 @@ def methods_command(pattern: Annotated[str | None, typer.Argument(help="shell pa
         chooses = ", ".join(row["chooses_on_val"]) or "nothing (val-free)"
         out.print(settings_table(f"{row['name']}: {row['description']}{package_note(row)}\n  chooses on validation: "
                                  f"{chooses}", row["section"], METHODS.get(row["name"]).config_class))
-    out.print("Shared sections: train.* (see `clipadapt train --help`), data.*, model.*, run.*", highlight=False)
+    out.print("Shared sections: train.* (see `clipadapt train --help`), data.*, model.*, run.*, eval.* (eval.control: "
+              "forgetting, docs/methods.md)", highlight=False)
 
 
 def print_card(method: str) -> None:

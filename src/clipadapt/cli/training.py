@@ -38,6 +38,16 @@ def training_results_table(record: dict) -> Table:
                         title=f"{record['model']} on {record['dataset']} ({record['split']}, n={m['n']})")
 
 
+def control_line(control: dict) -> str:
+    """metrics.json's ``control`` in one line: what the run kept of its zero-shot accuracy on the control."""
+    where = f"{control['dataset']} ({control['split']}, n={control['images']})"
+    if control.get("before") is None:
+        return f"control {where}: not measured ({control.get('reason')})"
+    kept = "-" if control["kept"] is None else f"{control['kept']:.3f}"
+    return (f"control accuracy kept: {kept} on {where}: zero-shot {control['before']:.4f} before training, "
+            f"{control['after']:.4f} after ({control['towers']} towers)")
+
+
 @user_errors
 def train_command(
     method: Annotated[str, typer.Argument(help="adaptation method (see `clipadapt methods`)")],
@@ -94,6 +104,9 @@ def train_command(
     if not run.main_process:
         return
     out.print(training_results_table(run.record))
+    control = run.record.get("control")
+    if control:
+        out.print(control_line(control), highlight=False)
     skipped = run.record["skipped_images"]["count"]
     if skipped:
         notice(f"{skipped} unreadable image(s) skipped; see {run.dir / 'skipped_images.txt'}")

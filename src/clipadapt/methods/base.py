@@ -94,6 +94,13 @@ class Method(TrainableModule):
                                             "which a plain transformers model cannot express")
     # pictures the method draws into its run directory (`write_pictures`): file name -> caption, shown by reports
     pictures: ClassVar[dict[str, str]] = {}
+    # eval.control (classification/forgetting.py): True where what the method learned changes what the CLIP towers
+    # compute for any classes (weights, prompts or prefixes inside a tower, a class-agnostic transform of the image
+    # features); False where the towers stay the frozen model's (a head, per-class statistics, a prompt of its own
+    # that the control's templates replace): its control accuracy after training is the one before
+    changes_towers: ClassVar[bool] = False
+    # why a run of this method has no CLIP towers to classify a control dataset zero-shot (None: it has)
+    control_refusal: ClassVar[str | None] = None
 
     def __init__(self, bundle: ClipBundle, classnames: Sequence[str], config: MethodConfig,
                  templates: TemplateSet) -> None:
@@ -252,6 +259,15 @@ class Method(TrainableModule):
             finally:
                 if freeze:
                     freeze(False)
+
+    @contextmanager
+    def adapted_towers(self) -> Iterator[ClipBundle]:
+        """The CLIP model as training left it, for zero-shot classification of other classes (eval.control): a
+        bundle whose ``encode_image``/``encode_text`` run the adapted towers. By default the method's own bundle in
+        evaluation mode (weights trained in place, LoRA merged, prompt hooks inside the towers); a method whose
+        change sits outside the bundle's model (a pixel prompt, a projection of its own) yields a view with it."""
+        with self.evaluating():
+            yield self.bundle
 
     # -- export (classification/export.py) ------------------------------------------------------------------
     def export_kind(self) -> str:

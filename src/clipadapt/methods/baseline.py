@@ -116,6 +116,7 @@ class Baseline(Method):
     """A conventional ImageNet classifier (default ResNet-18) with its final layer retrained (or more layers)."""
 
     export_refusal = "it is not a CLIP model (an image classifier with its own head)"
+    control_refusal = "it is not a CLIP model: an image classifier without a text tower cannot classify other classes"
 
     def attach_backbone(self, bundle) -> None:
         """The image classifier instead of the CLIP model, which plays no part here."""

@@ -18,6 +18,7 @@ class BitFit(Method):
     """Only the bias terms of the vision tower (and the head) are trained."""
 
     export_refusal = None  # its changes are CLIP weights, its classifier the head
+    changes_towers = True
 
     starts_at_zero_shot = True
 

@@ -11,6 +11,9 @@ crop + flip every epoch; ours trains epoch e on the cached augmented view e mod 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +23,7 @@ from clipadapt.config import option, require_positive
 from clipadapt.engine.views import PER_EPOCH
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, MethodConfig, freeze, register_method
+from clipadapt.models.bundle import ClipBundle
 
 
 @dataclass
@@ -68,3 +72,17 @@ class ClipAdapter(Method):
 
     def classify(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.adapter(self.image_features(inputs)))
+
+    changes_towers = True  # the residual MLP transforms every image's features, whatever the classes
+
+    @contextmanager
+    def adapted_towers(self) -> Iterator[ClipBundle]:
+        """The image tower followed by the adapter (what ``classify`` runs on any image); the text tower as it was."""
+        bundle, adapter = self.bundle, self.adapter
+        weight = next(adapter.parameters())
+
+        def features(model, pixels):
+            return adapter(bundle.image_features_fn(model, pixels).to(weight.dtype))
+
+        with self.evaluating():
+            yield dataclasses.replace(bundle, image_features_fn=features)

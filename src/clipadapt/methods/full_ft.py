@@ -33,6 +33,7 @@ class FullFineTune(Method):
     """The whole vision tower trains, at a tenth of the head's learning rate by default."""
 
     export_refusal = None  # its changes are CLIP weights, its classifier the head
+    changes_towers = True
 
     starts_at_zero_shot = True
 

@@ -112,6 +112,7 @@ class LoRA(Method):
     """peft LoRA on the vision tower (q_proj, v_proj, r=8, alpha=16 by default), optionally the text tower."""
 
     export_refusal = None  # the adapters merge into the weights (exported_model)
+    changes_towers = True  # the adapters, merged while the control is classified
 
     def __init__(self, bundle, classnames, config: PeftLoRAConfig, templates) -> None:
         super().__init__(bundle, classnames, config, templates)

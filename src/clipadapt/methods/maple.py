@@ -157,6 +157,9 @@ class MaPLe(Method):
     # KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb dassl/config/defaults.py:40)
     train_defaults = {"keep": "last", "epochs": 5, "batch_size": 4, "schedule": "dassl", "grad_clip": 0.0,
                       "augment": "crop-flip", "crop_scale": [0.08, 1.0]}
+    # its vision prompts (coupled to the language prompts) join every image the tower encodes; its deeper language
+    # prompts act only inside its own class prompts, which a control's templates replace: that text tower is frozen
+    changes_towers = True
 
     @classmethod
     def check(cls, config: MaPLeConfig, bundle, classnames) -> None:

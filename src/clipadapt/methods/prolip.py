@@ -21,7 +21,10 @@ reference's ``val_loader`` (``tfm=preprocess``). The logit scale is the model's 
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,7 @@ from clipadapt.engine.views import PER_ITERATION
 from clipadapt.errors import ConfigError
 from clipadapt.methods.base import Method, MethodConfig, freeze, register_method
 from clipadapt.methods.full_batch import TrainingInputs, split_tensors, train_full_batch
+from clipadapt.models.bundle import ClipBundle
 
 if TYPE_CHECKING:
     from clipadapt.engine.trainer import FitResult, Trainer
@@ -106,6 +110,19 @@ class Prolip(Method):
 
     def regulariser(self) -> torch.Tensor:
         return ((self.projection.weight - self.initial) ** 2).sum()
+
+    changes_towers = True  # the image tower's final projection
+
+    @contextmanager
+    def adapted_towers(self) -> Iterator[ClipBundle]:
+        """The image tower with the trained projection in place of the pretrained one; the text tower as it was."""
+        bundle, projection = self.bundle, self.projection
+
+        def features(model, pixels):
+            return projection(bundle.pooled_image_features_fn(model, pixels).to(projection.weight.dtype))
+
+        with self.evaluating():
+            yield dataclasses.replace(bundle, image_features_fn=features)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = super().forward(batch)

@@ -134,6 +134,7 @@ class TwoStageFewShot(Method):
     train_defaults = {"keep": "last", "patience": 0, "batch_size": 32, "warmup": 0.0, "min_lr": 1e-6,
                       "grad_clip": 0.0, "head_templates": "a photo of a {}.", "augment": "crop-flip",
                       "crop_scale": [0.08, 1.0]}
+    changes_towers = True  # the LayerNorms of both towers
 
     @classmethod
     def planned_choices(cls, config: TwoStageConfig, train) -> tuple[str, ...]:

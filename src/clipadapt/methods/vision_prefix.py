@@ -103,6 +103,7 @@ class VisionPrefixTuning(PromptMethod):
     """Prefix-tuning of the image tower: learned keys/values in every attention layer from `layer` on."""
 
     export_refusal = "its learned keys and values join every attention layer, outside the model's weights"
+    changes_towers = True  # every image the tower encodes attends to the prefixes
 
     @classmethod
     def check(cls, config: VisionPrefixConfig, bundle, classnames) -> None:

@@ -17,6 +17,9 @@ No maintained library implements pixel prompts for transformers models, so this 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_save
 from clipadapt.methods.base import register_method
 from clipadapt.methods.prompt_base import PromptMethod, PromptMethodConfig
+from clipadapt.models.bundle import ClipBundle
 
 PROMPT_KINDS = ("padding", "fixed-patch", "random-patch")
 PROMPT_INITS = ("normal", "zeros")
@@ -136,6 +140,19 @@ class VisualPrompt(PromptMethod):
 
     def image_features(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.bundle.encode_image(self.prompter(inputs.to(self.bundle.device)), normalize=False)
+
+    changes_towers = True  # the prompt is added to every image before the image tower
+
+    @contextmanager
+    def adapted_towers(self) -> Iterator[ClipBundle]:
+        """The image tower with the learned prompt added to its input (random-patch: at its evaluation place)."""
+        bundle, prompter = self.bundle, self.prompter
+
+        def features(model, pixels):
+            return bundle.image_features_fn(model, prompter(pixels))
+
+        with self.evaluating():
+            yield dataclasses.replace(bundle, image_features_fn=features)
 
     @torch.no_grad()
     def write_pictures(self, run_dir: Path, sample_pixels: torch.Tensor) -> None:

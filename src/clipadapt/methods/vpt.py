@@ -97,6 +97,7 @@ class VPT(PromptMethod):
     """Visual prompt tuning: learned tokens in the image tower's sequence (shallow or deep)."""
 
     export_refusal = "its learned tokens are inserted into the image tower's sequence, outside its weights"
+    changes_towers = True  # its hooks put the tokens into every image the tower encodes
 
     @classmethod
     def check(cls, config: VPTConfig, bundle, classnames) -> None:
