@@ -235,6 +235,16 @@ def test_prolip_lambda_defaults_to_one_over_shots(tiny_clip_dir, colour_folder, 
     assert output.record["selection"]["chose"] == [] and output.record["best_epoch"] == 5
 
 
+def test_prolip_val_with_one_cell_chooses_nothing_and_needs_no_validation(tiny_clip_dir, colour_folder, tmp_path):
+    """One (lr, lambda) cell is no choice: the plan is val-free, so no val split is carved from this folder, and the
+    fit must not read one (it used to fail with "has no split 'val'")."""
+    output = run("prolip-val", tiny_clip_dir, colour_folder, tmp_path / "run", "prolip.iterations=5",
+                 "features.views=2", "prolip.lrs=[1e-3]", "prolip.lams=[0.1]")
+    selection = output.record["selection"]
+    assert selection["chose"] == [] and selection["validation"]["split"] is None
+    assert (selection["lr"], selection["lambda"]) == (1e-3, 0.1)
+
+
 def test_prolip_val_chooses_lr_and_lambda_on_validation(tiny_clip_dir, disagree, tmp_path, monkeypatch):
     from clipadapt.methods import prolip
 

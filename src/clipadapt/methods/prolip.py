@@ -179,6 +179,10 @@ class Prolip(Method):
         cell's weights are held while the others train. Under train.keep=best that last training chooses its best
         iteration on val too, recorded after the cell; the grid's own trainings record nothing."""
         started = time.perf_counter()
+        if len(self.config.lrs) * len(self.config.lams) == 1:  # one cell is no choice: it needs no validation split
+            fit = self.train_once(trainer, self.config.lrs[0], self.config.lams[0], inputs=inputs)
+            fit.details = {**fit.details, "lr": self.config.lrs[0], "lambda": self.config.lams[0]}
+            return fit
         val_x, val_y = split_tensors(trainer, "val", self.projection.weight.device)
         cells = []
         with trainer.selections.discarded():  # the cells' own choices; the chosen cell's second training records
