@@ -91,7 +91,7 @@ def test_killed_benchmark_resumes_exactly_the_missing_cells_and_ray_agrees(with_
         record = json.loads((Path(row["run"]) / "metrics.json").read_text())
         assert float(row["acc1"]) == pytest.approx(record["metrics"]["acc1"], abs=1e-6)
     markdown = (local / "benchmark.md").read_text()
-    assert "### 1 shots" in markdown and "### 2 shots" in markdown and "| coop | epoch |" in markdown
+    assert "### 1 shots" in markdown and "### 2 shots" in markdown and "| coop | nothing (val-free) |" in markdown
     for heading in ("### 1 shots", "### 2 shots"):  # zero-shot and both methods on both datasets, and the average
         cells = table_cells(markdown, heading)
         assert len(cells) == 3 * 3 and all(ACCURACY_CELL.fullmatch(c) for c in cells), cells

@@ -163,7 +163,7 @@ def _with_unknown_key(path: Path, tmp_path: Path, where: str | None) -> Path:
 
 
 @pytest.mark.parametrize("name, command, where, valid", [
-    ("world-lora.yaml", ["train", "lora"], None, "valid keys: method, model, data, train, run, lora"),
+    ("world-lora.yaml", ["train", "lora"], None, "valid keys: method, model, data, train, features, run, eval, lora"),
     ("world-lora.yaml", ["train", "lora"], "train", "valid keys: epochs, steps, batch_size"),
     ("flowers102-zeroshot.yaml", ["zeroshot"], "zeroshot", "valid keys: templates, select_on, text_batch_size"),
     ("world-captions-lora.yaml", ["caption", "train", "lora"], "decode", "valid keys: max_new_tokens"),

@@ -174,6 +174,24 @@ def test_recipe_views_are_recorded(tiny_clip_dir, colour_folder, tmp_path):
     assert linear.record["features"] == {"views": 0}
 
 
+def test_clean_features_opt_out_of_the_recipes_views(tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
+    """features.views=clean: the recipe's views are not encoded; the method trains on the clean cached features (and
+    any method accepts it, so a compare can pass it to all)."""
+    from clipadapt.engine import views
+
+    def no_views(*args, **kwargs):
+        raise AssertionError("views encoded")
+
+    monkeypatch.setattr(views, "encode_views", no_views)
+    common = [f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{colour_folder}",
+              "data.num_workers=0", "run.samples=0", "features.views=clean"]
+    out = run_training(load_experiment("lp++", None, [*common, f"run.out={tmp_path / 'lpp'}", "lp_pp.iterations=3"]))
+    assert out.record["features"] == {"views": 0}
+    assert out.record["config"]["features"]["views"] == "clean"
+    lora = load_experiment("lora", None, [*common, f"run.out={tmp_path / 'lora'}"])
+    assert lora.features.views == "clean"  # a pixel method takes it too (it has no views to drop)
+
+
 def test_crop_scale_reaches_pixel_augmentation(colour_folder):
     from clipadapt.data.transforms import ClipPreprocess, PreprocessConfig
     from clipadapt.engine.inputs import AugmentedImages
@@ -188,8 +206,9 @@ def test_crop_scale_reaches_pixel_augmentation(colour_folder):
 
 
 @pytest.mark.parametrize(("method", "override", "message"), [
-    ("gda", "features.views=0", "features.views must be a positive number of views, got 0"),
-    ("gda", "features.views=-3", "features.views must be a positive number of views, got -3"),
+    ("gda", "features.views=0", "features.views must be a positive number of views or 'clean', got 0"),
+    ("gda", "features.views=-3", "features.views must be a positive number of views or 'clean', got -3"),
+    ("gda", "features.views=all", "features.views must be a positive number of views or 'clean', got 'all'"),
     ("gda", "train.crop_scale=0,1", "train.crop_scale must be two numbers min,max with 0 < min <= max <= 1, got [0.0, "
                                     "1.0]"),
     ("gda", "train.crop_scale=0.5,1.5", "got [0.5, 1.5]"),

@@ -386,7 +386,7 @@ def test_coop_on_cached_features_equals_coop_re_encoding_the_images(tiny_clip_di
         outputs.append(run_training(load_experiment("coop", None, [
             f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{colour_folder}",
             "data.num_workers=0", "train.epochs=3", "train.batch_size=4", f"coop.image_features={mode}",
-            "coop.lr=0.05", f"run.out={tmp_path / mode}"])))
+            "coop.lr=0.05", "features.views=clean", f"run.out={tmp_path / mode}"])))  # the same clean images
     cached, recompute = outputs
     assert cached.record["config"]["coop"]["image_features"] == "cached"
     assert recompute.record["config"]["coop"]["image_features"] == "recompute"  # (speed: benchmarks/, not here)

@@ -111,7 +111,7 @@ def test_class_specific_coop_beats_zero_shot_on_novel_pairs(with_world, tmp_path
                  f"run.out={tmp_path / 'coop'}", "coop.class_specific=true"]
     record = run_training(load_experiment("coop", None, overrides)).record
     assert record["metrics"]["acc1"] > zero_shot + 0.10, (record["metrics"]["acc1"], zero_shot)
-    assert record["shots"] == 8 and record["selection"]["val_acc"] > 0
+    assert record["shots"] == 8 and record["selection"]["chose"] == []  # the reference keeps the last epoch
 
 
 # Corruptions cost the pretrained model accuracy. Measured (recipe v1) on world:shapes test, the first 5 images of

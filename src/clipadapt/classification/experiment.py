@@ -14,7 +14,7 @@ from clipadapt.engine.features import FeatureCache
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.rundir import TrainRunConfig
 from clipadapt.engine.trainer import DATASET_PROMPT, TrainConfig
-from clipadapt.engine.views import FeaturesConfig, ViewCache, ViewSpec
+from clipadapt.engine.views import CLEAN, FeaturesConfig, ViewCache, ViewSpec
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.methods import METHODS, Method
 from clipadapt.models.config import ModelConfig
@@ -93,8 +93,11 @@ def build_method(experiment: TrainExperiment, bundle, dataset) -> Method:
 
 def effective_views(cfg: TrainExperiment, method: Method) -> int:
     """The augmented feature views the run trains on: features.views, else the method's recipe (``Method.views``);
-    0 for methods that cannot use them (pixel methods, which augment with train.augment)."""
+    0 for ``features.views=clean`` and for methods that cannot use them (pixel methods, which augment with
+    train.augment)."""
     requested = cfg.features.views
+    if requested == CLEAN:
+        return 0
     if method.inputs != "features" or method.view_use is None:
         if requested is not None:
             raise ConfigError(f"features.views={requested} applies to methods on cached features that train on "

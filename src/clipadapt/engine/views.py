@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 PER_EPOCH = "a view per epoch: epoch e trains on view e mod N"
 # how full-batch methods use them (methods/full_batch.py)
 PER_ITERATION = "a view per full-batch iteration: iteration t (from 1) on view t mod N"
+CLEAN = "clean"  # features.views=clean: the cached clean features, no views (what every method ate before views)
 VIEWS_PER_PASS = 10  # views cropped from one decoded image per pass over the split
 STORE, META = "views.npy", "meta.json"
 
@@ -71,17 +72,20 @@ def check_crop_scale(scale, name: str = "train.crop_scale") -> tuple[float, floa
 class FeaturesConfig:
     """The ``features:`` section: what feature methods train on."""
 
-    views: int | None = option(None, help="augmented views of each training image that feature methods train on "
-                                          "(random resized crop with train.crop_scale + flip, encoded once and "
-                                          "cached; evaluation stays on clean images); default: the method's recipe "
-                                          "(gda and tip-adapter 10, prolip 300, lp++ 1, see docs/methods.md)")
+    views: int | str | None = option(None, help="augmented views of each training image that feature methods train "
+                                                "on (random resized crop with train.crop_scale + flip, encoded once "
+                                                "and cached; evaluation stays on clean images); 'clean': one clean "
+                                                "feature per image, no views; default: the method's recipe (gda and "
+                                                "tip-adapter 10, prolip 300, lp++ 1, see docs/methods.md)")
     seed: int = option(0, help="seed of the views (not the run's seed: every run asking for the same views of the "
                                "same images shares them)")
 
     def __post_init__(self) -> None:
-        if self.views is not None and (isinstance(self.views, bool) or self.views <= 0):
-            raise ConfigError(f"features.views must be a positive number of views, got {self.views} (leave it unset "
-                              f"for the method's recipe)")
+        if self.views is None or self.views == CLEAN:
+            return
+        if isinstance(self.views, str | bool) or self.views <= 0:
+            raise ConfigError(f"features.views must be a positive number of views or '{CLEAN}', got {self.views!r} "
+                              f"(leave it unset for the method's recipe)")
 
 
 @dataclass(frozen=True)
