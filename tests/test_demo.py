@@ -25,7 +25,7 @@ def test_the_default_demo_trains_one_method_of_each_family_and_full_every_method
     assert set(DEMO_ENSEMBLE) | {DEMO_WISE[0]} <= set(DEMO_METHODS)  # the light demo still combines runs
     assert "baseline" not in DEMO_METHODS  # it would build world:tiny-resnet on a fresh clone
     # the light demo's settings leave out the sections of methods it does not train (compare refuses those)
-    assert demo_settings(DEMO_METHODS) == ["train.epochs=10", "train.patience=3", "coop.epochs=10"]
+    assert demo_settings(DEMO_METHODS) == ["train.epochs=10", "train.patience=3"]
     assert demo_settings(list_methods()) == DEMO_SETTINGS
 
 
