@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clipadapt.classification.experiment import TrainExperiment, experiment_class
 from clipadapt.classification.training import run_training
 from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
-from clipadapt.config import apply_overrides, as_overrides, format_overrides, from_dict, override_section
+from clipadapt.config import apply_overrides, as_overrides, format_overrides, load_config, override_section
 from clipadapt.data import DataConfig
 from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, refuse_oracle_runs
 from clipadapt.engine.rundir import RunConfig
@@ -88,15 +86,7 @@ def load_compare_config(path: str | Path | None, given: dict[str, Any], override
     """Defaults, then the file (``CompareFile``), then ``given`` (the named arguments that were given: ``models``,
     ``dataset``, ...); the runs' settings are the file's, then ``overrides``. ``options``: the other fields of
     ``CompareConfig`` (device, executor, ...). Every run's settings are checked here, before anything loads."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping")
-    file = from_dict(CompareFile, data)
+    file = load_config(CompareFile, path)  # the same file checks as every other command's --config
     values = {name: value for name, value in dataclasses.asdict(file).items()
               if name != "settings" and value is not None} | given
     if not values.get("models"):
