@@ -14,15 +14,17 @@ from clipadapt.version import __version__
 add_plugin("clipadapt.world.plugin:register")
 
 _API = (
-    "Run", "bench", "benchmark", "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo",
-    "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict", "recipe_card", "register_dataset",
-    "register_method", "register_model", "register_template_set", "report", "robustness", "sweep", "template_sets",
-    "train", "wise", "zeroshot",
+    "Run", "advise", "advise_table", "bench", "benchmark", "caption_methods", "compare", "compare_captions",
+    "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict",
+    "recipe_card", "register_dataset", "register_method", "register_model", "register_template_set", "report",
+    "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
 )
 
 if TYPE_CHECKING:
     from clipadapt.api import (  # noqa: F401
         Run,
+        advise,
+        advise_table,
         bench,
         caption_methods,
         compare,

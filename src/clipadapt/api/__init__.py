@@ -8,6 +8,7 @@
 docs/python.md has an example for every function.
 """
 
+from clipadapt.api.advise import advise, advise_table
 from clipadapt.api.listing import (
     caption_methods,
     datasets,
@@ -42,7 +43,8 @@ from clipadapt.api.workflows import (
 from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenError, UnknownNameError
 
 __all__ = [
-    "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "bench", "benchmark",
+    "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "advise",
+    "advise_table", "bench", "benchmark",
     "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate",
     "export", "load_run", "methods", "models", "predict", "recipe_card", "register_dataset", "register_method",
     "register_model", "register_template_set", "report", "robustness", "sweep", "template_sets", "train", "wise",

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from clipadapt.cli import (
+    advise,
     bench,
     benchmark,
     combine,
@@ -43,6 +44,7 @@ for name, command in [
     ("robustness", predict.robustness_command),
     ("bench", bench.bench_command),
     ("benchmark", benchmark.benchmark_command),
+    ("advise", advise.advise_command),
     ("demo", demo.demo_command),
 ]:
     app.command(name)(command)
