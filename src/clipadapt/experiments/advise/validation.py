@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -167,8 +168,9 @@ def leave_one_dataset_out(results: Sequence[Result], cost: Cost,
         raise ConfigError("leave-one-dataset-out found no case: no group has a zero-shot row and a candidate "
                           f"beyond the pilot's ({', '.join(PILOT_METHODS)}) among {', '.join(candidates)}")
     regret: dict[str, dict[str, dict]] = {}
-    per_case = [{"dataset": c.dataset, "backbone": c.backbone, "source": c.source, "shots": c.shots,
-                 "published": c.published, "estimate": c.estimate, "choice": {}, "regret": {}} for c in cases]
+    per_case: list[dict[str, Any]] = [
+        {"dataset": c.dataset, "backbone": c.backbone, "source": c.source, "shots": c.shots, "published": c.published,
+         "estimate": c.estimate, "choice": {}, "regret": {}} for c in cases]
     for name, budget in named.items():
         values: dict[str, list[float]] = {p: [] for p in POLICIES}
         for case, record in zip(cases, per_case, strict=True):
@@ -209,9 +211,9 @@ def rank_summary(cases: list[Case], per_case: list[dict]) -> dict:
         rho_predicted = spearman([case.estimate[m] for m in predicted], [case.published[m] for m in predicted])
         record["spearman"] = {"all": _none(rho_all), "predicted": _none(rho_predicted)}
         by_cell.setdefault((case.dataset, case.shots), []).append((rho_all, rho_predicted, case, record))
-    cells = []
+    cells: list[dict[str, Any]] = []
     for (dataset, shots), found in sorted(by_cell.items()):
-        regret = {}
+        regret: dict[str, list[float]] = {}
         for record in (f[3] for f in found):
             for budget, values in record["regret"].items():
                 regret.setdefault(budget, []).append(values["advice"])
