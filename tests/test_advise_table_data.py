@@ -16,11 +16,17 @@ DATASETS = {"imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers10
 # Our registry names where we have the method, else the paper's name lowercased (docs/advise-sources.md).
 METHODS = {"zeroshot", "linear-probe", "coop", "cocoop", "tip-adapter", "tip-adapter-f", "clip-adapter", "maple",
            "lp++", "gda", "clip-lora", "prolip", "2sfs", "calip", "tip-x", "plot++", "kgcoop", "taskres", "prograd",
-           "clap", "clip-svd"}
+           "clap", "clip-svd", "ape", "ape-t", "ldc", "semobridge", "semobridge-t"}
 NO_LABELS = {"zeroshot", "calip"}  # zero-shot methods: their rows have shots=0
 SHOTS = {0, 1, 2, 4, 8, 16}
 GDA = "Wang et al. 2024 (ICLR 2024; arXiv:2402.04087) Figure 1 values as released in exp.log"
 TIP = "Zhang et al. 2022 (ECCV 2022; arXiv:2207.09519) Figures 4-5 values as released in exp.log"
+COOP = ("Zhou et al. 2022 (CoOp; IJCV 2022; arXiv:2109.01134) released results sheet imcls_fewshot, as copied in "
+        "Jingchensun/Prompt-Adapter")
+HC = "Zhang et al. 2024 (NeurIPS 2024; OpenReview veMnGKXvTx) Tables 2 and 5"
+TIP2 = "Zhang et al. 2022 (ECCV 2022; arXiv:2207.09519v1) Table 2"
+SMB = ("SeMoBridge authors' ViT-B/16 results sheet 2025 (christti98/semobridge; baseline rows copied from other "
+       "papers)")
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +82,36 @@ def test_counts_and_values_read_from_the_released_logs(table):
     for dataset in DATASETS:
         for shots in (1, 2, 4, 8, 16):
             assert value[GDA, dataset, "tip-adapter", shots] == value[TIP, dataset, "tip-adapter", shots]
+
+
+def test_counts_and_values_of_the_sources_with_linear_probe_and_trained_methods(table):
+    _, rows = table
+    per_source = Counter(r["source"] for r in rows)
+    assert per_source[COOP] == 11 * (1 + 2 * 5)  # Handcrafted prompt, CoOp and linear probe CLIP at 5 shots
+    assert per_source[HC] == 11 * (1 + 3 * 5) + 1 + 4  # Table 5 (RN50), Table 2's ImageNet rows (RN50 LP; ViT-B/16)
+    assert per_source[TIP2] == 1 + 5 * 5  # ImageNet only
+    assert per_source[SMB] == 11 * (1 + 10 * 5) + 3 * 11 + 5  # 2SFS has K=4,8,16 per dataset, Tip-X ImageNet only
+    assert len(rows) == 363 + 121 + 181 + 26 + 599
+    value = {(r["source"], r["backbone"], r["dataset"], r["method"], int(r["shots"])): r["acc"] for r in rows}
+    assert value[COOP, "RN50", "eurosat", "linear-probe", 1] == "51"  # the sheet stores numbers, not text
+    assert value[COOP, "RN50", "imagenet", "linear-probe", 16] == "55.87"
+    assert value[COOP, "RN50", "fgvc_aircraft", "coop", 1] == "9.64"
+    assert value[HC, "RN50", "stanford_cars", "taskres", 16] == "77.07"
+    assert value[HC, "RN50", "food101", "tip-adapter-f", 16] == "79.4"  # printed with one decimal
+    assert value[HC, "ViT-B/16", "imagenet", "linear-probe", 16] == "65.85"
+    assert value[TIP2, "RN50", "imagenet", "linear-probe", 1] == "22.17"
+    assert value[SMB, "ViT-B/16", "imagenet", "clip-lora", 16] == "73.60"
+    assert value[SMB, "ViT-B/16", "eurosat", "coop", 16] == "84.44"  # "84.44±0.80 0:01:35" in the sheet
+    for dataset in DATASETS:
+        # HC's zero-shot column is the CoOp sheet's "Handcrafted prompt" row.
+        assert value[HC, "RN50", dataset, "zeroshot", 0] == value[COOP, "RN50", dataset, "zeroshot", 0]
+        for shots in (1, 2, 4, 8, 16):
+            # HC's CLIP-Adapter rows equal the CLIP-A rows of Tip-Adapter's exp.log (HC prints 93.9 for 93.90).
+            hc = value[HC, "RN50", dataset, "clip-adapter", shots]
+            tip = value[TIP, "RN50", dataset, "clip-adapter", shots]
+            assert float(hc) == float(tip)
+    for shots in (1, 2, 4, 8, 16):
+        # Tip-Adapter's Table 2 reprints CoOp's ImageNet curve; its linear-probe row differs (docs/advise-sources.md).
+        assert value[TIP2, "RN50", "imagenet", "coop", shots] == value[COOP, "RN50", "imagenet", "coop", shots]
+        clip_adapter = value[TIP2, "RN50", "imagenet", "clip-adapter", shots]
+        assert clip_adapter == value[HC, "RN50", "imagenet", "clip-adapter", shots]
