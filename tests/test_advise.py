@@ -10,8 +10,8 @@ import pytest
 
 from clipadapt.errors import ClipAdaptError
 from clipadapt.experiments.advise.advise import (
-    AdviseConfig,
     Advice,
+    AdviseConfig,
     Choice,
     build_choices,
     check_budget,
