@@ -167,14 +167,13 @@ def predict_seconds(work: Mapping, step_seconds: float | None, per_image_encode_
     return {**{k: round(v, 3) for k, v in parts.items()}, "total": round(sum(parts.values()), 3)}
 
 
-def inference_seconds_per_image(model: str, device: str = "auto", batch: int = 32) -> float:
-    """Seconds per image of the image tower on random pixels (no decoding), measured in a child process: the
-    encoding estimate where the pilot's is not at hand."""
+def measure_encoding(model: str, device: str = "auto", batch: int = 32) -> dict:
+    """The image tower's inference on random pixels (no decoding) in a child process: its seconds per image (the
+    encoding estimate where the pilot's is not at hand) and peak memory (zero-shot's)."""
     from clipadapt.experiments.bench import measure_in_child
 
-    row = measure_in_child("inference", model=model, batch=batch, dtype="fp32", mode="inference_mode",
-                           iterations=3, device=device)
-    return 1.0 / row["images_per_s"]
+    return measure_in_child("inference", model=model, batch=batch, dtype="fp32", mode="inference_mode",
+                            iterations=3, device=device)
 
 
 def probe_costs(model: str, methods: Sequence[str], n_train: int, n_classes: int, device: str = "auto",
@@ -189,13 +188,16 @@ def probe_costs(model: str, methods: Sequence[str], n_train: int, n_classes: int
 
     notify = on_progress or (lambda message: None)
     target = str(resolve_device(device))
+    inference = None
+    if per_image_encode_seconds is None or ZERO_SHOT in methods:
+        notify("measuring the image tower")
+        inference = measure_encoding(model, device)
     if per_image_encode_seconds is None:
-        notify("measuring the image tower's speed")
-        per_image_encode_seconds = inference_seconds_per_image(model, device)
+        per_image_encode_seconds = 1.0 / inference["images_per_s"]
     costs = {}
     for method in methods:
         work = recipe_work(method, n_train, n_classes, settings, n_val=n_val, n_test=n_test, dataset=dataset)
-        step_seconds, memory, probe_batch = None, 0.0, None
+        step_seconds, memory, probe_batch = None, inference["peak_mem_mb"] if inference else 0.0, None
         if method != ZERO_SHOT:
             notify(f"probing {method}")
             batch = work["batch"] or 32  # closed-form: its forward, for the memory it holds

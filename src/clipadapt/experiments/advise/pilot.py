@@ -150,10 +150,10 @@ def fold_assignment(labels: np.ndarray, folds: int, seed: int) -> tuple[np.ndarr
         members = rng.permutation(np.flatnonzero(labels == label))
         assigned[members] = (start + np.arange(len(members))) % count
         start = (start + len(members)) % count
-    if counts.min() >= count:
-        scheme = f"stratified {count}-fold"
-    elif counts.max() <= count:
+    if counts.max() <= count < folds:  # fewer images than folds in every class: one held out per fold
         scheme = f"leave-one-out per class ({count} folds)"
+    elif counts.min() >= count:
+        scheme = f"stratified {count}-fold"
     else:
         scheme = f"stratified {count}-fold, leave-one-out per class for classes with fewer than {count} images"
     return assigned, count, scheme
@@ -278,11 +278,12 @@ def load_pilot_data(model: str, dataset: str, shots: int, seed: int):
     data = resolved_data(data, METHODS.get("linear-probe").method_class.validation_shots)
     experiment = dataclasses.replace(experiment, data=data, model=dataclasses.replace(experiment.model, spec=model),
                                      run=dataclasses.replace(experiment.run, seed=seed))
-    drawn = load_dataset(data)
-    if "train" not in drawn.splits or len(drawn.splits["train"]) == 0:
+    whole = load_dataset(dataclasses.replace(data, shots=None))  # before drawing: a missing train split, said here
+    if "train" not in whole.splits or len(whole.splits["train"]) == 0:
         raise DataError(f"dataset '{dataset}' has no training images: advise scores methods on them; valid choices: "
-                        f"a dataset with a train split (imagefolder:ROOT with train/, a registered dataset)")
-    return experiment, drawn
+                        f"a dataset with a train split (imagefolder:ROOT with train/ or class folders, a registered "
+                        f"dataset)")
+    return experiment, load_dataset(data)
 
 
 @dataclass
