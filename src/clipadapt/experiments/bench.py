@@ -161,8 +161,11 @@ def measure_inference(model: str, batch: int, dtype: str, mode: str, iterations:
 
 def measure_training_step(model: str, method_name: str, batch: int, steps: int, device: str,
                           checkpointing: bool = False, settings: list[str] | None = None,
-                          detail: bool = False) -> dict:
+                          detail: bool = False, classes: int = 10) -> dict:
     """Training images/s and peak memory of one method's step (forward, backward, optimizer) on random data.
+
+    ``classes``: the classifier's classes (methods that run the text tower at every step run it over each class's
+    prompt, so their step grows with them; ``clipadapt advise`` probes with the dataset's count).
 
     ``detail`` adds the activations autograd saves and the tensor memory a GPU would count (weights, gradients,
     AdamW moments and saved activations), measured after the peak was read.
@@ -177,7 +180,7 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
 
     target = resolve_device(device)
     bundle = load_model(model, device=target)
-    names = [f"class {i}" for i in range(10)]
+    names = [f"class {i}" for i in range(classes)]
     empty = Split(InMemorySource([], np.zeros(0, dtype=int), "none"), [], "train")
     dataset = ClassificationDataset("bench", names, {"train": empty}, templates=["simple"])
     entry = METHODS.get(method_name)
@@ -197,7 +200,8 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
         inputs = torch.nn.functional.normalize(inputs, dim=-1) if method.feature_kind == "projected" else inputs
     else:
         inputs = _random_batch(method.preprocess, batch)  # the baselines bring their own input size
-    data = {"inputs": inputs.to(target), "labels": torch.randint(0, 10, (batch,), generator=generator).to(target)}
+    data = {"inputs": inputs.to(target),
+            "labels": torch.randint(0, len(names), (batch,), generator=generator).to(target)}
     method.train()
     rss_before = current_rss_mb()
     reset_peak_memory(target)
@@ -221,7 +225,8 @@ def measure_training_step(model: str, method_name: str, batch: int, steps: int, 
     counts = method.num_parameters()
     peak = peak_memory_mb(target)
     row = {"model": model, "method": method_name, "inputs": method.inputs, "device": str(target),
-           "checkpointing": checkpointing, "batch": batch, "train_images_per_s": round(batch * steps / seconds, 2),
+           "checkpointing": checkpointing, "batch": batch, "classes": classes,
+           "train_images_per_s": round(batch * steps / seconds, 2),
            "peak_mem_mb": round(peak, 1), "trainable": counts["trainable"], "trainable_pct": counts["trainable_pct"]}
     if target.type == "cpu":
         row |= {"rss_before_step_mb": round(rss_before, 1), "step_mem_mb": round(peak - rss_before, 1)}
