@@ -71,7 +71,8 @@ def test_predicted_seconds_add_encoding_steps_and_evaluation():
     pixels = recipe_work("lora", 320, 10, n_val=100, n_test=200)  # 10 epochs of 10 steps, validated every epoch
     parts = predict_seconds(pixels, step_seconds=0.5, per_image_encode_seconds=0.01)
     assert parts == {"encode": 0.0, "train": 50.0, "evaluate": (10 * 100 + 200) * 0.01, "fit": 0.0, "loader": 0.0,
-                     "total": 62.0}
+                     "setup": 0.0, "total": 62.0}
+    assert predict_seconds(pixels, 0.5, 0.01, setup_seconds=2.5)["total"] == 64.5
     assert pixels["loader_passes"] == 10 + 10 + 1  # every epoch, every validation, the test
     loaded = predict_seconds(pixels, 0.5, 0.01, per_image_load_seconds=0.001, loader_start_seconds=0.2)
     assert (loaded["train"], loaded["loader"], loaded["total"]) == pytest.approx((53.2, 4.2, 69.4))  # 3200 images

@@ -22,8 +22,9 @@ pilot's folds', scaled linearly to the training images) + loading: a pixel metho
 it trains on (the encoding's seconds per image less the image tower's forward on ready pixels, both measured), added
 to the probe's step on CPU and hidden behind it on a GPU (the loader's workers run beside the step), and every pass
 through the image loader (each encoded split; each epoch and validation of a pixel method) costs its start, which the
-pilot measures (about 0.13 s on world:tiny here: worker processes starting). Not counted: loading the model and data,
-building the text classifier, writing the run's figures; the predicted seconds are the run's compute.
+pilot measures (0.06-0.15 s on world:tiny here: worker processes starting) + the setup every run repeats where given
+(the pilot's: drawing the data, loading the model, building the zero-shot head). Not counted: starting Python and
+importing (about 5 s here for the CLI), writing the run's figures.
 
 **Probe** (``probe_costs``): ``experiments.bench.measure_training_step`` in a process of its own per method
 (``measure_in_child``: CPU peak RSS is a process's own), a warm-up step then ``steps`` timed steps at the recipe's
@@ -164,12 +165,12 @@ def recipe_work(method: str, n_train: int, n_classes: int, settings: Sequence[st
 
 def predict_seconds(work: Mapping, step_seconds: float | None, per_image_encode_seconds: float,
                     fit_seconds: float = 0.0, *, per_image_load_seconds: float = 0.0,
-                    loader_start_seconds: float = 0.0, overlapped: bool = False) -> dict:
-    """``{"encode", "train", "evaluate", "fit", "loader", "total"}`` seconds of a run doing ``work`` (module
+                    loader_start_seconds: float = 0.0, overlapped: bool = False, setup_seconds: float = 0.0) -> dict:
+    """``{"encode", "train", "evaluate", "fit", "loader", "setup", "total"}`` seconds of a run doing ``work`` (module
     docstring). ``per_image_load_seconds``: decoding and preprocessing an image, which a pixel method's training
     pays for every image it forwards, on top of the probe's step on ready pixels (``overlapped``: the loader's
     workers hide it behind an accelerator's step, up to the step's own time); ``loader_start_seconds``: each pass
-    through the image loader."""
+    through the image loader; ``setup_seconds``: what every run does before its work (data, model)."""
     steps = work["steps"] * (step_seconds or 0.0)
     if work["inputs"] == "pixels" and work["steps"]:
         loading = work["forwarded"] * per_image_load_seconds
@@ -184,7 +185,7 @@ def predict_seconds(work: Mapping, step_seconds: float | None, per_image_encode_
     else:  # a matrix product on cached features
         evaluate = 0.0
     parts = {"encode": encode, "train": steps, "evaluate": evaluate, "fit": fit_seconds,
-             "loader": work.get("loader_passes", 0) * loader_start_seconds}
+             "loader": work.get("loader_passes", 0) * loader_start_seconds, "setup": setup_seconds}
     return {**{k: round(v, 3) for k, v in parts.items()}, "total": round(sum(parts.values()), 3)}
 
 
@@ -208,10 +209,11 @@ def probe_costs(model: str, methods: Sequence[str], n_train: int, n_classes: int
                 on_progress: Callable[[str], None] | None = None, *, pilot=None, n_val: int | None = None,
                 n_test: int = 0, dataset: str = "", settings: Sequence[str] = (),
                 fit_seconds: Mapping[str, float] | None = None, loader_start_seconds: float | None = None,
-                max_batch: int = 64) -> dict[str, MethodCost]:
+                setup_seconds: float | None = None, max_batch: int = 64) -> dict[str, MethodCost]:
     """Each method's predicted full run on this device: its recipe's work, a few measured steps (module docstring).
     ``pilot`` (a ``pilot.Pilot`` of the same data) gives what is not given: the encoding's seconds per image and the
-    loader's start, the validation images, and the closed-form methods' fit seconds (``pilot_fit_seconds``)."""
+    loader's start, the validation images, the closed-form methods' fit seconds (``pilot_fit_seconds``) and the setup
+    every run repeats (``setup_seconds``: drawing the data, loading the model, the zero-shot head)."""
     from clipadapt.experiments.bench import measure_in_child
     from clipadapt.models import resolve_device
 
@@ -223,12 +225,14 @@ def probe_costs(model: str, methods: Sequence[str], n_train: int, n_classes: int
         n_val = pilot.val_images if n_val is None else n_val
         fit_seconds = pilot_fit_seconds(pilot, n_train) if fit_seconds is None else fit_seconds
         dataset = dataset or pilot.dataset
+        setup_seconds = pilot.setup_seconds if setup_seconds is None else setup_seconds
     notify("measuring the image tower")
     inference = measure_encoding(model, device)  # its forward alone (random pixels), and zero-shot's memory
     forward = 1.0 / inference["images_per_s"]
     per_image_encode_seconds = per_image_encode_seconds or forward
     timing = {"per_image_load_seconds": max(0.0, per_image_encode_seconds - forward),
-              "loader_start_seconds": loader_start_seconds or 0.0, "overlapped": target.type == "cuda"}
+              "loader_start_seconds": loader_start_seconds or 0.0, "overlapped": target.type == "cuda",
+              "setup_seconds": setup_seconds or 0.0}
     costs = {}
     for method in methods:
         work = recipe_work(method, n_train, n_classes, settings, n_val=n_val, n_test=n_test, dataset=dataset)

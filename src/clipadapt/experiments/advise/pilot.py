@@ -99,6 +99,7 @@ class Pilot:
     per_image_encode_seconds: float  # their original encoding time per image (decoding included), cached or not,
     # less the image loader's start (loader_start_seconds) of each split
     loader_start_seconds: float = 0.0  # starting the image loader and encoding its first image, measured here
+    setup_seconds: float = 0.0  # drawing the data, loading the model, building the zero-shot head (a run does too)
     train_images: int = 0
     val_images: int = 0
     sampler: str = ""
@@ -376,10 +377,11 @@ def run_pilot(model: str, dataset: str, shots: int, seed: int = 1, folds: int = 
     bundle = load_model(model, device=target)
     accelerator = make_accelerator(target, experiment.train.precision)
     set_seed(seed)
+    zero_shot = build_head("zeroshot", bundle, drawn.classnames, head_templates(drawn, DATASET_PROMPT))
+    setup = time.perf_counter() - started
     notify(f"encoding train and val of {drawn.name}")
     pool, counts, encode_seconds, per_image, start = encode_pool(drawn, experiment, bundle)
     assigned, count, scheme = fold_assignment(pool.labels, folds, seed)
-    zero_shot = build_head("zeroshot", bundle, drawn.classnames, head_templates(drawn, DATASET_PROMPT))
     fitted = {}
     for name in methods:
         if name != "zeroshot":
@@ -391,9 +393,7 @@ def run_pilot(model: str, dataset: str, shots: int, seed: int = 1, folds: int = 
     with torch_threads(1 if target.type == "cpu" else None):
         for fold in range(count):
             scorer.fold(fold, np.flatnonzero(assigned == fold), np.flatnonzero(assigned != fold), methods, notify)
-    return Pilot(model=model, dataset=drawn.name, shots=shots, seed=seed, classes=drawn.num_classes,
-                 images=len(pool.labels), folds=count, scheme=scheme,
-                 scores={name: scorer.score(name) for name in methods},
-                 seconds=time.perf_counter() - started, encode_seconds=encode_seconds,
-                 per_image_encode_seconds=per_image, loader_start_seconds=start, train_images=counts.get("train", 0),
-                 val_images=counts.get("val", 0), sampler=str(experiment.data.sampler), splits_read=list(counts))
+    return Pilot(model, drawn.name, shots, seed, drawn.num_classes, len(pool.labels), count, scheme,
+                 {name: scorer.score(name) for name in methods}, time.perf_counter() - started, encode_seconds,
+                 per_image, start, setup, counts.get("train", 0), counts.get("val", 0), str(experiment.data.sampler),
+                 list(counts))
