@@ -9,10 +9,9 @@ On a random-initialised ViT-B/32-sized transformers CLIP (``models.random_init``
   (``measure_inference``), what a pixel method pays per training image;
 * per method (every registered one but the baselines, which train an image classifier of their own): a warm-up and
   ``--steps`` timed training steps (``experiments.bench.measure_training_step`` in a process of its own) at the
-  recipe's batch capped at ``--batch`` (full-batch methods: the 16-shot training set, capped the same way), with 10
-  and with 100 classes (the text tower of prompt methods runs over every class at each step): step seconds and peak
-  memory at each, at the probed batch (``reference_cost`` scales the step linearly to the recipe's batch and
-  interpolates linearly in the classes);
+  recipe's batch (full-batch methods: 16 shots of 10 classes), pixel methods' capped at ``--batch``, with 10 and with
+  100 classes (the text tower of prompt methods runs over every class at each step): step seconds and peak memory at
+  each, at the probed batch (``costs.profile_step_seconds``: linear in the classes, the rest linear in the batch);
 * closed-form methods (linear-probe, gda, tip-adapter): their own ``fit`` (the C sweep, the statistics and alpha
   search, the cache and alpha-beta search) on random unit features of the model's width, 16 shots of 100 classes plus
   CoOp's 4 validation shots, through the Trainer the pilot uses; stored as seconds per training image per class.
@@ -114,7 +113,9 @@ def main() -> None:
     methods = [m for m in (args.methods.split(",") if args.methods else METHODS.names()) if m not in EXCLUDED]
     entries = {}
     for method in methods:
-        batch = min(recipe_work(method, SHOTS * CLASSES[0], CLASSES[0])["batch"] or 32, args.batch)
+        recipe = recipe_work(method, SHOTS * CLASSES[0], CLASSES[0])
+        batch = recipe["batch"] or 32  # pixel methods capped (the image tower's share is scaled back linearly)
+        batch = min(batch, args.batch) if recipe["inputs"] == "pixels" else batch
         rows = [measure_in_child("training", model=str(model_dir), method_name=method, batch=batch,
                                  steps=args.steps, device="cpu", classes=classes) for classes in CLASSES]
         entry = {"batch": batch, "classes": list(CLASSES),

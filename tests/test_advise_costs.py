@@ -134,3 +134,14 @@ def test_reference_profile_costs():
         reference_cost("zeroshot", 1600, 100) == 0.0
     with pytest.raises(ClipAdaptError, match="method 'baseline' is not in the reference profile; valid choices: "):
         reference_cost("baseline", 160, 10)
+
+
+def test_profile_steps_grow_with_the_classes_never_shrink():
+    from clipadapt.experiments.advise.costs import profile_step_seconds
+
+    growing = {"batch": 8, "classes": [10, 100], "step_seconds": [2.0, 11.0]}  # 1 s + 0.1 s per class
+    assert profile_step_seconds(growing, 1000) == pytest.approx(101.0)
+    assert profile_step_seconds(growing, 100, batch=32) == pytest.approx(4 * 1.0 + 10.0)  # the rest scales
+    falling = {"batch": 8, "classes": [10, 100], "step_seconds": [4.0, 3.0]}  # noise: the class count changes nothing
+    assert profile_step_seconds(falling, 1000) == profile_step_seconds(falling, 10) == 3.5
+    assert profile_step_seconds(falling, 10, batch=16) == 7.0

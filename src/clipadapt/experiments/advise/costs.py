@@ -34,7 +34,9 @@ peak (CUDA peak allocated on a GPU, the process's peak RSS on CPU), at the probe
 
 **Reference** (``reference_cost``): the same prediction from a shipped profile (``reference_profile.json``, written by
 ``benchmarks/advise_profile.py`` on a random ViT-B/32-sized CLIP; its machine and date inside), for the
-leave-one-dataset-out validation's budgets, where no device is at hand.
+leave-one-dataset-out validation's budgets, where no device is at hand: each method's step measured at 10 and 100
+classes (``profile_step_seconds``: linear in the classes, the rest linear in the batch), a closed-form fit per
+training image per class, and the profile's encoding, loading and loader-start seconds.
 """
 
 from __future__ import annotations
@@ -260,12 +262,15 @@ def reference_profile() -> dict:
     return json.loads(text)
 
 
-def profile_step_seconds(entry: Mapping, n_classes: int) -> float:
-    """A profiled method's step seconds at ``n_classes``: linear in the classes between (and beyond) the two
-    measured class counts, never below the smaller measurement's 0.5x."""
+def profile_step_seconds(entry: Mapping, n_classes: int, batch: int | None = None) -> float:
+    """A profiled method's step seconds at ``n_classes`` and ``batch``: a part linear in the classes (the text
+    tower over every class's prompt), the slope through its two measurements at the same batch (never negative: a
+    falling pair is noise, and their mean is the step), and the rest, scaled linearly from the probed batch to
+    ``batch`` (at least half the smaller measurement)."""
     (c0, c1), (s0, s1) = entry["classes"], entry["step_seconds"]
-    slope = (s1 - s0) / (c1 - c0)
-    return max(0.5 * min(s0, s1), s0 + slope * (n_classes - c0))
+    slope = max(0.0, (s1 - s0) / (c1 - c0))
+    rest = max(s0 - slope * c0, 0.5 * min(s0, s1)) if slope > 0 else (s0 + s1) / 2
+    return rest * (batch or entry["batch"]) / entry["batch"] + slope * n_classes
 
 
 def reference_cost(method: str, n_train: int, n_classes: int, *, n_val: int | None = None,
@@ -280,7 +285,7 @@ def reference_cost(method: str, n_train: int, n_classes: int, *, n_val: int | No
     step = None
     fit = 0.0
     if entry is not None and work["steps"]:
-        step = profile_step_seconds(entry, n_classes) * work["batch"] / entry["batch"]
+        step = profile_step_seconds(entry, n_classes, work["batch"])
     if entry is not None and "fit_seconds_per_sample_class" in entry:  # closed form: linear in images x classes
         fit = entry["fit_seconds_per_sample_class"] * n_train * n_classes
     return predict_seconds(work, step, profile["per_image_encode_seconds"], fit,
