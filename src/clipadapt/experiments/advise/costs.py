@@ -98,7 +98,7 @@ class MethodCost:
     work: dict  # recipe_work's
     measured: bool  # step and memory measured on this device (False: from the reference profile)
     device: str
-    parts: dict = field(default_factory=dict)  # predict_seconds' encode / train / evaluate / fit seconds
+    parts: dict = field(default_factory=dict)  # predict_seconds: encode, train, evaluate, fit, loader, setup, total
     probe_batch: int | None = None  # the batch the step was measured at
 
 
