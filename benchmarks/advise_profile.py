@@ -4,13 +4,14 @@ the budgets of the leave-one-dataset-out validation (``experiments/advise/costs.
 On a random-initialised ViT-B/32-sized transformers CLIP (``models.random_init`` preset ``vit-b-32``):
 
 * ``per_image_encode_seconds``: encoding generated 500x375 JPEGs (decoding, preprocessing, the image tower at batch
-  32, ``engine.features.encode_images``), per image;
+  32, ``engine.features.encode_images``), per image, less the loader's start; ``loader_start_seconds``: encoding one
+  image (the loader's start); ``per_image_load_seconds``: the encoding less the tower's forward on ready pixels
+  (``measure_inference``), what a pixel method pays per training image;
 * per method (every registered one but the baselines, which train an image classifier of their own): a warm-up and
   ``--steps`` timed training steps (``experiments.bench.measure_training_step`` in a process of its own) at the
-  recipe's batch capped at ``--batch`` (full-batch methods: the 16-shot training set, capped the same way), with 10
-  and with 100 classes (the text tower of prompt methods runs over every class at each step): step seconds and peak
-  memory at each, at the probed batch (``reference_cost`` scales the step linearly to the recipe's batch and
-  interpolates linearly in the classes);
+  recipe's batch (full-batch methods: 16 shots of 10 classes), pixel methods' capped at ``--batch``, with 10 and with
+  100 classes (the text tower of prompt methods runs over every class at each step): step seconds and peak memory at
+  each, at the probed batch (``costs.profile_step_seconds``: linear in the classes, the rest linear in the batch);
 * closed-form methods (linear-probe, gda, tip-adapter): their own ``fit`` (the C sweep, the statistics and alpha
   search, the cache and alpha-beta search) on random unit features of the model's width, 16 shots of 100 classes plus
   CoOp's 4 validation shots, through the Trainer the pilot uses; stored as seconds per training image per class.
@@ -38,7 +39,10 @@ SHOTS = 16
 EXCLUDED = ("baseline", "baseline-flip")  # an image classifier of their own, not the CLIP model
 
 
-def encode_seconds_per_image(work: Path, model_dir: Path, images: int) -> float:
+def encoding_seconds(work: Path, model_dir: Path, images: int) -> tuple[float, float]:
+    """``(seconds per image, the loader's start)`` of encoding generated JPEGs."""
+    import numpy as np
+
     from bench_zeroshot import make_jpeg_folder
     from clipadapt.data import DataConfig, load_dataset
     from clipadapt.engine.features import encode_images
@@ -46,8 +50,10 @@ def encode_seconds_per_image(work: Path, model_dir: Path, images: int) -> float:
 
     make_jpeg_folder(work / "jpegs", images, 4)
     split = load_dataset(DataConfig(dataset=f"imagefolder:{work / 'jpegs'}", val_fraction=0.0)).split("train")
-    encoded = encode_images(load_model(str(model_dir)), split, batch_size=32)
-    return encoded.encode_time_s / len(encoded.labels)
+    bundle = load_model(str(model_dir))
+    start = encode_images(bundle, split.subset(np.arange(1)), batch_size=1).encode_time_s
+    encoded = encode_images(bundle, split, batch_size=32)
+    return (encoded.encode_time_s - start) / len(encoded.labels), start
 
 
 def closed_form_seconds(model_dir: Path, method: str, classes: int, shots: int = SHOTS) -> float:
@@ -99,12 +105,17 @@ def main() -> None:
     work, model_dir = workspace("advise-profile")
     load_before = os.getloadavg()
     started = time.perf_counter()
-    per_image = encode_seconds_per_image(work, model_dir, args.images)
-    print(f"encoding: {per_image * 1000:.1f} ms per image", flush=True)
+    per_image, loader_start = encoding_seconds(work, model_dir, args.images)
+    forward = 1.0 / measure_in_child("inference", model=str(model_dir), batch=32, dtype="fp32",
+                                     mode="inference_mode", iterations=3, device="cpu")["images_per_s"]
+    print(f"encoding: {per_image * 1000:.1f} ms per image, forward {forward * 1000:.1f} ms, loader start "
+          f"{loader_start:.2f} s", flush=True)
     methods = [m for m in (args.methods.split(",") if args.methods else METHODS.names()) if m not in EXCLUDED]
     entries = {}
     for method in methods:
-        batch = min(recipe_work(method, SHOTS * CLASSES[0], CLASSES[0])["batch"] or 32, args.batch)
+        recipe = recipe_work(method, SHOTS * CLASSES[0], CLASSES[0])
+        batch = recipe["batch"] or 32  # pixel methods capped (the image tower's share is scaled back linearly)
+        batch = min(batch, args.batch) if recipe["inputs"] == "pixels" else batch
         rows = [measure_in_child("training", model=str(model_dir), method_name=method, batch=batch,
                                  steps=args.steps, device="cpu", classes=classes) for classes in CLASSES]
         entry = {"batch": batch, "classes": list(CLASSES),
@@ -123,7 +134,9 @@ def main() -> None:
                         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
                         seconds=round(time.perf_counter() - started)),
                "device": "cpu",
-               "per_image_encode_seconds": round(per_image, 6), "methods": entries}
+               "per_image_encode_seconds": round(per_image, 6),
+               "per_image_load_seconds": round(max(0.0, per_image - forward), 6),
+               "loader_start_seconds": round(loader_start, 4), "methods": entries}
     args.out.write_text(json.dumps(profile, indent=1) + "\n")
     print(f"wrote {args.out}")
 

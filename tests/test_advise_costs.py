@@ -70,9 +70,16 @@ def test_every_method_has_recipe_work(method):
 def test_predicted_seconds_add_encoding_steps_and_evaluation():
     pixels = recipe_work("lora", 320, 10, n_val=100, n_test=200)  # 10 epochs of 10 steps, validated every epoch
     parts = predict_seconds(pixels, step_seconds=0.5, per_image_encode_seconds=0.01)
-    assert parts == {"encode": 0.0, "train": 50.0, "evaluate": (10 * 100 + 200) * 0.01, "fit": 0.0, "total": 62.0}
+    assert parts == {"encode": 0.0, "train": 50.0, "evaluate": (10 * 100 + 200) * 0.01, "fit": 0.0, "loader": 0.0,
+                     "setup": 0.0, "total": 62.0}
+    assert predict_seconds(pixels, 0.5, 0.01, setup_seconds=2.5)["total"] == 64.5
+    assert pixels["loader_passes"] == 10 + 10 + 1  # every epoch, every validation, the test
+    loaded = predict_seconds(pixels, 0.5, 0.01, per_image_load_seconds=0.001, loader_start_seconds=0.2)
+    assert (loaded["train"], loaded["loader"], loaded["total"]) == pytest.approx((53.2, 4.2, 69.4))  # 3200 images
+    assert predict_seconds(pixels, 0.5, 0.01, per_image_load_seconds=0.001, overlapped=True)["train"] == 50.0
     features = recipe_work("linear-probe", 320, 10, n_val=100, n_test=200)
     assert predict_seconds(features, None, 0.01, fit_seconds=3.0)["total"] == pytest.approx(6.2 + 3.0)
+    assert features["loader_passes"] == 3 and recipe_work("gda", 320, 10, n_val=100)["loader_passes"] == 2
     coop = recipe_work("coop", 320, 10, n_val=64, n_test=128)  # 11 validations: 704 images, 11 + 2 batches of 64
     assert predict_seconds(coop, 0.3, 0.0)["evaluate"] == pytest.approx(13 * 0.3 / 3)
 
@@ -112,7 +119,7 @@ def test_probe_measures_steps_and_memory(tiny_clip_dir):
     assert coop.seconds == pytest.approx(coop.parts["total"]) and coop.parts["train"] == pytest.approx(
         200 * coop.step_seconds, rel=1e-3)
     assert probe.step_seconds is None and probe.memory_mb > 0
-    assert probe.seconds == pytest.approx((24 + 6 + 9) * 0.002 + 0.5, abs=1e-3)
+    assert probe.seconds == pytest.approx((24 + 6 + 9) * 0.002 + 0.5, abs=1e-3)  # no loader start given
     assert zero_shot.memory_mb > 0 and zero_shot.step_seconds is None
     assert zero_shot.seconds == pytest.approx(9 * 0.002, abs=1e-3)
 
@@ -127,3 +134,14 @@ def test_reference_profile_costs():
         reference_cost("zeroshot", 1600, 100) == 0.0
     with pytest.raises(ClipAdaptError, match="method 'baseline' is not in the reference profile; valid choices: "):
         reference_cost("baseline", 160, 10)
+
+
+def test_profile_steps_grow_with_the_classes_never_shrink():
+    from clipadapt.experiments.advise.costs import profile_step_seconds
+
+    growing = {"batch": 8, "classes": [10, 100], "step_seconds": [2.0, 11.0]}  # 1 s + 0.1 s per class
+    assert profile_step_seconds(growing, 1000) == pytest.approx(101.0)
+    assert profile_step_seconds(growing, 100, batch=32) == pytest.approx(4 * 1.0 + 10.0)  # the rest scales
+    falling = {"batch": 8, "classes": [10, 100], "step_seconds": [4.0, 3.0]}  # noise: the class count changes nothing
+    assert profile_step_seconds(falling, 1000) == profile_step_seconds(falling, 10) == 3.5
+    assert profile_step_seconds(falling, 10, batch=16) == 7.0

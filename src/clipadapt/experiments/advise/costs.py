@@ -18,8 +18,13 @@ measurement) + steps x the probe's step seconds + evaluation (pixel methods run 
 validation pass and on test, at the encoding's seconds per image; feature methods score cached features, at a third of
 a training step per evaluation batch: a forward is about a third of a forward and backward, Kaplan et al. 2020,
 arXiv:2001.08361 section 2.1, 2N of 6N FLOPs per token) + a closed-form method's fit seconds where given (the
-pilot's). Not counted: loading the model and data, building the text classifier, writing the run's figures; the
-predicted seconds are the run's compute.
+pilot's folds', scaled linearly to the training images) + loading: a pixel method decodes and preprocesses every image
+it trains on (the encoding's seconds per image less the image tower's forward on ready pixels, both measured), added
+to the probe's step on CPU and hidden behind it on a GPU (the loader's workers run beside the step), and every pass
+through the image loader (each encoded split; each epoch and validation of a pixel method) costs its start, which the
+pilot measures (0.06-0.15 s on world:tiny here: worker processes starting) + the setup every run repeats where given
+(the pilot's: drawing the data, loading the model, building the zero-shot head). Not counted: starting Python and
+importing (about 5 s here for the CLI), writing the run's figures.
 
 **Probe** (``probe_costs``): ``experiments.bench.measure_training_step`` in a process of its own per method
 (``measure_in_child``: CPU peak RSS is a process's own), a warm-up step then ``steps`` timed steps at the recipe's
@@ -29,7 +34,9 @@ peak (CUDA peak allocated on a GPU, the process's peak RSS on CPU), at the probe
 
 **Reference** (``reference_cost``): the same prediction from a shipped profile (``reference_profile.json``, written by
 ``benchmarks/advise_profile.py`` on a random ViT-B/32-sized CLIP; its machine and date inside), for the
-leave-one-dataset-out validation's budgets, where no device is at hand.
+leave-one-dataset-out validation's budgets, where no device is at hand: each method's step measured at 10 and 100
+classes (``profile_step_seconds``: linear in the classes, the rest linear in the batch), a closed-form fit per
+training image per class, and the profile's encoding, loading and loader-start seconds.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from functools import lru_cache
 from importlib import resources
 from types import SimpleNamespace
 
+from clipadapt.engine.views import VIEWS_PER_PASS
 from clipadapt.errors import ClipAdaptError
 
 ZERO_SHOT = "zeroshot"  # not a training method: `clipadapt zeroshot`
@@ -90,7 +98,7 @@ class MethodCost:
     work: dict  # recipe_work's
     measured: bool  # step and memory measured on this device (False: from the reference profile)
     device: str
-    parts: dict = field(default_factory=dict)  # predict_seconds' encode / train / evaluate / fit seconds
+    parts: dict = field(default_factory=dict)  # predict_seconds: encode, train, evaluate, fit, loader, setup, total
     probe_batch: int | None = None  # the batch the step was measured at
 
 
@@ -114,7 +122,8 @@ def recipe_work(method: str, n_train: int, n_classes: int, settings: Sequence[st
     if method == ZERO_SHOT:
         return {"method": method, "kind": "zero-shot", "inputs": "features", "shots": shots, "n_train": n_train,
                 "n_val": 0, "n_test": n_test, "views": 0, "batch": 0, "epochs": 0, "steps_per_epoch": 0,
-                "steps": 0, "validations": 0, "encoded": n_test, "forwarded": 0, "evaluated": n_test}
+                "steps": 0, "validations": 0, "encoded": n_test, "forwarded": 0, "evaluated": n_test,
+                "loader_passes": int(n_test > 0)}
     entry = METHODS.get(method)
     cls = entry.method_class
     experiment = load_experiment(method, None, list(settings))
@@ -127,6 +136,10 @@ def recipe_work(method: str, n_train: int, n_classes: int, settings: Sequence[st
     work = {"method": method, "inputs": inputs, "shots": shots, "n_train": n_train, "n_val": n_val,
             "n_test": n_test, "views": views}
     encoded = (views or 1) * n_train + n_val + n_test if inputs == "features" else 0
+    # passes over a split through the image loader: encoding (views: VIEWS_PER_PASS per decoding), or for pixel
+    # methods every epoch, every validation and the test
+    encode_passes = (math.ceil(views / VIEWS_PER_PASS) if views else 1) + int(n_val > 0) + int(n_test > 0)
+    work["loader_passes"] = encode_passes if inputs == "features" else 0
     if method in CLOSED_FORM:
         return {**work, "kind": "closed-form", "batch": 0, "epochs": 0, "steps_per_epoch": 0, "steps": 0,
                 "validations": 1 if n_val else 0, "encoded": encoded, "forwarded": 0, "evaluated": n_val + n_test}
@@ -144,6 +157,8 @@ def recipe_work(method: str, n_train: int, n_classes: int, settings: Sequence[st
     stages = 2 if total_steps else 1  # 2sfs fits twice, each stage validating its own epochs
     validations = sum(validates(train.keep, e, 0, math.ceil(epochs / stages)) for e in
                       range(math.ceil(epochs / stages))) * stages if n_val else 0
+    if inputs == "pixels":
+        work["loader_passes"] = epochs + validations + int(n_test > 0)
     return {**work, "kind": "engine", "batch": train.batch_size * train.grad_accum, "epochs": epochs,
             "steps_per_epoch": steps_per_epoch, "steps": steps, "validations": validations, "encoded": encoded,
             "forwarded": steps * train.batch_size * train.grad_accum,
@@ -151,9 +166,17 @@ def recipe_work(method: str, n_train: int, n_classes: int, settings: Sequence[st
 
 
 def predict_seconds(work: Mapping, step_seconds: float | None, per_image_encode_seconds: float,
-                    fit_seconds: float = 0.0) -> dict:
-    """``{"encode", "train", "evaluate", "fit", "total"}`` seconds of a run doing ``work`` (module docstring)."""
+                    fit_seconds: float = 0.0, *, per_image_load_seconds: float = 0.0,
+                    loader_start_seconds: float = 0.0, overlapped: bool = False, setup_seconds: float = 0.0) -> dict:
+    """``{"encode", "train", "evaluate", "fit", "loader", "setup", "total"}`` seconds of a run doing ``work`` (module
+    docstring). ``per_image_load_seconds``: decoding and preprocessing an image, which a pixel method's training
+    pays for every image it forwards, on top of the probe's step on ready pixels (``overlapped``: the loader's
+    workers hide it behind an accelerator's step, up to the step's own time); ``loader_start_seconds``: each pass
+    through the image loader; ``setup_seconds``: what every run does before its work (data, model)."""
     steps = work["steps"] * (step_seconds or 0.0)
+    if work["inputs"] == "pixels" and work["steps"]:
+        loading = work["forwarded"] * per_image_load_seconds
+        steps = max(steps, loading) if overlapped else steps + loading
     encode = work["encoded"] * per_image_encode_seconds
     if work["inputs"] == "pixels":  # the image tower at every validation pass and on test
         evaluate = work["evaluated"] * per_image_encode_seconds
@@ -163,7 +186,8 @@ def predict_seconds(work: Mapping, step_seconds: float | None, per_image_encode_
         evaluate = batches * step_seconds * FORWARD_SHARE
     else:  # a matrix product on cached features
         evaluate = 0.0
-    parts = {"encode": encode, "train": steps, "evaluate": evaluate, "fit": fit_seconds}
+    parts = {"encode": encode, "train": steps, "evaluate": evaluate, "fit": fit_seconds,
+             "loader": work.get("loader_passes", 0) * loader_start_seconds, "setup": setup_seconds}
     return {**{k: round(v, 3) for k, v in parts.items()}, "total": round(sum(parts.values()), 3)}
 
 
@@ -176,28 +200,45 @@ def measure_encoding(model: str, device: str = "auto", batch: int = 32) -> dict:
                             iterations=3, device=device)
 
 
+def pilot_fit_seconds(pilot, n_train: int) -> dict[str, float]:
+    """Each pilot method's fit seconds scaled from its folds' fit images to ``n_train`` (linear in the images)."""
+    return {name: score.fit_seconds * n_train / score.fit_images for name, score in pilot.scores.items()
+            if score.fit_images > 0}
+
+
 def probe_costs(model: str, methods: Sequence[str], n_train: int, n_classes: int, device: str = "auto",
                 steps: int = 3, per_image_encode_seconds: float | None = None,
-                on_progress: Callable[[str], None] | None = None, *, n_val: int | None = None, n_test: int = 0,
-                dataset: str = "", settings: Sequence[str] = (), fit_seconds: Mapping[str, float] | None = None,
-                max_batch: int = 64) -> dict[str, MethodCost]:
+                on_progress: Callable[[str], None] | None = None, *, pilot=None, n_val: int | None = None,
+                n_test: int = 0, dataset: str = "", settings: Sequence[str] = (),
+                fit_seconds: Mapping[str, float] | None = None, loader_start_seconds: float | None = None,
+                setup_seconds: float | None = None, max_batch: int = 64) -> dict[str, MethodCost]:
     """Each method's predicted full run on this device: its recipe's work, a few measured steps (module docstring).
-    ``fit_seconds``: a closed-form method's fit (the pilot's ``PilotScore.fit_seconds``)."""
+    ``pilot`` (a ``pilot.Pilot`` of the same data) gives what is not given: the encoding's seconds per image and the
+    loader's start, the validation images, the closed-form methods' fit seconds (``pilot_fit_seconds``) and the setup
+    every run repeats (``setup_seconds``: drawing the data, loading the model, the zero-shot head)."""
     from clipadapt.experiments.bench import measure_in_child
     from clipadapt.models import resolve_device
 
     notify = on_progress or (lambda message: None)
-    target = str(resolve_device(device))
-    inference = None
-    if per_image_encode_seconds is None or ZERO_SHOT in methods:
-        notify("measuring the image tower")
-        inference = measure_encoding(model, device)
-    if per_image_encode_seconds is None:
-        per_image_encode_seconds = 1.0 / inference["images_per_s"]
+    target = resolve_device(device)
+    if pilot is not None:
+        per_image_encode_seconds = per_image_encode_seconds or pilot.per_image_encode_seconds
+        loader_start_seconds = pilot.loader_start_seconds if loader_start_seconds is None else loader_start_seconds
+        n_val = pilot.val_images if n_val is None else n_val
+        fit_seconds = pilot_fit_seconds(pilot, n_train) if fit_seconds is None else fit_seconds
+        dataset = dataset or pilot.dataset
+        setup_seconds = pilot.setup_seconds if setup_seconds is None else setup_seconds
+    notify("measuring the image tower")
+    inference = measure_encoding(model, device)  # its forward alone (random pixels), and zero-shot's memory
+    forward = 1.0 / inference["images_per_s"]
+    per_image_encode_seconds = per_image_encode_seconds or forward
+    timing = {"per_image_load_seconds": max(0.0, per_image_encode_seconds - forward),
+              "loader_start_seconds": loader_start_seconds or 0.0, "overlapped": target.type == "cuda",
+              "setup_seconds": setup_seconds or 0.0}
     costs = {}
     for method in methods:
         work = recipe_work(method, n_train, n_classes, settings, n_val=n_val, n_test=n_test, dataset=dataset)
-        step_seconds, memory, probe_batch = None, inference["peak_mem_mb"] if inference else 0.0, None
+        step_seconds, memory, probe_batch = None, inference["peak_mem_mb"], None
         if method != ZERO_SHOT:
             notify(f"probing {method}")
             batch = work["batch"] or 32  # closed-form: its forward, for the memory it holds
@@ -207,9 +248,10 @@ def probe_costs(model: str, methods: Sequence[str], n_train: int, n_classes: int
             memory = row["peak_mem_mb"]
             if work["steps"]:
                 step_seconds = probe_batch / row["train_images_per_s"] * batch / probe_batch
-        parts = predict_seconds(work, step_seconds, per_image_encode_seconds, (fit_seconds or {}).get(method, 0.0))
-        costs[method] = MethodCost(method, parts["total"], memory, step_seconds, work["batch"], work, True, target,
-                                   parts, probe_batch)
+        parts = predict_seconds(work, step_seconds, per_image_encode_seconds, (fit_seconds or {}).get(method, 0.0),
+                                **timing)
+        costs[method] = MethodCost(method, parts["total"], memory, step_seconds, work["batch"], work, True,
+                                   str(target), parts, probe_batch)
     return costs
 
 
@@ -220,12 +262,15 @@ def reference_profile() -> dict:
     return json.loads(text)
 
 
-def profile_step_seconds(entry: Mapping, n_classes: int) -> float:
-    """A profiled method's step seconds at ``n_classes``: linear in the classes between (and beyond) the two
-    measured class counts, never below the smaller measurement's 0.5x."""
+def profile_step_seconds(entry: Mapping, n_classes: int, batch: int | None = None) -> float:
+    """A profiled method's step seconds at ``n_classes`` and ``batch``: a part linear in the classes (the text
+    tower over every class's prompt), the slope through its two measurements at the same batch (never negative: a
+    falling pair is noise, and their mean is the step), and the rest, scaled linearly from the probed batch to
+    ``batch`` (at least half the smaller measurement)."""
     (c0, c1), (s0, s1) = entry["classes"], entry["step_seconds"]
-    slope = (s1 - s0) / (c1 - c0)
-    return max(0.5 * min(s0, s1), s0 + slope * (n_classes - c0))
+    slope = max(0.0, (s1 - s0) / (c1 - c0))
+    rest = max(s0 - slope * c0, 0.5 * min(s0, s1)) if slope > 0 else (s0 + s1) / 2
+    return rest * (batch or entry["batch"]) / entry["batch"] + slope * n_classes
 
 
 def reference_cost(method: str, n_train: int, n_classes: int, *, n_val: int | None = None,
@@ -240,7 +285,9 @@ def reference_cost(method: str, n_train: int, n_classes: int, *, n_val: int | No
     step = None
     fit = 0.0
     if entry is not None and work["steps"]:
-        step = profile_step_seconds(entry, n_classes) * work["batch"] / entry["batch"]
+        step = profile_step_seconds(entry, n_classes, work["batch"])
     if entry is not None and "fit_seconds_per_sample_class" in entry:  # closed form: linear in images x classes
         fit = entry["fit_seconds_per_sample_class"] * n_train * n_classes
-    return predict_seconds(work, step, profile["per_image_encode_seconds"], fit)["total"]
+    return predict_seconds(work, step, profile["per_image_encode_seconds"], fit,
+                           per_image_load_seconds=profile.get("per_image_load_seconds", 0.0),
+                           loader_start_seconds=profile.get("loader_start_seconds", 0.0))["total"]

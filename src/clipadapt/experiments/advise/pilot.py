@@ -55,7 +55,7 @@ from clipadapt.classification.experiment import build_method, head_templates, lo
 from clipadapt.data import load_dataset
 from clipadapt.data.base import ClassificationDataset, Split
 from clipadapt.data.registry import resolved_data
-from clipadapt.engine.features import EncodedSplit, FeatureCache, encode_split
+from clipadapt.engine.features import EncodedSplit, FeatureCache, encode_images, encode_split
 from clipadapt.engine.inputs import TrainingData
 from clipadapt.engine.trainer import DATASET_PROMPT, Trainer, make_accelerator
 from clipadapt.errors import ClipAdaptError, DataError
@@ -79,6 +79,7 @@ class PilotScore:
     high: float
     folds: list[float]  # each fold's held-out accuracy
     fit_seconds: float = 0.0  # mean seconds to fit one fold (selection included; 0 for zero-shot)
+    fit_images: float = 0.0  # mean images it was fitted on per fold (the inner fit part)
     selection: str = ""  # what the method chose inside the folds, and on what
 
 
@@ -95,14 +96,14 @@ class Pilot:
     scores: dict[str, PilotScore]
     seconds: float  # the whole pilot, model loading included
     encode_seconds: float  # wall time of encoding train and val here (about 0 when the cache had them)
-    per_image_encode_seconds: float  # their original encoding time per image (decoding included), cached or not
+    per_image_encode_seconds: float  # their original encoding time per image (decoding included), cached or not,
+    # less the image loader's start (loader_start_seconds) of each split
+    loader_start_seconds: float = 0.0  # starting the image loader and encoding its first image, measured here
+    setup_seconds: float = 0.0  # drawing the data, loading the model, building the zero-shot head (a run does too)
     train_images: int = 0
     val_images: int = 0
     sampler: str = ""
     splits_read: list[str] = field(default_factory=list)  # the dataset's splits the pilot encoded
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class PooledImages:
@@ -250,9 +251,8 @@ def held_out_correct(method_or_head, features: torch.Tensor, labels: np.ndarray,
 @contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """torch's intra-op threads set to ``count`` inside the block (None: unchanged). The fold fits are many small
-    operations on cached features (Tip-Adapter's 800-cell search above all), which a thread pool only slows down,
-    badly on a busy machine: measured on 2 loaded CPU cores, 6.4 s per fold with torch's 2 threads, under 0.1 s
-    with one."""
+    operations (Tip-Adapter's 800-cell search above all) that a thread pool only slows, badly on a busy machine:
+    Tip-Adapter's fit per fold measured 6.4 s with torch's 2 threads, 0.2 s with one, on 2 loaded CPU cores."""
     before = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)
@@ -300,12 +300,14 @@ class Scorer:
     correct: dict[str, np.ndarray] = field(default_factory=dict)  # method -> held-out right or wrong, per image
     folds: dict[str, list[float]] = field(default_factory=dict)
     fit_seconds: dict[str, float] = field(default_factory=dict)
+    fit_images: list[int] = field(default_factory=list)  # per fold
     validated: bool = True  # every fold had an inner validation part
 
     def fold(self, index: int, held: np.ndarray, rest: np.ndarray, methods: Sequence[str],
              notify: Callable[[str], None]) -> None:
         fit_part, validate_part = inner_split(self.pool.labels[rest], self.pool.val_share, self.seed + index)
         self.validated = self.validated and len(validate_part) > 0
+        self.fit_images.append(len(fit_part))
         trainer = fold_trainer(self.pool, rest[fit_part], rest[validate_part], self.experiment, self.bundle,
                                self.accelerator)
         device = self.accelerator.device
@@ -328,22 +330,35 @@ class Scorer:
         low, high = interval(total, n, self.folds[name])
         return PilotScore(name, total / n, low, high, self.folds[name],
                           self.fit_seconds.get(name, 0.0) / len(self.folds[name]),
+                          float(np.mean(self.fit_images)) if name != "zeroshot" else 0.0,
                           selection_note(name, self.validated))
 
 
-def encode_pool(drawn: ClassificationDataset, experiment, bundle) -> tuple[Pool, dict[str, int], float, float]:
-    """``(pool, images per split, wall seconds, per-image encoding seconds)``: train and val encoded through the
-    feature cache (the entries ``clipadapt train`` reads); test is not touched."""
+def loader_start_seconds(drawn: ClassificationDataset, experiment, bundle) -> float:
+    """Seconds to start the image loader and encode one training image: what every pass over a split costs besides
+    its images (the loader's worker processes), measured, never cached."""
+    started = time.perf_counter()
+    encode_images(bundle, drawn.split("train").subset(np.arange(1)), 1, experiment.data.num_workers,
+                  experiment.data.strict, description="timing the image loader")
+    return time.perf_counter() - started
+
+
+def encode_pool(drawn: ClassificationDataset, experiment, bundle) -> tuple[Pool, dict[str, int], float, float, float]:
+    """``(pool, images per split, wall seconds, per-image encoding seconds, loader start seconds)``: train and val
+    encoded through the feature cache (the entries ``clipadapt train`` reads); test is not touched."""
     names = [s for s in ("train", "val") if s in drawn.splits]
     started = time.perf_counter()
     encoded = [encode_split(bundle, drawn.split(s), experiment.train.eval_batch_size, experiment.data.num_workers,
                             experiment.data.strict, FeatureCache(), "projected") for s in names]
     seconds = time.perf_counter() - started
+    start = loader_start_seconds(drawn, experiment, bundle)
     readable = [drawn.split(s).subset(e.positions, s) for s, e in zip(names, encoded, strict=True)]
     counts = {s: len(e.labels) for s, e in zip(names, encoded, strict=True)}
     pool = Pool(drawn, PooledImages(readable), torch.cat([e.features for e in encoded]),
                 np.concatenate([e.labels for e in encoded]), counts.get("val", 0) / sum(counts.values()))
-    return pool, counts, seconds, sum(e.encode_time_s for e in encoded) / len(pool.labels)
+    encoding = sum(e.encode_time_s for e in encoded)
+    per_image = max(encoding - start * len(encoded), 0.25 * encoding) / len(pool.labels)  # never below a quarter
+    return pool, counts, seconds, per_image, start
 
 
 def run_pilot(model: str, dataset: str, shots: int, seed: int = 1, folds: int = 5, device: str = "auto",
@@ -362,22 +377,23 @@ def run_pilot(model: str, dataset: str, shots: int, seed: int = 1, folds: int = 
     bundle = load_model(model, device=target)
     accelerator = make_accelerator(target, experiment.train.precision)
     set_seed(seed)
-    notify(f"encoding train and val of {drawn.name}")
-    pool, counts, encode_seconds, per_image = encode_pool(drawn, experiment, bundle)
-    assigned, count, scheme = fold_assignment(pool.labels, folds, seed)
     zero_shot = build_head("zeroshot", bundle, drawn.classnames, head_templates(drawn, DATASET_PROMPT))
+    setup = time.perf_counter() - started
+    notify(f"encoding train and val of {drawn.name}")
+    pool, counts, encode_seconds, per_image, start = encode_pool(drawn, experiment, bundle)
+    assigned, count, scheme = fold_assignment(pool.labels, folds, seed)
     fitted = {}
     for name in methods:
         if name != "zeroshot":
             method = build_method(load_experiment(name), bundle, drawn)
             fitted[name] = (method, method.trainable_state())
+    if "linear-probe" in methods:  # imported before the folds, so the first fold's fit time is the fit's alone
+        import sklearn.linear_model  # noqa: F401
     scorer = Scorer(pool, experiment, bundle, accelerator, zero_shot, fitted, seed)
     with torch_threads(1 if target.type == "cpu" else None):
         for fold in range(count):
             scorer.fold(fold, np.flatnonzero(assigned == fold), np.flatnonzero(assigned != fold), methods, notify)
-    return Pilot(model=model, dataset=drawn.name, shots=shots, seed=seed, classes=drawn.num_classes,
-                 images=len(pool.labels), folds=count, scheme=scheme,
-                 scores={name: scorer.score(name) for name in methods},
-                 seconds=time.perf_counter() - started, encode_seconds=encode_seconds,
-                 per_image_encode_seconds=per_image, train_images=counts.get("train", 0),
-                 val_images=counts.get("val", 0), sampler=str(experiment.data.sampler), splits_read=list(counts))
+    return Pilot(model, drawn.name, shots, seed, drawn.num_classes, len(pool.labels), count, scheme,
+                 {name: scorer.score(name) for name in methods}, time.perf_counter() - started, encode_seconds,
+                 per_image, start, setup, counts.get("train", 0), counts.get("val", 0), str(experiment.data.sampler),
+                 list(counts))
