@@ -81,6 +81,6 @@ def advise_command(
                            title=f"advice: {dataset}, {shots} shots, {model}", text=(3, 6)))
     notice("recommended:", f"{advice.recommended}. {advice.reason}", "green")
     out.print(f"advice: {advice.files['json']}; table: {advice.files['markdown']}; figure: "
-              f"{advice.files['figure']} ({advice.seconds:.1f} s)", highlight=False)
+              f"{advice.files['figure']} ({advice.seconds:.1f} s)", highlight=False, soft_wrap=True)
     if run is not None:
         out.print(f"trained {advice.recommended}: {run.dir}", highlight=False)

@@ -287,7 +287,7 @@ def run_advise(config: AdviseConfig, on_progress: Callable[[str], None] | None =
     say(f"cost probe: {len(methods)} methods")
     costs = probe_costs(config.model, methods, n_train=pilot.train_images, n_classes=pilot.classes,
                         device=config.device, per_image_encode_seconds=pilot.per_image_encode_seconds,
-                        eval_images=pilot.eval_images, on_progress=say)
+                        on_progress=say, pilot=pilot, n_test=pilot.test_images, dataset=config.dataset)
     observed = Observed(shots=config.shots, classes=pilot.classes,
                         accuracies={m: s.accuracy for m, s in pilot.scores.items()})
     predictions = model.predict(observed)
@@ -296,7 +296,7 @@ def run_advise(config: AdviseConfig, on_progress: Callable[[str], None] | None =
     recommended, reason = decide(choices, config.tie_points)
     sources = sorted({r.source for r in results})
     advice = Advice(config, choices, recommended, reason, budget_seconds, budget_memory,
-                    pilot=pilot.to_dict(), costs={m: c.to_dict() for m, c in costs.items()},
+                    pilot=asdict(pilot), costs={m: asdict(c) for m, c in costs.items()},
                     table={"rows": len(results), "sources": len(sources), "history": list(config.history),
                            "methods_predicted": list(model.methods)},
                     seconds=time.perf_counter() - start)

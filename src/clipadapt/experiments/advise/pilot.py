@@ -104,6 +104,7 @@ class Pilot:
     val_images: int = 0
     sampler: str = ""
     splits_read: list[str] = field(default_factory=list)  # the dataset's splits the pilot encoded
+    test_images: int = 0  # the test split's size, counted, never read: what a full run evaluates on
 
 
 class PooledImages:
@@ -396,4 +397,4 @@ def run_pilot(model: str, dataset: str, shots: int, seed: int = 1, folds: int = 
     return Pilot(model, drawn.name, shots, seed, drawn.num_classes, len(pool.labels), count, scheme,
                  {name: scorer.score(name) for name in methods}, time.perf_counter() - started, encode_seconds,
                  per_image, start, setup, counts.get("train", 0), counts.get("val", 0), str(experiment.data.sampler),
-                 list(counts))
+                 list(counts), test_images=len(drawn.splits["test"]) if "test" in drawn.splits else 0)
