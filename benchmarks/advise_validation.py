@@ -7,7 +7,7 @@ GDA and Tip-Adapter numbers, and the advice is scored against the group's publis
 the methods of the table this library can train (the advice never recommends a method it cannot run).
 
 Run: ``python benchmarks/advise_validation.py [--out DIR] [--without-source TEXT]``; writes ``validation.json`` and
-``validation.md`` (the tables of docs/advise.md) into ``--out`` (default benchmarks/results/advise).
+``validation.md`` (the tables of docs/advise.md) into ``--out`` (default runs/bench-advise).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     from common import header
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/advise"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-advise"))
     parser.add_argument("--without-source", default=None, help="leave out the rows whose source contains TEXT")
     args = parser.parse_args()
     results = published_table()

@@ -4,15 +4,15 @@ For each (dataset, K) of a ``clipadapt benchmark`` output (``--bench``): ``clipa
 dataset, K and seed, advising about the benchmark's methods, with the published table only (no ``--history``), and
 its answer is scored against the benchmark's measured test accuracies exactly as the leave-one-dataset-out validation
 scores it against published ones (``validation.Case``): Spearman's rho of the estimates against the measured
-accuracies, and regret at three budgets of the advice's own predicted seconds (``pilot``: the most a pilot method
-costs; ``median``: the median predicted cost of the others; ``unlimited``) next to the three simple policies. The
+accuracies, and regret at three budgets of the advice's own predicted seconds (``quarter`` and ``median``: the 25th
+percentile and the median of the trained methods' predicted costs; ``unlimited``) next to the three simple policies. The
 predicted time of each method is set against the measured cell (its run's wall time recorded by the benchmark's
 ``cost.train_time_s`` plus encoding is not all of a cell, so the measured side is the cell's own wall time from the
 benchmark log when given with ``--log``, else ``train_time_s``). And the advice's own wall time against the cheapest
 gradient-trained method's cell.
 
 Run: ``python benchmarks/advise_world.py --bench DIR [--log bench.log] [--out DIR]``; writes ``world.json`` and
-``world.md`` into ``--out`` (default benchmarks/results/advise).
+``world.md`` into ``--out`` (default runs/bench-advise).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=None)
     parser.add_argument("--model", default="world:tiny")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/advise"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-advise"))
     args = parser.parse_args()
     accuracy, title = measured(args.bench)
     walls = cell_seconds(args.log)
@@ -110,9 +110,9 @@ def main() -> None:
                         "estimate": estimate, "measured": truth,
                         "basis": {c.method: c.basis for c in advice.choices}, "times": times})
         print(f"{dataset} K={shots}: advised {advice.recommended} in {seconds:.1f} s", flush=True)
-    pilot_budget = max(c.costs[m] for c in cases for m in c.published if m in GRADIENT_FREE)
-    others = [c.costs[m] for c in cases for m in c.published if m not in GRADIENT_FREE]
-    budgets = {"pilot": pilot_budget, "median": max(pilot_budget, float(np.median(others))), "unlimited": math.inf}
+    trained = [c.costs[m] for c in cases for m in c.published if m not in GRADIENT_FREE]
+    budgets = {"quarter": float(np.percentile(trained, 25)), "median": float(np.median(trained)),
+               "unlimited": math.inf}
     regret = {}
     for name, budget in budgets.items():
         values = {p: [] for p in POLICIES}

@@ -101,3 +101,22 @@ def test_written_advice_is_complete(tmp_path):
     assert record["recommended"] == "coop" and record["choices"][0]["basis"] == "pilot"
     assert "**Recommended: coop.**" in (tmp_path / "advice" / "advice.md").read_text()
     assert (tmp_path / "advice" / "advice.png").stat().st_size > 1000
+
+
+def test_leave_one_dataset_out_on_the_shipped_table_meets_the_goal():
+    """Issue 30's goal, on the published table and the reference profile: the advice's mean regret at most 1.0
+    point at each budget and lower than every simple policy's (docs/advise.md has the tables)."""
+    from clipadapt.experiments.advise.costs import reference_cost
+    from clipadapt.experiments.advise.table import published_table
+    from clipadapt.experiments.advise.validation import POLICIES, leave_one_dataset_out
+    from clipadapt.methods import list_methods
+
+    results = published_table()
+    candidates = sorted({r.method for r in results} & {"zeroshot", *list_methods()})
+    assert {"clip-lora", "coop", "tip-adapter-f", "linear-probe", "gda"} <= set(candidates)
+    found = leave_one_dataset_out(results, reference_cost, candidates=candidates)
+    assert found["cases"] > 200 and len(found["datasets"]) == 11
+    for budget, by_policy in found["regret"].items():
+        assert by_policy["advice"]["mean"] <= 1.0, budget
+        assert all(by_policy["advice"]["mean"] < by_policy[p]["mean"] for p in POLICIES[1:]), budget
+    assert found["rank"]["mean_all"] > 0.7

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clipadapt.errors import ClipAdaptError
-from clipadapt.experiments.advise.predictor import AccuracyModel, Observed, PredictorConfig
+from clipadapt.experiments.advise.predictor import PILOT_METHODS, AccuracyModel, Observed, PredictorConfig
 from clipadapt.experiments.advise.table import (
     HISTORY_COLUMNS,
     NUM_CLASSES,
@@ -24,6 +24,7 @@ from clipadapt.experiments.advise.table import (
     published_table,
 )
 from clipadapt.experiments.advise.validation import (
+    default_candidates,
     leave_one_dataset_out,
     reference_budgets,
     spearman,
@@ -204,8 +205,11 @@ def test_spearman_and_budgets():
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([1, 2], [1, 2]))
     table = synthetic_table()
     budgets = reference_budgets(table, cost)
-    assert budgets["pilot"] == pytest.approx(cost("linear-probe", 16 * 1000, 1000))  # the dearest pilot method's
-    assert budgets["pilot"] < budgets["median"] < budgets["unlimited"] == math.inf
+    sizes = {(r.shots, r.classes) for r in table if r.shots and r.classes}
+    trained = [cost(m, k * c, c) for k, c in sizes for m in default_candidates(table) if m not in PILOT_METHODS]
+    assert min(trained) <= budgets["quarter"] < budgets["median"] < budgets["unlimited"] == math.inf
+    assert budgets["median"] == pytest.approx(float(np.median(trained)))  # over every (K, C) x trained method
+    assert budgets["quarter"] == pytest.approx(float(np.percentile(trained, 25)))
     result = leave_one_dataset_out(table, cost, budgets=[1.0, 100.0])
     assert [b["name"] for b in result["budgets"]] == ["1 s", "100 s"]
     text = validation_markdown(leave_one_dataset_out(table, cost))
