@@ -11,8 +11,8 @@ predicted time of each method is set against the measured cell (its run's wall t
 benchmark log when given with ``--log``, else ``train_time_s``). And the advice's own wall time against the cheapest
 gradient-trained method's cell.
 
-Run: ``python benchmarks/advise_world.py --bench DIR [--log bench.log] [--out DIR]``; writes ``world.json`` and
-``world.md`` into ``--out`` (default runs/bench-advise).
+Run: ``python benchmarks/advise_world.py --bench DIR [--bench DIR2] [--log bench.log ...] [--out DIR]``; writes
+``world.json`` and ``world.md`` into ``--out`` (default runs/bench-advise).
 """
 
 from __future__ import annotations
@@ -56,11 +56,9 @@ def measured(bench: Path) -> tuple[dict, str]:
     return out, title
 
 
-def cell_seconds(log: Path | None) -> dict[str, float]:
+def cell_seconds(log: Path) -> dict[str, float]:
     """``dataset/method/Kshot-seedS`` -> the cell's wall seconds from a benchmark log's ``done KEY (1m02s)`` lines."""
     found: dict[str, float] = {}
-    if log is None:
-        return found
     for match in re.finditer(r"done (\S+) \((?:(\d+)m)?(\d+)s\)", log.read_text(errors="replace")):
         found[match.group(1)] = 60 * int(match.group(2) or 0) + int(match.group(3))
     return found
@@ -72,14 +70,21 @@ def main() -> None:
     from common import header
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", type=Path, required=True)
-    parser.add_argument("--log", type=Path, default=None)
+    parser.add_argument("--bench", type=Path, action="append", required=True, help="a benchmark output; repeat")
+    parser.add_argument("--log", type=Path, action="append", default=[], help="its log (cell wall times); repeat")
     parser.add_argument("--model", default="world:tiny")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-advise"))
     args = parser.parse_args()
-    accuracy, title = measured(args.bench)
-    walls = cell_seconds(args.log)
+    accuracy, title, where = {}, [], {}
+    for bench in args.bench:
+        found, heading = measured(bench)
+        accuracy |= found
+        where |= {key: bench for key in found}
+        title.append(heading)
+    walls = {}
+    for log in args.log:
+        walls |= cell_seconds(log)
     cases, records = [], []
     for (dataset, shots), truth in sorted(accuracy.items()):
         methods = sorted(truth)
@@ -96,7 +101,7 @@ def main() -> None:
         key = dataset.replace(":", "-")
         times = {}
         for method in methods:
-            run = args.bench / "runs" / key / method / f"{shots}shot-seed{args.seed}"
+            run = where[(dataset, shots)] / "runs" / key / method / f"{shots}shot-seed{args.seed}"
             if method == "zeroshot":
                 continue
             wall = walls.get(f"{key}/{method}/{shots}shot-seed{args.seed}")
@@ -125,7 +130,7 @@ def main() -> None:
     for case, record in zip(cases, records, strict=True):
         common = [m for m in case.published if m in case.estimate]
         record["spearman"] = spearman([case.estimate[m] for m in common], [case.published[m] for m in common])
-    result = {**header(model=args.model, bench=str(args.bench), title=title),
+    result = {**header(model=args.model, bench=[str(b) for b in args.bench], title=title),
               "budgets": {n: (None if math.isinf(b) else b) for n, b in budgets.items()}, "regret": regret,
               "cases": records}
     args.out.mkdir(parents=True, exist_ok=True)
