@@ -64,7 +64,7 @@ class Cost:
 
 def test_build_choices_marks_the_budget_and_the_basis():
     pilot = SimpleNamespace(scores={"linear-probe": SimpleNamespace(accuracy=0.7, low=0.65, high=0.75)})
-    predictions = {"clip-lora": SimpleNamespace(accuracy=0.8, low=0.76, high=0.83)}
+    predictions = {"clip-lora": SimpleNamespace(accuracy=0.8, low=0.76, high=0.83, features="zs+tip-adapter")}
     costs = {"linear-probe": Cost(4, 200), "clip-lora": Cost(4000, 3000), "lora": Cost(100, 900)}
     rows = build_choices(["linear-probe", "clip-lora", "lora"], pilot, predictions, costs, budget_seconds=3600,
                          budget_memory_mb=1024)
@@ -72,16 +72,33 @@ def test_build_choices_marks_the_budget_and_the_basis():
     assert [row.method for row in rows] == ["clip-lora", "linear-probe", "lora"]  # best estimate first
     assert by["linear-probe"].basis == "pilot" and by["linear-probe"].fits
     assert by["clip-lora"].basis == "predicted" and not by["clip-lora"].fits
+    assert by["clip-lora"].features == "zs+tip-adapter"
     assert "over the time budget" in by["clip-lora"].why_not and "over the memory budget" in by["clip-lora"].why_not
-    assert by["lora"].basis == "none" and not by["lora"].fits and "no published results" in by["lora"].why_not
+    assert by["lora"].basis == "none" and by["lora"].fits and not by["lora"].advisable  # within budget, no estimate
+    assert "no published results" in by["lora"].why_not
 
 
 def test_a_budget_nothing_fits_names_the_cheapest():
     rows = [choice("linear-probe", 0.7, 5, fits=False), choice("coop", 0.74, 600, fits=False)]
-    with pytest.raises(ClipAdaptError, match=r"no method fits the budget \(time 1 s\); the cheapest is "
-                                             r"linear-probe \(about 5 s, 100 MB\)"):
+    with pytest.raises(ClipAdaptError, match=r"no method with an estimate fits the budget \(time 1 s\); the "
+                                             r"cheapest is linear-probe \(about 5 s, 100 MB\)"):
         check_budget(rows, 1.0, None)
+    light = [choice("linear-probe", 0.7, 5, fits=False, memory=900), choice("coop", 0.74, 60, fits=False, memory=300)]
+    with pytest.raises(ClipAdaptError, match=r"\(memory 100 MB\); the lightest is coop \(about 60 s, 300 MB\)"):
+        check_budget(light, None, 100.0)  # a memory budget alone names the lightest, not the fastest
     check_budget([choice("coop", 0.7, 5)], 10.0, None)
+
+
+def test_the_validation_scores_the_advice_s_own_tie_rule():
+    """validation.Case's advice is decide's: the cheaper of two estimates within TIE_POINTS."""
+    from clipadapt.experiments.advise.validation import Case
+
+    case = Case("d", "b", "s", 4, 10, {"tip-adapter": 0.75, "clip-lora": 0.80},
+                {"tip-adapter": 0.752, "clip-lora": 0.755}, {}, {"tip-adapter": 3.0, "clip-lora": 3000.0})
+    assert case.choose("advice", float("inf")) == "tip-adapter"
+    assert case.regret("tip-adapter", float("inf")) == pytest.approx(5.0)
+    rows = [choice("tip-adapter", 0.752, 3, basis="pilot"), choice("clip-lora", 0.755, 3000)]
+    assert decide(rows)[0] == case.choose("advice", float("inf"))
 
 
 def test_unknown_method_is_named_with_the_choices():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -60,7 +59,7 @@ def test_a_budget_nothing_fits_writes_nothing(tiny_clip_dir, colours, tmp_path):
     result = invoke("advise", "--model", tiny_clip_dir, "--dataset", colours, "--shots", 2, "--folds", 2,
                     "--methods", "linear-probe,tip-adapter-f", "--budget-time", "0.001s", "--device", "cpu",
                     "--out", out)
-    one_line_error(result, "no method fits the budget (time 0.00 s); the cheapest is")
+    one_line_error(result, "no method with an estimate fits the budget (time 0.00 s); the cheapest is")
     assert not out.exists()
 
 
@@ -104,20 +103,67 @@ def test_advise_needs_a_model_and_dataset(tmp_path):
     one_line_error(invoke("advise", "--out", tmp_path / "a"), "advise needs --model and --dataset")
 
 
-def test_history_rows_join_the_table(tmp_path):
-    """A benchmark's results (seed-averaged) join the published table under their own source."""
+def test_zero_shot_recommended_then_run_as_scored(tiny_clip_dir, colours, tmp_path):
+    """--methods zeroshot: the only candidate is advised; --then-train runs zeroshot with nothing chosen (the head the
+    pilot scored), under OUT/run; a second --then-train into the same OUT refuses before any work."""
+    out = tmp_path / "advice"
+    result = invoke("advise", "--model", tiny_clip_dir, "--dataset", colours, "--shots", 2, "--folds", 2,
+                    "--methods", "zeroshot", "--device", "cpu", "--out", out, "--then-train")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "advice.json").read_text())["recommended"] == "zeroshot"
+    assert (out / "run" / "metrics.json").is_file()
+    assert "select_on: none" in (out / "run" / "config.yaml").read_text()
+    before = (out / "advice.json").stat().st_mtime_ns
+    again = invoke("advise", "--model", tiny_clip_dir, "--dataset", colours, "--methods", "zeroshot", "--out", out,
+                   "--then-train")
+    one_line_error(again, f"'{out / 'run'}' exists: --then-train trains into OUT/run")
+    assert (out / "advice.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--methods", "lora,bitfit"], ["none of the methods lora, bitfit can be estimated", "zeroshot, linear-probe"]),
+    (["--device", "cuda"], ["device 'cuda' is not available on this machine; valid choices: auto, cpu"]),
+])
+def test_refused_before_the_pilot(args, fragments, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "advice"
+    one_line_error(invoke("advise", "--model", "unused", "--dataset", "unused", "--out", out, *args), *fragments)
+    assert not out.exists()
+
+
+def test_an_out_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    one_line_error(invoke("advise", "--model", "unused", "--dataset", "unused", "--out", tmp_path / "taken"),
+                   "is a file; valid choices: a folder")
+
+
+def test_history_rows_join_the_table_and_the_model(tmp_path):
+    """A benchmark's results (seed-averaged, classes and model from its runs) join the published table under their
+    own source, and the accuracy model learns from them."""
     import clipadapt
+    from clipadapt.experiments.advise.predictor import examples
+    from clipadapt.experiments.advise.table import published_table
     from clipadapt.experiments.benchmark_report import write_csv
 
     folder = tmp_path / "bench"
-    rows = [{"protocol": "few-shot", "dataset": "world:shapes", "target": "", "method": m, "shots": k, "seed": s,
-             "acc1": a, "base_acc1": "", "novel_acc1": "", "hm": "", "run": "", "error": ""}
-            for m, k, s, a in [("zeroshot", 0, 1, 0.5), ("coop", 4, 1, 0.6), ("coop", 4, 2, 0.7)]]
+    cells = [("zeroshot", 0, 1, 0.5), ("tip-adapter", 4, 1, 0.55), ("coop", 4, 1, 0.6), ("coop", 4, 2, 0.7)]
+    rows = []
+    for method, shots, seed, acc in cells:
+        run = folder / "runs" / "world-shapes" / method / (f"{shots}shot-seed{seed}" if shots else "")
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.json").write_text(json.dumps({"model": "world:tiny", "num_classes": 48}))
+        rows.append({"protocol": "few-shot", "dataset": "world:shapes", "target": "", "method": method,
+                     "shots": shots, "seed": seed, "acc1": acc, "base_acc1": "", "novel_acc1": "", "hm": "",
+                     "run": str(run), "error": ""})
     write_csv(folder / "benchmark.csv", rows)
-    (folder / "benchmark.md").write_text("# Benchmark: world:tiny\n")
+    (folder / "benchmark.md").write_text("# Benchmark of world:tiny\n")
     published = clipadapt.advise_table()
-    joined = clipadapt.advise_table(history=folder)
-    extra = [row for row in joined if row not in published]
+    extra = [row for row in clipadapt.advise_table(history=folder) if row not in published]
     coop = [row for row in extra if row["method"] == "coop"]
-    assert len(coop) == 1 and coop[0]["accuracy"] == pytest.approx(0.65) and coop[0]["shots"] == 4
-    assert Path(coop[0]["where"]).name == "bench" or str(folder) in coop[0]["source"] + coop[0]["where"]
+    assert len(extra) == 3 and len(coop) == 1
+    assert coop[0]["accuracy"] == pytest.approx(0.65) and coop[0]["backbone"] == "world:tiny"
+    assert coop[0]["classes"] == 48 and coop[0]["source"] == f"history {folder}"
+    used = examples(published_table([folder]))["coop"]
+    assert sum(1 for e in used if e.dataset == "world:shapes") == 1  # the fit sees the history's cell

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.api.runs import Run
+from clipadapt.errors import ClipAdaptError
 
 PathLike = str | Path
 
@@ -15,14 +16,16 @@ def advise(model: str, dataset: str, shots: int = 16, *, budget_time: str | None
            budget_memory: str | None = None, methods: str | Sequence[str] | None = None,
            history: PathLike | Sequence[PathLike] = (), seed: int = 1, folds: int = 5, device: str = "auto",
            out: PathLike = "runs/advise", then_train: bool = False, progress: bool = True,
-           on_progress: Callable[[str], None] | None = None):
+           on_progress: Callable[[str], None] | None = None, on_advice: Callable[[Any], None] | None = None):
     """Advice for ``model`` on ``dataset`` at ``shots`` per class within a budget (``"2h"``, ``"8GB"``): the pilot
     (zero-shot, linear probe, GDA, Tip-Adapter by cross-validation on train + val), every candidate's cost on this
     ``device`` and its accuracy predicted from the published table (and ``history``: benchmark output folders).
 
     Returns an ``Advice`` (``.recommended``, ``.reason``, ``.choices``, ``.to_dict()``); advice.json, advice.md and
     advice.png are written under ``out``. ``then_train=True`` then runs the recommended method under
-    ``out/run`` and returns ``(advice, run)``.
+    ``out/run`` (which must not exist yet) and returns ``(advice, run)``; ``on_advice(advice)`` is called before that
+    run starts. A zero-shot recommendation runs ``zeroshot`` with the dataset's own prompt and nothing chosen
+    (``zeroshot.select_on=none``: the head the pilot scored).
     """
     from clipadapt.api.workflows import _names, _progress, train, zeroshot
     from clipadapt.experiments.advise.advise import ZERO_SHOT, AdviseConfig, run_advise
@@ -32,13 +35,19 @@ def advise(model: str, dataset: str, shots: int = 16, *, budget_time: str | None
                           budget_time=budget_time, budget_memory=budget_memory,
                           methods=_names(methods) if methods is not None else None,
                           history=[str(folder) for folder in folders], device=device, out=str(out))
+    run_dir = Path(out) / "run"
+    if then_train and run_dir.exists():
+        raise ClipAdaptError(f"'{run_dir}' exists: --then-train trains into OUT/run; valid choices: another --out, or "
+                             f"remove it")
     with _progress(progress):
         advice = run_advise(config, on_progress=on_progress)
+        if on_advice is not None:
+            on_advice(advice)
         if not then_train:
             return advice
-        run_dir = Path(out) / "run"
         if advice.recommended == ZERO_SHOT:
-            run: Run = zeroshot(model, dataset, out=run_dir, seed=seed, device=device, progress=progress)
+            run: Run = zeroshot(model, dataset, out=run_dir, seed=seed, device=device, progress=progress,
+                                **{"zeroshot.select_on": "none"})
         else:
             run = train(advice.recommended, model, dataset, shots=shots, seed=seed, out=run_dir, device=device,
                         progress=progress)

@@ -70,17 +70,23 @@ def advise_command(
         return
     if model is None or dataset is None:
         raise ClipAdaptError("advise needs --model and --dataset (or --table to print the published table)")
+    def show(advice) -> None:
+        rows = [[c.method, _percent(c.accuracy),
+                 "-" if c.low is None else f"{_percent(c.low)}-{_percent(c.high)}", c.basis,
+                 "-" if c.seconds == float("inf") else f"{c.seconds:,.1f}",
+                 "-" if c.memory_mb == float("inf") else f"{c.memory_mb:,.0f}",
+                 ("yes" if c.fits else "no") + (f": {c.why_not}" if c.why_not else "")] for c in advice.choices]
+        out.print(result_table(["method", "accuracy %", "interval", "from", "time (s)", "memory (MB)", "fits"], rows,
+                               title=f"advice: {dataset}, {shots} shots, {model}", text=(3, 6)))
+        notice("recommended:", f"{advice.recommended}. {advice.reason}", "green")
+        out.print(f"advice: {advice.files['json']}; table: {advice.files['markdown']}; figure: "
+                  f"{advice.files['figure']} ({advice.seconds:.1f} s)", highlight=False, soft_wrap=True)
+        if then_train:
+            notice("training:", f"{advice.recommended} into {out_dir / 'run'}")
+
     result = advise(model, dataset, shots, budget_time=budget_time, budget_memory=budget_memory, methods=methods,
                     history=history or [], seed=seed, folds=folds, device=device, out=out_dir,
-                    then_train=then_train, on_progress=lambda text: err.print(text, highlight=False))
-    advice, run = result if then_train else (result, None)
-    rows = [[c.method, _percent(c.accuracy),
-             "-" if c.low is None else f"{_percent(c.low)}-{_percent(c.high)}", c.basis,
-             f"{c.seconds:,.1f}", f"{c.memory_mb:,.0f}", "yes" if c.fits else c.why_not] for c in advice.choices]
-    out.print(result_table(["method", "accuracy %", "interval", "from", "time (s)", "memory (MB)", "fits"], rows,
-                           title=f"advice: {dataset}, {shots} shots, {model}", text=(3, 6)))
-    notice("recommended:", f"{advice.recommended}. {advice.reason}", "green")
-    out.print(f"advice: {advice.files['json']}; table: {advice.files['markdown']}; figure: "
-              f"{advice.files['figure']} ({advice.seconds:.1f} s)", highlight=False, soft_wrap=True)
-    if run is not None:
-        out.print(f"trained {advice.recommended}: {run.dir}", highlight=False)
+                    then_train=then_train, on_progress=lambda text: err.print(text, highlight=False),
+                    on_advice=show)
+    if then_train:
+        out.print(f"trained {result[0].recommended}: {result[1].dir}", highlight=False)

@@ -15,14 +15,16 @@ Four steps, each its own module:
    ``advice.json``.
 
 The recommendation is the method with the highest estimated accuracy among those that fit the budget; a cheaper
-method whose estimate is within ``tie_points`` of it is preferred (estimates closer than that are not told apart
-by the leave-one-dataset-out validation in docs/advise.md). Everything is decided before anything is written:
+method whose estimate is within ``tie_points`` (0.5) of it is preferred: the predictions' leave-one-dataset-out
+errors are 1.6-3.8 points (docs/advise.md), so a half-point lead does not justify a dearer run; the validation
+scores this same rule. Everything is decided before anything is written:
 a bad budget, a method or history folder, a dataset without training images, a budget nothing fits, all stop
 with one line and leave ``out`` untouched.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.errors import ClipAdaptError, ConfigError
+from clipadapt.experiments.advise.predictor import TIE_POINTS
 from clipadapt.io import atomic_write_json, atomic_write_text
 
 ZERO_SHOT = "zeroshot"
-TIE_POINTS = 0.5  # percentage points: estimates this close are a tie, the cheaper method is advised
 
 
 @dataclass
@@ -62,9 +64,14 @@ class Choice:
     high: float | None
     basis: str  # "pilot" (measured here by cross-validation), "predicted" (from the table), "none"
     seconds: float
-    memory_mb: float
-    fits: bool
-    why_not: str = ""  # over the time budget, over the memory budget, no published results
+    memory_mb: float  # the probe's peak: a lower bound of the run's (docs/advise.md)
+    fits: bool  # within the time and memory budgets
+    why_not: str = ""  # over the time budget, over the memory budget, not estimated, the probe failed
+    features: str = ""  # a prediction's feature set (zs or zs+<anchor>)
+
+    @property
+    def advisable(self) -> bool:
+        return self.fits and self.accuracy is not None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +142,7 @@ def candidates(named: list[str] | None, pilot_methods: Sequence[str], predictabl
 
 def decide(choices: list[Choice], tie_points: float = TIE_POINTS) -> tuple[str, str]:
     """The recommended method and the reason in one sentence, from rows already marked ``fits``."""
-    fitting = [c for c in choices if c.fits and c.accuracy is not None]
+    fitting = [c for c in choices if c.advisable]
     if not fitting:
         raise ClipAdaptError("no method with an accuracy estimate fits the budget")
     best = max(fitting, key=lambda c: (c.accuracy, -c.seconds))
@@ -160,11 +167,60 @@ def decide(choices: list[Choice], tie_points: float = TIE_POINTS) -> tuple[str, 
     return chosen.method, reason + "."
 
 
-def build_choices(methods: Sequence[str], pilot, predictions: dict, costs: dict, budget_seconds: float | None,
-                  budget_memory_mb: float | None) -> list[Choice]:
-    """One row per method: the pilot's measurement where it ran the method, else the model's prediction."""
-    rows = []
+def check_device(device: str) -> None:
+    """A device this machine has (the probe and pilot would otherwise fail deep inside torch, after minutes)."""
+    import torch
+
+    from clipadapt.models import resolve_device
+
+    kind = resolve_device(device).type
+    present = {"cpu": True, "cuda": torch.cuda.is_available(),
+               "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not present.get(kind, True):
+        valid = ["auto", *(name for name, there in present.items() if there)]
+        raise ConfigError(f"device '{device}' is not available on this machine; valid choices: {', '.join(valid)}")
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; valid choices: a folder (new or existing)")
+
+
+def estimable(named: list[str] | None, model) -> None:
+    """Named methods of which none can be estimated would leave nothing to advise: say so before the pilot."""
+    from clipadapt.experiments.advise.pilot import PILOT_METHODS
+
+    known = [*PILOT_METHODS, *model.methods]
+    if named is not None and not set(named) & set(known):
+        raise ConfigError(f"none of the methods {', '.join(named)} can be estimated (no published results, not in "
+                          f"the pilot); valid choices: any list with one of {', '.join(known)}")
+
+
+def probe_each(methods: Sequence[str], probe, say) -> tuple[dict, dict[str, str]]:
+    """``probe(methods)`` at once (the image tower measured once); when one fails, each method on its own, and the
+    one that fails is reported and kept out of the advice."""
+    try:
+        return probe(list(methods)), {}
+    except ClipAdaptError:
+        pass
+    costs, failed = {}, {}
     for method in methods:
+        try:
+            costs |= probe([method])
+        except ClipAdaptError as error:
+            failed[method] = str(error)
+            say(f"probe of {method} failed: {error}")
+    return costs, failed
+
+
+def build_choices(methods: Sequence[str], pilot, predictions: dict, costs: dict, budget_seconds: float | None,
+                  budget_memory_mb: float | None, failed: dict[str, str] | None = None) -> list[Choice]:
+    """One row per method: the pilot's measurement where it ran the method, else the model's prediction.
+    ``failed``: methods whose probe failed (no cost: listed, never advised)."""
+    rows = []
+    for method, problem in (failed or {}).items():
+        rows.append(Choice(method, None, None, None, "none", math.inf, math.inf, False, f"the probe failed: {problem}"))
+    for method in (m for m in methods if m in costs):
         cost = costs[method]
         if method in pilot.scores:
             score = pilot.scores[method]
@@ -181,28 +237,33 @@ def build_choices(methods: Sequence[str], pilot, predictions: dict, costs: dict,
         if budget_memory_mb is not None and cost.memory_mb > budget_memory_mb:
             reasons.append(f"over the memory budget ({_memory_text(cost.memory_mb)} > "
                            f"{_memory_text(budget_memory_mb)})")
+        fits = not reasons
         if accuracy is None:
             reasons.append("not estimated: no published results for it and the pilot does not run it")
         rows.append(Choice(method, accuracy, low, high, basis, float(cost.seconds), float(cost.memory_mb),
-                           not reasons, "; ".join(reasons)))
+                           fits, "; ".join(reasons), predictions[method].features if basis == "predicted" else ""))
     return sorted(rows, key=lambda c: (c.accuracy is None, -(c.accuracy or 0.0), c.seconds))
 
 
 def check_budget(choices: list[Choice], budget_seconds: float | None, budget_memory_mb: float | None) -> None:
-    """A budget nothing fits is an error that names the cheapest method and its cost."""
-    if any(c.fits for c in choices if c.accuracy is not None):
+    """A budget nothing fits is an error that names the cheapest method and its cost (the lightest under a memory
+    budget alone)."""
+    if any(c.advisable for c in choices):
         return
-    cheapest = min(choices, key=lambda c: (c.seconds, c.memory_mb))
+    estimated = [c for c in choices if c.accuracy is not None] or choices
+    by_memory = budget_seconds is None and budget_memory_mb is not None
+    cheapest = min(estimated, key=lambda c: (c.memory_mb, c.seconds) if by_memory else (c.seconds, c.memory_mb))
     asked = ", ".join(text for text in (
         f"time {_duration_text(budget_seconds)}" if budget_seconds is not None else "",
         f"memory {_memory_text(budget_memory_mb)}" if budget_memory_mb is not None else "") if text)
-    raise ClipAdaptError(f"no method fits the budget ({asked}); the cheapest is {cheapest.method} "
+    raise ClipAdaptError(f"no method with an estimate fits the budget ({asked}); the "
+                         f"{'lightest' if by_memory else 'cheapest'} is {cheapest.method} "
                          f"(about {_duration_text(cheapest.seconds)}, {_memory_text(cheapest.memory_mb)})")
 
 
 def frontier(choices: list[Choice]) -> list[str]:
     """Methods no other method beats on both estimated accuracy and time (the Pareto frontier)."""
-    known = [c for c in choices if c.accuracy is not None]
+    known = [c for c in choices if c.accuracy is not None and math.isfinite(c.seconds)]
     return [c.method for c in known if not any(
         o is not c and o.accuracy >= c.accuracy and o.seconds <= c.seconds
         and (o.accuracy > c.accuracy or o.seconds < c.seconds) for o in known)]
@@ -234,12 +295,13 @@ def plot_advice(advice: Advice, path: Path) -> None:
     """Estimated accuracy against predicted time (log), intervals as bars, the frontier joined, the budget shaded."""
     from clipadapt.reports.plots import save_figure, subplots
 
-    known = [c for c in advice.choices if c.accuracy is not None]
+    known = [c for c in advice.choices if c.accuracy is not None and math.isfinite(c.seconds)]
     edge = set(frontier(advice.choices))
     fig, ax = subplots(figsize=(7, 4.5))
     for c in known:
         colour = "tab:blue" if c.basis == "pilot" else "tab:orange"
-        ax.errorbar([c.seconds], [100 * c.accuracy], yerr=[[100 * (c.accuracy - c.low)], [100 * (c.high - c.accuracy)]],
+        below, above = max(0.0, c.accuracy - c.low), max(0.0, c.high - c.accuracy)
+        ax.errorbar([c.seconds], [100 * c.accuracy], yerr=[[100 * below], [100 * above]],
                     fmt="o" if c.fits else "x", color=colour, capsize=2, alpha=1.0 if c.fits else 0.5)
         ax.annotate(c.method + (" (advised)" if c.method == advice.recommended else ""), (c.seconds, 100 * c.accuracy),
                     textcoords="offset points", xytext=(4, 4), fontsize=7,
@@ -277,28 +339,31 @@ def run_advise(config: AdviseConfig, on_progress: Callable[[str], None] | None =
     if config.folds < 2:
         raise ConfigError(f"--folds must be at least 2, not {config.folds}")
     named = check_methods(config.methods)
+    check_device(config.device)
+    check_out(Path(config.out))
     results = published_table([Path(p) for p in config.history])  # a bad history folder stops here
     model = AccuracyModel.fit(results)
+    estimable(named, model)
     methods = candidates(named, PILOT_METHODS, model.methods)
-    pilot_methods = [m for m in PILOT_METHODS if named is None or m in named or m == ZERO_SHOT]
-    say(f"pilot: {', '.join(pilot_methods)} by cross-validation")
+    say(f"pilot: {', '.join(PILOT_METHODS)} by cross-validation")  # all four, named or not: the predictions' anchors
     pilot = run_pilot(config.model, config.dataset, config.shots, seed=config.seed, folds=config.folds,
-                      device=config.device, methods=pilot_methods)
+                      device=config.device, methods=PILOT_METHODS, on_progress=say)
     say(f"cost probe: {len(methods)} methods")
-    costs = probe_costs(config.model, methods, n_train=pilot.train_images, n_classes=pilot.classes,
-                        device=config.device, per_image_encode_seconds=pilot.per_image_encode_seconds,
-                        on_progress=say, pilot=pilot, n_test=pilot.test_images, dataset=config.dataset)
+    costs, failed = probe_each(methods, lambda these: probe_costs(
+        config.model, these, n_train=pilot.train_images, n_classes=pilot.classes, device=config.device,
+        per_image_encode_seconds=pilot.per_image_encode_seconds, on_progress=say, pilot=pilot,
+        n_test=pilot.test_images, dataset=config.dataset), say)
     observed = Observed(shots=config.shots, classes=pilot.classes,
                         accuracies={m: s.accuracy for m, s in pilot.scores.items()})
     predictions = model.predict(observed)
-    choices = build_choices(methods, pilot, predictions, costs, budget_seconds, budget_memory)
+    choices = build_choices(methods, pilot, predictions, costs, budget_seconds, budget_memory, failed)
     check_budget(choices, budget_seconds, budget_memory)
     recommended, reason = decide(choices, config.tie_points)
     sources = sorted({r.source for r in results})
     advice = Advice(config, choices, recommended, reason, budget_seconds, budget_memory,
                     pilot=asdict(pilot), costs={m: asdict(c) for m, c in costs.items()},
                     table={"rows": len(results), "sources": len(sources), "history": list(config.history),
-                           "methods_predicted": list(model.methods)},
+                           "methods_predicted": list(model.methods), "model": model.describe()},
                     seconds=time.perf_counter() - start)
     write_advice(advice, Path(config.out))
     return advice

@@ -37,6 +37,9 @@ from clipadapt.experiments.advise.table import ZEROSHOT, Result
 LINEAR_PROBE = "linear-probe"
 PILOT_METHODS = (ZEROSHOT, LINEAR_PROBE, "gda", "tip-adapter")  # what the pilot measures (pilot.py's, issue 30)
 ANCHORS = PILOT_METHODS[1:]
+# estimates closer than this (percentage points) are a tie and the cheaper method is advised: the prediction errors
+# are 1.6-3.8 points (docs/advise.md), so a half-point lead is not worth a dearer run
+TIE_POINTS = 0.5
 ZS = "zs"
 
 

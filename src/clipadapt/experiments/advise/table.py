@@ -116,6 +116,9 @@ def load_history(folder: str | Path) -> list[Result]:
                              "advise learns from `clipadapt benchmark --protocol few-shot` outputs")
     seeds: dict[tuple[str, str, int], list[float]] = {}
     for r in rows:
+        if not r["shots"].isdigit():
+            raise ClipAdaptError(f"'{path}': a few-shot row's shots '{r['shots']}' is not a whole number "
+                                 f"({WHAT_A_BENCHMARK_HOLDS})")
         seeds.setdefault((r["dataset"], r["method"], int(r["shots"])), []).append(float(r["acc1"]))
     records = [_run_record(folder, r) for r in rows]
     model = next((rec["model"] for rec in records if rec and rec.get("model")), None) or _title_model(folder)

@@ -40,6 +40,7 @@ from scipy.stats import rankdata
 from clipadapt.errors import ConfigError
 from clipadapt.experiments.advise.predictor import (
     PILOT_METHODS,
+    TIE_POINTS,
     AccuracyModel,
     Observed,
     Prediction,
@@ -68,6 +69,7 @@ class Case:
     estimate: dict[str, float]  # pilot methods: observed; others: predicted (only those the fold predicts)
     predictions: dict[str, Prediction]
     costs: dict[str, float]
+    tie_points: float = TIE_POINTS  # the advice's rule (advise.decide): a cheaper method this close is preferred
 
     def choose(self, policy: str, budget: float) -> str | None:
         """The method ``policy`` picks among the published ones that fit, or None when none fits."""
@@ -76,8 +78,13 @@ class Case:
             return None
         labelled = sorted((m for m in fits if m != ZEROSHOT), key=lambda m: (self.costs[m], m))
         cheapest = labelled[0] if labelled else fits[0]
-        if policy == "advice":
-            return _best([m for m in fits if m in self.estimate], self.estimate)
+        if policy == "advice":  # advise.decide's rule: the best estimate, or a cheaper one within tie_points
+            known = [m for m in fits if m in self.estimate]
+            best = _best(known, self.estimate)
+            if best is None:
+                return None
+            close = [m for m in known if 100 * (self.estimate[best] - self.estimate[m]) <= self.tie_points]
+            return min(close, key=lambda m: (self.costs[m], -self.estimate[m], m))
         if policy == "cheapest":
             return cheapest
         if policy == CLIP_LORA:
