@@ -17,7 +17,7 @@ Four steps, each its own module:
 The recommendation is the method with the highest estimated accuracy among those that fit the budget; a cheaper
 method whose estimate is within ``tie_points`` (0.5) of it is preferred: the predictions' leave-one-dataset-out
 errors are 1.6-3.8 points (docs/advise.md), so a half-point lead does not justify a dearer run; the validation
-scores this same rule. Everything is decided before anything is written:
+scores this same rule. Everything is decided before anything is written under ``out``:
 a bad budget, a method or history folder, a dataset without training images, a budget nothing fits, all stop
 with one line and leave ``out`` untouched.
 """
