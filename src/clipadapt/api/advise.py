@@ -47,7 +47,7 @@ def advise(model: str, dataset: str, shots: int = 16, *, budget_time: str | None
             return advice
         if advice.recommended == ZERO_SHOT:
             run: Run = zeroshot(model, dataset, out=run_dir, seed=seed, device=device, progress=progress,
-                                **{"zeroshot.select_on": "none"})
+                                overrides=["zeroshot.select_on=none"])
         else:
             run = train(advice.recommended, model, dataset, shots=shots, seed=seed, out=run_dir, device=device,
                         progress=progress)
