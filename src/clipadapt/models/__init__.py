@@ -87,9 +87,15 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        target = torch.device(device)
     except RuntimeError:
         raise ClipAdaptError(f"unknown device '{device}'; valid choices: auto, cpu, cuda, cuda:N, mps") from None
+    present = {"cpu": True, "cuda": torch.cuda.is_available(),
+               "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not present.get(target.type, True):  # else torch fails later, deep inside a model's .to()
+        valid = ["auto", *(name for name, there in present.items() if there)]
+        raise ClipAdaptError(f"device '{device}' is not available on this machine; valid choices: {', '.join(valid)}")
+    return target
 
 
 def _looks_like_path(spec: str) -> bool:
