@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.experiments.advise.predictor import TIE_POINTS
+from clipadapt.experiments.advise.predictor import TIE_POINTS, advised
 from clipadapt.io import atomic_write_json, atomic_write_text
 
 ZERO_SHOT = "zeroshot"
@@ -145,9 +145,10 @@ def decide(choices: list[Choice], tie_points: float = TIE_POINTS) -> tuple[str, 
     fitting = [c for c in choices if c.advisable]
     if not fitting:
         raise ClipAdaptError("no method with an accuracy estimate fits the budget")
+    by_name = {c.method: c for c in fitting}
     best = max(fitting, key=lambda c: (c.accuracy, -c.seconds))
-    close = [c for c in fitting if (best.accuracy - c.accuracy) * 100 <= tie_points]
-    chosen = min(close, key=lambda c: (c.seconds, -c.accuracy))
+    chosen = by_name[advised({c.method: c.accuracy for c in fitting}, {c.method: c.seconds for c in fitting},
+                             tie_points)]
     basis = "measured by cross-validation here" if chosen.basis == "pilot" else "predicted from published results"
     reason = (f"{chosen.method} has the highest estimated accuracy that fits the budget "
               f"({chosen.accuracy:.1%}, {basis}; about {_duration_text(chosen.seconds)}, "
@@ -168,17 +169,10 @@ def decide(choices: list[Choice], tie_points: float = TIE_POINTS) -> tuple[str, 
 
 
 def check_device(device: str) -> None:
-    """A device this machine has (the probe and pilot would otherwise fail deep inside torch, after minutes)."""
-    import torch
-
+    """A device this machine has, before minutes of pilot (``resolve_device`` refuses one it lacks)."""
     from clipadapt.models import resolve_device
 
-    kind = resolve_device(device).type
-    present = {"cpu": True, "cuda": torch.cuda.is_available(),
-               "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if not present.get(kind, True):
-        valid = ["auto", *(name for name, there in present.items() if there)]
-        raise ConfigError(f"device '{device}' is not available on this machine; valid choices: {', '.join(valid)}")
+    resolve_device(device)
 
 
 def check_out(out: Path) -> None:

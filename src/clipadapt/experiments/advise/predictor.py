@@ -26,7 +26,7 @@ and 3 by default); ``AccuracyModel.skipped`` says why each other one is not.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +40,16 @@ ANCHORS = PILOT_METHODS[1:]
 # estimates closer than this (percentage points) are a tie and the cheaper method is advised: the prediction errors
 # are 1.6-3.8 points (docs/advise.md), so a half-point lead is not worth a dearer run
 TIE_POINTS = 0.5
+
+
+def advised(estimate: Mapping[str, float], cost: Mapping[str, float], tie_points: float = TIE_POINTS) -> str | None:
+    """The advice's rule, shared by ``advise.decide`` and the validation: among ``estimate``'s methods, the
+    cheapest of those within ``tie_points`` (percentage points) of the best estimate; None when there is none."""
+    if not estimate:
+        return None
+    best = max(estimate.values())
+    close = [m for m, value in estimate.items() if 100 * (best - value) <= tie_points]
+    return min(close, key=lambda m: (cost[m], -estimate[m], m))
 ZS = "zs"
 
 

@@ -45,6 +45,7 @@ from clipadapt.experiments.advise.predictor import (
     Observed,
     Prediction,
     PredictorConfig,
+    advised,
 )
 from clipadapt.experiments.advise.table import ZEROSHOT, Result
 
@@ -79,12 +80,7 @@ class Case:
         labelled = sorted((m for m in fits if m != ZEROSHOT), key=lambda m: (self.costs[m], m))
         cheapest = labelled[0] if labelled else fits[0]
         if policy == "advice":  # advise.decide's rule: the best estimate, or a cheaper one within tie_points
-            known = [m for m in fits if m in self.estimate]
-            best = _best(known, self.estimate)
-            if best is None:
-                return None
-            close = [m for m in known if 100 * (self.estimate[best] - self.estimate[m]) <= self.tie_points]
-            return min(close, key=lambda m: (self.costs[m], -self.estimate[m], m))
+            return advised({m: self.estimate[m] for m in fits if m in self.estimate}, self.costs, self.tie_points)
         if policy == "cheapest":
             return cheapest
         if policy == CLIP_LORA:
