@@ -38,6 +38,23 @@ def _listed(value: str | Iterable[Any] | None) -> list[Any] | None:
     return [value] if isinstance(value, str | Path) else list(value)
 
 
+def _executor(executor: Any, address: str | None, cpus_per_run: float | None, gpus_per_run: float,
+              slurm: Mapping[str, Any]) -> Any:
+    """The grid's ExecutorConfig: ``executor`` given as one, or built from the keyword arguments (the Slurm ones:
+    ``partition``, ``time``, ``mem``, ``array_parallelism``, ``slurm_settings`` as ``{"account": "lab"}`` or
+    ``["account=lab"]``, ``slurm_cluster``)."""
+    from clipadapt.executors import ExecutorConfig
+
+    if isinstance(executor, ExecutorConfig):
+        return executor
+    settings = slurm.get("slurm_settings") or ()
+    items = [f"{k}={v}" for k, v in settings.items()] if isinstance(settings, Mapping) else list(settings)
+    return ExecutorConfig(executor, address, cpus_per_run, gpus_per_run, partition=slurm.get("partition"),
+                          time=slurm.get("time"), mem=slurm.get("mem"),
+                          array_parallelism=slurm.get("array_parallelism"), slurm_settings=items,
+                          slurm_cluster=slurm.get("slurm_cluster") or "slurm")
+
+
 def _names(value: str | Sequence[str]) -> list[str]:
     """``"lora,bitfit"`` (as on the command line) or ``["lora", "bitfit"]``, blanks dropped."""
     return [name.strip() for name in (value.split(",") if isinstance(value, str) else value) if name.strip()]
@@ -118,13 +135,16 @@ def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], 
           dataset: str | None = None, seeds: Sequence[int] = (0,), out: PathLike | None = None, *,
           shots: int | None = None, epochs: int | None = None, init_from: PathLike | None = None,
           skip_existing: bool = False, overwrite: bool = False, device: str | None = None,
-          executor: str = "local", address: str | None = None, cpus_per_run: float | None = None,
-          gpus_per_run: float = 0.0, config: PathLike | None = None, overrides: Iterable[str] = (),
+          executor: Any = "local", address: str | None = None, cpus_per_run: float | None = None,
+          gpus_per_run: float = 0.0,
+          partition: str | None = None, time: str | None = None, mem: str | None = None,
+          array_parallelism: int | None = None, slurm_settings: Mapping[str, Any] | Sequence[str] = (),
+          slurm_cluster: str = "slurm",
+          config: PathLike | None = None, overrides: Iterable[str] = (),
           progress: bool = True, on_run: Callable[[Any, str], None] | None = None, **settings: Any):
     """Every cell of ``grid`` over ``seeds``, chosen on validation (``train --sweep``): ``{"lora.r": [4, 8]}``
     (Python values), ``{"lora.r": "4,8"}`` or the command line's items ``["lora.r=4,8"]``; the cells run on the
-    ``executor`` (local, ray)."""
-    from clipadapt.executors import ExecutorConfig
+    ``executor`` (local, ray, slurm, or an ``ExecutorConfig``)."""
     from clipadapt.experiments.sweep import SweepConfig, parse_sweep, run_sweep
 
     if isinstance(grid, Mapping):
@@ -140,7 +160,9 @@ def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], 
                                     "run.init_from": str(init_from) if init_from is not None else None}))
     config_ = SweepConfig(method, parse_sweep(items), list(seeds), as_overrides(settings, overrides) + flags,
                           str(config) if config is not None else None, str(out) if out is not None else None,
-                          skip_existing, overwrite, ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
+                          skip_existing, overwrite, _executor(executor, address, cpus_per_run, gpus_per_run, {
+                              "partition": partition, "time": time, "mem": mem, "array_parallelism": array_parallelism,
+                              "slurm_settings": slurm_settings, "slurm_cluster": slurm_cluster}))
     with _progress(progress):
         return run_sweep(config_, on_run=on_run)
 
@@ -149,16 +171,17 @@ def compare(models: str | Sequence[str] | None = None, dataset: str | None = Non
             methods: str | Sequence[str] | None = None, seeds: Sequence[int] | None = None, shots: int | None = None,
             out: PathLike | None = None, *, config: PathLike | None = None, templates: Sequence[str] | None = None,
             zeroshot: bool | None = None, skip_existing: bool = False, overwrite: bool = False, device: str = "auto",
-            executor: str = "local", address: str | None = None, cpus_per_run: float | None = None,
-            gpus_per_run: float = 0.0, overrides: Iterable[str] = (), report: bool = True, progress: bool = True,
+            executor: Any = "local", address: str | None = None, cpus_per_run: float | None = None,
+            gpus_per_run: float = 0.0, partition: str | None = None, time: str | None = None, mem: str | None = None,
+            array_parallelism: int | None = None, slurm_settings: Mapping[str, Any] | Sequence[str] = (),
+            slurm_cluster: str = "slurm", overrides: Iterable[str] = (), report: bool = True, progress: bool = True,
             on_run: Callable[[Any, str], None] | None = None, **settings: Any):
     """Zero-shot and every chosen method on one dataset, then one report (``clipadapt compare``); the runs run on
-    the ``executor`` (local, ray).
+    the ``executor`` (local, ray, slurm, or an ``ExecutorConfig``).
 
     ``config``: a compare file (``experiments.compare.CompareFile``); the arguments given win over it, and left
     out, they are the file's or the defaults (``methods="all"``, ``seeds=(0,)``, ``out="runs/compare"``, zero-shot
     on). Settings go to the runs whose config has their section (``lora={"r": 4}`` to lora only)."""
-    from clipadapt.executors import ExecutorConfig
     from clipadapt.experiments.compare import load_compare_config, run_compare
 
     named = given({"models": _listed(models) if models is not None else None, "dataset": dataset,
@@ -168,7 +191,10 @@ def compare(models: str | Sequence[str] | None = None, dataset: str | None = Non
                    "out": str(out) if out is not None else None})
     compare_config = load_compare_config(config, named, as_overrides(settings, overrides),
                                          skip_existing=skip_existing, overwrite=overwrite, device=device,
-                                         executor=ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
+                                         executor=_executor(executor, address, cpus_per_run, gpus_per_run, {
+                                             "partition": partition, "time": time, "mem": mem,
+                                             "array_parallelism": array_parallelism,
+                                             "slurm_settings": slurm_settings, "slurm_cluster": slurm_cluster}))
     with _progress(progress):
         return run_compare(compare_config, on_run=on_run, report=report)
 
@@ -177,14 +203,18 @@ def benchmark(model: str, datasets: str | Sequence[str] | None = None, methods: 
               shots: Sequence[int] | None = None, seeds: Sequence[int] = (1, 2, 3),
               protocol: str | Sequence[str] = "few-shot", out: PathLike = "runs/benchmark", *,
               suite: str | None = None, targets: str | Sequence[str] | None = None, data_root: PathLike | None = None,
-              executor: str = "local", address: str | None = None, cpus_per_run: float | None = None,
-              gpus_per_run: float = 0.0, skip_existing: bool = False, overwrite: bool = False, device: str = "auto",
+              executor: Any = "local", address: str | None = None, cpus_per_run: float | None = None,
+              gpus_per_run: float = 0.0, partition: str | None = None, time: str | None = None,
+              mem: str | None = None, array_parallelism: int | None = None,
+              slurm_settings: Mapping[str, Any] | Sequence[str] = (), slurm_cluster: str = "slurm",
+              skip_existing: bool = False, overwrite: bool = False, device: str = "auto",
               overrides: Iterable[str] = (), report: bool = True, progress: bool = True,
               on_cell: Callable[[Any, dict[str, int]], None] | None = None, **settings: Any):
     """The few-shot benchmark (``clipadapt benchmark``): zero-shot and every method x shots x seed on each dataset
     of ``suite`` (coop11, world) or ``datasets``, for each ``protocol`` (few-shot, base-to-novel, cross-dataset,
-    domain-shift, or all), on the ``executor`` (local, ray); writes benchmark.csv, benchmark.md and report.html."""
-    from clipadapt.executors import ExecutorConfig
+    domain-shift, or all), on the ``executor`` (local, ray, slurm with ``partition``, ``time``, ``mem``,
+    ``array_parallelism``, ``slurm_settings``, or an ``ExecutorConfig``); writes benchmark.csv, benchmark.md and
+    report.html."""
     from clipadapt.experiments.benchmark import BenchmarkConfig, run_benchmark
     from clipadapt.progress import GridProgress
 
@@ -193,7 +223,9 @@ def benchmark(model: str, datasets: str | Sequence[str] | None = None, methods: 
         shots=list(shots) if shots is not None else None, seeds=list(seeds), protocols=_names(protocol),
         targets=_names(targets) if targets else None, out=str(out), overrides=as_overrides(settings, overrides),
         data_root=str(data_root) if data_root is not None else None, device=device, skip_existing=skip_existing,
-        overwrite=overwrite, executor=ExecutorConfig(executor, address, cpus_per_run, gpus_per_run))
+        overwrite=overwrite, executor=_executor(executor, address, cpus_per_run, gpus_per_run, {
+            "partition": partition, "time": time, "mem": mem, "array_parallelism": array_parallelism,
+            "slurm_settings": slurm_settings, "slurm_cluster": slurm_cluster}))
     with _progress(progress):
         if on_cell is None:
             from clipadapt.experiments.benchmark import plan

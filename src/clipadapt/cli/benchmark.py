@@ -1,4 +1,4 @@
-"""``clipadapt benchmark``: the field's few-shot benchmark, on this machine or a Ray cluster."""
+"""``clipadapt benchmark``: the field's few-shot benchmark, on this machine, a Ray cluster or Slurm."""
 
 from __future__ import annotations
 
@@ -7,7 +7,25 @@ from typing import Annotated
 
 import typer
 
-from clipadapt.cli.common import SetOpt, notice, number_list, out, setup_logging, user_errors
+from clipadapt.cli.common import (
+    AddressOpt,
+    ArrayParallelismOpt,
+    CpusPerRunOpt,
+    ExecutorOpt,
+    GpusPerRunOpt,
+    MemOpt,
+    PartitionOpt,
+    SetOpt,
+    SlurmClusterOpt,
+    SlurmSettingOpt,
+    TimeOpt,
+    executor_options,
+    notice,
+    number_list,
+    out,
+    setup_logging,
+    user_errors,
+)
 from clipadapt.errors import ClipAdaptError
 
 
@@ -31,11 +49,16 @@ def benchmark_command(
                                                               "go")] = Path("runs/benchmark"),
     data_root: Annotated[Path | None, typer.Option(help="CoOp's data folder ($DATA) holding each dataset's "
                                                         "folder")] = None,
-    executor: Annotated[str, typer.Option(help="local (this process, one cell after another) or ray")] = "local",
-    address: Annotated[str | None, typer.Option(help="a running Ray cluster, HOST:PORT (default: a local "
-                                                     "instance)")] = None,
-    cpus_per_run: Annotated[float | None, typer.Option(help="CPUs (and torch threads) per cell")] = None,
-    gpus_per_run: Annotated[float, typer.Option(help="GPUs per cell (ray)")] = 0.0,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_run: CpusPerRunOpt = None,
+    gpus_per_run: GpusPerRunOpt = 0.0,
+    partition: PartitionOpt = None,
+    time: TimeOpt = None,
+    mem: MemOpt = None,
+    array_parallelism: ArrayParallelismOpt = None,
+    slurm_setting: SlurmSettingOpt = None,
+    slurm_cluster: SlurmClusterOpt = "slurm",
     skip_existing: Annotated[bool, typer.Option(help="keep cells with results, run or resume the rest")] = False,
     overwrite: Annotated[bool, typer.Option(help="rerun cells that already exist")] = False,
     set_: SetOpt = None,
@@ -51,9 +74,10 @@ def benchmark_command(
         raise ClipAdaptError("benchmark needs --datasets D1,D2 or --suite (coop11, world)")
     result = benchmark(model, datasets, methods, number_list(shots, "--shots") if shots else None,
                        number_list(seeds, "--seeds"), protocol, out_dir, suite=suite, targets=targets,
-                       data_root=data_root, executor=executor, address=address, cpus_per_run=cpus_per_run,
-                       gpus_per_run=gpus_per_run, skip_existing=skip_existing, overwrite=overwrite, device=device,
-                       overrides=set_ or [])
+                       data_root=data_root, skip_existing=skip_existing, overwrite=overwrite, device=device,
+                       overrides=set_ or [], **executor_options(
+                           executor, address, cpus_per_run, gpus_per_run, partition, time, mem, array_parallelism,
+                           slurm_setting, slurm_cluster))
     if result.kept:
         notice("kept:", f"{len(result.kept)} cells with results already (--skip-existing)")
     if result.markdown is not None:

@@ -30,10 +30,29 @@ DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="dataset
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value, e.g. lora.r=4, "
                                                   "train.epochs=5")]
-ExecutorOpt = Annotated[str, typer.Option(help="where the runs go: local (this process, one after another) or ray")]
+ExecutorOpt = Annotated[str, typer.Option(help="where the runs go: local (this process, one after another), ray "
+                                               "or slurm (a job array through submitit)")]
 AddressOpt = Annotated[str | None, typer.Option(help="a running Ray cluster, HOST:PORT (default: a local instance)")]
 CpusPerRunOpt = Annotated[float | None, typer.Option(help="CPUs (and torch threads) per run")]
-GpusPerRunOpt = Annotated[float, typer.Option(help="GPUs per run (ray)")]
+GpusPerRunOpt = Annotated[float, typer.Option(help="GPUs per run (ray: fractions share one; slurm: whole GPUs)")]
+PartitionOpt = Annotated[str | None, typer.Option(help="slurm: the partition (default: the cluster's)")]
+TimeOpt = Annotated[str | None, typer.Option(help="slurm: each job's limit (MM, HH:MM:SS, D-HH:MM); a cell past "
+                                                  "it is requeued and resumes")]
+MemOpt = Annotated[str | None, typer.Option(help="slurm, ray: memory per run, e.g. 32G")]
+ArrayParallelismOpt = Annotated[int | None, typer.Option(help="slurm: jobs of the array running at once")]
+SlurmSettingOpt = Annotated[list[str] | None, typer.Option(help="slurm: another submitit Slurm parameter, "
+                                                               "KEY=VALUE (account, qos, constraint, ...); repeat")]
+SlurmClusterOpt = Annotated[str, typer.Option(help="slurm: slurm (sbatch), or local / debug: submitit's stand-ins "
+                                                   "on this machine, to try a grid first")]
+
+
+def executor_options(executor: str, address: str | None, cpus_per_run: float | None, gpus_per_run: float,
+                     partition: str | None, time: str | None, mem: str | None, array_parallelism: int | None,
+                     slurm_setting: list[str] | None, slurm_cluster: str) -> dict:
+    """The placement options every grid command shares, as the Python API's keyword arguments."""
+    return {"executor": executor, "address": address, "cpus_per_run": cpus_per_run, "gpus_per_run": gpus_per_run,
+            "partition": partition, "time": time, "mem": mem, "array_parallelism": array_parallelism,
+            "slurm_settings": list(slurm_setting or []), "slurm_cluster": slurm_cluster}
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -10,10 +10,17 @@ from rich.table import Table
 
 from clipadapt.cli.common import (
     AddressOpt,
+    ArrayParallelismOpt,
     CpusPerRunOpt,
     DatasetOpt,
     ExecutorOpt,
     GpusPerRunOpt,
+    MemOpt,
+    PartitionOpt,
+    SlurmClusterOpt,
+    SlurmSettingOpt,
+    TimeOpt,
+    executor_options,
     notice,
     number_list,
     out,
@@ -50,6 +57,12 @@ def compare_command(
     address: AddressOpt = None,
     cpus_per_run: CpusPerRunOpt = None,
     gpus_per_run: GpusPerRunOpt = 0.0,
+    partition: PartitionOpt = None,
+    time: TimeOpt = None,
+    mem: MemOpt = None,
+    array_parallelism: ArrayParallelismOpt = None,
+    slurm_setting: SlurmSettingOpt = None,
+    slurm_cluster: SlurmClusterOpt = "slurm",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Zero-shot and every chosen method on one dataset, each a run directory, then one report."""
@@ -62,8 +75,9 @@ def compare_command(
     result = compare(model or None, dataset, methods, number_list(seeds, "--seeds") if seeds is not None else None,
                      shots, out_dir, config=config, templates=list(templates or []),
                      zeroshot=False if no_zeroshot else None, skip_existing=skip_existing, overwrite=overwrite,
-                     device=device, executor=executor, address=address, cpus_per_run=cpus_per_run,
-                     gpus_per_run=gpus_per_run, overrides=set_ or [], on_run=show)
+                     device=device, overrides=set_ or [], on_run=show, **executor_options(
+                         executor, address, cpus_per_run, gpus_per_run, partition, time, mem, array_parallelism,
+                         slurm_setting, slurm_cluster))
     if result.report is not None:
         out.print(report_table(result.report))
         out.print(f"report: {result.report.html}  ({result.report.markdown})", highlight=False)

@@ -10,13 +10,20 @@ from rich.table import Table
 
 from clipadapt.cli.common import (
     AddressOpt,
+    ArrayParallelismOpt,
     CpusPerRunOpt,
     DatasetOpt,
     DeviceOpt,
     ExecutorOpt,
     GpusPerRunOpt,
+    MemOpt,
     ModelOpt,
+    PartitionOpt,
     SetOpt,
+    SlurmClusterOpt,
+    SlurmSettingOpt,
+    TimeOpt,
+    executor_options,
     notice,
     number_list,
     out,
@@ -75,6 +82,12 @@ def train_command(
     address: AddressOpt = None,
     cpus_per_run: CpusPerRunOpt = None,
     gpus_per_run: GpusPerRunOpt = 0.0,
+    partition: PartitionOpt = None,
+    time: TimeOpt = None,
+    mem: MemOpt = None,
+    array_parallelism: ArrayParallelismOpt = None,
+    slurm_setting: SlurmSettingOpt = None,
+    slurm_cluster: SlurmClusterOpt = "slurm",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Train an adaptation method; selected on validation, evaluated once on test (--sweep: a grid of runs)."""
@@ -84,17 +97,18 @@ def train_command(
 
     METHODS.get(method)
     settings = given({"model.device": device, "data.root": data_root, "data.strict": strict})
-    executor_options = {"executor": executor, "address": address, "cpus_per_run": cpus_per_run,
-                        "gpus_per_run": gpus_per_run}
+    placement = executor_options(executor, address, cpus_per_run, gpus_per_run, partition, time, mem,
+                                 array_parallelism, slurm_setting, slurm_cluster)
     if sweep or seeds is not None:
         if resume or seed is not None:
             raise ClipAdaptError("a sweep takes --seeds and --skip-existing, not --seed or --resume")
         _sweep(method, model, dataset, config, list(set_ or []), settings, shots, epochs, init_from,
-               list(sweep or []), seeds, out_dir, skip_existing, overwrite, executor_options)
+               list(sweep or []), seeds, out_dir, skip_existing, overwrite, placement)
         return
-    if executor != "local" or address is not None or cpus_per_run is not None or gpus_per_run:
-        raise ConfigError("--executor, --address, --cpus-per-run and --gpus-per-run place the runs of a sweep: add "
-                          "--sweep FIELD=V1,V2 or --seeds S1,S2 (one run trains in this process)")
+    if placement != executor_options("local", None, None, 0.0, None, None, None, None, None, "slurm"):
+        raise ConfigError("--executor and its options (--address, --cpus-per-run, --gpus-per-run, --partition, "
+                          "--time, --mem, ...) place the runs of a sweep: add --sweep FIELD=V1,V2 or --seeds S1,S2 "
+                          "(one run trains in this process)")
     try:
         run = train(method, model, dataset, shots, seed, out_dir, init_from, epochs=epochs, resume=resume,
                     overwrite=overwrite, config=config, overrides=set_ or [], **settings)

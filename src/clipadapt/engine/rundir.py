@@ -109,6 +109,17 @@ def resumable(run_dir: Path) -> Iterator[None]:
         raise RunInterrupted(run_dir) from interrupt
 
 
+def grid_start(run_dir: str | Path, resume: bool) -> str:
+    """How a grid's cell (a benchmark's, a comparison's, a sweep's) starts its run directory: ``"kept"`` when asked to
+    resume and the run is complete (another attempt of the cell finished it: it is not trained twice),
+    ``"resume"`` when asked and an interrupted run is there (its config.yaml written), else ``"fresh"`` (replacing
+    whatever is there: a first attempt, or one killed before its config.yaml)."""
+    run_dir = Path(run_dir)
+    if resume and (run_dir / METRICS_FILE).is_file():
+        return "kept"
+    return "resume" if resume and (run_dir / CONFIG_FILE).is_file() else "fresh"
+
+
 def config_to_resume(out: str | Path | None, config: str | Path | None, resume: bool) -> str | Path | None:
     """Resuming ``out`` without a config file resumes with the run's own config.yaml (arguments may not change it)."""
     if resume and config is None and out is not None and (Path(out) / CONFIG_FILE).is_file():

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from clipadapt.executors import Cell, Executor, Outcome, call_cell, register_executor
+from clipadapt.executors.base import Cell, Executor, Outcome, call_cell, register_executor
 
 
 @register_executor("local")
 class LocalExecutor(Executor):
     """This process, one cell after another (the default; nothing to install)."""
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
+    def __init__(self, config, out=None) -> None:
+        super().__init__(config, out)
         self._queue: list[tuple[str, Cell, Any]] = []
         self._running = 0
 
@@ -25,7 +25,7 @@ class LocalExecutor(Executor):
             key, cell, argument = self._queue.pop(0)
             self._running = 1
             self.on_start(key)
-            outcome = call_cell(key, cell, argument, self.threads())
+            outcome = call_cell(key, cell, argument, self.threads(), self.lock(key))
             self._running = 0
             yield outcome
 

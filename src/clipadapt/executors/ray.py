@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from clipadapt.errors import ConfigError
-from clipadapt.executors import Cell, Executor, Outcome, call_cell, register_executor
+from clipadapt.executors.base import Cell, Executor, Outcome, call_cell, register_executor
+from clipadapt.executors.slurm_options import memory_bytes
 
 ENV_PREFIXES = ("CLIPADAPT_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 CONNECT_TIMEOUT_S = 5.0
@@ -56,8 +58,8 @@ class RayExecutor(Executor):
         if config.address:
             check_reachable(config.address)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
+    def __init__(self, config, out=None) -> None:
+        super().__init__(config, out)
         self.check(config)
         ray = _import_ray()
         self._ray = ray
@@ -67,33 +69,41 @@ class RayExecutor(Executor):
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
         self._task = ray.remote(call_cell)
-        self._pending: dict[Any, str] = {}
+        self._pending: dict[Any, tuple[str, float]] = {}  # task -> key, when submitted
 
-    def resources(self) -> dict[str, float]:
-        return {"num_cpus": self.config.cpus_per_run or 1, "num_gpus": self.config.gpus_per_run}
+    def resources(self) -> dict[str, Any]:
+        """The task's request: CPUs, GPUs, memory (``--mem``, in bytes), and no retries of Ray's own (base)."""
+        request: dict[str, Any] = {"num_cpus": self.config.cpus_per_run or 1, "num_gpus": self.config.gpus_per_run,
+                                   "max_retries": 0}
+        if self.config.mem is not None:
+            request["memory"] = memory_bytes(self.config.mem)
+        return request
 
     def threads(self) -> int:
         return max(1, int(self.config.cpus_per_run or 1))
 
     def submit(self, key: str, cell: Cell, argument: Any) -> None:
-        ref = self._task.options(**self.resources()).remote(key, cell, argument, self.threads())
-        self._pending[ref] = key
+        ref = self._task.options(**self.resources()).remote(key, cell, argument, self.threads(), self.lock(key))
+        self._pending[ref] = key, time.perf_counter()
         self.on_start(key)
 
     def outcomes(self) -> Iterator[Outcome]:
         while self._pending:
             done, _ = self._ray.wait(list(self._pending), num_returns=1)
-            key = self._pending.pop(done[0])
+            key, start = self._pending.pop(done[0])
             try:
                 outcome = self._ray.get(done[0])
-            except self._ray.exceptions.RayError as e:  # the worker died (out of memory, killed): this cell fails
-                outcome = Outcome(key, error=f"Ray task failed: {str(e).strip().splitlines()[0]}")
+            except self._ray.exceptions.RayError as e:  # the worker or its node died (killed, out of memory)
+                lost = isinstance(e, (self._ray.exceptions.WorkerCrashedError, self._ray.exceptions.NodeDiedError,
+                                      self._ray.exceptions.OutOfMemoryError))
+                outcome = Outcome(key, error=f"Ray task failed: {str(e).strip().splitlines()[0]}", lost=lost,
+                                  seconds=time.perf_counter() - start)
             yield outcome
 
     def running(self) -> int:
         """Cells running now: those submitted and not finished, up to as many as the cluster's resources fit."""
         total = self._ray.cluster_resources()
-        fits = [total.get("CPU", 0) / self.resources()["num_cpus"]]
+        fits = [total.get("CPU", 0) / (self.config.cpus_per_run or 1)]
         if self.config.gpus_per_run:
             fits.append(total.get("GPU", 0) / self.config.gpus_per_run)
         return min(len(self._pending), max(1, int(min(fits))))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,11 @@ class BenchCell:
     protocols: list[str] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     target_roots: dict[str, str] = field(default_factory=dict)
-    resume: bool = False
+    resume: bool = False  # keep a complete run, continue an interrupted one (--skip-existing, a retried cell)
+
+    def resumed(self) -> BenchCell:
+        """This cell for another attempt after its worker died: it continues the run's last checkpoint."""
+        return replace(self, resume=True)
 
     def complete(self) -> bool:
         run = Path(self.run_dir)
@@ -237,11 +241,13 @@ def run_cell(cell: BenchCell) -> dict[str, Any]:
     """Train (or keep, or resume) one run, then evaluate it on its targets; returns what it measured and what it
     could not (a run whose trained state is per class cannot be moved to other classes: that target's error)."""
     from clipadapt.classification.evaluation import evaluate_run
+    from clipadapt.engine.rundir import grid_start
 
     run_dir = Path(cell.run_dir)
-    kept = (run_dir / METRICS_FILE).is_file()
+    start = grid_start(run_dir, cell.resume)
+    kept = start == "kept"
     if not kept:
-        train_cell(cell)
+        train_cell(cell, resume=start == "resume")
     result: dict[str, Any] = {"kept": kept, "targets": {}, "errors": {}}
     for target in cell.targets:
         out = run_dir / target.file
@@ -258,7 +264,7 @@ def run_cell(cell: BenchCell) -> dict[str, Any]:
     return result
 
 
-def train_cell(cell: BenchCell) -> None:
+def train_cell(cell: BenchCell, resume: bool) -> None:
     from clipadapt.classification.experiment import load_experiment
     from clipadapt.classification.training import run_training
     from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
@@ -272,7 +278,6 @@ def train_cell(cell: BenchCell) -> None:
             "zeroshot.select_on=none", "run.overwrite=true"])
         run_zero_shot(experiment)
         return
-    resume = cell.resume and Path(cell.run_dir).is_dir()
     flags = format_overrides({"data.shots": cell.shots, "data.sampler": "coop", "data.seed": cell.seed,
                               "run.seed": cell.seed})
     experiment = load_experiment(cell.method, None, common + flags + cell.overrides + [
@@ -306,7 +311,7 @@ def run_benchmark(config: BenchmarkConfig, on_outcome: Callable[[Outcome, dict[s
     prepare(cells)
     todo = [c for c in cells if not (config.skip_existing and c.complete())]
     kept = [c.key for c in cells if c not in todo]
-    with open_executor(config.executor) as executor:
+    with open_executor(config.executor, config.out, "benchmark") as executor:
         outcomes = run_cells(executor, [(c.key, run_cell, c) for c in todo], on_outcome)
     result = BenchmarkResult(Path(config.out), cells, outcomes, kept)
     for key, outcome in outcomes.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from clipadapt.classification.zeroshot import ZeroShotExperiment, run_zero_shot
 from clipadapt.config import apply_overrides, as_overrides, format_overrides, load_config, override_section
 from clipadapt.data import DataConfig
 from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, refuse_oracle_runs
-from clipadapt.engine.rundir import RunConfig
+from clipadapt.engine.rundir import RunConfig, grid_start
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.executors import ExecutorConfig, open_executor, run_with_status
@@ -161,23 +161,26 @@ class CompareCell:
     method: str  # "zeroshot" or a registered method
     items: list[str]
     templates: list[str]  # zero-shot sets when the items name none
+    run_dir: str = ""
+    resume: bool = False  # keep a complete run, continue an interrupted one (--skip-existing, a retried cell)
+
+    def resumed(self) -> CompareCell:
+        """This run for another attempt after its worker died: it continues the run's last checkpoint."""
+        return replace(self, resume=True)
 
 
 def _cell(run: PlannedRun, config: CompareConfig, overrides: list[str], resume: bool) -> CompareCell:
     common = format_overrides({"model.spec": run.model, "model.device": config.device,
                                "data.dataset": config.dataset, "run.out": str(run.run_dir), "run.seed": run.seed,
                                "data.seed": run.seed, "data.shots": config.shots})
-    if run.method == "zeroshot":
-        flags = ["run.overwrite=true"]
-    else:
-        flags = ["run.resume=true"] if resume else ["run.overwrite=true"]
-    return CompareCell(run.method, common + overrides + flags, list(config.templates))
+    return CompareCell(run.method, common + overrides, list(config.templates), str(run.run_dir), resume)
 
 
-def build_experiment(cell: CompareCell):
+def build_experiment(cell: CompareCell, resume: bool = False):
+    """The run's experiment: resumed from its checkpoint (``resume``) or started afresh over whatever is there."""
     if cell.method == "zeroshot":
         experiment = ZeroShotExperiment(ModelConfig(), DataConfig(), ZeroShotConfig(), RunConfig())
-        experiment = apply_overrides(experiment, cell.items)
+        experiment = apply_overrides(experiment, cell.items + ["run.overwrite=true"])
         if not experiment.zeroshot.templates:
             experiment.zeroshot.templates = list(cell.templates)
         if experiment.zeroshot.select_on == "test":
@@ -186,7 +189,7 @@ def build_experiment(cell: CompareCell):
                               "oracle on its own)")
         return experiment
     experiment: TrainExperiment = experiment_class(cell.method)()
-    return apply_overrides(experiment, cell.items)
+    return apply_overrides(experiment, cell.items + ["run.resume=true" if resume else "run.overwrite=true"])
 
 
 def planned_experiments(config: CompareConfig) -> list:
@@ -196,8 +199,12 @@ def planned_experiments(config: CompareConfig) -> list:
 
 
 def run_cell(cell: CompareCell) -> None:
-    """Run one planned run (trained, resumed or zero-shot) into its run directory; an executor's cell."""
-    experiment = build_experiment(cell)
+    """Run one planned run (trained, resumed or zero-shot) into its run directory; an executor's cell. A run another
+    attempt of the cell completed is kept (engine.rundir.grid_start)."""
+    start = grid_start(cell.run_dir, cell.resume)
+    if start == "kept":
+        return
+    experiment = build_experiment(cell, resume=start == "resume" and cell.method != "zeroshot")
     (run_zero_shot if cell.method == "zeroshot" else run_training)(experiment)
 
 
@@ -240,7 +247,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
         todo[str(run.run_dir)] = run, _cell(run, config, overrides[run.method], resume), (
             "resuming" if resume else "running")
     if todo:
-        with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
+        with open_executor(config.executor, config.out, "compare") as executor:
             if config.executor.executor != "local":
                 prepare_in_driver(experiments)
             outcomes = run_with_status(executor, run_cell, todo, notify)

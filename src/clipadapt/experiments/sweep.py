@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from clipadapt.classification.experiment import TrainExperiment, load_experiment
 from clipadapt.classification.training import run_training
 from clipadapt.config import format_overrides, to_dict
 from clipadapt.engine.records import METRICS_FILE
+from clipadapt.engine.rundir import grid_start
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.executors import ExecutorConfig, open_executor, run_with_status
 from clipadapt.io import atomic_write_text
@@ -128,16 +129,25 @@ class SweepRun:
     method: str
     config_file: str | None
     items: list[str]
+    run_dir: str = ""
+    resume: bool = False  # keep a complete run, continue an interrupted one (--skip-existing, a retried cell)
 
-    def experiment(self) -> TrainExperiment:
-        return load_experiment(self.method, self.config_file, self.items)
+    def experiment(self, resume: bool | None = None) -> TrainExperiment:
+        """The run's experiment: resumed from its checkpoint, or started afresh over whatever is there."""
+        resume = self.resume if resume is None else resume
+        return load_experiment(self.method, self.config_file,
+                               self.items + ["run.resume=true" if resume else "run.overwrite=true"])
+
+    def resumed(self) -> SweepRun:
+        """This cell for another attempt after its worker died: it continues the run's last checkpoint."""
+        return replace(self, resume=True)
 
 
 def sweep_run(config: SweepConfig, cell: SweepCell, resume: bool) -> SweepRun:
     run_flags = format_overrides({"run.out": str(cell.run_dir), "run.seed": cell.seed, "data.seed": cell.seed,
                                   "run.label": cell.label})
-    flags = ["run.resume=true"] if resume else ["run.overwrite=true"]
-    return SweepRun(config.method, config.config_file, config.overrides + cell.overrides + run_flags + flags)
+    return SweepRun(config.method, config.config_file, config.overrides + cell.overrides + run_flags,
+                    str(cell.run_dir), resume)
 
 
 def cell_experiment(config: SweepConfig, cell: SweepCell, resume: bool) -> TrainExperiment:
@@ -145,8 +155,11 @@ def cell_experiment(config: SweepConfig, cell: SweepCell, resume: bool) -> Train
 
 
 def train_cell(run: SweepRun) -> None:
-    """Train (or resume) one cell's run into its run directory; an executor's cell."""
-    run_training(run.experiment())
+    """Train (or resume) one cell's run into its run directory; an executor's cell. A run another attempt of the
+    cell completed is kept (engine.rundir.grid_start)."""
+    start = grid_start(run.run_dir, run.resume)
+    if start != "kept":
+        run_training(run.experiment(resume=start == "resume"))
 
 
 @dataclass
@@ -208,7 +221,7 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
         todo[str(cell.run_dir)] = cell, sweep_run(config, cell, resume), "resuming" if resume else "running"
     failed = []
     if todo:
-        with open_executor(config.executor) as executor:  # a missing Ray or a bad address fails here, nothing written
+        with open_executor(config.executor, out, "sweep") as executor:
 
             outcomes = run_with_status(executor, train_cell, todo, notify)
         failed = [(todo[key][0].run_dir, outcome.error or "") for key, outcome in outcomes.items() if outcome.failed]

@@ -1,0 +1,240 @@
+"""The Slurm executor: a grid's cells as one Slurm job array, through submitit (``pip install 'clipadapt[slurm]'``).
+
+The vision codebases most labs know launch on Slurm the same way (DINOv2's ``run/submit.py``, the
+``run_with_submitit.py`` of DeiT, DINO, DETR, ConvNeXt). Each cell is one job of the array asking for
+``--cpus-per-run`` CPUs (``cpus_per_task``), ``--gpus-per-run`` whole GPUs (``gpus_per_node``), ``--mem`` and
+``--time`` on ``--partition``; ``--array-parallelism`` caps the jobs running at once, ``--slurm-setting KEY=VALUE``
+passes any other of submitit's Slurm parameters (account, qos, constraint, ...). Every job's script, log and
+submitit's files go under ``OUT/slurm/<job id>/``, and ``OUT/slurm/jobs.json`` says which job ran which cell.
+
+Pre-emption and time limits: Slurm signals a job (USR2, 90 s before its limit); submitit then calls the cell's
+``checkpoint`` (:class:`SlurmCell`, a ``submitit.helpers.Checkpointable`` by duck typing, as submitit requeues any
+callable with that method) and requeues the job. The requeued job runs the cell again with its argument's
+``resumed()``: training continues from the run directory's last checkpoint (saved after every epoch), so a cell
+longer than ``--time`` still finishes, and equals an uninterrupted one. A job lost otherwise (its node died, it was
+killed) comes back as a lost outcome, and base.run_cells submits it again, resumed.
+
+``--slurm-cluster local`` and ``debug`` use submitit's stand-ins on this machine (a process per job, or every job in
+this process when its result is asked for), to try a grid, and the tests, without a cluster; local runs as many
+jobs at once as ``--array-parallelism`` (default: this machine's CPUs divided by ``--cpus-per-run``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from clipadapt.errors import ConfigError
+from clipadapt.executors.base import Cell, Executor, ExecutorConfig, Outcome, call_cell, register_executor, resumed
+from clipadapt.executors.slurm_options import memory_bytes, parse_settings, time_minutes
+from clipadapt.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+POLL_S = 1.0  # between looks at the jobs (Slurm's states come from sacct, which submitit calls at most every few s)
+JOB_NAME = "clipadapt"
+
+
+def _import_submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--executor slurm needs submitit: pip install 'clipadapt[slurm]' (valid choices without "
+                          "it: local, ray)") from None
+    return submitit
+
+
+def slurm_parameters(config: ExecutorConfig) -> dict[str, Any]:
+    """What each job of the array asks Slurm for, as submitit's SlurmExecutor parameters (one-line errors)."""
+    submitit = _import_submitit()
+    params: dict[str, Any] = {"job_name": JOB_NAME}
+    params.update(parse_settings(config.slurm_settings, submitit.SlurmExecutor._valid_parameters()))
+    if config.partition:
+        params["partition"] = config.partition
+    if config.time is not None:
+        params["time"] = time_minutes(config.time)
+    if config.cpus_per_run is not None:
+        if config.cpus_per_run != int(config.cpus_per_run):
+            raise ConfigError(f"--cpus-per-run {config.cpus_per_run}: Slurm gives whole CPUs; valid: 1, 2, 3, ...")
+        params["cpus_per_task"] = int(config.cpus_per_run)
+    if config.gpus_per_run:
+        if config.gpus_per_run != int(config.gpus_per_run):
+            raise ConfigError(f"--gpus-per-run {config.gpus_per_run}: Slurm gives whole GPUs; valid: 0, 1, 2, ...")
+        params["gpus_per_node"] = int(config.gpus_per_run)
+    if config.mem is not None:
+        memory_bytes(config.mem)  # checked here; Slurm reads the text itself
+        params["mem"] = config.mem
+    if config.array_parallelism is not None:
+        params["array_parallelism"] = config.array_parallelism
+    try:  # submitit's own check of the values (the sbatch script it would write)
+        job_script(params, "python -m submitit.core._submit FOLDER")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"--slurm-setting: submitit refuses {str(e).strip().splitlines()[0]}") from None
+    return params
+
+
+def job_script(params: dict[str, Any], command: str, folder: str = "OUT/slurm/%j") -> str:
+    """The sbatch script submitit writes for one job with ``params`` (docs, benchmarks/executors.py)."""
+    from submitit.slurm.slurm import _make_sbatch_string  # the text SlurmExecutor submits
+
+    return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+def check_cluster(config: ExecutorConfig) -> None:
+    """Slurm is here (sbatch on PATH) and knows the partition (sinfo), before anything is written."""
+    if shutil.which("sbatch") is None:
+        raise ConfigError("--executor slurm needs Slurm's sbatch, and this machine has none; run from a Slurm "
+                          "login node, or try the grid here with --slurm-cluster local")
+    if config.partition and shutil.which("sinfo"):
+        try:
+            found = subprocess.run(["sinfo", "--noheader", "--format=%R"], capture_output=True, text=True,
+                                   timeout=30, check=True).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            return  # sbatch will say
+        if found and config.partition not in found:
+            raise ConfigError(f"unknown --partition '{config.partition}'; valid choices (sinfo): "
+                              f"{', '.join(sorted(set(found)))}")
+
+
+class SlurmCell:
+    """One cell as a submitit job: ``call_cell``, plus the ``checkpoint`` submitit calls on pre-emption or time
+    limit, which requeues the cell resumed."""
+
+    def __call__(self, key: str, cell: Cell, argument: Any, threads: int | None, lock: str | None) -> Outcome:
+        return call_cell(key, cell, argument, threads, lock)
+
+    def checkpoint(self, key: str, cell: Cell, argument: Any, threads: int | None, lock: str | None):
+        from submitit.helpers import DelayedSubmission
+
+        log.warning("%s: pre-empted or out of time; requeued to resume its last checkpoint", key)
+        return DelayedSubmission(self, key, cell, resumed(argument), threads, lock)
+
+
+@register_executor("slurm")
+class SlurmExecutor(Executor):
+    """Each cell a job of a Slurm job array, through submitit (--partition, --time, --mem, --slurm-setting)."""
+
+    @classmethod
+    def check(cls, config: ExecutorConfig) -> None:
+        slurm_parameters(config)
+        if config.slurm_cluster == "slurm":
+            check_cluster(config)
+
+    def __init__(self, config: ExecutorConfig, out=None) -> None:
+        super().__init__(config, out)
+        submitit = _import_submitit()
+        self._submitit = submitit
+        self._made = None if out is not None else tempfile.mkdtemp(prefix="clipadapt-slurm-")
+        self.folder = Path(out if out is not None else self._made) / "slurm"
+        self._folder_existed = self.folder.exists()
+        params = slurm_parameters(config)
+        if config.slurm_cluster == "slurm":
+            self._executor = submitit.SlurmExecutor(folder=self.folder / "%j")
+            self._executor.update_parameters(**params)
+            self._slots = None  # Slurm queues and caps (array_parallelism) itself
+        else:
+            engine = submitit.LocalExecutor if config.slurm_cluster == "local" else submitit.DebugExecutor
+            self._executor = engine(folder=self.folder / "%j")
+            if config.slurm_cluster == "local" and "time" in params:
+                self._executor.update_parameters(timeout_min=params["time"])
+            cpus = max(1, int(config.cpus_per_run or 1))
+            self._slots = config.array_parallelism or max(1, (os.cpu_count() or 1) // cpus)
+        self._waiting: list[tuple[str, tuple]] = []  # submitted to us, not yet to submitit
+        self._jobs: dict[str, Any] = {}  # key -> its job
+        self._started: dict[str, float] = {}
+        self._attempts: dict[str, int] = {}
+        self._submitted_once = False
+
+    def submit(self, key: str, cell: Cell, argument: Any) -> None:
+        self._waiting.append((key, (key, cell, argument, self.threads(), self.lock(key))))
+
+    def _flush(self) -> None:
+        """Hand the waiting cells to submitit: all of them as one job array on Slurm; as many as there are slots on
+        the local stand-ins."""
+        free = len(self._waiting) if self._slots is None else max(0, self._slots - len(self._jobs))
+        batch, self._waiting = self._waiting[:free], self._waiting[free:]
+        if not batch:
+            return
+        try:
+            if len(batch) > 1:
+                with self._executor.batch():
+                    jobs = [self._executor.submit(SlurmCell(), *args) for _, args in batch]
+            else:
+                jobs = [self._executor.submit(SlurmCell(), *batch[0][1])]
+        except Exception as e:  # sbatch refused (a partition it does not know, a time over the partition's limit)
+            if self._submitted_once:
+                raise
+            self._remove_folder()
+            message = " ".join(str(e).split())[:300]
+            raise ConfigError(f"Slurm refused the jobs: {message} (check --partition, --time and "
+                              f"--slurm-setting; `sinfo` lists the partitions and their limits)") from None
+        self._submitted_once = True
+        for (key, _), job in zip(batch, jobs, strict=True):
+            self._jobs[key] = job
+            self._started[key] = time.perf_counter()
+            self._attempts[key] = self._attempts.get(key, 0) + 1
+            self.on_start(key)
+        self._write_jobs()
+
+    def _write_jobs(self) -> None:
+        """``OUT/slurm/jobs.json``: which job runs (or ran) each cell, and where its log is."""
+        record = {key: {"job_id": job.job_id, "attempt": self._attempts[key], "stdout": str(job.paths.stdout),
+                        "stderr": str(job.paths.stderr)} for key, job in self._jobs.items()}
+        path = self.folder / "jobs.json"
+        if path.is_file():
+            import json
+
+            record = {**json.loads(path.read_text()), **record}
+        atomic_write_json(path, record)
+
+    def _remove_folder(self) -> None:
+        if not self._folder_existed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _collect(self, key: str, job: Any) -> Outcome:
+        errors = self._submitit.core.utils
+        seconds = time.perf_counter() - self._started[key]
+        try:
+            return job.result()
+        except errors.UncompletedJobError as e:  # killed, its node lost, or out of requeues: run it again
+            return Outcome(key, error=f"Slurm job {job.job_id} ended without a result: "
+                                      f"{str(e).strip().splitlines()[0]}", lost=True, seconds=seconds)
+        except errors.FailedJobError as e:
+            return Outcome(key, error=f"Slurm job {job.job_id} failed: {str(e).strip().splitlines()[0]} (log: "
+                                      f"{job.paths.stderr})", seconds=seconds)
+
+    def outcomes(self) -> Iterator[Outcome]:
+        self._flush()
+        while self._jobs or self._waiting:
+            finished = [key for key, job in self._jobs.items()
+                        if self.config.slurm_cluster == "debug" or job.done()]
+            for key in finished:
+                outcome = self._collect(key, self._jobs[key])
+                del self._jobs[key]
+                self._flush()
+                yield outcome  # run_cells may submit it again (a lost cell): _flush sends it on the next turn
+            self._flush()
+            if not finished and self._jobs:
+                time.sleep(POLL_S)
+
+    def running(self) -> int:
+        return sum(1 for job in self._jobs.values() if str(job.state).upper().startswith(("RUNNING", "COMPLETING")))
+
+    def queued(self) -> int:
+        return len(self._waiting) + len(self._jobs) - self.running()
+
+    def close(self) -> None:
+        for job in self._jobs.values():  # a grid stopped early (Ctrl-C, an error) leaves no job behind
+            with suppress(Exception):  # best effort: the job may be gone already
+                job.cancel(check=False)
+        with suppress(OSError):  # the job folder's pattern, which submitit makes and leaves empty
+            (self.folder / "%j").rmdir()
+        if self._made is not None:
+            shutil.rmtree(self._made, ignore_errors=True)
