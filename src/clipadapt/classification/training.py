@@ -122,6 +122,8 @@ def run_record(cfg, resolved, method: Method, dataset, fit: FitResult, evaluatio
         features=views_record(cfg, method),
     )
     record["effective"] = method.effective_settings()  # what the recipe resolved for this model (MaPLe's depth)
+    if fit.resumed_at:  # an interrupted run: the epochs it had completed each time it was resumed
+        record["resumed_at_epochs"] = fit.resumed_at
     return record
 
 

@@ -117,6 +117,7 @@ class FitResult:
     # what describes the fit without being chosen (LP++'s step sizes, ProLIP's fixed lambda); what was chosen, and
     # on what, is in the trainer's ``selections`` (metrics.json's selection is built from both)
     details: dict[str, Any] = field(default_factory=dict)
+    resumed_at: list[int] = field(default_factory=list)  # epochs completed when each resume took over
 
     @property
     def train_images_per_s(self) -> float:
@@ -243,6 +244,7 @@ class Trainer:
             scheduler.load_state_dict(state.scheduler)
             set_rng_state(state.rng)
             best_weights, progress, start_epoch = state.best_weights, state.progress, state.epoch
+            progress["resumed_at"] = [*progress.get("resumed_at", []), start_epoch]
 
         val_keys: list[str] = []
         with (training_progress(epochs, steps_per_epoch, acc.is_main_process, total_steps) as bar,
@@ -290,7 +292,7 @@ class Trainer:
         kept_scores = dict(progress.get("best_selection", {})) if cfg.keep == "best" else {}
         return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
                          train_time_s=progress["train_time_s"], train_images=progress["train_images"],
-                         details=kept_scores)
+                         details=kept_scores, resumed_at=list(progress.get("resumed_at", [])))
 
     def record_kept_epoch(self, epoch: int, candidates: int, scores: dict[str, float]) -> None:
         """The epoch (or full-batch iteration) kept as the best on validation, among ``candidates`` scored there: the
