@@ -69,7 +69,7 @@ def free_port() -> int:
     (["--suite", "world", "--shots", "0,2"], "--shots must be positive"),
     (["--suite", "world", "--protocol", "zero-shot"], "unknown protocol 'zero-shot'; valid choices: few-shot,"),
     (["--suite", "world", "--methods", "lora2"], "unknown method 'lora2'"),
-    (["--suite", "world", "--executor", "kubernetes"], "unknown executor 'kubernetes'; valid choices: local, ray, slurm"),
+    (["--suite", "world", "--executor", "k8s"], "unknown executor 'k8s'; valid choices: local, ray, slurm"),
     (["--suite", "world", "--address", "127.0.0.1:1"], "--address is a Ray cluster's; it needs --executor ray"),
     (["--suite", "world", "--executor", "ray", "--address", "127.0.0.1:{port}"],
      "cannot reach a Ray cluster at --address '127.0.0.1:{port}'"),

@@ -80,11 +80,12 @@ def slurm_parameters(config: ExecutorConfig) -> dict[str, Any]:
     return params
 
 
-def job_script(params: dict[str, Any], command: str, folder: str = "OUT/slurm/%j") -> str:
-    """The sbatch script submitit writes for one job with ``params`` (docs, benchmarks/executors.py)."""
+def job_script(params: dict[str, Any], command: str, folder: str = "OUT/slurm/%j", cells: int | None = None) -> str:
+    """The sbatch script submitit writes for ``params``: one job, or the array of ``cells`` jobs (docs,
+    benchmarks/executors.py)."""
     from submitit.slurm.slurm import _make_sbatch_string  # the text SlurmExecutor submits
 
-    return _make_sbatch_string(command=command, folder=folder, **params)
+    return _make_sbatch_string(command=command, folder=folder, map_count=cells, **params)
 
 
 def check_cluster(config: ExecutorConfig) -> None:
