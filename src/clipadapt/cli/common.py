@@ -18,7 +18,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from clipadapt.errors import ClipAdaptError
+from clipadapt.errors import ClipAdaptError, DiskFull
+from clipadapt.io import free_bytes, no_space_errno
 
 # Printed text is never read as rich markup: paths, labels and messages keep their brackets
 # ("pip install 'clipadapt[tensorboard]'"); styled labels go through ``notice``.
@@ -65,7 +66,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def user_errors(func):
-    """Turn a ClipAdaptError into one line on stderr and exit code 2 (no traceback)."""
+    """Turn a ClipAdaptError into one line on stderr and exit code 2 (no traceback); so too a full disk or quota met
+    outside clipadapt's own writers (a log file, tensorboard's events): the same line as their ``DiskFull``."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -77,8 +79,24 @@ def user_errors(func):
         except KeyboardInterrupt:
             notice("interrupted")
             raise typer.Exit(130) from None
+        except Exception as e:
+            number = no_space_errno(e)
+            if number is None:
+                raise
+            notice("error:", str(disk_full(e, number)), "bold red")
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def disk_full(error: Exception, number: int) -> DiskFull:
+    """The ``DiskFull`` of a raw out-of-space error, naming the file when the error (or its cause) does."""
+    path = None
+    cause: BaseException | None = error
+    while cause is not None and path is None:
+        path = getattr(cause, "filename", None)
+        cause = cause.__cause__ or cause.__context__
+    return DiskFull(path, free_bytes(path) if path is not None else None, number)
 
 
 def notice(label: str, text: str = "", style: str = "yellow") -> None:

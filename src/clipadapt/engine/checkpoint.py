@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from clipadapt.errors import ConfigError
 from clipadapt.io import atomic_path, atomic_write_json, staged_directory
@@ -79,8 +79,12 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: TrainingState) -> Path:
+    """Write ``epoch-NNNN/`` whole, then point latest.json at it, then remove the older ones: a failure at any step
+    (a full disk: ``DiskFull``) leaves latest.json naming the previous complete checkpoint, which still exists."""
     root = Path(run_dir) / CHECKPOINT_DIR
     name = f"epoch-{state.epoch:04d}"
+    previous = latest_checkpoint(run_dir)
+    _remove_epochs(root, keep=previous.name if previous else None)  # orphans of a save that failed: room first
     with staged_directory(root / name, overwrite=True) as stage:
         _save_tensors(stage / "weights.safetensors", state.weights, state.metadata)
         _save_tensors(stage / "best.safetensors", state.best_weights, state.metadata)
@@ -90,10 +94,16 @@ def save_checkpoint(run_dir: Path, state: TrainingState) -> Path:
         atomic_write_json(stage / "state.json", {"epoch": state.epoch, "optimizer": rest,
                                                  "scheduler": state.scheduler, "progress": state.progress})
     atomic_write_json(root / LATEST, {"epoch": state.epoch, "dir": name})
-    for old in root.glob("epoch-*"):  # older checkpoints are no longer needed once latest.json moved on
-        if old.name != name and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    _remove_epochs(root, keep=name)  # older checkpoints are no longer needed once latest.json moved on
     return root / name
+
+
+def _remove_epochs(root: Path, keep: str | None) -> None:
+    """Every ``epoch-*`` directory but ``keep``: older checkpoints, and a complete one that latest.json never came to
+    name because writing latest.json failed (a resumed run trains that epoch again)."""
+    for old in root.glob("epoch-*"):
+        if old.name != keep and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -133,14 +143,21 @@ def load_checkpoint(directory: Path, expected: dict[str, str]) -> TrainingState:
     info = json.loads((directory / "state.json").read_text())
     return TrainingState(
         epoch=int(info["epoch"]),
-        weights=load_file(str(weights_path)),
-        best_weights=load_file(str(directory / "best.safetensors")),
-        optimizer=optimizer_state(load_file(str(directory / "optimizer.safetensors")), info["optimizer"]),
+        weights=_read_tensors(weights_path),
+        best_weights=_read_tensors(directory / "best.safetensors"),
+        optimizer=optimizer_state(_read_tensors(directory / "optimizer.safetensors"), info["optimizer"]),
         scheduler=info["scheduler"],
-        rng=load_file(str(directory / "rng.safetensors")),
+        rng=_read_tensors(directory / "rng.safetensors"),
         progress=info["progress"],
         metadata=metadata,
     )
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, read into memory. ``load_file`` maps the file instead, and the optimizer
+    keeps those tensors for the rest of the run: once the next checkpoint removes this one, its deleted files would
+    still hold their space on disk (a resumed run would need room for three checkpoints rather than two)."""
+    return load(path.read_bytes())
 
 
 def remove_checkpoints(run_dir: Path) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from clipadapt.config import from_dict, option, to_dict
 from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
-from clipadapt.errors import ClipAdaptError, ConfigError, RunInterrupted
+from clipadapt.errors import ClipAdaptError, ConfigError, DiskFull, RunInterrupted
 from clipadapt.io import atomic_write_text
 from clipadapt.paths import slug
 
@@ -147,5 +147,9 @@ def start_run_dir(accelerator, run_dir: Path, resolved: dict, resume: bool) -> N
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        save_config_dict(resolved, run_dir / CONFIG_FILE)
+        try:
+            save_config_dict(resolved, run_dir / CONFIG_FILE)
+        except DiskFull as full:  # nothing to resume yet: no directory is left that a plain rerun would refuse
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise full.with_hint("free some space, then run the same command again") from None
     accelerator.wait_for_everyone()
