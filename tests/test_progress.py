@@ -102,3 +102,16 @@ def test_an_iteration_budget_sets_the_bar_total():
         assert progress.tasks[1].total == 10
         rich_bar.start(2)  # resumed in the last epoch
         assert progress.tasks[1].total == 5
+
+
+def test_grid_progress_line_counts_queued_running_failed_retried_and_time_left():
+    from clipadapt.progress import GridProgress
+
+    now = [100.0]
+    progress = GridProgress(4, clock=lambda: now[0])
+    now[0] += 60  # two cells in a minute: two more take another minute
+    counts = {"done": 1, "failed": 1, "running": 1, "queued": 1, "total": 4, "retried": 1}
+    line = progress.line("world-colour/coop/1shot-seed1", False, 75, counts)
+    assert line == ("[2/4] done world-colour/coop/1shot-seed1 (1m15s) · 1 done, 1 running, 1 queued, 1 failed, "
+                    "1 retried (worker lost) · 1m00s elapsed, ~1m00s left")
+    assert "retried" not in progress.line("k", True, 1, {**counts, "retried": 0})

@@ -221,9 +221,10 @@ class GridProgress:
         finished = counts["done"] + counts["failed"]
         elapsed = self.clock() - self.started
         left = f", ~{_duration(elapsed / finished * (self.total - finished))} left" if 0 < finished < self.total else ""
+        retried = f", {counts['retried']} retried (worker lost)" if counts.get("retried") else ""
         return (f"[{finished}/{self.total}] {'FAILED' if failed else 'done'} {key} ({_duration(seconds)}) · "
                 f"{counts['done']} done, {counts['running']} running, {counts.get('queued', 0)} queued, "
-                f"{counts['failed']} failed · "
+                f"{counts['failed']} failed{retried} · "
                 f"{_duration(elapsed)} elapsed{left}")
 
     def __call__(self, outcome, counts: dict[str, int]) -> None:
