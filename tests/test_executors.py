@@ -42,3 +42,17 @@ def test_executor_options_need_a_sweep(tiny_clip_dir, tmp_path):
         assert result.exit_code == 2, result.output
         assert len(result.output.strip().splitlines()) == 1 and "add --sweep" in result.output
         assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gpus-per-run", "64"], "--gpus-per-run asks each cell for more than this machine has ("),
+    (["--cpus-per-run", "4096"], "--cpus-per-run asks each cell for more than this machine has ("),
+    (["--mem", "64T"], "--mem asks each cell for more than this machine has ("),
+])
+def test_a_ray_cell_bigger_than_this_machine_is_one_line_before_ray_starts(extra, message, tiny_clip_dir, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    result = runner.invoke(app, command("sweep", tiny_clip_dir, out) + ["--executor", "ray", *extra])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    assert not out.exists()

@@ -48,6 +48,23 @@ def _import_ray():
     return ray
 
 
+def check_fits_here(config) -> None:
+    """Before a local instance starts: a cell asking for more CPUs, GPUs or memory than this machine has would wait
+    forever (Ray keeps an infeasible task for an autoscaler): one line instead."""
+    import psutil
+    import torch
+
+    have = {"--cpus-per-run": (os.cpu_count() or 1, config.cpus_per_run or 1, "CPUs"),
+            "--gpus-per-run": (torch.cuda.device_count(), config.gpus_per_run, "GPUs")}
+    if config.mem is not None:
+        have["--mem"] = (round(psutil.virtual_memory().total / 2**30, 1), memory_bytes(config.mem) / 2**30,
+                         "GiB of memory")
+    for option, (found, wanted, what) in have.items():
+        if wanted > found:
+            raise ConfigError(f"{option} asks each cell for more than this machine has ({found:g} {what}); valid: at "
+                              f"most that, or --address of a cluster with bigger nodes")
+
+
 @register_executor("ray")
 class RayExecutor(Executor):
     """Each cell a Ray task, on a local instance started for the run or a cluster at --address."""
@@ -57,6 +74,8 @@ class RayExecutor(Executor):
         _import_ray()
         if config.address:
             check_reachable(config.address)
+        else:
+            check_fits_here(config)
 
     def __init__(self, config, out=None) -> None:
         super().__init__(config, out)
@@ -70,6 +89,23 @@ class RayExecutor(Executor):
                      logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
         self._task = ray.remote(call_cell)
         self._pending: dict[Any, tuple[str, float]] = {}  # task -> key, when submitted
+        if self._started and not config.address:
+            self._refuse_infeasible()
+
+    def _refuse_infeasible(self) -> None:
+        """On the local instance, a cell asking for more than this machine has would wait forever (Ray keeps an
+        infeasible task for an autoscaler to satisfy): one line instead. A cluster may grow, so it is not checked."""
+        total = self._ray.cluster_resources()
+        request = self.resources()
+        for name, resource, unit in (("num_cpus", "CPU", "--cpus-per-run"), ("num_gpus", "GPU", "--gpus-per-run"),
+                                     ("memory", "memory", "--mem")):
+            wanted = request.get(name) or 0
+            if wanted > total.get(resource, 0):
+                self.close()
+                have = total.get(resource, 0)
+                shown = f"{have / 2**30:.1f}G of Ray's memory" if name == "memory" else f"{have:g} {resource}"
+                raise ConfigError(f"{unit} asks each cell for more than this machine has ({shown}); valid: at most "
+                                  f"that, or --address of a cluster with bigger nodes")
 
     def resources(self) -> dict[str, Any]:
         """The task's request: CPUs, GPUs, memory (``--mem``, in bytes), and no retries of Ray's own (base)."""
