@@ -7,6 +7,7 @@ file or directory is removed and whatever was at the path before is left as it w
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
@@ -141,3 +142,21 @@ def staged_directory(final: str | Path, overwrite: bool = False) -> Iterator[Pat
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_killed_writes(path: str | Path) -> list[Path]:
+    """Remove what :func:`atomic_path` and :func:`staged_directory` leave behind when their process is killed
+    mid-write (SIGKILL runs no ``finally``): for ``path``, its ``.NAME.partial-*`` and ``.NAME.old-*`` folders beside
+    it, and under it every ``.*.tmp`` file and ``.*.partial-*`` / ``.*.old-*`` folder. Only for a path no other process
+    is writing (a grid cell's run directory, under the cell's lock). Returns what it removed."""
+    path = Path(path)
+    found = [*path.parent.glob(f".{glob.escape(path.name)}.partial-*"),
+             *path.parent.glob(f".{glob.escape(path.name)}.old-*")]
+    if path.is_dir():
+        found += [p for p in path.rglob(".*") if p.name.endswith(".tmp") or ".partial-" in p.name or ".old-" in p.name]
+    for leftover in found:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return found

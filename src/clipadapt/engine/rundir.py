@@ -19,7 +19,7 @@ import yaml
 from clipadapt.config import from_dict, option, to_dict
 from clipadapt.engine.records import CONFIG_FILE, METRICS_FILE
 from clipadapt.errors import ClipAdaptError, ConfigError, DiskFull, RunInterrupted
-from clipadapt.io import atomic_write_text
+from clipadapt.io import atomic_write_text, remove_killed_writes
 from clipadapt.paths import slug
 
 RESUMABLE_KEYS = {("run", "resume"), ("run", "overwrite"), ("run", "out")}  # may differ when resuming
@@ -113,8 +113,10 @@ def grid_start(run_dir: str | Path, resume: bool) -> str:
     """How a grid's cell (a benchmark's, a comparison's, a sweep's) starts its run directory: ``"kept"`` when asked to
     resume and the run is complete (another attempt of the cell finished it: it is not trained twice),
     ``"resume"`` when asked and an interrupted run is there (its config.yaml written), else ``"fresh"`` (replacing
-    whatever is there: a first attempt, or one killed before its config.yaml)."""
+    whatever is there: a first attempt, or one killed before its config.yaml). What a killed attempt left half-written
+    (a staged run directory, temporary files) goes first: the cell's lock keeps every other attempt out."""
     run_dir = Path(run_dir)
+    remove_killed_writes(run_dir)
     if resume and (run_dir / METRICS_FILE).is_file():
         return "kept"
     return "resume" if resume and (run_dir / CONFIG_FILE).is_file() else "fresh"
