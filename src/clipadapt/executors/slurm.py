@@ -89,10 +89,13 @@ def job_script(params: dict[str, Any], command: str, folder: str = "OUT/slurm/%j
 
 
 def check_cluster(config: ExecutorConfig) -> None:
-    """Slurm is here (sbatch on PATH) and knows the partition (sinfo), before anything is written."""
-    if shutil.which("sbatch") is None:
-        raise ConfigError("--executor slurm needs Slurm's sbatch, and this machine has none; run from a Slurm "
-                          "login node, or try the grid here with --slurm-cluster local")
+    """Slurm is here (sbatch, and the srun submitit's job scripts call, on PATH) and knows the partition (sinfo),
+    before anything is written."""
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(f"--executor slurm needs Slurm's sbatch and srun, and this machine has no "
+                          f"{' or '.join(missing)}; run from a Slurm login node, or try the grid here with "
+                          f"--slurm-cluster local")
     if config.partition and shutil.which("sinfo"):
         try:
             found = subprocess.run(["sinfo", "--noheader", "--format=%R"], capture_output=True, text=True,
