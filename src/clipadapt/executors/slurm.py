@@ -21,6 +21,7 @@ jobs at once as ``--array-parallelism`` (default: this machine's CPUs divided by
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import redirect_stderr, suppress
 from pathlib import Path
 from typing import Any
 
@@ -166,12 +167,13 @@ class SlurmExecutor(Executor):
         batch, self._waiting = self._waiting[:free], self._waiting[free:]
         if not batch:
             return
-        try:
-            if len(batch) > 1:
-                with self._executor.batch():
-                    jobs = [self._executor.submit(SlurmCell(), *args) for _, args in batch]
-            else:
-                jobs = [self._executor.submit(SlurmCell(), *batch[0][1])]
+        try:  # submitit also prints sbatch's refusal to stderr: the one line below says it
+            with redirect_stderr(io.StringIO()):
+                if len(batch) > 1:
+                    with self._executor.batch():
+                        jobs = [self._executor.submit(SlurmCell(), *args) for _, args in batch]
+                else:
+                    jobs = [self._executor.submit(SlurmCell(), *batch[0][1])]
         except Exception as e:  # sbatch refused (a partition it does not know, a time over the partition's limit)
             if self._submitted_once:
                 raise
