@@ -139,6 +139,7 @@ class SlurmExecutor(Executor):
         self._made = None if out is not None else tempfile.mkdtemp(prefix="clipadapt-slurm-")
         self.folder = Path(out if out is not None else self._made) / "slurm"
         self._folder_existed = self.folder.exists()
+        self._found = {p.name for p in self.folder.iterdir()} if self._folder_existed else set()
         params = slurm_parameters(config)
         if config.slurm_cluster == "slurm":
             self._executor = submitit.SlurmExecutor(folder=self.folder / "%j")
@@ -201,8 +202,18 @@ class SlurmExecutor(Executor):
         atomic_write_json(path, record)
 
     def _remove_folder(self) -> None:
+        """Undo a refused submission: the folder when this run made it, else what submitit added to it (its
+        submission script and the cells' pickles)."""
         if not self._folder_existed:
             shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        for path in self.folder.iterdir():
+            if path.name in self._found:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def _collect(self, key: str, job: Any) -> Outcome:
         errors = self._submitit.core.utils
