@@ -41,6 +41,9 @@ from clipadapt.io import atomic_write_json
 log = logging.getLogger(__name__)
 POLL_S = 1.0  # between looks at the jobs (Slurm's states come from sacct, which submitit calls at most every few s)
 JOB_NAME = "clipadapt"
+# --slurm-cluster local without --time: a week (submitit's own default, 2 minutes, would signal every job after
+# 90 s and fail a cell still running after four of them)
+LOCAL_LIMIT_MIN = 7 * 24 * 60
 
 
 def _import_submitit():
@@ -148,8 +151,8 @@ class SlurmExecutor(Executor):
         else:
             engine = submitit.LocalExecutor if config.slurm_cluster == "local" else submitit.DebugExecutor
             self._executor = engine(folder=self.folder / "%j")
-            if config.slurm_cluster == "local" and "time" in params:
-                self._executor.update_parameters(timeout_min=params["time"])
+            if config.slurm_cluster == "local":
+                self._executor.update_parameters(timeout_min=params.get("time", LOCAL_LIMIT_MIN))
             cpus = max(1, int(config.cpus_per_run or 1))
             self._slots = config.array_parallelism or max(1, (os.cpu_count() or 1) // cpus)
         self._waiting: list[tuple[str, tuple]] = []  # submitted to us, not yet to submitit
