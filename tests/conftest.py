@@ -22,7 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 FIRST = "tests/test_world_slow.py"  # builds the world, then runs the world tests and the demo (one unit of work)
-LATE = ("tests/test_benchmark_slow.py",)  # need the world too: start once it is built
+LATE = ("tests/test_benchmark_slow.py", "tests/test_executors_slurm.py")  # need the world too: start once it is built
 
 
 def pytest_collection_modifyitems(config, items):
