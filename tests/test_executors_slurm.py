@@ -279,6 +279,17 @@ def test_a_partition_sinfo_does_not_list_is_one_line(tmp_path, monkeypatch):
 REFUSAL = "sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some limit)"
 
 
+def test_a_real_cluster_needs_time(tmp_path, monkeypatch):
+    """Without --time submitit would ask for 5 minutes: every cell requeued every few minutes, then failed."""
+    bin_dir = fake_slurm(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*BENCHMARK, "--executor", "slurm", "--partition", "gpu", "--out", str(out)])
+    assert_refused(result, "--executor slurm needs --time, each job's limit (e.g. 4:00:00; valid forms: MM, MM:SS, "
+                           "HH:MM:SS", out)
+    assert "sbatch" not in calls(tmp_path)
+
+
 @pytest.mark.parametrize("kind", ["benchmark", "compare"])
 def test_jobs_slurm_refuses_are_one_line_and_leave_out_as_it_was(kind, tiny_clip_dir, tmp_path, monkeypatch):
     """sbatch refuses the jobs (after the grid was planned and checked): one line; a new --out is not made, an

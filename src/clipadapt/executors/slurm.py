@@ -109,6 +109,10 @@ def check_cluster(config: ExecutorConfig) -> None:
         if found and config.partition not in found:
             raise ConfigError(f"unknown --partition '{config.partition}'; valid choices (sinfo): "
                               f"{', '.join(sorted(set(found)))}")
+    if config.time is None:  # submitit would write --time=5: every cell requeued every few minutes, then failed
+        raise ConfigError("--executor slurm needs --time, each job's limit (e.g. 4:00:00; valid forms: "
+                          "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); `sinfo -o '%P %l'` lists the partitions' "
+                          "limits")
 
 
 class SlurmCell:
@@ -116,7 +120,10 @@ class SlurmCell:
     limit, which requeues the cell resumed."""
 
     def __call__(self, key: str, cell: Cell, argument: Any, threads: int | None, lock: str | None) -> Outcome:
-        return call_cell(key, cell, argument, threads, lock)
+        outcome = call_cell(key, cell, argument, threads, lock)
+        if outcome.error and outcome.error.startswith("UncompletedJobError"):  # out of requeues (submitit raises
+            outcome.lost = True  # it inside the cell): a new job continues the checkpoint (base.run_cells)
+        return outcome
 
     def checkpoint(self, key: str, cell: Cell, argument: Any, threads: int | None, lock: str | None):
         from submitit.helpers import DelayedSubmission
