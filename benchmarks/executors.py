@@ -6,10 +6,11 @@ cell loses to its kill, and what each executor asks for on a node with 8 GPUs.
    most ``cores`` at once), each into a fresh folder in this one process, one after another. Ideal on this machine:
    the sum of the cells' own seconds (as the local executor measured them) divided by the cores; the ratio is
    wall / ideal (1.0: perfect packing and no per-cell overhead). Every executor's accuracies are checked equal.
-2. **A retried cell**: one coop cell (``--epochs`` epochs) uninterrupted, then under Ray with its worker SIGKILLed
-   when its checkpoint reaches half the epochs (retried, resumed), then under submitit-local sent its timeout signal
-   (SIGUSR2) at the same point (requeued, resumed): each cell's seconds as run_cells counts them (every attempt), the
-   difference to the uninterrupted cell, and the epoch each resumed at.
+2. **A retried cell**: one coop cell (``--epochs`` epochs, with zero-shot beside it) under Ray and under
+   submitit-local, uninterrupted, then interrupted when its checkpoint reaches half the epochs: its Ray worker
+   SIGKILLed (retried, resumed), its submitit job sent the timeout signal SIGUSR2 (requeued, resumed). The wall time
+   of the two grids, the difference (what the interruption cost), the attempts, the epoch it resumed at, and whether
+   its metrics equal the uninterrupted cell's.
 3. **Requests for 8 GPUs** (``--gpus-per-run 1 --cpus-per-run 4 --mem 32G --time 4:00:00 --partition gpu
    --array-parallelism 8``) for a 165-cell grid: what Ray's task options and submitit's sbatch script say.
 
@@ -66,11 +67,15 @@ def grid(datasets: list[str], root: Path, cores: int) -> dict:
     return rows
 
 
-def interrupt_at(run_dir: Path, epoch: int, match: str, sig: int) -> threading.Thread:
-    """Send ``sig`` to the process running the cell (its command line holds ``match``) once its checkpoint reaches
-    ``epoch``."""
+def interrupt_at(out: Path, key: str, epoch: int, sig: int) -> threading.Thread:
+    """Send ``sig`` to the process running cell ``key`` (the one holding its cell lock open: a Ray worker, a submitit
+    job) once its checkpoint reaches ``epoch``; the grid's other cells are left alone."""
+    from clipadapt.executors.locks import cell_lock_path
+
+    lock = str(cell_lock_path(out, key))
+
     def watch() -> None:
-        latest = run_dir / "checkpoints" / "latest.json"
+        latest = out / "runs" / key / "checkpoints" / "latest.json"
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             try:
@@ -79,10 +84,12 @@ def interrupt_at(run_dir: Path, epoch: int, match: str, sig: int) -> threading.T
             except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.02)
-        for process in psutil.process_iter(["pid", "name", "cmdline"]):
-            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["name"] or "")
-            if match in text and process.pid != os.getpid():
-                os.kill(process.pid, sig)
+        for process in psutil.process_iter(["pid"]):
+            try:
+                if process.pid != os.getpid() and any(f.path == lock for f in process.open_files()):
+                    os.kill(process.pid, sig)
+            except (psutil.Error, OSError):
+                continue
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -90,26 +97,31 @@ def interrupt_at(run_dir: Path, epoch: int, match: str, sig: int) -> threading.T
 
 
 def retried(dataset: str, epochs: int, root: Path) -> dict:
+    """Each executor's coop cell uninterrupted, then interrupted at half its epochs: the wall time of the same grid
+    (the cell and zero-shot) both ways, the difference (what the kill cost), and where the cell resumed."""
     cell = dict(model="world:tiny", datasets=[dataset], methods=["coop"], shots=[4], seeds=[1], cpus_per_run=1,
-                overrides=[f"train.epochs={epochs}"], progress=False)
+                overrides=[f"coop.epochs={epochs}"], progress=False)
     key = f"{dataset.replace(':', '-')}/coop/4shot-seed1"
     rows: dict[str, dict] = {}
     metrics: dict[str, dict] = {}
-    for name, options, match, sig in (("uninterrupted", {"executor": "local"}, None, None),
-                                      ("ray, worker SIGKILLed", {"executor": "ray"}, "ray::call_cell", signal.SIGKILL),
-                                      ("submitit-local, timeout signal", EXECUTORS["submitit-local"],
-                                       "submitit.core._submit", signal.SIGUSR2)):
-        out = root / name.split(",")[0].replace(" ", "-")
-        if match is not None:
-            interrupt_at(out / "runs" / key, epochs // 2, match, sig)
-        outcomes = {}
-        clipadapt.benchmark(**cell, out=out, on_cell=lambda o, c, seen=outcomes: seen.__setitem__(o.key, o), **options)
-        record = json.loads((out / "runs" / key / "metrics.json").read_text())
-        metrics[name] = record["metrics"]
-        rows[name] = {"cell_s": round(outcomes[key].seconds, 1), "attempts": outcomes[key].attempts,
+    for name, options, sig in (("ray, worker SIGKILLed", EXECUTORS["ray"], signal.SIGKILL),
+                               ("submitit-local, timeout signal (USR2)", EXECUTORS["submitit-local"], signal.SIGUSR2)):
+        walls = {}
+        for interrupted in (False, True):
+            out = root / f"{name.split(',')[0]}-{interrupted}"
+            if interrupted:
+                interrupt_at(out, key, epochs // 2, sig)
+            outcomes: dict = {}
+            start = time.perf_counter()
+            clipadapt.benchmark(**cell, out=out, on_cell=lambda o, c, seen=outcomes: seen.__setitem__(o.key, o),
+                                **options)
+            walls[interrupted] = time.perf_counter() - start
+            record = json.loads((out / "runs" / key / "metrics.json").read_text())
+            metrics[f"{name}-{interrupted}"] = record["metrics"]
+        rows[name] = {"uninterrupted_s": round(walls[False], 1), "interrupted_s": round(walls[True], 1),
+                      "lost_s": round(walls[True] - walls[False], 1), "attempts": outcomes[key].attempts,
                       "resumed_at_epochs": record.get("resumed_at_epochs", []),
-                      "lost_s": round(outcomes[key].seconds - rows.get("uninterrupted", {}).get("cell_s", 0), 1),
-                      "equal": metrics[name] == metrics["uninterrupted"]}
+                      "equal": metrics[f"{name}-True"] == metrics[f"{name}-False"]}
         print(name, rows[name], flush=True)
     return rows
 
@@ -122,7 +134,8 @@ def requests() -> dict:
     slurm = ExecutorConfig("slurm", None, 4, 1, partition="gpu", time="4:00:00", mem="32G", array_parallelism=8,
                            slurm_cluster="local")
     ray = RayExecutor.__new__(RayExecutor)  # its request without starting Ray
-    ray.config = ExecutorConfig("ray", None, 4, 1, mem="32G")
+    ray.config = ExecutorConfig("ray", None, 1)  # checked against this machine: the 8-GPU node's request set after
+    ray.config.cpus_per_run, ray.config.gpus_per_run, ray.config.mem = 4, 1, "32G"
     return {"local": "nothing: the cells run in this process, one after another, on the GPUs it sees",
             "ray": ray.resources(),
             "slurm": job_script(slurm_parameters(slurm), "python -u -m submitit.core._submit OUT/slurm/%j",
@@ -133,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench-executors")
     parser.add_argument("--datasets", default="world:shapes-novel,world:colour")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--skip-grid", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
