@@ -115,3 +115,11 @@ def test_grid_progress_line_counts_queued_running_failed_retried_and_time_left()
     assert line == ("[2/4] done world-colour/coop/1shot-seed1 (1m15s) · 1 done, 1 running, 1 queued, 1 failed, "
                     "1 retried (worker lost) · 1m00s elapsed, ~1m00s left")
     assert "retried" not in progress.line("k", True, 1, {**counts, "retried": 0})
+
+
+def test_grid_progress_counts_the_cells_to_run_not_those_kept():
+    from clipadapt.progress import GridProgress
+
+    progress = GridProgress(10, clock=lambda: 0.0)  # ten planned, six kept by --skip-existing: four to run
+    line = progress.line("k", False, 1, {"done": 4, "failed": 0, "running": 0, "queued": 0, "total": 4})
+    assert line.startswith("[4/4] done k") and "left" not in line

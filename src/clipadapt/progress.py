@@ -219,10 +219,11 @@ class GridProgress:
 
     def line(self, key: str, failed: bool, seconds: float, counts: dict[str, int]) -> str:
         finished = counts["done"] + counts["failed"]
+        total = counts.get("total", self.total)  # the cells to run (--skip-existing keeps the others)
         elapsed = self.clock() - self.started
-        left = f", ~{_duration(elapsed / finished * (self.total - finished))} left" if 0 < finished < self.total else ""
+        left = f", ~{_duration(elapsed / finished * (total - finished))} left" if 0 < finished < total else ""
         retried = f", {counts['retried']} retried (worker lost)" if counts.get("retried") else ""
-        return (f"[{finished}/{self.total}] {'FAILED' if failed else 'done'} {key} ({_duration(seconds)}) · "
+        return (f"[{finished}/{total}] {'FAILED' if failed else 'done'} {key} ({_duration(seconds)}) · "
                 f"{counts['done']} done, {counts['running']} running, {counts.get('queued', 0)} queued, "
                 f"{counts['failed']} failed{retried} · "
                 f"{_duration(elapsed)} elapsed{left}")
