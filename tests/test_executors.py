@@ -56,3 +56,14 @@ def test_a_ray_cell_bigger_than_this_machine_is_one_line_before_ray_starts(extra
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and message in result.output
     assert not out.exists()
+
+
+def test_an_executor_config_and_its_options_beside_it_are_refused(tmp_path):
+    import clipadapt
+    from clipadapt.errors import ConfigError
+    from clipadapt.executors import ExecutorConfig
+
+    with pytest.raises(ConfigError, match="executor= is an ExecutorConfig, which holds cpus_per_run, partition too"):
+        clipadapt.benchmark("world:tiny", "world:colour", out=tmp_path / "out", cpus_per_run=1, partition="gpu",
+                            executor=ExecutorConfig("local"))
+    assert not (tmp_path / "out").exists()

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from clipadapt.errors import ConfigError
-from clipadapt.executors.locks import STATE_DIR, cell_lock, cell_lock_path, exclusive_out
+from clipadapt.executors.locks import STATE_DIR, Claim, Superseded, cell_claim, cell_lock, exclusive_out
 
 HOLD = """
 import sys
-from clipadapt.executors.locks import cell_lock, exclusive_out
-held = exclusive_out(sys.argv[2]) if sys.argv[1] == "out" else cell_lock(sys.argv[2], "the cell")
+from clipadapt.executors.locks import Claim, cell_lock, exclusive_out
+held = exclusive_out(sys.argv[2]) if sys.argv[1] == "out" else cell_lock(Claim(sys.argv[2], "", ""), "the cell")
 with held:
     print("held", flush=True)
     sys.stdin.readline()
@@ -64,12 +64,12 @@ def test_exclusive_out_refuses_while_held_and_not_once_its_holder_is_killed(tmp_
 
 @pytest.mark.parametrize("ends", ["releases", "is killed"])
 def test_cell_lock_waits_for_its_other_holder(ends, tmp_path, caplog):
-    path = cell_lock_path(tmp_path / "out", "world-shapes/coop/1shot-seed1")
+    path = Path(cell_claim(tmp_path / "out", "world-shapes/coop/1shot-seed1", "").lock)
     holder = hold("cell", path)
     entered = threading.Event()
 
     def second() -> None:
-        with cell_lock(path, "world-shapes/coop/1shot-seed1"):
+        with cell_lock(Claim(str(path), "", ""), "world-shapes/coop/1shot-seed1"):
             entered.set()
 
     thread = threading.Thread(target=second, daemon=True)
@@ -114,3 +114,40 @@ def test_a_cell_starting_again_removes_only_its_own_killed_writes(tmp_path):
     left = sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*"))
     assert left == [".zeroshot.partial-3c", "coop", "coop/.1shot-seed2.partial-77", "coop/1shot-seed1",
                     "coop/1shot-seed1/checkpoints", "coop/1shot-seed1/config.yaml", "coop/1shot-seed1/evaluations"]
+
+
+def test_a_cell_sent_by_a_replaced_driver_stands_down(tmp_path):
+    """A job of a killed driver that starts only after a new driver took the folder (still queued in Slurm when its
+    driver died) finds another token in the driver lock: Superseded, before it touches the run. Its own driver's
+    cells run; after the driver is gone (its lock file removed), a stray one stands down too."""
+    out, key = tmp_path / "out", "world-shapes/coop/1shot-seed1"
+    with exclusive_out(out) as old_token:
+        old = cell_claim(out, key, old_token)
+        with cell_lock(old, key):  # the driver that sent it holds the folder: it runs
+            pass
+    with exclusive_out(out) as new_token:
+        assert new_token != old_token
+        ran = []
+        with pytest.raises(Superseded, match="sent by a driver since replaced on this folder"), cell_lock(old, key):
+            ran.append(key)
+        assert ran == [] and not Path(old.lock).exists()
+        with cell_lock(cell_claim(out, key, new_token), key):
+            ran.append(key)
+        assert ran == [key]
+    with pytest.raises(Superseded), cell_lock(old, key):
+        pytest.fail("a stray cell ran after its driver was gone")
+
+
+def test_a_filesystem_without_flock_runs_without_locks_and_says_so(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "out"
+    with exclusive_out(out) as token, cell_lock(cell_claim(out, "k", token), "k"):
+        assert json.loads((out / STATE_DIR / "driver.lock").read_text())["token"] == token
+    assert "has no file locks (No locks available): running without them; run one driver per folder" in caplog.text
+    assert not out.exists()

@@ -22,7 +22,7 @@ import pytest
 from clipadapt.cli import app
 from clipadapt.errors import ConfigError
 from clipadapt.executors import ExecutorConfig
-from clipadapt.executors.slurm_options import OWN_OPTIONS, memory_bytes, parse_settings, time_minutes
+from clipadapt.executors.slurm_options import ONE_TASK, OWN_OPTIONS, memory_bytes, parse_settings, time_minutes
 from tests.test_benchmark import FAST, read_csv, results, runner
 from tests.test_executors import command
 
@@ -353,9 +353,10 @@ def valid_settings() -> set[str]:
 
 
 def test_parse_settings_reads_values_as_yaml_and_keys_as_submitit_names():
-    settings = parse_settings(["account=lab", "qos = high", "exclusive=true", "nodes=2", "comment=", "mail-type=END",
-                               "constraint=a100|h100", "setup=[module load cuda, echo ready]"], valid_settings())
-    assert settings == {"account": "lab", "qos": "high", "exclusive": True, "nodes": 2, "comment": "",
+    settings = parse_settings(["account=lab", "qos = high", "exclusive=true", "signal-delay-s=120", "comment=",
+                               "mail-type=END", "constraint=a100|h100", "setup=[module load cuda, echo ready]"],
+                              valid_settings())
+    assert settings == {"account": "lab", "qos": "high", "exclusive": True, "signal_delay_s": 120, "comment": "",
                         "mail_type": "END", "constraint": "a100|h100", "setup": ["module load cuda", "echo ready"]}
     assert parse_settings([], valid_settings()) == {}
 
@@ -368,7 +369,10 @@ def test_parse_settings_refuses_in_one_line():
     with pytest.raises(ConfigError) as error:
         parse_settings(["acount=lab"], valid)
     keys = str(error.value).split("valid keys: ")[1].split(", ")
-    assert keys == sorted(valid - set(OWN_OPTIONS)) and "account" in keys and "partition" not in keys
+    assert keys == sorted(valid - set(OWN_OPTIONS) - ONE_TASK) and "account" in keys and "partition" not in keys
+    for key in sorted(ONE_TASK):  # a cell is one task on one node: more tasks would each run it
+        with pytest.raises(ConfigError, match=f"--slurm-setting '{key}': each cell is one task on one node"):
+            parse_settings([f"{key}=2"], valid)
     for item in ("account", "=lab"):
         with pytest.raises(ConfigError, match=f"--slurm-setting '{item}' must be KEY=VALUE"):
             parse_settings([item], valid)

@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.api.runs import Run
 from clipadapt.config import apply_overrides, as_overrides, format_overrides, given, load_config, yaml_scalar
 from clipadapt.engine.runview import RunView
-from clipadapt.errors import ClipAdaptError
+from clipadapt.errors import ClipAdaptError, ConfigError
+
+if TYPE_CHECKING:
+    from clipadapt.executors import ExecutorConfig
 
 PathLike = str | Path
 
@@ -38,7 +41,7 @@ def _listed(value: str | Iterable[Any] | None) -> list[Any] | None:
     return [value] if isinstance(value, str | Path) else list(value)
 
 
-def _executor(executor: Any, address: str | None, cpus_per_run: float | None, gpus_per_run: float,
+def _executor(executor: str | ExecutorConfig, address: str | None, cpus_per_run: float | None, gpus_per_run: float,
               slurm: Mapping[str, Any]) -> Any:
     """The grid's ExecutorConfig: ``executor`` given as one, or built from the keyword arguments (the Slurm ones:
     ``partition``, ``time``, ``mem``, ``array_parallelism``, ``slurm_settings`` as ``{"account": "lab"}`` or
@@ -46,6 +49,12 @@ def _executor(executor: Any, address: str | None, cpus_per_run: float | None, gp
     from clipadapt.executors import ExecutorConfig
 
     if isinstance(executor, ExecutorConfig):
+        given_too = [name for name, value in {"address": address, "cpus_per_run": cpus_per_run,
+                                              "gpus_per_run": gpus_per_run or None, **slurm}.items()
+                     if value not in (None, (), [], {}, "slurm")]
+        if given_too:
+            raise ConfigError(f"executor= is an ExecutorConfig, which holds {', '.join(given_too)} too: set them in "
+                              f"it, not as keyword arguments beside it")
         return executor
     settings = slurm.get("slurm_settings") or ()
     items = [f"{k}={v}" for k, v in settings.items()] if isinstance(settings, Mapping) else list(settings)
@@ -135,7 +144,7 @@ def sweep(method: str, grid: Mapping[str, Sequence[Any] | str] | Sequence[str], 
           dataset: str | None = None, seeds: Sequence[int] = (0,), out: PathLike | None = None, *,
           shots: int | None = None, epochs: int | None = None, init_from: PathLike | None = None,
           skip_existing: bool = False, overwrite: bool = False, device: str | None = None,
-          executor: Any = "local", address: str | None = None, cpus_per_run: float | None = None,
+          executor: str | ExecutorConfig = "local", address: str | None = None, cpus_per_run: float | None = None,
           gpus_per_run: float = 0.0,
           partition: str | None = None, time: str | None = None, mem: str | None = None,
           array_parallelism: int | None = None, slurm_settings: Mapping[str, Any] | Sequence[str] = (),
@@ -171,7 +180,7 @@ def compare(models: str | Sequence[str] | None = None, dataset: str | None = Non
             methods: str | Sequence[str] | None = None, seeds: Sequence[int] | None = None, shots: int | None = None,
             out: PathLike | None = None, *, config: PathLike | None = None, templates: Sequence[str] | None = None,
             zeroshot: bool | None = None, skip_existing: bool = False, overwrite: bool = False, device: str = "auto",
-            executor: Any = "local", address: str | None = None, cpus_per_run: float | None = None,
+            executor: str | ExecutorConfig = "local", address: str | None = None, cpus_per_run: float | None = None,
             gpus_per_run: float = 0.0, partition: str | None = None, time: str | None = None, mem: str | None = None,
             array_parallelism: int | None = None, slurm_settings: Mapping[str, Any] | Sequence[str] = (),
             slurm_cluster: str = "slurm", overrides: Iterable[str] = (), report: bool = True, progress: bool = True,
@@ -203,7 +212,7 @@ def benchmark(model: str, datasets: str | Sequence[str] | None = None, methods: 
               shots: Sequence[int] | None = None, seeds: Sequence[int] = (1, 2, 3),
               protocol: str | Sequence[str] = "few-shot", out: PathLike = "runs/benchmark", *,
               suite: str | None = None, targets: str | Sequence[str] | None = None, data_root: PathLike | None = None,
-              executor: Any = "local", address: str | None = None, cpus_per_run: float | None = None,
+              executor: str | ExecutorConfig = "local", address: str | None = None, cpus_per_run: float | None = None,
               gpus_per_run: float = 0.0, partition: str | None = None, time: str | None = None,
               mem: str | None = None, array_parallelism: int | None = None,
               slurm_settings: Mapping[str, Any] | Sequence[str] = (), slurm_cluster: str = "slurm",

@@ -114,12 +114,18 @@ def grid_start(run_dir: str | Path, resume: bool) -> str:
     resume and the run is complete (another attempt of the cell finished it: it is not trained twice),
     ``"resume"`` when asked and an interrupted run is there (its config.yaml written), else ``"fresh"`` (replacing
     whatever is there: a first attempt, or one killed before its config.yaml). What a killed attempt left half-written
-    (a staged run directory, temporary files) goes first: the cell's lock keeps every other attempt out."""
+    (a staged run directory, temporary files) goes first: the cell's lock keeps every other attempt out. A fresh start
+    removes the directory at once (``--overwrite``'s old run), so that an attempt killed before training replaced it
+    leaves nothing its retry (which resumes) could mistake for its own."""
     run_dir = Path(run_dir)
     remove_killed_writes(run_dir)
     if resume and (run_dir / METRICS_FILE).is_file():
         return "kept"
-    return "resume" if resume and (run_dir / CONFIG_FILE).is_file() else "fresh"
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        return "resume"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return "fresh"
 
 
 def config_to_resume(out: str | Path | None, config: str | Path | None, resume: bool) -> str | Path | None:

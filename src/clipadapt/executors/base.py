@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from clipadapt.config import option
 from clipadapt.errors import ClipAdaptError, ConfigError
-from clipadapt.executors.locks import cell_lock, cell_lock_path, exclusive_out
+from clipadapt.executors.locks import Claim, cell_claim, cell_lock
 from clipadapt.registry import Registry
 
 Cell = Callable[[Any], Any]
@@ -106,9 +106,9 @@ class Outcome:
         return self.error is not None
 
 
-def call_cell(key: str, cell: Cell, argument: Any, threads: int | None = None, lock: str | None = None) -> Outcome:
-    """Run one cell here, with ``threads`` torch threads when given, holding its ``lock`` (locks.cell_lock); every
-    executor runs cells through this."""
+def call_cell(key: str, cell: Cell, argument: Any, threads: int | None = None, claim: Claim | None = None) -> Outcome:
+    """Run one cell here, with ``threads`` torch threads when given, holding its ``claim`` (locks.cell_lock: its lock,
+    and a check that its driver still holds the folder); every executor runs cells through this."""
     start = time.perf_counter()
     previous = None
     if threads is not None:
@@ -117,7 +117,7 @@ def call_cell(key: str, cell: Cell, argument: Any, threads: int | None = None, l
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
     try:
-        with cell_lock(lock, key):
+        with cell_lock(claim, key):
             return Outcome(key, result=cell(argument), seconds=time.perf_counter() - start)
     except ClipAdaptError as e:
         return Outcome(key, error=str(e), seconds=time.perf_counter() - start)
@@ -143,9 +143,10 @@ class Executor:
 
     name: ClassVar[str] = ""
 
-    def __init__(self, config: ExecutorConfig, out: str | Path | None = None) -> None:
+    def __init__(self, config: ExecutorConfig, out: str | Path | None = None, token: str = "") -> None:
         self.config = config
         self.out = Path(out) if out is not None else None  # the grid's folder: cell locks, logs (slurm)
+        self.token = token  # the driver's, from locks.exclusive_out
         self.on_start: Callable[[str], None] = lambda key: None  # a cell starts (local) or is dispatched (ray)
 
     @classmethod
@@ -157,9 +158,9 @@ class Executor:
         cpus = self.config.cpus_per_run
         return max(1, int(cpus)) if cpus is not None else None
 
-    def lock(self, key: str) -> str | None:
-        """Where a cell's lock lives (None outside a grid folder)."""
-        return str(cell_lock_path(self.out, key)) if self.out is not None else None
+    def claim(self, key: str) -> Claim | None:
+        """What a cell holds while it runs (None outside a grid folder)."""
+        return cell_claim(self.out, key, self.token) if self.out is not None else None
 
     def resources(self) -> dict[str, Any]:
         """What each cell asks the engine for."""
@@ -197,22 +198,14 @@ def register_executor(name: str):
 
 
 @contextmanager
-def open_executor(config: ExecutorConfig, out: str | Path | None = None, what: str = "grid") -> Iterator[Executor]:
-    """The configured executor for the block; with ``out``, this process holds the folder (a second driver refuses,
-    locks.exclusive_out) and every cell holds its own lock while it runs."""
-    if out is None:
-        executor = EXECUTORS.get(config.executor)(config)
-        try:
-            yield executor
-        finally:
-            executor.close()
-        return
-    with exclusive_out(out, what):
-        executor = EXECUTORS.get(config.executor)(config, out)
-        try:
-            yield executor
-        finally:
-            executor.close()
+def open_executor(config: ExecutorConfig, out: str | Path | None = None, token: str = "") -> Iterator[Executor]:
+    """The configured executor for the block. With ``out`` (the grid's folder, which the driver holds:
+    ``locks.exclusive_out`` gives the ``token``) every cell holds its own lock while it runs."""
+    executor = EXECUTORS.get(config.executor)(config, out, token)
+    try:
+        yield executor
+    finally:
+        executor.close()
 
 
 def run_cells(executor: Executor, cells: list[tuple[str, Cell, Any]],

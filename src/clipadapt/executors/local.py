@@ -12,8 +12,8 @@ from clipadapt.executors.base import Cell, Executor, Outcome, call_cell, registe
 class LocalExecutor(Executor):
     """This process, one cell after another (the default; nothing to install)."""
 
-    def __init__(self, config, out=None) -> None:
-        super().__init__(config, out)
+    def __init__(self, config, out=None, token: str = "") -> None:
+        super().__init__(config, out, token)
         self._queue: list[tuple[str, Cell, Any]] = []
         self._running = 0
 
@@ -25,7 +25,7 @@ class LocalExecutor(Executor):
             key, cell, argument = self._queue.pop(0)
             self._running = 1
             self.on_start(key)
-            outcome = call_cell(key, cell, argument, self.threads(), self.lock(key))
+            outcome = call_cell(key, cell, argument, self.threads(), self.claim(key))
             self._running = 0
             yield outcome
 

@@ -77,8 +77,8 @@ class RayExecutor(Executor):
         else:
             check_fits_here(config)
 
-    def __init__(self, config, out=None) -> None:
-        super().__init__(config, out)
+    def __init__(self, config, out=None, token: str = "") -> None:
+        super().__init__(config, out, token)
         self.check(config)
         ray = _import_ray()
         self._ray = ray
@@ -119,7 +119,7 @@ class RayExecutor(Executor):
         return max(1, int(self.config.cpus_per_run or 1))
 
     def submit(self, key: str, cell: Cell, argument: Any) -> None:
-        ref = self._task.options(**self.resources()).remote(key, cell, argument, self.threads(), self.lock(key))
+        ref = self._task.options(**self.resources()).remote(key, cell, argument, self.threads(), self.claim(key))
         self._pending[ref] = key, time.perf_counter()
         self.on_start(key)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from clipadapt.errors import ConfigError
 from clipadapt.executors.base import Cell, Executor, ExecutorConfig, Outcome, call_cell, register_executor, resumed
+from clipadapt.executors.locks import Claim
 from clipadapt.executors.slurm_options import memory_bytes, parse_settings, time_minutes
 from clipadapt.io import atomic_write_json
 
@@ -102,12 +103,13 @@ def check_cluster(config: ExecutorConfig) -> None:
                           f"--slurm-cluster local")
     if config.partition and shutil.which("sinfo"):
         try:
-            found = subprocess.run(["sinfo", "--noheader", "--format=%R"], capture_output=True, text=True,
+            found = subprocess.run(["sinfo", "--all", "--noheader", "--format=%R"], capture_output=True, text=True,
                                    timeout=30, check=True).stdout.split()
         except (OSError, subprocess.SubprocessError):
             return  # sbatch will say
-        if found and config.partition not in found:
-            raise ConfigError(f"unknown --partition '{config.partition}'; valid choices (sinfo): "
+        unknown = [p for p in config.partition.split(",") if p not in found]  # sbatch takes a list: any of them
+        if found and unknown:
+            raise ConfigError(f"unknown --partition '{unknown[0]}'; valid choices (sinfo): "
                               f"{', '.join(sorted(set(found)))}")
     if config.time is None:  # submitit would write --time=5: every cell requeued every few minutes, then failed
         raise ConfigError("--executor slurm needs --time, each job's limit (e.g. 4:00:00; valid forms: "
@@ -119,17 +121,17 @@ class SlurmCell:
     """One cell as a submitit job: ``call_cell``, plus the ``checkpoint`` submitit calls on pre-emption or time
     limit, which requeues the cell resumed."""
 
-    def __call__(self, key: str, cell: Cell, argument: Any, threads: int | None, lock: str | None) -> Outcome:
-        outcome = call_cell(key, cell, argument, threads, lock)
+    def __call__(self, key: str, cell: Cell, argument: Any, threads: int | None, claim: Claim | None) -> Outcome:
+        outcome = call_cell(key, cell, argument, threads, claim)
         if outcome.error and outcome.error.startswith("UncompletedJobError"):  # out of requeues (submitit raises
             outcome.lost = True  # it inside the cell): a new job continues the checkpoint (base.run_cells)
         return outcome
 
-    def checkpoint(self, key: str, cell: Cell, argument: Any, threads: int | None, lock: str | None):
+    def checkpoint(self, key: str, cell: Cell, argument: Any, threads: int | None, claim: Claim | None):
         from submitit.helpers import DelayedSubmission
 
         log.warning("%s: pre-empted or out of time; requeued to resume its last checkpoint", key)
-        return DelayedSubmission(self, key, cell, resumed(argument), threads, lock)
+        return DelayedSubmission(self, key, cell, resumed(argument), threads, claim)
 
 
 @register_executor("slurm")
@@ -142,8 +144,8 @@ class SlurmExecutor(Executor):
         if config.slurm_cluster == "slurm":
             check_cluster(config)
 
-    def __init__(self, config: ExecutorConfig, out=None) -> None:
-        super().__init__(config, out)
+    def __init__(self, config: ExecutorConfig, out=None, token: str = "") -> None:
+        super().__init__(config, out, token)
         submitit = _import_submitit()
         self._submitit = submitit
         self._made = None if out is not None else tempfile.mkdtemp(prefix="clipadapt-slurm-")
@@ -159,7 +161,8 @@ class SlurmExecutor(Executor):
             engine = submitit.LocalExecutor if config.slurm_cluster == "local" else submitit.DebugExecutor
             self._executor = engine(folder=self.folder / "%j")
             if config.slurm_cluster == "local":
-                self._executor.update_parameters(timeout_min=params.get("time", LOCAL_LIMIT_MIN))
+                self._executor.update_parameters(timeout_min=params.get("time", LOCAL_LIMIT_MIN),
+                                                 gpus_per_node=params.get("gpus_per_node", 0))
             cpus = max(1, int(config.cpus_per_run or 1))
             self._slots = config.array_parallelism or max(1, (os.cpu_count() or 1) // cpus)
         self._waiting: list[tuple[str, tuple]] = []  # submitted to us, not yet to submitit
@@ -167,9 +170,10 @@ class SlurmExecutor(Executor):
         self._started: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
         self._submitted_once = False
+        self._refused: list[Outcome] = []  # cells whose (re)submission Slurm refused after the first
 
     def submit(self, key: str, cell: Cell, argument: Any) -> None:
-        self._waiting.append((key, (key, cell, argument, self.threads(), self.lock(key))))
+        self._waiting.append((key, (key, cell, argument, self.threads(), self.claim(key))))
 
     def _flush(self) -> None:
         """Hand the waiting cells to submitit: all of them as one job array on Slurm; as many as there are slots on
@@ -185,11 +189,14 @@ class SlurmExecutor(Executor):
                         jobs = [self._executor.submit(SlurmCell(), *args) for _, args in batch]
                 else:
                     jobs = [self._executor.submit(SlurmCell(), *batch[0][1])]
-        except Exception as e:  # sbatch refused (a partition it does not know, a time over the partition's limit)
-            if self._submitted_once:
-                raise
-            self._remove_folder()
+        except (self._submitit.core.utils.UncompletedJobError, self._submitit.core.utils.FailedSubmissionError,
+                subprocess.SubprocessError, OSError) as e:  # sbatch refused (a partition, a time over its limit)
             message = " ".join(str(e).split())[:300]
+            if self._submitted_once:  # a retry or a later batch: those cells fail, the grid goes on
+                log.error("Slurm refused %d job(s): %s", len(batch), message)
+                self._refused += [Outcome(key, error=f"Slurm refused its job: {message}") for key, _ in batch]
+                return
+            self._remove_folder()
             raise ConfigError(f"Slurm refused the jobs: {message} (check --partition, --time and "
                               f"--slurm-setting; `sinfo` lists the partitions and their limits)") from None
         self._submitted_once = True
@@ -239,7 +246,9 @@ class SlurmExecutor(Executor):
 
     def outcomes(self) -> Iterator[Outcome]:
         self._flush()
-        while self._jobs or self._waiting:
+        while self._jobs or self._waiting or self._refused:
+            while self._refused:
+                yield self._refused.pop(0)
             finished = [key for key, job in self._jobs.items()
                         if self.config.slurm_cluster == "debug" or job.done()]
             for key in finished:

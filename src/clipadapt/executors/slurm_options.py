@@ -17,7 +17,10 @@ TIME_FORMS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS"
 MEMORY_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # requests with their own option; a --slurm-setting may not set them behind the option's back
 OWN_OPTIONS = {"partition": "--partition", "time": "--time", "cpus_per_task": "--cpus-per-run",
-               "gpus_per_node": "--gpus-per-run", "mem": "--mem", "array_parallelism": "--array-parallelism"}
+               "gpus_per_node": "--gpus-per-run", "num_gpus": "--gpus-per-run", "gpus_per_task": "--gpus-per-run",
+               "mem": "--mem", "array_parallelism": "--array-parallelism"}
+# a cell is one task on one node: more tasks would each run the cell (the second waiting, then training it again)
+ONE_TASK = {"nodes", "ntasks_per_node", "use_srun"}
 
 
 def time_minutes(text: str) -> int:
@@ -60,8 +63,11 @@ def parse_settings(items: list[str], valid: set[str]) -> dict[str, Any]:
             raise ConfigError(f"--slurm-setting '{item}' must be KEY=VALUE (e.g. account=mylab)")
         if key in OWN_OPTIONS:
             raise ConfigError(f"--slurm-setting '{key}' has its own option: give {OWN_OPTIONS[key]} instead")
+        if key in ONE_TASK:
+            raise ConfigError(f"--slurm-setting '{key}': each cell is one task on one node (more tasks would each run "
+                              f"it); valid keys: {', '.join(sorted(valid - set(OWN_OPTIONS) - ONE_TASK))}")
         if key not in valid:
-            keys = ", ".join(sorted(valid - set(OWN_OPTIONS)))
+            keys = ", ".join(sorted(valid - set(OWN_OPTIONS) - ONE_TASK))
             raise ConfigError(f"unknown --slurm-setting '{key}'; valid keys: {keys}")
         settings[key] = yaml.safe_load(value) if value.strip() else ""
     return settings

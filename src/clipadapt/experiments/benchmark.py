@@ -36,6 +36,7 @@ from clipadapt.data.registry import check_dataset_spec
 from clipadapt.engine.records import METRICS_FILE, ORACLE_LABEL, refuse_oracle_runs
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.executors import ExecutorConfig, Outcome, open_executor, run_cells
+from clipadapt.executors.locks import exclusive_out
 from clipadapt.experiments.compare import refuse_existing, resolve_methods, split_overrides
 from clipadapt.paths import slug
 
@@ -308,19 +309,20 @@ def run_benchmark(config: BenchmarkConfig, on_outcome: Callable[[Outcome, dict[s
     cells = plan(config)
     refuse_oracles(config, cells)
     refuse_existing([Path(c.run_dir) for c in cells], config.out, config.skip_existing, config.overwrite)
-    prepare(cells)
-    todo = [c for c in cells if not (config.skip_existing and c.complete())]
-    kept = [c.key for c in cells if c not in todo]
-    with open_executor(config.executor, config.out, "benchmark") as executor:
-        outcomes = run_cells(executor, [(c.key, run_cell, c) for c in todo], on_outcome)
-    result = BenchmarkResult(Path(config.out), cells, outcomes, kept)
-    for key, outcome in outcomes.items():
-        if outcome.failed:
-            log.error("%s failed: %s", key, outcome.error)
-            if outcome.trace:
-                log.debug("%s", outcome.trace)
-    if report:
-        result.csv, result.markdown, result.html = write_benchmark_report(config, cells, outcomes)
+    with exclusive_out(config.out, "benchmark") as token:  # from here to the report, this driver holds --out
+        prepare(cells)
+        todo = [c for c in cells if not (config.skip_existing and c.complete())]
+        kept = [c.key for c in cells if c not in todo]
+        with open_executor(config.executor, config.out, token) as executor:
+            outcomes = run_cells(executor, [(c.key, run_cell, c) for c in todo], on_outcome)
+        result = BenchmarkResult(Path(config.out), cells, outcomes, kept)
+        for key, outcome in outcomes.items():
+            if outcome.failed:
+                log.error("%s failed: %s", key, outcome.error)
+                if outcome.trace:
+                    log.debug("%s", outcome.trace)
+        if report:
+            result.csv, result.markdown, result.html = write_benchmark_report(config, cells, outcomes)
     return result
 
 

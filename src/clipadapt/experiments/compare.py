@@ -25,6 +25,7 @@ from clipadapt.engine.rundir import RunConfig, grid_start
 from clipadapt.engine.zeroshot import ZeroShotConfig
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.executors import ExecutorConfig, open_executor, run_with_status
+from clipadapt.executors.locks import exclusive_out
 from clipadapt.methods import METHODS, list_methods
 from clipadapt.models.config import ModelConfig
 from clipadapt.paths import slug
@@ -235,30 +236,31 @@ def run_compare(config: CompareConfig, on_run: Callable[[PlannedRun, str], None]
         names = list(dict.fromkeys(list(dataset.templates) + list(ZEROSHOT_EXTRA_SETS)))
         config.templates = [t.name for t in resolve_template_sets(names)]
 
-    result = CompareResult(Path(config.out))
-    notify = on_run or (lambda run, status: None)
-    todo: dict[str, tuple[PlannedRun, CompareCell, str]] = {}  # key -> run, cell, status when submitted
-    for run in runs:
-        if (run.run_dir / METRICS_FILE).is_file() and config.skip_existing:
-            result.skipped.append(run.run_dir)
-            notify(run, "kept")
-            continue
-        resume = config.skip_existing and run.run_dir.is_dir() and run.method != "zeroshot"
-        todo[str(run.run_dir)] = run, _cell(run, config, overrides[run.method], resume), (
-            "resuming" if resume else "running")
-    if todo:
-        with open_executor(config.executor, config.out, "compare") as executor:
-            if config.executor.executor != "local":
-                prepare_in_driver(experiments)
-            outcomes = run_with_status(executor, run_cell, todo, notify)
-        for key, outcome in outcomes.items():  # in the planned order, whichever finished first
-            run_dir = todo[key][0].run_dir
-            if outcome.failed:
-                result.failed.append((run_dir, outcome.error or ""))
-            else:
-                result.finished.append(run_dir)
-    if report and (result.finished or result.skipped):
-        result.report = build_report([result.out], result.out)
+    with exclusive_out(config.out, "compare") as token:  # from here to the report, this driver holds --out
+        result = CompareResult(Path(config.out))
+        notify = on_run or (lambda run, status: None)
+        todo: dict[str, tuple[PlannedRun, CompareCell, str]] = {}  # key -> run, cell, status when submitted
+        for run in runs:
+            if (run.run_dir / METRICS_FILE).is_file() and config.skip_existing:
+                result.skipped.append(run.run_dir)
+                notify(run, "kept")
+                continue
+            resume = config.skip_existing and run.run_dir.is_dir() and run.method != "zeroshot"
+            todo[str(run.run_dir)] = run, _cell(run, config, overrides[run.method], resume), (
+                "resuming" if resume else "running")
+        if todo:
+            with open_executor(config.executor, config.out, token) as executor:
+                if config.executor.executor != "local":
+                    prepare_in_driver(experiments)
+                outcomes = run_with_status(executor, run_cell, todo, notify)
+            for key, outcome in outcomes.items():  # in the planned order, whichever finished first
+                run_dir = todo[key][0].run_dir
+                if outcome.failed:
+                    result.failed.append((run_dir, outcome.error or ""))
+                else:
+                    result.finished.append(run_dir)
+        if report and (result.finished or result.skipped):
+            result.report = build_report([result.out], result.out)
     return result
 
 

@@ -30,6 +30,7 @@ from clipadapt.engine.records import METRICS_FILE
 from clipadapt.engine.rundir import grid_start
 from clipadapt.errors import ClipAdaptError, ConfigError
 from clipadapt.executors import ExecutorConfig, open_executor, run_with_status
+from clipadapt.executors.locks import exclusive_out
 from clipadapt.io import atomic_write_text
 from clipadapt.paths import slug
 from clipadapt.reports.collect import mean_std
@@ -211,25 +212,26 @@ def run_sweep(config: SweepConfig, on_run: Callable[[SweepCell, str], None] | No
                              f"{existing[0]}); pass --skip-existing to keep finished cells and resume interrupted "
                              f"ones, or --overwrite")
     check_cells(config, cells)
-    notify = on_run or (lambda cell, status: None)
-    todo: dict[str, tuple[SweepCell, SweepRun, str]] = {}  # key -> cell, its run, status when submitted
-    for cell in cells:
-        if (cell.run_dir / METRICS_FILE).is_file() and config.skip_existing:
-            notify(cell, "kept")
-            continue
-        resume = config.skip_existing and cell.run_dir.is_dir()
-        todo[str(cell.run_dir)] = cell, sweep_run(config, cell, resume), "resuming" if resume else "running"
-    failed = []
-    if todo:
-        with open_executor(config.executor, out, "sweep") as executor:
-
-            outcomes = run_with_status(executor, train_cell, todo, notify)
-        failed = [(todo[key][0].run_dir, outcome.error or "") for key, outcome in outcomes.items() if outcome.failed]
-    rows = summarize(cells)
-    chosen = choose_cell(rows)
-    markdown, table = out / "sweep.md", out / "sweep.csv"
-    atomic_write_text(table, sweep_csv(list(config.axes), rows))
-    atomic_write_text(markdown, sweep_markdown(config, rows))
+    with exclusive_out(out, "sweep") as token:  # from here to the tables, this driver holds the sweep folder
+        notify = on_run or (lambda cell, status: None)
+        todo: dict[str, tuple[SweepCell, SweepRun, str]] = {}  # key -> cell, its run, status when submitted
+        for cell in cells:
+            if (cell.run_dir / METRICS_FILE).is_file() and config.skip_existing:
+                notify(cell, "kept")
+                continue
+            resume = config.skip_existing and cell.run_dir.is_dir()
+            todo[str(cell.run_dir)] = cell, sweep_run(config, cell, resume), "resuming" if resume else "running"
+        failed = []
+        if todo:
+            with open_executor(config.executor, out, token) as executor:
+                outcomes = run_with_status(executor, train_cell, todo, notify)
+            failed = [(todo[key][0].run_dir, outcome.error or "") for key, outcome in outcomes.items()
+                      if outcome.failed]
+        rows = summarize(cells)
+        chosen = choose_cell(rows)
+        markdown, table = out / "sweep.md", out / "sweep.csv"
+        atomic_write_text(table, sweep_csv(list(config.axes), rows))
+        atomic_write_text(markdown, sweep_markdown(config, rows))
     return SweepResult(out, cells, rows, chosen, markdown, table, failed)
 
 
