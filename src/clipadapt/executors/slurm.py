@@ -235,14 +235,19 @@ class SlurmExecutor(Executor):
     def _collect(self, key: str, job: Any) -> Outcome:
         errors = self._submitit.core.utils
         seconds = time.perf_counter() - self._started[key]
+        if self.config.slurm_cluster == "local" and not job.paths.result_pickle.exists():
+            # the job's process ended (done) and wrote nothing: killed. submitit would wait 15 s for the file, which
+            # on a cluster's shared filesystem may lag; here it cannot
+            return Outcome(key, error=f"Slurm job {job.job_id} ended without a result (killed)", lost=True,
+                           seconds=seconds)
         try:
             return job.result()
+        except errors.FailedJobError as e:  # the job itself failed (a subclass: caught first)
+            return Outcome(key, error=f"Slurm job {job.job_id} failed: {str(e).strip().splitlines()[0]} (log: "
+                                      f"{job.paths.stderr})", seconds=seconds)
         except errors.UncompletedJobError as e:  # killed, its node lost, or out of requeues: run it again
             return Outcome(key, error=f"Slurm job {job.job_id} ended without a result: "
                                       f"{str(e).strip().splitlines()[0]}", lost=True, seconds=seconds)
-        except errors.FailedJobError as e:
-            return Outcome(key, error=f"Slurm job {job.job_id} failed: {str(e).strip().splitlines()[0]} (log: "
-                                      f"{job.paths.stderr})", seconds=seconds)
 
     def outcomes(self) -> Iterator[Outcome]:
         self._flush()
