@@ -40,7 +40,9 @@ from clipadapt.executors.slurm_options import memory_bytes, parse_settings, time
 from clipadapt.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-POLL_S = 1.0  # between looks at the jobs (Slurm's states come from sacct, which submitit calls at most every few s)
+# between looks at the jobs: Slurm's states come from sacct, which submitit calls at most every few seconds; the local
+# stand-in's are a process's exit, seen at once
+POLL_S = {"slurm": 2.0, "local": 0.2, "debug": 0.0}
 JOB_NAME = "clipadapt"
 # --slurm-cluster local without --time: a week (submitit's own default, 2 minutes, would signal every job after
 # 90 s and fail a cell still running after four of them)
@@ -263,7 +265,7 @@ class SlurmExecutor(Executor):
                 yield outcome  # run_cells may submit it again (a lost cell): _flush sends it on the next turn
             self._flush()
             if not finished and self._jobs:
-                time.sleep(POLL_S)
+                time.sleep(POLL_S[self.config.slurm_cluster])
 
     def running(self) -> int:
         return sum(1 for job in self._jobs.values() if str(job.state).upper().startswith(("RUNNING", "COMPLETING")))
