@@ -49,9 +49,10 @@ def _executor(executor: str | ExecutorConfig, address: str | None, cpus_per_run:
     from clipadapt.executors import ExecutorConfig
 
     if isinstance(executor, ExecutorConfig):
-        given_too = [name for name, value in {"address": address, "cpus_per_run": cpus_per_run,
-                                              "gpus_per_run": gpus_per_run or None, **slurm}.items()
-                     if value not in (None, (), [], {}, "slurm")]
+        defaults = {"address": None, "cpus_per_run": None, "gpus_per_run": 0.0, "partition": None, "time": None,
+                    "mem": None, "array_parallelism": None, "slurm_settings": (), "slurm_cluster": "slurm"}
+        given = {"address": address, "cpus_per_run": cpus_per_run, "gpus_per_run": gpus_per_run, **slurm}
+        given_too = [name for name, value in given.items() if value != defaults[name] and value not in ([], {})]
         if given_too:
             raise ConfigError(f"executor= is an ExecutorConfig, which holds {', '.join(given_too)} too: set them in "
                               f"it, not as keyword arguments beside it")

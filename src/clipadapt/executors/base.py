@@ -162,10 +162,6 @@ class Executor:
         """What a cell holds while it runs (None outside a grid folder)."""
         return cell_claim(self.out, key, self.token) if self.out is not None else None
 
-    def resources(self) -> dict[str, Any]:
-        """What each cell asks the engine for."""
-        return {"num_cpus": self.config.cpus_per_run or 1, "num_gpus": self.config.gpus_per_run}
-
     def submit(self, key: str, cell: Cell, argument: Any) -> None:
         raise NotImplementedError
 

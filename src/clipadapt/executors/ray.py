@@ -89,23 +89,19 @@ class RayExecutor(Executor):
                      logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
         self._task = ray.remote(call_cell)
         self._pending: dict[Any, tuple[str, float]] = {}  # task -> key, when submitted
-        if self._started and not config.address:
+        if self._started and not config.address and config.mem is not None:
             self._refuse_infeasible()
 
     def _refuse_infeasible(self) -> None:
-        """On the local instance, a cell asking for more than this machine has would wait forever (Ray keeps an
-        infeasible task for an autoscaler to satisfy): one line instead. A cluster may grow, so it is not checked."""
-        total = self._ray.cluster_resources()
-        request = self.resources()
-        for name, resource, unit in (("num_cpus", "CPU", "--cpus-per-run"), ("num_gpus", "GPU", "--gpus-per-run"),
-                                     ("memory", "memory", "--mem")):
-            wanted = request.get(name) or 0
-            if wanted > total.get(resource, 0):
-                self.close()
-                have = total.get(resource, 0)
-                shown = f"{have / 2**30:.1f}G of Ray's memory" if name == "memory" else f"{have:g} {resource}"
-                raise ConfigError(f"{unit} asks each cell for more than this machine has ({shown}); valid: at most "
-                                  f"that, or --address of a cluster with bigger nodes")
+        """The memory check_fits_here cannot make: Ray gives its tasks only part of the machine's memory (the rest
+        for its object store), known once it has started; a request above it would wait forever. CPUs and GPUs were
+        checked before the start."""
+        wanted = self.resources().get("memory") or 0
+        have = self._ray.cluster_resources().get("memory", 0)
+        if wanted > have:
+            self.close()
+            raise ConfigError(f"--mem asks each cell for more than this machine has ({have / 2**30:.1f}G of Ray's "
+                              f"memory); valid: at most that, or --address of a cluster with bigger nodes")
 
     def resources(self) -> dict[str, Any]:
         """The task's request: CPUs, GPUs, memory (``--mem``, in bytes), and no retries of Ray's own (base)."""
