@@ -62,6 +62,35 @@ def test_exclusive_out_refuses_while_held_and_not_once_its_holder_is_killed(tmp_
     assert not fresh.exists()  # made by it and nothing written: removed
 
 
+FORKS = """
+import os, sys, time
+from clipadapt.executors.locks import exclusive_out
+with exclusive_out(sys.argv[1]):
+    if os.fork() == 0:  # a DataLoader worker, say: it outlives its killed parent for a while
+        print(os.getpid(), flush=True)  # after the at-fork hooks ran
+        time.sleep(30)
+        os._exit(0)
+    sys.stdin.readline()
+"""
+
+
+def test_a_killed_driver_s_forked_child_does_not_keep_its_lock(tmp_path):
+    """flock belongs to the open file, which a fork shares: without the at-fork close, the child would hold the
+    driver lock after the driver was killed, and the folder would look busy with a dead pid."""
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-c", FORKS, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    child = int(driver.stdout.readline())
+    try:
+        driver.kill()
+        driver.wait()
+        os.kill(child, 0)  # the child still runs
+        with exclusive_out(out, "benchmark"):
+            pass
+    finally:
+        os.kill(child, 9)
+
+
 @pytest.mark.parametrize("ends", ["releases", "is killed"])
 def test_cell_lock_waits_for_its_other_holder(ends, tmp_path, caplog):
     path = Path(cell_claim(tmp_path / "out", "world-shapes/coop/1shot-seed1", "").lock)

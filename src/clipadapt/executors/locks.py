@@ -17,6 +17,11 @@ left stale. They hold on one machine and on shared filesystems whose flock reach
 with ``-o flock``, GPFS). Where the filesystem has no flock at all (NFS mounted ``nolock``) the grid runs without
 locks, with a warning: then run one driver per folder, and do not rerun a grid while jobs of a killed driver remain.
 Where flock is local to each node (Lustre ``localflock``) the locks cannot see each other across nodes; the same holds.
+
+A flock belongs to the open file, which a forked child shares (a ``DataLoader`` worker is forked from the process that
+holds the driver or cell lock): the lock would outlive its holder until every such child is gone, and a driver killed
+with ``kill -9`` would seem to run on. So a forked child closes its copies at once (``os.register_at_fork``); closing a
+copy never releases the parent's lock.
 """
 
 from __future__ import annotations
@@ -42,6 +47,17 @@ STATE_DIR = ".clipadapt"  # under a grid's --out: its locks
 DRIVER_LOCK = "driver.lock"
 NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 log = logging.getLogger(__name__)
+_HELD: set[int] = set()  # descriptors of the locks this process holds, closed in its forked children
+
+
+def _drop_inherited() -> None:
+    for fd in _HELD:
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited)
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,7 @@ def _open_locked(path: Path, blocking: bool) -> int | None:
         except FileNotFoundError:
             same = False
         if same:
+            _HELD.add(fd)
             return fd
         os.close(fd)
 
@@ -99,6 +116,7 @@ def _write_holder(fd: int, token: str = "") -> None:
 
 
 def _close(fd: int) -> None:
+    _HELD.discard(fd)
     os.close(fd if fd >= 0 else -fd - 1)
 
 
@@ -109,9 +127,24 @@ def _read(path: Path) -> dict:
         return {}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, TypeError, ValueError):  # not ours to signal, or not a pid: assume it runs
+        return True
+    return True
+
+
 def _read_holder(path: Path) -> str:
     found = _read(path)
-    return f"pid {found.get('pid')} on {found.get('host')}, since {found.get('since')}" if found else "another process"
+    if not found:
+        return "another process"
+    holder = f"pid {found.get('pid')} on {found.get('host')}, since {found.get('since')}"
+    if found.get("host") == socket.gethostname() and not _alive(found.get("pid")):
+        holder += "; that pid has ended, but a process it started still holds the lock"
+    return holder
 
 
 @contextmanager
