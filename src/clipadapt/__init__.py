@@ -14,10 +14,10 @@ from clipadapt.version import __version__
 add_plugin("clipadapt.world.plugin:register")
 
 _API = (
-    "Run", "advise", "advise_table", "bench", "benchmark", "caption_methods", "compare", "compare_captions",
+    "Run", "advise", "advise_table", "app", "bench", "benchmark", "caption_methods", "compare", "compare_captions",
     "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict",
     "recipe_card", "register_dataset", "register_method", "register_model", "register_template_set", "report",
-    "robustness", "sweep", "template_sets", "train", "wise", "zeroshot",
+    "robustness", "space", "sweep", "template_sets", "train", "wise", "zeroshot",
 )
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         Run,
         advise,
         advise_table,
+        app,
         bench,
         caption_methods,
         compare,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         register_template_set,
         report,
         robustness,
+        space,
         sweep,
         template_sets,
         train,

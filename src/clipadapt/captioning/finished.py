@@ -148,9 +148,8 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
             if strict:
                 raise ClipAdaptError(f"cannot read image '{path}': {error}") from None
             loaded[str(path)] = error
-    experiment, model = load_caption_run(run_dir, device)
-    decode = experiment.decode.redecoding(beams=beams)
-    layer = model.captioner.check_attention_layer(layer) if attention else None  # before anything is drawn
+    loaded_run = LoadedCaptionRun(run_dir, device, beams)
+    layer = loaded_run.model.captioner.check_attention_layer(layer) if attention else None  # before any drawing
     results = []
     out = Path(out_dir) if out_dir is not None else None
     for path in images:
@@ -158,15 +157,37 @@ def caption_images(run_dir: str | Path, images: list[str | Path], attention: boo
         if isinstance(image, ImageLoadError):
             results.append({"file": str(path), "error": str(image)})
             continue
-        pixels = model.bundle.preprocess.normalize(model.bundle.preprocess.to_uint8(image)[None])
-        batch = model.encode_pixels(pixels)
         entry: dict[str, Any] = {"file": str(path)}
         if attention:
             target = (out or Path(".")) / f"{Path(path).stem}-attention.png"
-            entry["caption"], = draw_attention(model, batch, [image], [target], decode, layer)
+            entry["caption"] = loaded_run.caption(image, target, layer)
             entry["attention"] = str(target)
         else:
-            with model.evaluating():
-                entry["caption"] = model.captioner.generate(batch, **decode.generation())["captions"][0]
+            entry["caption"] = loaded_run.caption(image)
         results.append(entry)
     return results
+
+
+class LoadedCaptionRun:
+    """A finished caption run loaded once, captioning one image at a time with its own decoding (``beams``
+    replaces its beam width): ``clipadapt caption predict`` and the app, so both give the same caption."""
+
+    def __init__(self, run_dir: str | Path, device: str | None = None, beams: int | None = None) -> None:
+        self.experiment, self.model = load_caption_run(run_dir, device)
+        self.decode = self.experiment.decode.redecoding(beams=beams)
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether the bridge has patches to attend to (the mapper's prefix is made from the pooled embedding)."""
+        return self.model.captioner.config.kind != "mapper"
+
+    @torch.no_grad()
+    def caption(self, image, attention: Path | None = None, layer: int | str | None = None) -> str:
+        """The caption of a PIL image; with ``attention`` also its figure there (one panel per generated word)."""
+        preprocess = self.model.bundle.preprocess
+        batch = self.model.encode_pixels(preprocess.normalize(preprocess.to_uint8(image)[None]))
+        if attention is not None:
+            caption, = draw_attention(self.model, batch, [image], [attention], self.decode, layer)
+            return caption
+        with self.model.evaluating():
+            return self.model.captioner.generate(batch, **self.decode.generation())["captions"][0]

@@ -69,11 +69,10 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False, de
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"'{out}' already exists; pass --overwrite to replace it")
-    oracle = (run_dir / METRICS_FILE).is_file() and oracle_source(run_dir) is not None
-    if oracle and not allow_oracle:
-        raise ConfigError(f"'{run_dir}' is an {ORACLE_LABEL}: what it would export was chosen on the test split it "
-                          f"reports; re-run it with --set zeroshot.select_on=val (or none), or pass --allow-oracle "
-                          f"to export it labelled as an oracle")
+    refusal = export_refusal(run_dir, allow_oracle)
+    if refusal:
+        raise (ClipAdaptError if refusal.endswith(INCOMPLETE) else ConfigError)(refusal)
+    oracle = oracle_source(run_dir) is not None
     plan = plan_export(run_dir, device)
     if oracle:
         plan.source["oracle"] = ORACLE_LABEL
@@ -94,20 +93,38 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False, de
     return record
 
 
-def plan_export(run_dir: Path, device: str | None = None) -> ExportPlan:
-    """The run read back as an ``ExportPlan``, or a one-line refusal before any model loads where possible."""
+INCOMPLETE = "resume or rerun it first"
+
+
+def export_refusal(run_dir: str | Path, allow_oracle: bool = False) -> str | None:
+    """Why ``run_dir`` cannot be exported, in one line, read from its files alone (no model loads); None if it can."""
+    run_dir = Path(run_dir)
     raw = read_run_config(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
-        raise ClipAdaptError(f"run '{run_dir}' is incomplete (no {METRICS_FILE}); resume or rerun it first")
+        return f"run '{run_dir}' is incomplete (no {METRICS_FILE}); {INCOMPLETE}"
     if is_ensemble_config(raw):
-        raise ConfigError(f"'{run_dir}' is an ensemble: it averages several models' probabilities, which one "
-                          f"transformers model cannot express; export its members")
+        return (f"'{run_dir}' is an ensemble: it averages several models' probabilities, which one transformers "
+                f"model cannot express; export its members")
+    method_name = raw.get("method")
+    refusal = METHODS.get(method_name).method_class.export_refusal if method_name else None
+    if refusal:
+        return f"{method_name} runs cannot be exported to plain transformers: {refusal}"
+    if oracle_source(run_dir) is not None and not allow_oracle:
+        return (f"'{run_dir}' is an {ORACLE_LABEL}: what it would export was chosen on the test split it reports; "
+                f"re-run it with --set zeroshot.select_on=val (or none), or pass --allow-oracle to export it "
+                f"labelled as an oracle")
+    return None
+
+
+def plan_export(run_dir: Path, device: str | None = None) -> ExportPlan:
+    """The run read back as an ``ExportPlan``, or a one-line refusal before any model loads where possible."""
+    refusal = export_refusal(run_dir, allow_oracle=True)
+    if refusal:
+        raise (ClipAdaptError if refusal.endswith(INCOMPLETE) else ConfigError)(refusal)
+    raw = read_run_config(run_dir)
     method_name = raw.get("method")
     if not method_name:
         return _zero_shot_plan(run_dir, raw, device)
-    refusal = METHODS.get(method_name).method_class.export_refusal
-    if refusal:
-        raise ConfigError(f"{method_name} runs cannot be exported to plain transformers: {refusal}")
     experiment, dataset, method = load_run(run_dir, device)
     method.eval()
     templates = head_templates(dataset, experiment.train.head_templates)

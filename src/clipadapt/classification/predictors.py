@@ -39,6 +39,7 @@ class Predictor:
     run_dir: Path | None = None
     dataset: object = None
     context: Callable[[], AbstractContextManager] = field(default=nullcontext)  # e.g. LoRA merged for evaluation
+    bundle: object = None  # a zero-shot predictor's model: new class names or templates reuse it (the app)
 
     @torch.no_grad()
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -88,8 +89,16 @@ def zero_shot_predictor(model: str, classnames: list[str], templates: TemplateSe
 
     bundle = load_model(model, device=resolve_device(device))
     head = build_zero_shot_head(bundle, classnames, templates)
-    return Predictor(label or f"zeroshot ({model})", list(classnames), bundle.preprocess,
-                     lambda pixels: zero_shot_logits(bundle, bundle.encode_image(pixels), head), bundle.device)
+    return zero_shot_with(bundle, head, classnames, label or f"zeroshot ({model})")
+
+
+def zero_shot_with(bundle, head: torch.Tensor, classnames: list[str], label: str) -> Predictor:
+    """The zero-shot classifier of an already loaded model and a head from ``build_zero_shot_head`` (cloned: the head
+    is built in inference mode, and a saliency map differentiates through it)."""
+    head = head.clone()
+    return Predictor(label, list(classnames), bundle.preprocess,
+                     lambda pixels: zero_shot_logits(bundle, bundle.encode_image(pixels), head), bundle.device,
+                     bundle=bundle)
 
 
 @dataclass

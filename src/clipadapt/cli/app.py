@@ -17,6 +17,7 @@ from clipadapt.cli import (
     listing,
     predict,
     training,
+    web,
     world,
     zeroshot,
 )
@@ -46,6 +47,7 @@ for name, command in [
     ("benchmark", benchmark.benchmark_command),
     ("advise", advise.advise_command),
     ("demo", demo.demo_command),
+    ("app", web.app_command),
 ]:
     app.command(name)(command)
 
