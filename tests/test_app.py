@@ -14,14 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from gradio_client import Client, handle_file
 from typer.testing import CliRunner
 
 import clipadapt
 from clipadapt.cli import app as cli
 from tests.helpers import require_or_skip
-
-pytest.importorskip("gradio")
-from gradio_client import Client, handle_file  # noqa: E402
 
 runner = CliRunner()
 SETTINGS = ["data.num_workers=0", "train.batch_size=4"]

@@ -133,7 +133,7 @@ def build_page(run_dirs: list[Path], device: str | None = None, share_folder: Pa
                                     gr.Image(label="saliency of the top class", type="pil", interactive=False)]
                     if isinstance(panel, ZeroShotPanel):
                         templates = panel.templates
-                        edits += [gr.Textbox(", ".join(panel.classnames), label="class names (commas)"),
+                        edits += [gr.Textbox(", ".join(panel.classnames), label="class names (commas)", max_lines=4),
                                   gr.Textbox("", label="template",
                                              placeholder=templates[0] if len(templates) == 1 else
                                              f"the run's {len(templates)} templates; or one with {{}}")]
