@@ -29,7 +29,7 @@ def _gradio_version() -> str:
     try:
         import gradio
     except ImportError:
-        return "6.0.0"
+        return "6.0.0"  # the oldest the page supports (clipadapt[app] asks for gradio>=6)
     return gradio.__version__
 
 
