@@ -1,0 +1,132 @@
+"""TDA over a test stream: the reference's algorithm (ported here line by line), empty caches as zero-shot, caches
+within capacity holding the lowest-entropy features, and a stream order that is its seed's."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipadapt.classification.testtime import TdaConfig, order_digest, stream_order, tda_stream
+from clipadapt.errors import ConfigError
+
+
+def stream(n=120, classes=6, dim=16, seed=0):
+    """Normalised features clustered around class directions (some confident, some not) and a zero-shot head."""
+    generator = torch.Generator().manual_seed(seed)
+    head = F.normalize(torch.randn(classes, dim, generator=generator), dim=-1)
+    labels = torch.randint(classes, (n,), generator=generator)
+    noise = torch.rand(n, 1, generator=generator) * 3
+    features = F.normalize(head[labels] + noise * torch.randn(n, dim, generator=generator) / math.sqrt(dim), dim=-1)
+    return features, head
+
+
+def reference_tda(features, head, scale, order, pos=(3, 2.0, 5.0), neg=(2, 0.117, 1.0), entropy=(0.2, 0.5),
+                  mask=(0.03, 1.0)):
+    """kdiAAA/TDA's tda_runner.py (update_cache, compute_cache_logits, run_test_tda) and utils.get_clip_logits for
+    one view, on the CPU in float64, otherwise as written there."""
+    def update_cache(cache, pred, features_loss, shot_capacity, include_prob_map=False):
+        item = features_loss if not include_prob_map else features_loss[:2] + [features_loss[2]]
+        if pred in cache:
+            if len(cache[pred]) < shot_capacity:
+                cache[pred].append(item)
+            elif features_loss[1] < cache[pred][-1][1]:
+                cache[pred][-1] = item
+            cache[pred] = sorted(cache[pred], key=operator.itemgetter(1))
+        else:
+            cache[pred] = [item]
+
+    def compute_cache_logits(image_features, cache, alpha, beta, clip_weights, neg_mask_thresholds=None):
+        cache_keys, cache_values = [], []
+        for class_index in sorted(cache.keys()):
+            for item in cache[class_index]:
+                cache_keys.append(item[0])
+                cache_values.append(item[2] if neg_mask_thresholds else class_index)
+        cache_keys = torch.cat(cache_keys, dim=0).permute(1, 0)
+        if neg_mask_thresholds:
+            cache_values = torch.cat(cache_values, dim=0)
+            cache_values = ((cache_values > neg_mask_thresholds[0]) & (cache_values < neg_mask_thresholds[1])).double()
+        else:
+            cache_values = F.one_hot(torch.tensor(cache_values).to(torch.int64),
+                                     num_classes=clip_weights.size(1)).double()
+        affinity = image_features @ cache_keys
+        return alpha * ((-1) * (beta - beta * affinity)).exp() @ cache_values
+
+    clip_weights = head.double().T
+    pos_cache, neg_cache, out = {}, {}, {}
+    for i in order:
+        image_features = features[int(i)].double()[None]
+        clip_logits = scale * image_features @ clip_weights
+        loss = -(clip_logits.softmax(1) * clip_logits.log_softmax(1)).sum(1)
+        prob_map = clip_logits.softmax(1)
+        pred = int(clip_logits.topk(1, 1, True, True)[1].t()[0])
+        prop_entropy = float(loss / math.log2(clip_weights.size(1)))
+        update_cache(pos_cache, pred, [image_features, loss], pos[0])
+        if entropy[0] < prop_entropy < entropy[1]:
+            update_cache(neg_cache, pred, [image_features, loss, prob_map], neg[0], True)
+        final_logits = clip_logits.clone()
+        if pos_cache:
+            final_logits += compute_cache_logits(image_features, pos_cache, pos[1], pos[2], clip_weights)
+        if neg_cache:
+            final_logits -= compute_cache_logits(image_features, neg_cache, neg[1], neg[2], clip_weights, mask)
+        out[int(i)] = final_logits[0]
+    return torch.stack([out[i] for i in range(len(features))])
+
+
+def test_tda_is_the_reference_algorithm():
+    features, head = stream()
+    order = stream_order(len(features), seed=1)
+    logits, state = tda_stream(features, head, 10.0, TdaConfig(), order)
+    expected = reference_tda(features, head, 10.0, order)
+    assert torch.allclose(logits.double(), expected, atol=1e-4)
+    assert len(state.negative) > 0 and len(state.positive) > 0  # both caches were used on this stream
+    zero_shot = 10.0 * features @ head.T
+    assert (logits.argmax(-1) != zero_shot.argmax(-1)).any()  # and they changed some answers
+
+
+def test_tda_with_empty_caches_is_zero_shot():
+    features, head = stream()
+    order = stream_order(len(features), seed=1)
+    logits, state = tda_stream(features, head, 10.0, TdaConfig(positive_capacity=0, negative_capacity=0), order)
+    assert torch.allclose(logits, 10.0 * features @ head.T, atol=1e-5)
+    assert len(state.positive) == len(state.negative) == 0
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_caches_keep_at_most_their_capacity_of_the_lowest_entropy_features(capacity):
+    features, head = stream(n=200)
+    order = stream_order(len(features), seed=2)
+    _, state = tda_stream(features, head, 10.0, TdaConfig(positive_capacity=capacity), order)
+    logits = 10.0 * features.double() @ head.double().T
+    entropies = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    predicted = logits.argmax(-1)
+    for label, entries in state.positive.entries.items():
+        assert 1 <= len(entries) <= capacity
+        kept = [entropy for _, entropy, _ in entries]
+        assert kept == sorted(kept)
+        seen = sorted(entropies[predicted == label].tolist())  # every image predicted as this class went by
+        assert kept == pytest.approx(seen[:capacity])
+    assert all(len(entries) <= 2 for entries in state.negative.entries.values())
+
+
+def test_a_stream_order_is_its_seed_and_another_order_is_recorded_as_such():
+    assert np.array_equal(stream_order(50, 3), stream_order(50, 3))
+    assert order_digest(stream_order(50, 3)) == order_digest(stream_order(50, 3))
+    assert order_digest(stream_order(50, 3)) != order_digest(stream_order(50, 4))
+    assert sorted(stream_order(50, 3)) == list(range(50))
+    features, head = stream()
+    first, _ = tda_stream(features, head, 10.0, TdaConfig(), stream_order(len(features), 1))
+    other, _ = tda_stream(features, head, 10.0, TdaConfig(), stream_order(len(features), 2))
+    assert not torch.allclose(first, other)  # an adaptive method's answers depend on the order it saw
+
+
+def test_bad_settings_are_one_line_errors():
+    features, head = stream(n=4)
+    with pytest.raises(ConfigError, match=r"tda.positive_capacity must be 0 or more, got -1"):
+        tda_stream(features, head, 10.0, TdaConfig(positive_capacity=-1), np.arange(4))
+    with pytest.raises(ConfigError, match=r"tda.entropy_lower \(0.6\) must not exceed tda.entropy_upper \(0.5\)"):
+        tda_stream(features, head, 10.0, TdaConfig(entropy_lower=0.6), np.arange(4))
