@@ -130,3 +130,72 @@ def test_bad_settings_are_one_line_errors():
         tda_stream(features, head, 10.0, TdaConfig(positive_capacity=-1), np.arange(4))
     with pytest.raises(ConfigError, match=r"tda.entropy_lower \(0.6\) must not exceed tda.entropy_upper \(0.5\)"):
         tda_stream(features, head, 10.0, TdaConfig(entropy_lower=0.6), np.arange(4))
+
+
+# --- TPT ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def colour_images(colour_folder):
+    from PIL import Image
+
+    paths = [p for folder in sorted(colour_folder.iterdir()) for p in sorted(folder.iterdir())[:2]]
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+def tpt_logits(bundle, images, order, **settings):
+    from clipadapt.classification.tpt import TptConfig, tpt_stream
+
+    config = TptConfig(views=7, selection=0.25, **settings)  # 8 views, the 2 most confident: small and fast
+    return tpt_stream(bundle, ["red", "green", "blue"], lambda i: images[i], len(images), order, config)
+
+
+def test_tpt_with_zero_steps_is_zero_shot_with_its_initial_prompt(tiny_bundle, colour_images):
+    from clipadapt.engine.zeroshot import build_zero_shot_head, zero_shot_logits
+
+    logits = tpt_logits(tiny_bundle, colour_images, np.arange(len(colour_images)), steps=0)
+    head = build_zero_shot_head(tiny_bundle, ["red", "green", "blue"], ["a photo of a {}."])
+    with torch.no_grad():
+        pixels = torch.stack([tiny_bundle.preprocess(image) for image in colour_images])
+        expected = zero_shot_logits(tiny_bundle, F.normalize(tiny_bundle.encode_image(pixels).float(), dim=-1), head)
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_tpt_resets_per_image_and_tunes(tiny_bundle, colour_images):
+    count = len(colour_images)
+    forward = tpt_logits(tiny_bundle, colour_images, np.arange(count))
+    backward = tpt_logits(tiny_bundle, colour_images, np.arange(count)[::-1])
+    assert torch.equal(forward, backward)  # an image's answer does not depend on the images before it
+    untuned = tpt_logits(tiny_bundle, colour_images, np.arange(count), steps=0)
+    assert not torch.allclose(forward, untuned, atol=1e-4)  # one step moved the prompt
+    again = tpt_logits(tiny_bundle, colour_images, np.arange(count), seed=1)
+    assert not torch.equal(forward, again)  # other views, other answers: the seed is a setting
+
+
+def test_augmented_views_are_seeded_and_start_with_the_image(tiny_bundle, colour_images):
+    from clipadapt.data.augmix import augmented_views
+
+    image = colour_images[0]
+    for augmix in (False, True):
+        views = augmented_views(image, tiny_bundle.preprocess, 5, augmix, np.random.default_rng([0, 3]))
+        assert views.shape == (6, 3, *tiny_bundle.preprocess.config.crop)
+        assert torch.equal(views[0], tiny_bundle.preprocess(image))
+        assert torch.equal(views, augmented_views(image, tiny_bundle.preprocess, 5, augmix,
+                                                  np.random.default_rng([0, 3])))
+        assert not torch.equal(views[1], views[2])
+
+
+def test_tpt_refuses_a_model_whose_text_tower_it_cannot_prompt_and_bad_settings(tiny_bundle):
+    import copy
+
+    from clipadapt.classification.tpt import Tpt, TptConfig
+
+    other = copy.copy(tiny_bundle)
+    other.info = {**tiny_bundle.info, "model_type": "siglip"}
+    with pytest.raises(ConfigError, match=r"^tpt needs a transformers CLIP text tower; '.*' is a siglip model$"):
+        Tpt(other, ["red", "green"], TptConfig())
+    for settings, message in [({"steps": -1}, "tpt.steps must be 0 or more, got -1"),
+                              ({"views": 3, "selection": 0.1}, "tpt.selection must keep at least one of the 4 views"),
+                              ({"init": " "}, "tpt.init must be a phrase")]:
+        with pytest.raises(ConfigError, match=message):
+            Tpt(tiny_bundle, ["red", "green"], TptConfig(**settings))
