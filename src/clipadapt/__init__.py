@@ -17,7 +17,7 @@ _API = (
     "Run", "advise", "advise_table", "app", "bench", "benchmark", "caption_methods", "compare", "compare_captions",
     "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict",
     "recipe_card", "register_dataset", "register_method", "register_model", "register_template_set", "report",
-    "robustness", "space", "sweep", "template_sets", "train", "wise", "zeroshot",
+    "robustness", "space", "sweep", "template_sets", "testtime", "train", "wise", "zeroshot",
 )
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         space,
         sweep,
         template_sets,
+        testtime,
         train,
         wise,
         zeroshot,

@@ -22,6 +22,7 @@ from clipadapt.api.listing import (
     template_sets,
 )
 from clipadapt.api.runs import Run, load_run
+from clipadapt.api.testtime import testtime
 from clipadapt.api.web import app, space
 from clipadapt.api.workflows import (
     bench,
@@ -48,6 +49,6 @@ __all__ = [
     "advise_table", "app", "bench", "benchmark",
     "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate",
     "export", "load_run", "methods", "models", "predict", "recipe_card", "register_dataset", "register_method",
-    "register_model", "register_template_set", "report", "robustness", "space", "sweep", "template_sets", "train",
-    "wise", "zeroshot",
+    "register_model", "register_template_set", "report", "robustness", "space", "sweep", "template_sets", "testtime",
+    "train", "wise", "zeroshot",
 ]

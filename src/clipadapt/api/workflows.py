@@ -100,10 +100,12 @@ def train(method: str, model: str | None = None, dataset: str | None = None, sho
 
     ``resume=True`` with ``out`` continues an interrupted run with the run's own config."""
     from clipadapt.classification.experiment import load_experiment
+    from clipadapt.classification.testtime_run import refuse_training
     from clipadapt.classification.training import run_training
     from clipadapt.engine.rundir import config_to_resume
     from clipadapt.methods import METHODS
 
+    refuse_training(method)
     METHODS.get(method)
     experiment = load_experiment(method, config_to_resume(out, config, resume), as_overrides(settings, overrides))
     experiment = apply_overrides(experiment, format_overrides(given({

@@ -93,8 +93,10 @@ def train_command(
     """Train an adaptation method; selected on validation, evaluated once on test (--sweep: a grid of runs)."""
     setup_logging(verbose)
     from clipadapt.api import train
+    from clipadapt.classification.testtime_run import refuse_training
     from clipadapt.methods import METHODS
 
+    refuse_training(method)
     METHODS.get(method)
     settings = given({"model.device": device, "data.root": data_root, "data.strict": strict})
     placement = executor_options(executor, address, cpus_per_run, gpus_per_run, partition, time, mem,
