@@ -32,9 +32,8 @@ os.environ.setdefault("CLIPADAPT_PROGRESS", "0")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header  # noqa: E402
-
 import clipadapt  # noqa: E402
+from common import header  # noqa: E402
 
 
 def free_port() -> int:
