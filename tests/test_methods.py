@@ -168,6 +168,10 @@ def _expected_trainable(name: str, model, classes: int, train_images: int) -> in
         "2sfs": layers * 2 * 2 * d + text.num_hidden_layers * 2 * 2 * text_width + cosine_head,
         # q, k, v of every layer of both towers, r=2: A (r x d) and B (d x r) each; no head
         "clip-lora": 2 * 2 * (3 * d * layers + 3 * text_width * text.num_hidden_layers),
+        # one singular value per min(out, in) of q, k, v, out (d x d), fc1 and fc2 (d x ff) in every layer of both
+        # towers; no head
+        "clip-svd": layers * (4 * d + 2 * min(d, ff))
+                    + text.num_hidden_layers * (4 * text_width + 2 * min(text_width, text.intermediate_size)),
         "gda": 0,  # training-free: class means and a shared covariance give the classifier (state)
         "lp++": classes * projection + 2 * classes,  # a visual prototype, a blending ratio and a bias per class
         "prolip": d * projection,  # visual_projection alone (no bias)
@@ -270,7 +274,8 @@ def test_lora_adapter_loads_with_plain_peft(tiny_clip_dir, colour_folder, tmp_pa
 # trained by the engine's epoch loop (Trainer.fit, checkpoint after each epoch): an interrupt after epoch 1 must fire,
 # and the resumed run must continue at epoch 2 and end bit-identical to an uninterrupted run.
 EPOCH_TRAINED = ("linear-head", "bitfit", "lora", "full-ft", "baseline", "baseline-flip", "visual-prompt", "vpt",
-                 "vision-prefix", "coop", "clip-adapter", "tip-adapter-f", "clip-lora", "cocoop", "maple")
+                 "vision-prefix", "coop", "clip-adapter", "tip-adapter-f", "clip-lora", "clip-svd", "cocoop",
+                 "maple")
 # closed form: fit() never enters the epoch loop (linear-probe solves a logistic regression with L-BFGS for each C of
 # its sweep on val; tip-adapter builds its cache from the train features and grid-searches alpha and beta on val).
 # No epoch ends, no checkpoint is written; they assert instead that a run stopped after fitting, before the test

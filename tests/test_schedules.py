@@ -142,6 +142,8 @@ RECIPES = [
               "head_templates": "a photo of a {}."}),
     ("clip-lora", {"schedule": "cosine", "grad_clip": 0.0, "warmup": 0.0, "min_lr": 1e-6, "batch_size": 32,
                    "head_templates": "a photo of a {}."}),
+    ("clip-svd", {"schedule": "cosine", "grad_clip": 0.0, "warmup": 0.0, "min_lr": 1e-6, "batch_size": 32,
+                  "head_templates": "coop", "keep": "last", "augment": "crop-flip", "crop_scale": [0.08, 1.0]}),
     ("gda", {"head_templates": "coop"}),
     ("lp++", {"head_templates": "coop"}),
     ("prolip", {"head_templates": "coop"}),

@@ -32,11 +32,11 @@ DEMO_SHOTS = 8
 # and lora are the ensemble's members. No baseline: it would build world:tiny-resnet (45 s) on a fresh clone.
 DEMO_METHODS = ["linear-probe", "lora", "coop", "vpt", "tip-adapter", "gda"]
 # the methods with an iteration budget of their own get about the steps the others train, not their recipes'
-# 500 x K (clip-lora) or 300 x K (2sfs): minutes each on 2 CPU cores. coop keeps its recipe's 200 epochs at 8 shots
-# (about 8 s on cached features): capped at 10, Dassl's SGD at 0.002 from a random context (its first epoch at 1e-5)
-# left it below zero-shot (0.48 against 0.65, 2026-12-03)
+# 500 x K (clip-lora), 300 x K (2sfs) or 200 x K (clip-svd): minutes each on 2 CPU cores. coop keeps its recipe's
+# 200 epochs at 8 shots (about 8 s on cached features): capped at 10, Dassl's SGD at 0.002 from a random context (its
+# first epoch at 1e-5) left it below zero-shot (0.48 against 0.65, 2026-12-03)
 DEMO_SETTINGS = ["train.epochs=10", "train.patience=3", "baseline.classifier=world:tiny-resnet",
-                 "clip_lora.iterations=120", "two_stage_fs.iterations=120"]
+                 "clip_lora.iterations=120", "two_stage_fs.iterations=120", "clip_svd.iterations=120"]
 DEMO_SIGMAS = [0.0, 0.05, 0.1, 0.2]
 DEMO_WISE = ("lora", "world:shapes-shifted", [0.0, 0.25, 0.5, 0.75, 1.0])  # run, shift dataset, alphas
 DEMO_ENSEMBLE = ["linear-probe", "tip-adapter", "lora"]
