@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from clipadapt.classification.report import COLUMNS
 from clipadapt.cli import app
 from clipadapt.errors import ClipAdaptError
 from clipadapt.experiments.compare import CompareConfig, run_compare
@@ -42,7 +43,7 @@ def markdown_rows(report: Path) -> dict[str, list[str]]:
     rows = {}
     for line in report.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("|") and len(cells) == 11 and cells[0] not in ("model", "---"):
+        if line.startswith("|") and len(cells) == len(COLUMNS) and cells[0] not in ("model", "---"):
             rows[cells[1]] = cells
     return rows
 
@@ -85,11 +86,14 @@ def test_report_numbers_equal_the_run_files(compared):
         mean, std = float(np.mean(acc1)), float(np.std(acc1, ddof=1))
         assert rows[method][3] == f"{mean:.4f} ± {std:.4f}"
         assert rows[method][2] == "0,1"
-        assert rows[method][6] == f"{records[0]['params']['trainable']:,}"
+        ece = [rec["metrics"]["ece"] for rec in records]
+        assert rows[method][COLUMNS.index("ECE")] == f"{np.mean(ece):.4f} ± {np.std(ece, ddof=1):.4f}"
+        assert rows[method][COLUMNS.index("trainable params")] == f"{records[0]['params']['trainable']:,}"
         time_mean = float(np.mean([rec["cost"]["train_time_s"] for rec in records]))
-        assert rows[method][8] == f"{time_mean:.1f}"
+        assert rows[method][COLUMNS.index("train time (s)")] == f"{time_mean:.1f}"
     zero_shot = next(r.record for r in runs if r.method == "zeroshot")
     assert rows["zeroshot (simple)"][3] == f"{zero_shot['metrics']['acc1']:.4f}"
+    assert rows["zeroshot (simple)"][COLUMNS.index("ECE")] == f"{zero_shot['metrics']['ece']:.4f}"
 
 
 def test_baseline_rows_name_the_classifier_they_used(compared, tiny_clip_dir, tiny_resnet_dir, colour_folder,

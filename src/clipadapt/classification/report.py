@@ -1,6 +1,6 @@
 """The classification sections of a report: one table per dataset (mean ± std over seeds), accuracy against
-trainable parameters and training time, validation curves, robustness curves, and each row's confusion matrix and
-prediction grid. Every number is read from the runs' own files (``reports.collect``)."""
+trainable parameters and training time, validation curves, robustness curves, and each row's confusion matrix,
+reliability diagram and prediction grid. Every number is read from the runs' own files (``reports.collect``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ from clipadapt.reports import plots
 from clipadapt.reports.collect import Row, RunInfo, table_rows
 from clipadapt.reports.report import Figure, Table, number, plus_minus
 
-COLUMNS = ["model", "method", "seeds", "acc1", "acc5", "mean per-class", "trainable params", "% of model",
+COLUMNS = ["model", "method", "seeds", "acc1", "acc5", "mean per-class", "ECE", "trainable params", "% of model",
            "train time (s)", "peak memory (MB)", "eval images/s"]
+ECE_NOTE = ("ECE: expected calibration error of the test predictions (Guo et al. 2017): the confidence of an image is "
+            "its largest softmax probability; over 15 equal-width confidence bins, the image-weighted mean of "
+            "|accuracy - mean confidence|; 0 when confidence matches accuracy, lower is better. Each run's "
+            "reliability.png draws the bins and reliability.csv holds them; \"-\": runs written before ECE was "
+            "recorded.")
 CONTROL_COLUMN = "control accuracy kept"  # where any row's runs had a control dataset (eval.control)
 
 
@@ -34,6 +39,7 @@ def summary_table(rows: list[Row]) -> Table:
             row.model, row.label, ",".join(map(str, row.seeds)),
             plus_minus(*row.stat("metrics", "acc1"), n), plus_minus(*row.stat("metrics", "acc5"), n),
             plus_minus(*row.stat("metrics", "mean_per_class_acc"), n),
+            plus_minus(*row.stat("metrics", "ece"), len(row.values("metrics", "ece"))),  # "-" before runs had it
             number(trainable, ",.0f"), number(pct, ".4f"),
             number(row.stat("cost", "train_time_s")[0], ".1f") if row.method != "zeroshot" else "0",
             number(row.stat("cost", "peak_mem_mb")[0], ",.0f"),
@@ -98,7 +104,8 @@ def _run_figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
     for row in rows:
         run = row.runs[0]
         pictures = (run.record or {}).get("pictures") or {}
-        for name, what in (("confusion.png", "confusion matrix"), ("predictions.png", "sample predictions"),
+        for name, what in (("confusion.png", "confusion matrix"), ("reliability.png", "reliability diagram"),
+                           ("predictions.png", "sample predictions"),
                            *pictures.items()):
             source = run.path / name
             if source.is_file():
@@ -111,7 +118,7 @@ def _run_figures(rows: list[Row], files: Path, prefix: str) -> list[Figure]:
 def dataset_sections(runs: list[RunInfo], dataset: str, files: Path, prefix: str) -> tuple[list, list[Row]]:
     """One dataset's table, figures and per-method figures, and the table's rows."""
     rows = [r for r in table_rows(runs) if r.dataset == dataset]
-    blocks = [("h2", f"Dataset: {dataset}"), ("table", summary_table(rows))]
+    blocks = [("h2", f"Dataset: {dataset}"), ("table", summary_table(rows)), ("p", ECE_NOTE)]
     if controls(rows):
         blocks.append(("p", f"{CONTROL_COLUMN}: zero-shot accuracy on the control dataset "
                             f"({', '.join(controls(rows))}) with the run's adapted towers after training, divided by "

@@ -1,8 +1,9 @@
 """Training runs: ``clipadapt train METHOD`` as a library call.
 
 A run directory holds ``config.yaml`` from the start (with ``checkpoints/`` while training) and gets its results
-at the end: ``weights/``, ``history.csv``, ``curves.png``, ``confusion.png``, ``per_class.csv``, ``predictions.png``
-and, last, ``metrics.json``. A directory without metrics.json is an interrupted run that ``--resume`` continues.
+at the end: ``weights/``, ``history.csv``, ``curves.png``, ``confusion.png``, ``per_class.csv``, ``reliability.png``
+and ``.csv`` (calibration), ``predictions.png`` and, last, ``metrics.json``. A directory without metrics.json is an
+interrupted run that ``--resume`` continues.
 """
 
 from __future__ import annotations

@@ -127,6 +127,12 @@ def number_list(text: str, what: str, kind: type = int) -> list:
         raise ClipAdaptError(f"{what} must be comma-separated {noun}, got '{text}'") from None
 
 
+def ece_cell(metrics: dict) -> str:
+    """A metrics dict's ECE for a table, ``-`` for a run written before ECE was recorded."""
+    ece = metrics.get("ece")
+    return "-" if ece is None or ece != ece else f"{ece:.4f}"
+
+
 def result_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None,
                  names: int = 1, text: Sequence[int] = ()) -> Table:
     """A table whose first ``names`` columns (method, run, model names) and whose numbers are never cut or split.

@@ -92,7 +92,7 @@ def report_table(report) -> Table:
 
     summary = summary_table(report.rows)
     several_models = len({row.model for row in report.rows}) > 1
-    keep = ["model"] * several_models + ["method", "seeds", "acc1", "acc5", "trainable params", "% of model",
+    keep = ["model"] * several_models + ["method", "seeds", "acc1", "acc5", "ECE", "trainable params", "% of model",
                                          "train time (s)"] + [CONTROL_COLUMN] * (CONTROL_COLUMN in summary.headers)
     index = [summary.headers.index(name) for name in keep]
     headers = [{"trainable params": "trainable", "train time (s)": "train s", CONTROL_COLUMN: "control kept"}.get(

@@ -23,6 +23,7 @@ from clipadapt.cli.common import (
     SlurmClusterOpt,
     SlurmSettingOpt,
     TimeOpt,
+    ece_cell,
     executor_options,
     notice,
     number_list,
@@ -38,10 +39,10 @@ from clipadapt.errors import ClipAdaptError, ConfigError, RunInterrupted
 
 def training_results_table(record: dict) -> Table:
     m, p, c = record["metrics"], record["params"], record["cost"]
-    row = [record["method"], f"{m['acc1']:.4f}", f"{m['acc5']:.4f}", f"{m['mean_per_class_acc']:.4f}",
+    row = [record["method"], f"{m['acc1']:.4f}", f"{m['acc5']:.4f}", f"{m['mean_per_class_acc']:.4f}", ece_cell(m),
            f"{p['trainable']:,}", f"{p['trainable_pct']:.3f}", f"{c['train_time_s']:.1f} s", record.get("best_epoch")]
-    return result_table(["method", "acc1", "acc5", "mean per-class", "trainable params", "% of model", "train time",
-                         "best epoch"], [row],
+    return result_table(["method", "acc1", "acc5", "mean per-class", "ECE", "trainable params", "% of model",
+                         "train time", "best epoch"], [row],
                         title=f"{record['model']} on {record['dataset']} ({record['split']}, n={m['n']})")
 
 
@@ -142,8 +143,9 @@ def eval_command(
     result = evaluate(run_dir, split, device)
     m = result["metrics"]
     row = [run_dir, result["method"], split, m["n"], f"{m['acc1']:.4f}", f"{m['acc5']:.4f}",
-           f"{m['mean_per_class_acc']:.4f}", f"{result['loss']:.4f}"]
-    out.print(result_table(["run", "method", "split", "n", "acc1", "acc5", "mean per-class", "loss"], [row], names=2))
+           f"{m['mean_per_class_acc']:.4f}", ece_cell(m), f"{result['loss']:.4f}"]
+    out.print(result_table(["run", "method", "split", "n", "acc1", "acc5", "mean per-class", "ECE", "loss"], [row],
+                           names=2))
 
 
 def _sweep(method: str, model: str | None, dataset: str | None, config: Path | None, overrides: list[str],

@@ -13,6 +13,7 @@ from clipadapt.cli.common import (
     DeviceOpt,
     ModelOpt,
     SetOpt,
+    ece_cell,
     notice,
     out,
     result_table,
@@ -26,13 +27,14 @@ from clipadapt.config import given
 def zero_shot_results_table(record: dict) -> Table:
     selected_on = record.get("selected_on")
     show_selection = selected_on == "val" and any(t.get("selection_metrics") for t in record["templates"].values())
-    headers = ["template set", "prompts", "acc1", "acc5", "mean per-class"] + [f"{selected_on} acc1"] * show_selection
+    headers = (["template set", "prompts", "acc1", "acc5", "mean per-class", "ECE"]
+               + [f"{selected_on} acc1"] * show_selection)
     rows = []
     for name, entry in record["templates"].items():
         m = entry["metrics"]
         marker = " *" if name == record["best_template_set"] else ""
         row = [name[:50] + marker, len(entry["templates"]), f"{m['acc1']:.4f}", f"{m['acc5']:.4f}",
-               f"{m['mean_per_class_acc']:.4f}"]
+               f"{m['mean_per_class_acc']:.4f}", ece_cell(m)]
         if show_selection:
             row.append(f"{entry['selection_metrics']['acc1']:.4f}")
         rows.append(row)

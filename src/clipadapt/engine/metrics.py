@@ -1,4 +1,5 @@
-"""Classification metrics, in CLIP_benchmark's vocabulary: acc1, acc5, mean per-class accuracy."""
+"""Classification metrics, in CLIP_benchmark's vocabulary: acc1, acc5, mean per-class accuracy; and the expected
+calibration error of the softmax confidences (``engine.calibration``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from clipadapt.engine.calibration import confidences_and_correct, expected_calibration_error
 
 # sklearn is imported where it is used: it costs a second and a half at start-up, in every process
 
@@ -17,7 +20,8 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 def classification_metrics(scores: torch.Tensor, labels: np.ndarray | torch.Tensor) -> dict[str, float | int]:
-    """``{"acc1", "acc5", "mean_per_class_acc", "n"}``; acc5 is top-min(5, classes)."""
+    """``{"acc1", "acc5", "mean_per_class_acc", "ece", "n"}``; acc5 is top-min(5, classes); ece is the expected
+    calibration error of ``scores``' softmax over 15 bins (Guo et al. 2017, ``engine.calibration``)."""
     from sklearn.metrics import balanced_accuracy_score
 
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -29,6 +33,7 @@ def classification_metrics(scores: torch.Tensor, labels: np.ndarray | torch.Tens
         "acc1": topk_accuracy(scores, labels_t, 1),
         "acc5": topk_accuracy(scores, labels_t, 5),
         "mean_per_class_acc": mean_per_class,  # over the classes present in ``labels``
+        "ece": expected_calibration_error(*confidences_and_correct(scores, labels_t)),
         "n": int(len(labels_t)),
     }
 

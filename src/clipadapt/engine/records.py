@@ -23,6 +23,7 @@ from clipadapt.version import __version__
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 PER_CLASS_FILE = "per_class.csv"
+RELIABILITY_FILE = "reliability.csv"  # ECE's bins: count, accuracy, mean confidence
 SKIPPED_FILE = "skipped_images.txt"
 ORACLE_LABEL = "oracle (selected on test)"  # a number chosen on the split it reports: shown, never compared
 

@@ -145,6 +145,34 @@ def plot_template_sets(names: list[str], acc1: list[float], path: str | Path, ti
     save_figure(fig, path)
 
 
+def plot_reliability(bins: list[dict], ece: float, path: str | Path, title: str = "") -> None:
+    """Reliability diagram (Guo et al. 2017, figure 1): accuracy per confidence bin against the diagonal, the gap to
+    each bin's mean confidence shaded; below, the share of images per bin. ``bins``: ``reliability_bins`` rows."""
+    fig, (ax, hist) = subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = [b for b in bins if b["count"]]
+    lower = np.array([b["lower"] for b in filled])
+    width = np.array([b["upper"] - b["lower"] for b in filled])
+    accuracy = np.array([b["accuracy"] for b in filled])
+    confidence = np.array([b["confidence"] for b in filled])
+    ax.bar(lower, accuracy, width=width, align="edge", color="tab:blue", edgecolor="black", linewidth=0.6,
+           label="accuracy")
+    ax.bar(lower, confidence - accuracy, bottom=accuracy, width=width, align="edge", color="tab:red", alpha=0.3,
+           edgecolor="tab:red", hatch="//", linewidth=0.6, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{title}\nECE {ece:.4f} ({len(bins)} bins)" if title else f"ECE {ece:.4f} ({len(bins)} bins)",
+                 fontsize=10)
+    n = sum(b["count"] for b in bins) or 1
+    hist.bar(lower, [b["count"] / n for b in filled], width=width, align="edge", color="grey", edgecolor="black",
+             linewidth=0.6)
+    hist.set_ylabel("share of images")
+    hist.set_xlabel("confidence (max softmax probability)")
+    save_figure(fig, path)
+
+
 def plot_curve(values: list[float], path: str | Path, xlabel: str = "step", ylabel: str = "", title: str = "",
                smooth: int = 10) -> None:
     """A raw curve with its running mean."""
