@@ -76,3 +76,38 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_clip_dir, colour_f
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_test_time_protocol_of_the_benchmark(tiny_clip_dir, colour_folder, tmp_path):
+    """Zero-shot, tda and tpt per stream seed on the target: rows with accuracy and ECE, the zero-shot row the
+    classifier the test-time runs started from, a report section of its own, and no few-shot rows."""
+    out = tmp_path / "bench"
+    result = clipadapt.benchmark(str(tiny_clip_dir), [f"imagefolder:{colour_folder}"], "tda,tpt", seeds=[1, 2],
+                                 protocol="test-time", out=out, device="cpu", progress=False, overrides=SMALL_TPT)
+    assert not result.failed, result.failed
+    with open(out / "benchmark.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["protocol"] for r in rows} == {"test-time"}
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("tda", "1"), ("tda", "2"), ("tpt", "1"), ("tpt", "2"),
+                                                              ("zeroshot", "")]
+    assert all(0 <= float(r["acc1"]) <= 1 and 0 <= float(r["ece"]) <= 1 for r in rows)
+    zero_shot = next(r for r in rows if r["method"] == "zeroshot")
+    for r in rows:
+        record = json.loads((tmp_path / r["run"] / "metrics.json").read_text())
+        if r["method"] != "zeroshot":
+            assert record["protocol"] == "test-time (unlabelled test stream)"
+            assert record["stream"]["seed"] == int(r["seed"]) and r["run"].endswith(f"stream-seed{r['seed']}")
+            assert record["zeroshot_metrics"]["acc1"] == pytest.approx(float(zero_shot["acc1"]), abs=1e-6)
+    markdown = (out / "benchmark.md").read_text()
+    assert "## Test-time adaptation (unlabelled test stream)" in markdown and "stream seeds 1, 2" in markdown
+    assert "**expected calibration error (%), lower is better**" in markdown
+
+
+def test_a_test_time_method_outside_the_test_time_protocol_is_refused(tiny_clip_dir, colour_folder, tmp_path):
+    result = runner.invoke(app, ["benchmark", "--model", str(tiny_clip_dir), "--datasets",
+                                 f"imagefolder:{colour_folder}", "--methods", "linear-probe,tda", "--protocol",
+                                 "few-shot", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert result.output == ("error: tda: test-time methods run only in --protocol test-time (they read no labels, "
+                             "so they have no few-shot or transfer cells)\n")
+    assert not (tmp_path / "b").exists()

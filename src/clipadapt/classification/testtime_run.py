@@ -2,10 +2,10 @@
 seeded order, adapting on it; a complete run directory, labelled ``test-time (unlabelled test stream)``.
 
 The method reads only what the model computes for each image (TDA: its feature; TPT: its pixels): the labels are
-read after the stream, to score it. The zero-shot classifier it starts from is the dataset's first template set
-(no template set is chosen on validation: a test-time user has no labels at all). The run also records that
-zero-shot classifier's own metrics on the same images (``zeroshot_metrics``), so its gain is read off one record.
-Test-time runs are never mixed with few-shot rows: their ``protocol`` says what they are.
+read after the stream, to score it. The zero-shot classifier it starts from is the dataset's own template set,
+zero-shot's a-priori default (none is chosen on validation: a test-time user has no labels at all). The run also
+records that zero-shot classifier's own metrics on the same images (``zeroshot_metrics``), so its gain is read off
+one record. Test-time runs are never mixed with few-shot rows: their ``protocol`` says what they are.
 """
 
 from __future__ import annotations
@@ -66,6 +66,19 @@ def refuse_training(method: str) -> None:
                           f"stream, so it does not train; run `clipadapt testtime {method}`")
 
 
+def split_test_time(methods: list[str], protocols: list[str]) -> tuple[list[str], list[str]]:
+    """A benchmark's ``--methods`` as (trained methods, test-time methods); the test-time protocol without any
+    test-time method runs them all; a test-time method without it is refused in one line."""
+    given = [m for m in dict.fromkeys(methods) if m != "zeroshot"]
+    test_time = [m for m in given if m in TEST_TIME_METHODS]
+    if test_time and "test-time" not in protocols:
+        raise ConfigError(f"{', '.join(test_time)}: test-time methods run only in --protocol test-time (they read no "
+                          f"labels, so they have no few-shot or transfer cells)")
+    if "test-time" in protocols and not test_time:
+        test_time = list(TEST_TIME_METHODS)
+    return [m for m in given if m not in TEST_TIME_METHODS], test_time
+
+
 def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     """Classify the test split as a stream with the chosen method; write a complete run directory (or nothing)."""
     cfg = dataclasses.replace(experiment, data=resolved_data(experiment.data))
@@ -74,7 +87,7 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, method)
     check_run_dir(run_dir, cfg.run.overwrite)
     dataset = load_dataset(cfg.data)
-    template_set = resolve_template_sets(dataset.templates)[0]
+    template_set = resolve_template_sets([dataset.default_template_set])[0]  # zero-shot's a-priori default
     device = resolve_device(cfg.model.device)
     bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,
                         trust_remote_code=cfg.model.trust_remote_code)

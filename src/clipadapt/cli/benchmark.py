@@ -36,15 +36,17 @@ def benchmark_command(
                                                       "cross-dataset and domain-shift)")] = None,
     suite: Annotated[str | None, typer.Option(help="coop11 (the 11 CoOp datasets, ImageNet shifts) or world "
                                                    "(offline)")] = None,
-    methods: Annotated[str, typer.Option(help="comma-separated methods; zero-shot is always included")] = (
+    methods: Annotated[str, typer.Option(help="comma-separated methods (tda, tpt: the test-time protocol's); "
+                                              "zero-shot is always included")] = (
         "linear-probe"),
     shots: Annotated[str | None, typer.Option(help="comma-separated K (default: 1,2,4,8,16 for few-shot, 16 for "
                                                    "the others)")] = None,
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "1,2,3",
-    protocol: Annotated[str, typer.Option(help="few-shot, base-to-novel, cross-dataset, domain-shift, "
-                                               "comma-separated, or all")] = "few-shot",
-    targets: Annotated[str | None, typer.Option(help="cross-dataset/domain-shift targets instead of the "
-                                                     "suite's")] = None,
+    protocol: Annotated[str, typer.Option(help="few-shot, base-to-novel, cross-dataset, domain-shift, test-time "
+                                               "(seeds: the stream orders'), comma-separated, or all")
+                        ] = "few-shot",
+    targets: Annotated[str | None, typer.Option(help="cross-dataset/domain-shift/test-time targets instead of "
+                                                     "the suite's")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the runs, benchmark.csv/md and report.html "
                                                               "go")] = Path("runs/benchmark"),
     data_root: Annotated[Path | None, typer.Option(help="CoOp's data folder ($DATA) holding each dataset's "

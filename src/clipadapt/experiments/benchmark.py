@@ -11,6 +11,8 @@ Protocols (``--protocol``, several at once share their runs):
   base (16 shots), test on base and on the novel half (relabelled from 0, the classifier built from their names).
 * ``cross-dataset``: train on the source (ImageNet in coop11), test on every other dataset's classes.
 * ``domain-shift``: train on the source, test on its shifted versions (ImageNet-V2, -Sketch, -A, -R).
+* ``test-time``: zero-shot and each test-time method (tda, tpt) on the source, its shifts and every other dataset,
+  each test split as an unlabelled stream per seed (``OUT/runs/<dataset>/<method>/stream-seed<S>``); accuracy, ECE.
 
 Every cell is a normal run directory, ``OUT/runs/<dataset>[-base]/<method>/<K>shot-seed<S>`` (zero-shot:
 ``OUT/runs/<dataset>[-base|-new]/zeroshot``), so a 16-shot ImageNet run serves few-shot, cross-dataset and
@@ -41,7 +43,7 @@ from clipadapt.experiments.compare import refuse_existing, resolve_methods, spli
 from clipadapt.paths import slug
 
 log = logging.getLogger(__name__)
-PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain-shift")
+PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain-shift", "test-time")
 DEFAULT_SHOTS = {"few-shot": [1, 2, 4, 8, 16]}  # the transfer protocols train with 16 shots
 TRANSFER_SHOTS = [16]
 DEFAULT_SEEDS = [1, 2, 3]
@@ -72,6 +74,7 @@ class BenchmarkConfig:
     datasets: list[str] = field(default_factory=list)
     suite: str | None = None
     methods: list[str] = field(default_factory=lambda: ["linear-probe"])
+    test_time_methods: list[str] = field(default_factory=list)  # from --methods; default tda, tpt (test-time)
     shots: list[int] | None = None  # default: 1,2,4,8,16 for few-shot, 16 for the others
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     protocols: list[str] = field(default_factory=lambda: ["few-shot"])
@@ -101,7 +104,10 @@ class BenchmarkConfig:
             raise ConfigError(f"--shots must be positive numbers of images per class, got {self.shots}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds must be distinct and at least one, got {self.seeds}")
-        self.methods = resolve_methods([m for m in self.methods if m != "zeroshot"] or ["linear-probe"])
+        from clipadapt.classification.testtime_run import split_test_time
+
+        trained, self.test_time_methods = split_test_time([*self.methods, *self.test_time_methods], self.protocols)
+        self.methods = resolve_methods(trained or ["linear-probe"])
 
     @property
     def suite_spec(self) -> Suite:
@@ -174,17 +180,25 @@ def run_name(dataset: str, subsample: str) -> str:
     return slug(dataset) + ("" if subsample == "all" else f"-{subsample}")
 
 
+def overrides_per_method(config: BenchmarkConfig) -> dict[str, list[str]]:
+    from clipadapt.classification.testtime_run import TestTimeExperiment as TestTime
+
+    return split_overrides(config.overrides, config.methods, dict.fromkeys(config.test_time_methods, TestTime))
+
+
 def plan(config: BenchmarkConfig) -> list[BenchCell]:
     """Every cell of every protocol, shared runs merged (their evaluations joined)."""
     suite = config.suite_spec
-    per_method = split_overrides(config.overrides, config.methods)
+    per_method = overrides_per_method(config)
     runs = Path(config.out) / "runs"
     cells: dict[str, BenchCell] = {}
 
     def add(protocol: str, method: str, dataset: str, subsample: str, shots: int, seed: int,
             targets: tuple[Target, ...] = ()):
         folder = runs / run_name(dataset, subsample)
-        run_dir = folder / "zeroshot" if method == "zeroshot" else folder / method / f"{shots}shot-seed{seed}"
+        run_dir = (folder / "zeroshot" if method == "zeroshot" else
+                   folder / method / f"stream-seed{seed}" if protocol == "test-time" else
+                   folder / method / f"{shots}shot-seed{seed}")
         key = run_dir.relative_to(runs).as_posix()
         if key not in cells:
             cells[key] = BenchCell(key, method, dataset, subsample, shots, seed, str(run_dir), config.model,
@@ -211,6 +225,12 @@ def plan(config: BenchmarkConfig) -> list[BenchCell]:
             for dataset in suite.datasets:
                 add(protocol, "zeroshot", dataset, "all", 0, 0)
                 grid(protocol, dataset, "all")
+        elif protocol == "test-time":  # zero-shot and each test-time method on every target, per stream seed
+            for dataset in config.targets or dict.fromkeys([suite.source, *suite.shifts, *suite.datasets]):
+                add(protocol, "zeroshot", dataset, "all", 0, 0)
+                for method in config.test_time_methods:
+                    for seed in config.seeds:
+                        add(protocol, method, dataset, "all", 0, seed)
         elif protocol == "base-to-novel":
             for dataset in suite.base_to_novel or suite.datasets:
                 add(protocol, "zeroshot", dataset, "base", 0, 0)
@@ -279,6 +299,12 @@ def train_cell(cell: BenchCell, resume: bool) -> None:
             "zeroshot.select_on=none", "run.overwrite=true"])
         run_zero_shot(experiment)
         return
+    if "test-time" in cell.protocols:  # nothing to resume: a stream is read again from its start
+        from clipadapt.classification.testtime_run import TestTimeExperiment, run_test_time
+
+        run_test_time(apply_overrides(TestTimeExperiment(), common + format_overrides(
+            {"stream.method": cell.method, "stream.seed": cell.seed}) + cell.overrides + ["run.overwrite=true"]))
+        return
     flags = format_overrides({"data.shots": cell.shots, "data.sampler": "coop", "data.seed": cell.seed,
                               "run.seed": cell.seed})
     experiment = load_experiment(cell.method, None, common + flags + cell.overrides + [
@@ -332,7 +358,7 @@ def refuse_oracles(config: BenchmarkConfig, cells: list[BenchCell]) -> None:
     from clipadapt.classification.zeroshot import ZeroShotExperiment
     from clipadapt.config import apply_overrides
 
-    zero_shot = split_overrides(config.overrides, config.methods)["zeroshot"]
+    zero_shot = overrides_per_method(config)["zeroshot"]
     if zero_shot and apply_overrides(ZeroShotExperiment(), zero_shot).zeroshot.select_on == "test":
         raise ConfigError(f"zeroshot.select_on=test is an {ORACLE_LABEL}, not a result: the benchmark's zero-shot "
                           "rows use the dataset's own prompt and choose nothing; drop the setting (`clipadapt "
@@ -358,6 +384,11 @@ def prepare(cells: list[BenchCell]) -> None:
         common = format_overrides({"model.spec": cell.model, "data.dataset": cell.dataset, "run.out": cell.run_dir})
         if cell.method == "zeroshot":
             apply_overrides(ZeroShotExperiment(), common + cell.overrides)
+        elif "test-time" in cell.protocols:
+            from clipadapt.classification.testtime_run import TestTimeExperiment
+
+            experiment = apply_overrides(TestTimeExperiment(), common + cell.overrides)
+            getattr(experiment, cell.method).check()
         else:
             load_experiment(cell.method, None, common + cell.overrides)
         for dataset, root in [(cell.dataset, cell.data_root),

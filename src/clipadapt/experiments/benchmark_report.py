@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the benchmark imports this module to write its report
     from clipadapt.experiments.benchmark import BenchCell, BenchmarkConfig, Target
 
 COLUMNS = ["protocol", "dataset", "target", "method", "shots", "seed", "acc1", "base_acc1", "novel_acc1", "hm",
-           "run", "error"]
+           "ece", "run", "error"]
 ZEROSHOT = "zeroshot"
 
 
@@ -40,9 +40,9 @@ def harmonic_mean(base: float, novel: float) -> float:
     return 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
 
 
-def _acc(path: Path) -> float:
+def _acc(path: Path, metric: str = "acc1") -> float:
     try:
-        return float(json.loads(path.read_text())["metrics"]["acc1"])
+        return float(json.loads(path.read_text())["metrics"][metric])
     except (OSError, ValueError, KeyError, TypeError):
         return float("nan")
 
@@ -66,7 +66,7 @@ def benchmark_rows(config: BenchmarkConfig, cells: list[BenchCell], outcomes: di
         rows.append({"protocol": protocol, "dataset": cell.dataset, "target": target, "method": cell.method,
                      "shots": cell.shots, "seed": "" if cell.method == ZEROSHOT else cell.seed,
                      "acc1": float("nan"), "base_acc1": float("nan"), "novel_acc1": float("nan"),
-                     "hm": float("nan"), "run": cell.run_dir, "error": "", **values})
+                     "hm": float("nan"), "ece": float("nan"), "run": cell.run_dir, "error": "", **values})
 
     for protocol in config.protocols:
         mine = [c for c in cells if protocol in c.protocols]
@@ -74,6 +74,9 @@ def benchmark_rows(config: BenchmarkConfig, cells: list[BenchCell], outcomes: di
             own = _acc(Path(cell.run_dir) / METRICS_FILE)
             if protocol == "few-shot":
                 row(protocol, cell, cell.dataset, acc1=own, error=_cell_error(cell, outcomes))
+            elif protocol == "test-time":  # seed: the stream's
+                row(protocol, cell, cell.dataset, acc1=own, ece=_acc(Path(cell.run_dir) / METRICS_FILE, "ece"),
+                    error=_cell_error(cell, outcomes))
             elif protocol == "base-to-novel":
                 if cell.method == ZEROSHOT:
                     if cell.subsample != "base":
@@ -243,6 +246,25 @@ def transfer_blocks(rows: list[dict], protocol: str) -> list:
             ("table", Table(["method", f"{source} (source)", *targets, "average (targets)"], table))]
 
 
+def test_time_blocks(rows: list[dict]) -> list:
+    """Zero-shot and each test-time method on every target: accuracy and ECE (%), mean ± std over stream seeds."""
+    mine = [r for r in rows if r["protocol"] == "test-time"]
+    targets = list(dict.fromkeys(r["target"] for r in mine))
+    methods = methods_of(rows, "test-time")
+    seeds = sorted({r["seed"] for r in mine if r["method"] != ZEROSHOT})
+    blocks: list = [("h2", "Test-time adaptation (unlabelled test stream)"),
+                    ("p", f"Each method classifies a target's test split as a stream without labels, in the order of "
+                          f"stream seeds {', '.join(map(str, seeds))} (mean ± std over them), adapting on it; "
+                          f"zero-shot is the classifier they start from (the dataset's own prompt). Not comparable "
+                          f"with the few-shot rows: no labelled image is used. ECE: 15 bins (Guo et al. 2017).")]
+    for value, title in (("acc1", "accuracy (%)"), ("ece", "expected calibration error (%), lower is better")):
+        found = stats(rows, "test-time", value, by="target")
+        table = [[m, *(found.get((m, t), Stat({})).text() for t in targets), average(found, m, targets).text()]
+                 for m in methods]
+        blocks += [("p", f"**{title}**"), ("table", Table(["method", *targets, "average"], table))]
+    return blocks
+
+
 def selection_blocks(cells: list[BenchCell]) -> list:
     """What each method chose on the few-shot validation split (read from its runs' metrics.json)."""
     chosen: dict[str, set[str]] = {}
@@ -297,9 +319,11 @@ def write_benchmark_report(config: BenchmarkConfig, cells: list[BenchCell],
             blocks += few_shot_blocks(rows, files)
         elif protocol == "base-to-novel":
             blocks += base_to_novel_blocks(rows)
+        elif protocol == "test-time":
+            blocks += test_time_blocks(rows)
         else:
             blocks += transfer_blocks(rows, protocol)
-    blocks += selection_blocks(cells) + failure_blocks(rows)
+    blocks += selection_blocks([c for c in cells if "test-time" not in c.protocols]) + failure_blocks(rows)
     atomic_write_text(out / "benchmark.md", render_markdown(blocks, out))
     atomic_write_text(out / "report.html", render_html(blocks))
     return out / "benchmark.csv", out / "benchmark.md", out / "report.html"

@@ -141,9 +141,12 @@ def _sections(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.name != "method"}
 
 
-def split_overrides(overrides: list[str], methods: list[str]) -> dict[str, list[str]]:
-    """Which overrides apply to which experiment: ``lora.r=4`` only to lora, ``train.*`` to every method."""
+def split_overrides(overrides: list[str], methods: list[str], others: dict[str, type] | None = None
+                    ) -> dict[str, list[str]]:
+    """Which overrides apply to which experiment: ``lora.r=4`` only to lora, ``train.*`` to every method;
+    ``others`` names experiments of other kinds (the test-time methods' ``TestTimeExperiment``)."""
     known = {"zeroshot": _sections(ZeroShotExperiment)} | {m: _sections(experiment_class(m)) for m in methods}
+    known |= {name: _sections(cls) for name, cls in (others or {}).items()}
     every = set().union(*known.values())
     for item in overrides:
         section = override_section(item)
