@@ -310,8 +310,10 @@ def write_benchmark_report(config: BenchmarkConfig, cells: list[BenchCell],
     rows = benchmark_rows(config, cells, outcomes)
     write_csv(out / "benchmark.csv", rows)
     files = fresh_files_dir(out)
+    trained = [] if config.protocols == ["test-time"] else config.methods
     blocks: list = [("h1", f"Benchmark of {config.model}"),
-                    ("p", f"{', '.join(config.protocols)}; methods {', '.join(config.methods)}; seeds "
+                    ("p", f"{', '.join(config.protocols)}; methods "
+                          f"{', '.join(trained + config.test_time_methods)}; seeds "
                           f"{', '.join(map(str, config.seeds))}. Every number is read from a run directory under "
                           f"{out / 'runs'}; benchmark.csv has one row per cell.")]
     for protocol in config.protocols:
@@ -323,7 +325,8 @@ def write_benchmark_report(config: BenchmarkConfig, cells: list[BenchCell],
             blocks += test_time_blocks(rows)
         else:
             blocks += transfer_blocks(rows, protocol)
-    blocks += selection_blocks([c for c in cells if "test-time" not in c.protocols]) + failure_blocks(rows)
+    trained_cells = [c for c in cells if c.method != ZEROSHOT and "test-time" not in c.protocols]
+    blocks += (selection_blocks(trained_cells) if trained_cells else []) + failure_blocks(rows)
     atomic_write_text(out / "benchmark.md", render_markdown(blocks, out))
     atomic_write_text(out / "report.html", render_html(blocks))
     return out / "benchmark.csv", out / "benchmark.md", out / "report.html"
