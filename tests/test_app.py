@@ -58,7 +58,7 @@ def served(runs):
     from clipadapt.webapp.page import launch
 
     page = clipadapt.app(runs, device="cpu")
-    url = launch(page, free_port(), block=False, quiet=True)
+    url = launch(page, None, block=False, quiet=True)  # Gradio takes the first free port from 7860
     yield page, Client(url, verbose=False)
     page.close()
 
@@ -163,12 +163,12 @@ def test_space_folder_serves_the_runs_from_a_fresh_python(runs, colour_folder, t
     assert list((space / "examples").glob("*.png"))
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=space, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True,
+    log = (tmp_path / "app.log").open("w")  # a file, not a pipe: a chatty server never blocks on a full pipe
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=space, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "GRADIO_SERVER_PORT": str(port),
                                    "PYTHONPATH": ""})
     try:
-        client = wait_for(f"http://127.0.0.1:{port}/", server)
+        client = wait_for(f"http://127.0.0.1:{port}/", server, tmp_path / "app.log")
         image = photo(colour_folder)
         answers = client.predict(handle_file(str(image)), api_name="/predict")
         for folder, label in zip(("zeroshot", "lora"), answers, strict=True):
@@ -179,13 +179,14 @@ def test_space_folder_serves_the_runs_from_a_fresh_python(runs, colour_folder, t
     finally:
         server.kill()
         server.wait()
+        log.close()
 
 
-def wait_for(url: str, server: subprocess.Popen, seconds: float = 120) -> Client:
+def wait_for(url: str, server: subprocess.Popen, log: Path, seconds: float = 120) -> Client:
     deadline = time.monotonic() + seconds
     while True:
         if server.poll() is not None:
-            pytest.fail(f"app.py ended with {server.returncode}: {server.stderr.read()[-2000:]}")
+            pytest.fail(f"app.py ended with {server.returncode}: {log.read_text()[-2000:]}")
         try:
             return Client(url, verbose=False)
         except Exception:  # noqa: BLE001 - not up yet

@@ -137,3 +137,17 @@ def test_runs_written_before_ece_show_a_dash_in_the_table():
     assert old[column] == "-"
     (mixed,) = summary_table(table_rows([run(0, {}), run(1, {"ece": 0.125}), run(2, {"ece": 0.075})])).rows
     assert mixed[column] == "0.1000 ± 0.0354"  # over the two runs that have it
+
+
+def test_a_diverged_row_leaves_the_ece_of_the_others_and_all_nan_gives_nan():
+    import math
+
+    import torch
+
+    from clipadapt.engine.metrics import classification_metrics
+
+    scores = torch.tensor([[4.0, 0.0], [0.0, 4.0], [float("nan"), float("nan")]])
+    labels = [0, 1, 1]
+    finite = classification_metrics(scores[:2], labels[:2])["ece"]
+    assert classification_metrics(scores, labels)["ece"] == pytest.approx(finite)
+    assert math.isnan(classification_metrics(scores[2:], labels[2:])["ece"])

@@ -147,7 +147,10 @@ def tpt_logits(bundle, images, order, **settings):
     from clipadapt.classification.tpt import TptConfig, tpt_stream
 
     config = TptConfig(views=7, selection=0.25, **settings)  # 8 views, the 2 most confident: small and fast
-    return tpt_stream(bundle, ["red", "green", "blue"], lambda i: images[i], len(images), order, config)
+    logits, tuned = tpt_stream(bundle, ["red", "green", "blue"], lambda i: images[i], len(images), order, config)
+    phrase = bundle.tokenizer(["a photo of a"])["attention_mask"][0].sum().item() - 2  # without start and end
+    assert tuned == phrase * bundle.text_tower.config.hidden_size  # one context vector per token of the phrase
+    return logits
 
 
 def test_tpt_with_zero_steps_is_zero_shot_with_its_initial_prompt(tiny_bundle, colour_images):

@@ -111,3 +111,40 @@ def test_a_test_time_method_outside_the_test_time_protocol_is_refused(tiny_clip_
     assert result.output == ("error: tda: test-time methods run only in --protocol test-time (they read no labels, "
                              "so they have no few-shot or transfer cells)\n")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_test_time_run_is_skipped_or_refused_where_a_classifier_is_needed(tiny_clip_dir, colour_folder, tmp_path):
+    from clipadapt.webapp.panels import find_runs, make_panel
+
+    tda = run("tda", tiny_clip_dir, colour_folder, tmp_path / "runs" / "tda")
+    zero_shot = clipadapt.zeroshot(str(tiny_clip_dir), f"imagefolder:{colour_folder}", out=tmp_path / "runs" / "zs",
+                                   device="cpu", progress=False, overrides=["data.num_workers=0"])
+    assert find_runs([tmp_path / "runs"]) == [zero_shot.dir.resolve()]  # the folder's test-time run is passed over
+    with pytest.raises(clipadapt.ConfigError, match="is a test-time run: it adapted on its test stream"):
+        make_panel(tda.dir)
+    with pytest.raises(clipadapt.ClipAdaptError, match=r"is a test-time run \(tda\): it adapted on its test stream "
+                                                       r"and kept no classifier to load"):
+        clipadapt.predict(tda.dir, [next((colour_folder / "red").iterdir())], device="cpu")
+    with pytest.raises(clipadapt.ConfigError, match="is a test-time run: it adapted on its test stream and kept no "
+                                                    "model to export"):
+        clipadapt.export(tda.dir, tmp_path / "export")
+    from clipadapt.reports.collect import find_runs as collect
+
+    labels = sorted(r.label for r in collect([tmp_path / "runs"]))
+    assert labels[0] == "tda (test-time (unlabelled test stream), stream seed 1)"  # never a bare few-shot row
+    record = tda.record
+    assert record["params"]["trainable"] == 0 and record["stream"]["positive_cache"] >= 1
+    tpt = run("tpt", tiny_clip_dir, colour_folder, tmp_path / "tpt").record
+    assert tpt["params"]["trainable"] == tpt["stream"]["tuned_per_image"] > 0 and tpt["stream"]["reset_per_image"]
+    assert tpt["templates"] == ["a photo of a {}."]  # the classifier TPT starts from
+
+
+def test_the_benchmark_keeps_test_time_out_of_all_and_its_streams_its_own(tiny_clip_dir, colour_folder):
+    from clipadapt.experiments.benchmark import BenchmarkConfig
+
+    config = BenchmarkConfig(model=str(tiny_clip_dir), datasets=[f"imagefolder:{colour_folder}"], protocols=["all"])
+    assert "test-time" not in config.protocols and config.test_time_methods == []
+    with pytest.raises(clipadapt.ConfigError, match=r"--set stream.\*: the benchmark gives each test-time cell its "
+                                                    r"stream from --seeds"):
+        BenchmarkConfig(model=str(tiny_clip_dir), datasets=[f"imagefolder:{colour_folder}"], protocols=["test-time"],
+                        overrides=["stream.seed=3"])

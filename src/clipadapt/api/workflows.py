@@ -224,9 +224,8 @@ def benchmark(model: str, datasets: str | Sequence[str] | None = None, methods: 
               on_cell: Callable[[Any, dict[str, int]], None] | None = None, **settings: Any):
     """The few-shot benchmark (``clipadapt benchmark``): zero-shot and every method x shots x seed on each dataset
     of ``suite`` (coop11, world) or ``datasets``, for each ``protocol`` (few-shot, base-to-novel, cross-dataset,
-    domain-shift, test-time: ``methods`` tda, tpt, ``seeds`` the stream orders'; or all), on the ``executor``
-    (local, ray, slurm with ``partition``, ``time``, ``mem``, ``array_parallelism``, ``slurm_settings``, or an
-    ``ExecutorConfig``); writes benchmark.csv, benchmark.md and report.html."""
+    domain-shift, all; test-time with ``methods`` tda, tpt), on the ``executor`` (local, ray, slurm with ``partition``,
+    ``time``, ``mem``, ``array_parallelism``, ``slurm_settings``, or an ``ExecutorConfig``); writes the tables."""
     from clipadapt.experiments.benchmark import BenchmarkConfig, run_benchmark
     from clipadapt.progress import GridProgress
 

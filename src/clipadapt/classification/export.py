@@ -102,6 +102,8 @@ def export_refusal(run_dir: str | Path, allow_oracle: bool = False) -> str | Non
     raw = read_run_config(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         return f"run '{run_dir}' is incomplete (no {METRICS_FILE}); {INCOMPLETE}"
+    if "stream" in raw:
+        return f"'{run_dir}' is a test-time run: it adapted on its test stream and kept no model to export"
     if is_ensemble_config(raw):
         return (f"'{run_dir}' is an ensemble: it averages several models' probabilities, which one transformers "
                 f"model cannot express; export its members")

@@ -62,6 +62,10 @@ def load_predictor(run_dir: str | Path, device: str | None = None) -> Predictor:
 
 
 def _load(run_dir: Path, raw: dict, device: str | None) -> Predictor:
+    if "stream" in raw:
+        raise ClipAdaptError(f"'{run_dir}' is a test-time run ({raw['stream'].get('method')}): it adapted on its "
+                             f"test stream and kept no classifier to load; use its predictions.csv, or the "
+                             f"zero-shot run of the same model")
     if is_ensemble_config(raw):
         return load_ensemble_predictor(run_dir, raw, device)
     if raw.get("method"):

@@ -2,10 +2,11 @@
 seeded order, adapting on it; a complete run directory, labelled ``test-time (unlabelled test stream)``.
 
 The method reads only what the model computes for each image (TDA: its feature; TPT: its pixels): the labels are
-read after the stream, to score it. The zero-shot classifier it starts from is the dataset's own template set,
-zero-shot's a-priori default (none is chosen on validation: a test-time user has no labels at all). The run also
-records that zero-shot classifier's own metrics on the same images (``zeroshot_metrics``), so its gain is read off
-one record. Test-time runs are never mixed with few-shot rows: their ``protocol`` says what they are.
+read after the stream, to score it. The zero-shot classifier TDA starts from is built from the dataset's CoOp
+prompt, as its reference; TPT's is its initial prompt, "a photo of a {}." (none is chosen on validation: a test-time
+user has no labels at all). The run also records that zero-shot classifier's own metrics on the same images
+(``zeroshot_metrics``), so its gain is read off one record. Test-time runs are never mixed with few-shot rows: their
+``protocol`` says what they are, and reports label them.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, method)
     check_run_dir(run_dir, cfg.run.overwrite)
     dataset = load_dataset(cfg.data)
-    template_set = resolve_template_sets([dataset.default_template_set])[0]  # zero-shot's a-priori default
+    # the classifier each method starts from: TDA's reference builds it from CoOp's prompt of each dataset
+    # (kdiAAA/TDA utils.py:44-61 with the CoOp dataset classes' templates); TPT's is its initial prompt
+    start = [dataset.coop_template_set] if method == "tda" else [f"{cfg.tpt.init.strip()} {{}}."]
+    template_set = resolve_template_sets(start)[0]
     device = resolve_device(cfg.model.device)
     bundle = load_model(cfg.model.spec, device=device, revision=cfg.model.revision,
                         trust_remote_code=cfg.model.trust_remote_code)
@@ -105,9 +109,9 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     else:
         positions = encoded.positions  # readable images only, in the split's order
         with progress_bar("tpt (prompt tuned per image)", len(order)) as advance:
-            logits = tpt_stream(bundle, dataset.classnames, lambda i: split.load(int(positions[i])),
-                                len(positions), order, cfg.tpt, on_image=advance)
-        kept, trainable = {}, 0  # the prompt is reset per image: nothing is kept
+            logits, trainable = tpt_stream(bundle, dataset.classnames, lambda i: split.load(int(positions[i])),
+                                           len(positions), order, cfg.tpt, on_image=advance)
+        kept = {"tuned_per_image": trainable, "reset_per_image": True}  # nothing is kept between images
     seconds = time.perf_counter() - start
     labels = encoded.labels  # read now, after the stream
     metrics = classification_metrics(logits, labels)
@@ -115,7 +119,8 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     resolved["run"]["out"] = str(run_dir)
     record = build_metrics_record(
         method=method, model=cfg.model.spec, dataset=dataset.name, split=cfg.data.split, metrics=metrics,
-        params={"trainable": trainable, "total": bundle.num_parameters(), "trainable_pct": 0.0},
+        params={"trainable": trainable, "total": bundle.num_parameters(),
+                "trainable_pct": round(100 * trainable / bundle.num_parameters(), 4)},
         cost={"stream_time_s": round(seconds, 3), "seconds_per_image": round(seconds / max(1, len(order)), 5),
               "encode_time_s": round(encoded.encode_time_s, 3)},
         seed=cfg.run.seed, config=resolved, device=device, protocol=PROTOCOL_LABEL,

@@ -80,6 +80,15 @@ class Tpt:
         self.learner.to(bundle.device)
         self.initial = self.learner.ctx.detach().clone()
 
+    @property
+    def trainable(self) -> int:
+        """The values tuned per image (the context vectors; reset for the next image)."""
+        return self.learner.ctx.numel()
+
+    def close(self) -> None:
+        """Remove the learner's hook on the model's token embedding (the model may serve others after)."""
+        self.learner._hook.remove()
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.learner(features)
 
@@ -111,13 +120,18 @@ class Tpt:
 
 
 def tpt_stream(bundle: ClipBundle, classnames: list[str], load: Callable[[int], Image.Image], count: int,
-               order: np.ndarray, config: TptConfig, on_image: Callable[[], None] | None = None) -> torch.Tensor:
+               order: np.ndarray, config: TptConfig, on_image: Callable[[], None] | None = None
+               ) -> tuple[torch.Tensor, int]:
     """TPT over the stream ``order`` of the ``count`` images ``load(i)`` returns: (count, classes) logits in the
-    split's own order. ``load`` gives images only: no label reaches the method."""
+    split's own order, and the number of values tuned per image. ``load`` gives images only: no label reaches the
+    method."""
     method = Tpt(bundle, classnames, config)
     out = torch.empty(count, len(classnames))
-    for position in np.asarray(order, dtype=np.int64):
-        out[int(position)] = method.answer(load(int(position)), int(position))
-        if on_image is not None:
-            on_image()
-    return out
+    try:
+        for position in np.asarray(order, dtype=np.int64):
+            out[int(position)] = method.answer(load(int(position)), int(position))
+            if on_image is not None:
+                on_image()
+    finally:
+        method.close()
+    return out, method.trainable

@@ -43,7 +43,7 @@ def benchmark_command(
                                                    "the others)")] = None,
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "1,2,3",
     protocol: Annotated[str, typer.Option(help="few-shot, base-to-novel, cross-dataset, domain-shift, test-time "
-                                               "(seeds: the stream orders'), comma-separated, or all")
+                                               "(seeds: the streams'), comma-separated, or all (all but test-time)")
                         ] = "few-shot",
     targets: Annotated[str | None, typer.Option(help="cross-dataset/domain-shift/test-time targets instead of "
                                                      "the suite's")] = None,

@@ -17,6 +17,7 @@ def check_port(host: str, port: int) -> None:
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a port number; valid: 1 to 65535")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closing port is free
         try:
             probe.bind((host, port))
         except OSError as error:

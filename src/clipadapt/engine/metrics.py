@@ -33,7 +33,7 @@ def classification_metrics(scores: torch.Tensor, labels: np.ndarray | torch.Tens
         "acc1": topk_accuracy(scores, labels_t, 1),
         "acc5": topk_accuracy(scores, labels_t, 5),
         "mean_per_class_acc": mean_per_class,  # over the classes present in ``labels``
-        "ece": expected_calibration_error(*confidences_and_correct(scores, labels_t)),
+        "ece": finite_ece(scores, labels_t),
         "n": int(len(labels_t)),
     }
 
@@ -58,3 +58,11 @@ def per_class_rows(scores: torch.Tensor, labels: np.ndarray, classnames: list[st
         rows.append({"class_index": index, "class": name, "precision": entry["precision"],
                      "recall": entry["recall"], "f1": entry["f1-score"], "support": int(entry["support"])})
     return rows
+
+
+def finite_ece(scores: torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """ECE over the rows with finite scores (a diverged model's NaN rows are left out, as model selection leaves
+    them out); nan when no row is finite."""
+    confidence, correct = confidences_and_correct(scores, labels)
+    finite = np.isfinite(confidence)
+    return expected_calibration_error(confidence[finite], correct[finite]) if finite.any() else float("nan")

@@ -11,8 +11,8 @@ Protocols (``--protocol``, several at once share their runs):
   base (16 shots), test on base and on the novel half (relabelled from 0, the classifier built from their names).
 * ``cross-dataset``: train on the source (ImageNet in coop11), test on every other dataset's classes.
 * ``domain-shift``: train on the source, test on its shifted versions (ImageNet-V2, -Sketch, -A, -R).
-* ``test-time``: zero-shot and each test-time method (tda, tpt) on the source, its shifts and every other dataset,
-  each test split as an unlabelled stream per seed (``OUT/runs/<dataset>/<method>/stream-seed<S>``); accuracy, ECE.
+* ``test-time`` (not in ``all``): zero-shot and tda, tpt on the source, its shifts and the other datasets, each test
+  split an unlabelled stream per seed (order; TPT's views) in ``OUT/runs/<dataset>/<method>/stream-seed<S>``.
 
 Every cell is a normal run directory, ``OUT/runs/<dataset>[-base]/<method>/<K>shot-seed<S>`` (zero-shot:
 ``OUT/runs/<dataset>[-base|-new]/zeroshot``), so a 16-shot ImageNet run serves few-shot, cross-dataset and
@@ -63,8 +63,7 @@ SUITES = {
                      "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"), "imagenet",
                     ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")),
     "world": Suite(("world:shapes", "world:colour", "world:shape", "world:shapes-novel"), "world:shapes",
-                   ("world:shapes-shifted",), base_to_novel=("world:shapes",)),
-}
+                   ("world:shapes-shifted",), base_to_novel=("world:shapes",))}
 DOMAIN_SHIFTS = {"imagenet": SUITES["coop11"].shifts, "world:shapes": SUITES["world"].shifts}
 
 
@@ -96,10 +95,13 @@ class BenchmarkConfig:
             raise ConfigError(f"benchmark needs --datasets or --suite ({', '.join(SUITES)})")
         for spec in [*self.datasets, *(self.targets or [])]:
             check_dataset_spec(spec)
-        self.protocols = list(PROTOCOLS) if self.protocols == ["all"] else list(dict.fromkeys(self.protocols))
+        self.protocols = (list(PROTOCOLS[:-1]) if self.protocols == ["all"]  # test-time only by name: TPT is slow
+                          else list(dict.fromkeys(self.protocols)))
         for protocol in self.protocols:
             if protocol not in PROTOCOLS:
                 raise ConfigError(f"unknown protocol '{protocol}'; valid choices: {', '.join(PROTOCOLS)}, all")
+        if any(item.startswith("stream.") for item in self.overrides):
+            raise ConfigError("--set stream.*: the benchmark gives each test-time cell its stream from --seeds")
         if self.shots is not None and (not self.shots or any(k <= 0 for k in self.shots)):
             raise ConfigError(f"--shots must be positive numbers of images per class, got {self.shots}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -302,8 +304,8 @@ def train_cell(cell: BenchCell, resume: bool) -> None:
     if "test-time" in cell.protocols:  # nothing to resume: a stream is read again from its start
         from clipadapt.classification.testtime_run import TestTimeExperiment, run_test_time
 
-        run_test_time(apply_overrides(TestTimeExperiment(), common + format_overrides(
-            {"stream.method": cell.method, "stream.seed": cell.seed}) + cell.overrides + ["run.overwrite=true"]))
+        run_test_time(apply_overrides(TestTimeExperiment(), common + cell.overrides + format_overrides(
+            {"stream.method": cell.method, "stream.seed": cell.seed, "tpt.seed": cell.seed}) + ["run.overwrite=true"]))
         return
     flags = format_overrides({"data.shots": cell.shots, "data.sampler": "coop", "data.seed": cell.seed,
                               "run.seed": cell.seed})

@@ -253,10 +253,13 @@ def test_time_blocks(rows: list[dict]) -> list:
     methods = methods_of(rows, "test-time")
     seeds = sorted({r["seed"] for r in mine if r["method"] != ZEROSHOT})
     blocks: list = [("h2", "Test-time adaptation (unlabelled test stream)"),
-                    ("p", f"Each method classifies a target's test split as a stream without labels, in the order of "
-                          f"stream seeds {', '.join(map(str, seeds))} (mean ± std over them), adapting on it; "
-                          f"zero-shot is the classifier they start from (the dataset's own prompt). Not comparable "
-                          f"with the few-shot rows: no labelled image is used. ECE: 15 bins (Guo et al. 2017).")]
+                    ("p", f"Each method classifies a target's test split as a stream without labels, in the order "
+                          f"of stream seeds {', '.join(map(str, seeds))} (mean ± std over them; TPT's seed draws "
+                          f"its views), adapting on it. Zero-shot: the dataset's own prompt, as in the other "
+                          f"protocols; each test-time run also records the zero-shot accuracy of the classifier it "
+                          f"started from (TDA: the dataset's CoOp prompt, as its reference; TPT: 'a photo of a "
+                          f"{{}}.'). Not comparable with the few-shot rows: no labelled image is used. ECE: 15 bins "
+                          f"(Guo et al. 2017).")]
     for value, title in (("acc1", "accuracy (%)"), ("ece", "expected calibration error (%), lower is better")):
         found = stats(rows, "test-time", value, by="target")
         table = [[m, *(found.get((m, t), Stat({})).text() for t in targets), average(found, m, targets).text()]

@@ -69,6 +69,8 @@ class RunInfo:
             label = f"zeroshot ({self.record.get('best_template_set')})"
         else:
             label = self.method
+        if (self.record or {}).get("protocol"):  # a test-time run: never read as a few-shot row
+            label = f"{label} ({self.record['protocol']}, stream seed {self.record['stream']['seed']})"
         return f"{label} {ORACLE_LABEL}" if self.oracle else label
 
     @cached_property

@@ -76,16 +76,21 @@ def _names(panels: list[Panel]) -> list[str]:
 
 
 def example_images(panels: list[Panel], folder: Path | None, scratch: Path) -> list[str]:
-    """Up to EXAMPLES images of the first classification run's test split (one per class first), saved in
-    ``scratch``, then the images of ``folder``."""
+    """Up to EXAMPLES images of the first classification run's test split (one per class, the first of each), saved
+    in ``scratch``, then the images of ``folder``. It loads that run (the rest load on the first photo)."""
     found: list[str] = []
     first = next((p for p in panels if not isinstance(p, CaptionPanel)), None)
     if first is not None:
         try:
             split = first.predictor.dataset.split("test")
-            labels = split.labels
-            order = sorted(range(len(split)), key=lambda i: (list(labels[: i + 1]).count(labels[i]), i))
-            for k, i in enumerate(order[:EXAMPLES]):
+            labels, order, seen = split.labels, [], set()  # each class's first image, until EXAMPLES
+            for i, label in enumerate(labels):
+                if label not in seen:
+                    seen.add(label)
+                    order.append(i)
+                    if len(order) == EXAMPLES:
+                        break
+            for k, i in enumerate(order):
                 path = scratch / f"example-{k}-{first.predictor.classnames[int(labels[i])]}.png"
                 split.load(i).save(path)
                 found.append(str(path))
@@ -99,12 +104,14 @@ def example_images(panels: list[Panel], folder: Path | None, scratch: Path) -> l
 def build_page(run_dirs: list[Path], device: str | None = None, share_folder: Path | None = None,
                title: str = "clipadapt: your runs on your photo"):
     """The Blocks of the app for ``run_dirs`` (finished runs, ``panels.find_runs``)."""
+    import shutil
     import tempfile
+    import weakref
 
     gr = gradio()
-    panels = [make_panel(run_dir, device) for run_dir in run_dirs]
+    scratch = Path(tempfile.mkdtemp(prefix="clipadapt-app-"))  # examples and caption strips; removed with the page
+    panels = [make_panel(run_dir, device, scratch) for run_dir in run_dirs]
     names = _names(panels)
-    scratch = Path(tempfile.mkdtemp(prefix="clipadapt-app-"))
     shown = names[:SHOWN_AT_START]
     with gr.Blocks(title=title, analytics_enabled=False) as page:
         gr.Markdown(f"# {title}\nDrop a photo, paste one or take one with the webcam: every run answers side by side. "
@@ -162,6 +169,7 @@ def build_page(run_dirs: list[Path], device: str | None = None, share_folder: Pa
     page._deprecated_theme = offline_theme()  # Gradio 6 takes the theme at launch(): a bare .launch() keeps it
     page._deprecated_css = CSS
     page.clipadapt_panels = panels
+    weakref.finalize(page, shutil.rmtree, scratch, True)
     return page
 
 

@@ -42,9 +42,14 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / CONFIG_FILE).is_file() and (run_dir / METRICS_FILE).is_file()
 
 
+def _test_time(run_dir: Path) -> bool:
+    """A test-time run (``clipadapt testtime``): it kept no classifier, so the page has nothing to load."""
+    return "stream" in read_run_config(run_dir)
+
+
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """Run directories: each path is a finished run, or a folder holding finished runs (searched below it, in
-    order). One line naming the path otherwise."""
+    order; test-time runs, which keep no classifier, are passed over). One line naming the path otherwise."""
     if not paths:
         raise ConfigError("no runs given: clipadapt app RUN_OR_FOLDER...")
     found: list[Path] = []
@@ -56,7 +61,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
                 raise ConfigError(f"run '{path}' is incomplete (no {METRICS_FILE}); resume or rerun it first")
             found.append(path)
             continue
-        inside = sorted(p.parent for p in path.rglob(CONFIG_FILE) if _finished(p.parent)) if path.is_dir() else []
+        inside = sorted(p.parent for p in path.rglob(CONFIG_FILE)
+                        if _finished(p.parent) and not _test_time(p.parent)) if path.is_dir() else []
         if not inside:
             raise ConfigError(f"'{path}' is not a run directory and holds no finished runs (no {CONFIG_FILE} with "
                               f"{METRICS_FILE} below it)")
@@ -174,7 +180,7 @@ class ZeroShotPanel(ClassifierPanel):
 class CaptionPanel(Panel):
     kind = "caption"
     _run: Any = None
-    _figures: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="clipadapt-app-")))
+    figures: Path | None = None  # where its strip is drawn (the page's scratch folder), one file overwritten
 
     @property
     def loaded(self):
@@ -189,15 +195,20 @@ class CaptionPanel(Panel):
         with the decoder's attention over the patches (mean over layers); None for the mapper bridge (no patches)."""
         if not self.loaded.has_attention:
             return self.loaded.caption(photo), None
-        target = Path(tempfile.mkstemp(suffix=".png", prefix="attention-", dir=self._figures)[1])
+        if self.figures is None:
+            self.figures = Path(tempfile.mkdtemp(prefix="clipadapt-app-"))
+        target = self.figures / f"attention-{abs(hash(self.run_dir))}.png"  # Gradio copies it to its own cache
         return self.loaded.caption(photo, target), str(target)
 
 
-def make_panel(run_dir: Path, device: str | None = None) -> Panel:
+def make_panel(run_dir: Path, device: str | None = None, scratch: Path | None = None) -> Panel:
     config = read_run_config(run_dir)
+    if "stream" in config:
+        raise ConfigError(f"'{run_dir}' is a test-time run: it adapted on its test stream and kept no classifier to "
+                          f"try on a photo; give the zero-shot or trained runs")
     record = json.loads((run_dir / METRICS_FILE).read_text())
     if config.get("task") == "captioning":
-        return CaptionPanel(run_dir, device, config, record)
+        return CaptionPanel(run_dir, device, config, record, figures=scratch)
     if not config.get("method") and "ensemble" not in config:
         return ZeroShotPanel(run_dir, device, config, record)
     return ClassifierPanel(run_dir, device, config, record)
