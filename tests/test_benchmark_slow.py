@@ -107,7 +107,7 @@ def test_world_suite_runs_the_transfer_protocols(with_world, tmp_path):
     result = runner.invoke(app, ["benchmark", "--model", "world:tiny", "--suite", "world", "--methods",
                                  "linear-probe,coop", "--shots", "1", "--seeds", "1,2", "--protocol",
                                  "base-to-novel,cross-dataset,domain-shift",
-                                 "--set", "train.epochs=2", "--out", str(out)])
+                                 "--set", "train.epochs=2", "--set", "coop.epochs=2", "--out", str(out)])
     assert result.exit_code == 0, result.output  # what a method cannot measure is listed, not a failure
     assert "## Cells without a result" in result.output and "per class" in result.output
     rows = read_csv(out / "benchmark.csv")
