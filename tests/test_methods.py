@@ -195,26 +195,71 @@ def test_lora_rank_and_targets_change_the_count(tiny_clip_dir, dataset):
     assert method.num_parameters()["trainable"] == expected
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_training_leaves_frozen_weights_bit_identical(name, tiny_clip_dir, colour_folder, tmp_path):
+def watched_run(name: str, tiny_clip_dir, colour_folder, out) -> dict:
+    """``run_training`` of ``experiment(name)``, watched for every test of a plain run (they would each train the
+    same run): the model's and the method's parameters as built and the method's state (frozen weights), the order
+    of fitting and of reading test images (read-only test split), each finished epoch and each checkpoint saved
+    (resume), and the output (run directory)."""
     import clipadapt.classification.training as training
+    import clipadapt.engine.trainer as trainer_module
 
-    built = {}
-    original = training.build_method
+    seen: dict = {"events": [], "epochs": [], "checkpoints": []}
+    real_build, real_load_dataset = training.build_method, training.load_dataset
+    real_save, cls = trainer_module.save_checkpoint, METHODS.get(name).method_class
+    real_fit = cls.fit
 
-    def spy(*args, **kwargs):
-        method = original(*args, **kwargs)
-        built["method"] = method
-        built["before"] = {id(p): p.detach().clone() for p in
-                           list(method.bundle.model.parameters()) + list(method.parameters())}
-        built["state"] = method.trainable_state()
+    def build(*args, **kwargs):
+        method = real_build(*args, **kwargs)
+        seen["method"] = method
+        seen["before"] = {id(p): p.detach().clone() for p in
+                          list(method.bundle.model.parameters()) + list(method.parameters())}
+        seen["state"] = method.trainable_state()
         return method
 
-    training.build_method = spy
-    try:
-        run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "run"))
-    finally:
-        training.build_method = original
+    def load_dataset_watched(config):
+        dataset = real_load_dataset(config)
+        test = dataset.splits["test"]
+        real_load = test.load
+
+        def load(i):
+            seen["events"].append("test image")
+            return real_load(i)
+
+        test.load = load
+        return dataset
+
+    def fit(method, trainer):
+        result = real_fit(method, trainer)
+        seen["events"].append("fit done")
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "build_method", build)
+        patch.setattr(training, "load_dataset", load_dataset_watched)
+        patch.setattr(cls, "fit", fit)
+        patch.setattr(trainer_module, "save_checkpoint",
+                      lambda *args, **kwargs: seen["checkpoints"].append(args) or real_save(*args, **kwargs))
+        seen["output"] = run_training(experiment(name, tiny_clip_dir, colour_folder, out),
+                                      {"epoch_end": [epoch_recorder(seen["epochs"])]})
+    return seen
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_clip_dir, colour_folder, tmp_path_factory):
+    """``plain_run(name)``: the method's watched plain run (watched_run), trained once for the module's tests."""
+    runs: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in runs:
+            runs[name] = watched_run(name, tiny_clip_dir, colour_folder, tmp_path_factory.mktemp("plain") / "run")
+        return runs[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_training_leaves_frozen_weights_bit_identical(name, plain_run):
+    built = plain_run(name)
     method = built["method"]
     trainable = {id(p) for p in method.trainable_parameters().values()}
     params = {id(p): p for p in list(method.bundle.model.parameters()) + list(method.parameters())}
@@ -228,8 +273,8 @@ def test_training_leaves_frozen_weights_bit_identical(name, tiny_clip_dir, colou
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
-def test_run_directory_and_save_load_round_trip(name, tiny_clip_dir, colour_folder, tmp_path):
-    output = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "run"))
+def test_run_directory_and_save_load_round_trip(name, plain_run):
+    output = plain_run(name)["output"]
     run_dir = output.run_dir
     for artifact in ("config.yaml", "metrics.json", "history.csv", "curves.png", "confusion.png", "per_class.csv",
                      "predictions.png", "weights"):
@@ -320,13 +365,12 @@ def epoch_recorder(epochs: list, stop_at: int | None = None):
 
 
 @pytest.mark.parametrize("name", EPOCH_TRAINED)
-def test_resume_equals_uninterrupted_run(name, tiny_clip_dir, colour_folder, tmp_path):
+def test_resume_equals_uninterrupted_run(name, tiny_clip_dir, colour_folder, tmp_path, plain_run):
     from clipadapt.engine.checkpoint import latest_checkpoint
 
-    straight_epochs, interrupted_epochs, resumed_epochs = [], [], []
-    straight = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "straight"),
-                            {"epoch_end": [epoch_recorder(straight_epochs)]})
-    assert straight_epochs == [1, 2, 3]
+    interrupted_epochs, resumed_epochs = [], []
+    straight = plain_run(name)["output"]
+    assert plain_run(name)["epochs"] == [1, 2, 3]
 
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):  # the interrupt must fire: a run that finishes instead fails here
@@ -343,16 +387,18 @@ def test_resume_equals_uninterrupted_run(name, tiny_clip_dir, colour_folder, tmp
 
 
 @pytest.mark.parametrize("name", CLOSED_FORM)
-def test_closed_form_methods_resume_by_fitting_again(name, tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
+def test_closed_form_methods_resume_by_fitting_again(name, tiny_clip_dir, colour_folder, tmp_path, monkeypatch,
+                                                     plain_run):
     import clipadapt.engine.trainer as trainer_module
 
+    plain = plain_run(name)
+    assert plain["epochs"] == [] and plain["checkpoints"] == []  # no epoch loop: no epoch ends, nothing to checkpoint
+    straight = plain["output"]
     epochs, checkpoints = [], []
     real_save = trainer_module.save_checkpoint
     monkeypatch.setattr(trainer_module, "save_checkpoint",
                         lambda *args, **kwargs: checkpoints.append(args) or real_save(*args, **kwargs))
     callbacks = {"epoch_end": [epoch_recorder(epochs)]}  # no interrupt: outside pytest.raises it would end the session
-    straight = run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "straight"), callbacks)
-    assert epochs == [] and checkpoints == []  # no epoch loop: no epoch ends, nothing to checkpoint
 
     cls = METHODS.get(name).method_class
     real_fit = cls.fit
@@ -373,34 +419,8 @@ def test_closed_form_methods_resume_by_fitting_again(name, tiny_clip_dir, colour
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
-def test_test_split_is_read_only_after_training(name, tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
-    import clipadapt.classification.training as training
-    events = []
-    real_load_dataset = training.load_dataset
-
-    def instrumented(config):
-        dataset = real_load_dataset(config)
-        test = dataset.splits["test"]
-        real_load = test.load
-
-        def load(i):
-            events.append("test image")
-            return real_load(i)
-
-        test.load = load
-        return dataset
-
-    cls = METHODS.get(name).method_class
-    real_fit = cls.fit
-
-    def fit(method, trainer):
-        result = real_fit(method, trainer)
-        events.append("fit done")
-        return result
-
-    monkeypatch.setattr(training, "load_dataset", instrumented)
-    monkeypatch.setattr(cls, "fit", fit)
-    run_training(experiment(name, tiny_clip_dir, colour_folder, tmp_path / "run"))
+def test_test_split_is_read_only_after_training(name, plain_run):
+    events = plain_run(name)["events"]
     assert "test image" in events
     assert events.index("test image") > events.index("fit done")
 
