@@ -44,6 +44,16 @@ def isolated_home(tmp_path_factory, monkeypatch):
     return home
 
 
+@pytest.fixture
+def figures_built_not_rasterised(monkeypatch):
+    """Figures are built (every plotting path runs) but not rasterised to PNG: for the tests that train many tiny
+    runs and read no figure, where rasterising the curves and the confusion matrix is about half of a run's time.
+    tests/test_methods.py reads every method's curves.png and confusion.png."""
+    from clipadapt.reports import plots
+
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: None)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A tiny random transformers CLIP (hidden 64, 2 layers, hand-written char tokenizer) saved to disk."""

@@ -100,6 +100,7 @@ def _tower_outputs(bundle, pixels) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("figures_built_not_rasterised")  # no figure is read here: test_methods.py reads them
 @pytest.mark.parametrize("name", list_methods())
 def test_changes_towers_says_what_training_did_to_the_towers(name, tiny_clip_dir, colour_folder, control_folder,
                                                              tiny_resnet_dir, tmp_path, monkeypatch):

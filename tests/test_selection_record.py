@@ -115,6 +115,7 @@ def test_every_method_is_covered_with_both_keeps():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("figures_built_not_rasterised")  # no figure is read here: test_methods.py reads them
 @pytest.mark.parametrize(("name", "settings"), CASES)
 def test_the_record_is_what_the_run_did(name, settings, folders, tiny_clip_dir, tiny_resnet_dir, tmp_path):
     original, mirrored = folders
