@@ -26,12 +26,17 @@ LATE = ("tests/test_benchmark_slow.py", "tests/test_executors_slurm.py")  # need
 
 
 def pytest_collection_modifyitems(config, items):
-    """The world tests first and the demo last (a stable sort): under ``make test`` (pytest-xdist, by file, in this
-    order) one worker builds world:tiny from the start and goes on to the world tests and the demo in the same file,
-    while the other runs the rest; the other files that need the world (LATE) come last, once it is built."""
+    """The order of the files (a stable sort): under ``make test`` (pytest-xdist, by file, in this order) one worker
+    builds world:tiny from the start and goes on to the world tests and the demo in the same file (FIRST), while the
+    other runs the files holding slow tests; then the other files that need the world (LATE), once it is built; the
+    files of quick tests last, to fill the tail: whichever worker is done first takes them instead of idling while
+    the other ends a long file (with LATE at the very end, one worker took both LATE files, pytest-xdist handing a
+    worker another file whenever it has two tests or fewer to go, and the other sat idle for minutes)."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+
     def rank(item) -> int:
         path = item.nodeid.split("::")[0]
-        return 0 if path == FIRST else 2 if path in LATE else 1
+        return 0 if path == FIRST else 2 if path in LATE else 1 if path in slow else 3
 
     items.sort(key=rank)
 
