@@ -391,7 +391,10 @@ def test_coop_on_cached_features_equals_coop_re_encoding_the_images(tiny_clip_di
     assert cached.record["config"]["coop"]["image_features"] == "cached"
     assert recompute.record["config"]["coop"]["image_features"] == "recompute"  # (speed: benchmarks/, not here)
     torch.testing.assert_close(cached.result.logits, recompute.result.logits, rtol=1e-4, atol=1e-4)
-    assert cached.record["metrics"] == recompute.record["metrics"]
+    exact = {k: v for k, v in cached.record["metrics"].items() if k != "ece"}  # counts of correct answers
+    assert exact == {k: v for k, v in recompute.record["metrics"].items() if k != "ece"}
+    # ECE averages confidences, which differ within the logits' tolerance
+    assert cached.record["metrics"]["ece"] == pytest.approx(recompute.record["metrics"]["ece"], abs=1e-5)
 
 
 # -- pictures of the learned visual prompt ---------------------------------------------------------------------
