@@ -318,6 +318,15 @@ class Method(TrainableModule):
 
 
 
+def shots_budget(trainer, iterations: int | None, per_shot: int) -> int | None:
+    """The step budget of the methods whose reference counts iterations: ``iterations`` when set, else ``per_shot``
+    x the run's shots; None for a run without shots (a whole dataset: it trains ``train.epochs``)."""
+    if iterations is not None:
+        return iterations
+    shots = trainer.data.dataset.info.get("shots")
+    return per_shot * int(shots) if shots else None
+
+
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from clipadapt.config import option
 from clipadapt.errors import ConfigError
-from clipadapt.methods.base import register_method
+from clipadapt.methods.base import register_method, shots_budget
 from clipadapt.methods.lora import LoRA, PeftLoRAConfig
 
 ITERATIONS_PER_SHOT = 500  # the reference code's n_iters; its total is n_iters x shots
@@ -63,10 +63,7 @@ class ClipLoRA(LoRA):
     def train_steps(self, trainer) -> int | None:
         """``clip_lora.iterations``, else 500 x the run's shots; a run without shots (a whole dataset) returns None
         and trains ``train.epochs``."""
-        if self.config.iterations is not None:
-            return self.config.iterations
-        shots = trainer.data.dataset.info.get("shots")
-        return ITERATIONS_PER_SHOT * shots if shots else None
+        return shots_budget(trainer, self.config.iterations, ITERATIONS_PER_SHOT)
 
     def per_class_state(self) -> list[str]:
         """Nothing: the adapters are shared by all classes, and the classifier is computed from the class names."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from clipadapt.config import option
 from clipadapt.errors import ConfigError
-from clipadapt.methods.base import Method, MethodConfig, register_method
+from clipadapt.methods.base import Method, MethodConfig, register_method, shots_budget
 from clipadapt.methods.lora import TOWERS, module_names
 from clipadapt.methods.svd_linear import SVDLinear, decompose, merged, recompose
 from clipadapt.models.bundle import ClipBundle
@@ -108,10 +108,7 @@ class ClipSVD(Method):
     def train_steps(self, trainer) -> int | None:
         """``clip_svd.iterations``, else 200 x the run's shots; a run without shots (a whole dataset) returns None
         and trains ``train.epochs``."""
-        if self.config.iterations is not None:
-            return self.config.iterations
-        shots = trainer.data.dataset.info.get("shots")
-        return ITERATIONS_PER_SHOT * shots if shots else None
+        return shots_budget(trainer, self.config.iterations, ITERATIONS_PER_SHOT)
 
     def per_class_state(self) -> list[str]:
         """Nothing: the singular values are shared by all classes, and the classifier is computed from the names."""

@@ -40,7 +40,7 @@ from clipadapt.config import option
 from clipadapt.engine.checkpoint import CHECKPOINT_DIR
 from clipadapt.engine.trainable import OptimizerConfig
 from clipadapt.errors import ConfigError
-from clipadapt.methods.base import Method, register_method
+from clipadapt.methods.base import Method, register_method, shots_budget
 from clipadapt.methods.heads import TextHead, cosine_logits
 from clipadapt.methods.towers import text_layers, vision_layers
 
@@ -171,10 +171,7 @@ class TwoStageFewShot(Method):
 
     # -- the budget and the two stages ----------------------------------------------------------------------
     def total_steps(self, trainer) -> int | None:
-        shots = trainer.data.dataset.info.get("shots")
-        if self.config.iterations is not None:
-            return self.config.iterations
-        return self.config.iterations_per_shot * int(shots) if shots else None
+        return shots_budget(trainer, self.config.iterations, self.config.iterations_per_shot)
 
     def train_steps(self, trainer) -> int | None:
         return self._budget
