@@ -128,6 +128,9 @@ def test_a_test_time_run_is_skipped_or_refused_where_a_classifier_is_needed(tiny
     with pytest.raises(clipadapt.ConfigError, match="is a test-time run: it adapted on its test stream and kept no "
                                                     "model to export"):
         clipadapt.export(tda.dir, tmp_path / "export")
+    with pytest.raises(clipadapt.ClipAdaptError, match=r"is a test-time run \(tda\): it adapted on its test stream "
+                                                       r"and kept no weights to load"):
+        clipadapt.evaluate(tda.dir, device="cpu")
     from clipadapt.reports.collect import find_runs as collect
 
     labels = sorted(r.label for r in collect([tmp_path / "runs"]))

@@ -44,10 +44,10 @@ def space(runs: PathLike | Sequence[PathLike] | Any, out: PathLike, *, overwrite
     images. Runs that cannot be exported, and caption runs, are refused in one line before anything is written."""
     from clipadapt.webapp.page import example_images
     from clipadapt.webapp.panels import make_panel
-    from clipadapt.webapp.space import check_space_runs, write_space
+    from clipadapt.webapp.space import check_space, write_space
 
     run_dirs = _run_paths(runs)
-    check_space_runs(run_dirs)
+    check_space(run_dirs, out, overwrite)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="clipadapt-space-") as scratch:

@@ -39,6 +39,9 @@ def load_run(run_dir: str | Path, device: str | None = None, data: Sequence[str]
     run_dir = Path(run_dir)
     raw = read_run_config(run_dir)
     method_name = raw.get("method")
+    if "stream" in raw:
+        raise ClipAdaptError(f"'{run_dir}' is a test-time run ({raw['stream'].get('method')}): it adapted on its "
+                             f"test stream and kept no weights to load; its metrics.json already scores that stream")
     if method_name is None:
         raise ClipAdaptError(f"'{run_dir}' is not a training run (its config names no method)")
     experiment = from_dict(experiment_class(method_name), raw)

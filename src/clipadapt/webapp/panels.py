@@ -96,7 +96,6 @@ class Panel:
     device: str | None = None
     config: dict = field(default_factory=dict)
     record: dict = field(default_factory=dict)
-    kind = "classify"
 
     @property
     def title(self) -> str:
@@ -148,7 +147,6 @@ class ClassifierPanel(Panel):
 
 @dataclass
 class ZeroShotPanel(ClassifierPanel):
-    kind = "zeroshot"
     _edited: dict = field(default_factory=dict)
 
     @property
@@ -178,7 +176,6 @@ class ZeroShotPanel(ClassifierPanel):
 
 @dataclass
 class CaptionPanel(Panel):
-    kind = "caption"
     _run: Any = None
     figures: Path | None = None  # where its strip is drawn (the page's scratch folder), one file overwritten
 

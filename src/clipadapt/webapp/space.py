@@ -33,10 +33,12 @@ def _gradio_version() -> str:
     return gradio.__version__
 
 
-def check_space_runs(run_dirs: list[Path]) -> None:
-    """Refuse, in one line and before any model loads, the runs a Space cannot serve."""
+def check_space(run_dirs: list[Path], out: str | Path, overwrite: bool = False) -> None:
+    """Refuse, in one line and before any model loads, the runs a Space cannot serve and an existing ``out``."""
     from clipadapt.classification.export import export_refusal
 
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"'{out}' already exists; pass --overwrite to replace it")
     if not run_dirs:
         raise ConfigError("no runs to put in the Space")
     for run_dir in run_dirs:
@@ -55,13 +57,11 @@ def _front_matter(title: str, gradio_version: str) -> list[str]:
 
 def write_space(run_dirs: list[Path], out: str | Path, overwrite: bool = False, device: str | None = None,
                 examples: list[str] | None = None, title: str = "clipadapt runs") -> dict:
-    """Write the Space folder ``out`` for ``run_dirs``; returns ``{"out", "models", "files"}``."""
+    """Write the Space folder ``out`` for ``run_dirs`` (checked with ``check_space`` first); returns ``{"out",
+    "models", "files"}``."""
     from clipadapt.classification.export import export_run
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"'{out}' already exists; pass --overwrite to replace it")
-    check_space_runs(run_dirs)
     gradio_version = _gradio_version()
     models = []
     with staged_directory(out, overwrite=overwrite) as stage:
