@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipadapt.classification.testtime import TdaConfig, order_digest, stream_order, tda_stream
+from clipadapt.classification.testtime import TdaConfig, choose_views, order_digest, stream_order, tda_stream
 from clipadapt.errors import ConfigError
 
 
@@ -25,10 +25,32 @@ def stream(n=120, classes=6, dim=16, seed=0):
     return features, head
 
 
+def get_clip_logits(image_features, scale, clip_weights):
+    """kdiAAA/TDA utils.py:64-85 after the image encoder (its features normalised), with avg_entropy (lines 28-33)."""
+    clip_logits = scale * image_features @ clip_weights
+    if image_features.size(0) > 1:
+        batch_entropy = -(clip_logits.softmax(1) * clip_logits.log_softmax(1)).sum(1)
+        selected_idx = torch.argsort(batch_entropy, descending=False)[:int(batch_entropy.size()[0] * 0.1)]
+        output = clip_logits[selected_idx]
+        image_features = image_features[selected_idx].mean(0).unsqueeze(0)
+        clip_logits = output.mean(0).unsqueeze(0)
+        logits = output - output.logsumexp(dim=-1, keepdim=True)
+        avg_logits = logits.logsumexp(dim=0) - np.log(logits.shape[0])
+        avg_logits = torch.clamp(avg_logits, min=torch.finfo(avg_logits.dtype).min)
+        loss = -(avg_logits * torch.exp(avg_logits)).sum(dim=-1)
+        prob_map = output.softmax(1).mean(0).unsqueeze(0)
+        pred = int(output.mean(0).unsqueeze(0).topk(1, 1, True, True)[1].t())
+    else:
+        loss = -(clip_logits.softmax(1) * clip_logits.log_softmax(1)).sum(1)
+        prob_map = clip_logits.softmax(1)
+        pred = int(clip_logits.topk(1, 1, True, True)[1].t()[0])
+    return image_features, clip_logits, loss, prob_map, pred
+
+
 def reference_tda(features, head, scale, order, pos=(3, 2.0, 5.0), neg=(2, 0.117, 1.0), entropy=(0.2, 0.5),
                   mask=(0.03, 1.0)):
-    """kdiAAA/TDA's tda_runner.py (update_cache, compute_cache_logits, run_test_tda) and utils.get_clip_logits for
-    one view, on the CPU in float64, otherwise as written there."""
+    """kdiAAA/TDA's tda_runner.py (update_cache, compute_cache_logits, run_test_tda) and utils.get_clip_logits, on
+    the CPU in float64, otherwise as written there. ``features``: (N, D), or (N, V, D) for V views per image."""
     def update_cache(cache, pred, features_loss, shot_capacity, include_prob_map=False):
         item = features_loss if not include_prob_map else features_loss[:2] + [features_loss[2]]
         if pred in cache:
@@ -59,11 +81,10 @@ def reference_tda(features, head, scale, order, pos=(3, 2.0, 5.0), neg=(2, 0.117
     clip_weights = head.double().T
     pos_cache, neg_cache, out = {}, {}, {}
     for i in order:
-        image_features = features[int(i)].double()[None]
-        clip_logits = scale * image_features @ clip_weights
-        loss = -(clip_logits.softmax(1) * clip_logits.log_softmax(1)).sum(1)
-        prob_map = clip_logits.softmax(1)
-        pred = int(clip_logits.topk(1, 1, True, True)[1].t()[0])
+        image_features = features[int(i)].double()
+        if image_features.dim() == 1:
+            image_features = image_features[None]
+        image_features, clip_logits, loss, prob_map, pred = get_clip_logits(image_features, scale, clip_weights)
         prop_entropy = float(loss / math.log2(clip_weights.size(1)))
         update_cache(pos_cache, pred, [image_features, loss], pos[0])
         if entropy[0] < prop_entropy < entropy[1]:
@@ -86,6 +107,34 @@ def test_tda_is_the_reference_algorithm():
     assert len(state.negative) > 0 and len(state.positive) > 0  # both caches were used on this stream
     zero_shot = 10.0 * features @ head.T
     assert (logits.argmax(-1) != zero_shot.argmax(-1)).any()  # and they changed some answers
+
+
+def test_tda_through_views_is_the_reference_s_multi_view_path():
+    """ImageNet's shifts in the reference: each image through itself and 63 AugMix views, the 10% most confident
+    averaged; their mean probabilities' entropy and values go to the caches."""
+    generator = torch.Generator().manual_seed(3)
+    features, head = stream(n=60)
+    views = F.normalize(features[:, None] + 0.6 * torch.randn(60, 64, 16, generator=generator) / 4, dim=-1)
+    order = stream_order(len(features), seed=1)
+    chosen = [choose_views(views[i], head, 10.0, 0.1) for i in range(len(views))]
+    mean_features = torch.stack([feature for feature, _ in chosen])
+    probabilities = torch.stack([probability for _, probability in chosen])
+    logits, state = tda_stream(mean_features, head, 10.0, TdaConfig(views=63), order, probabilities)
+    expected = reference_tda(views, head, 10.0, order)
+    assert torch.allclose(logits.double(), expected, atol=1e-4)
+    assert len(state.negative) > 0 and len(state.positive) > 0
+    single = reference_tda(mean_features, head, 10.0, order)  # the one-view path on the same features differs
+    assert not torch.allclose(single, expected, atol=1e-3)
+
+
+def test_tda_views_default_to_the_reference_s_choice_by_dataset():
+    assert TdaConfig().views_for("imagenet-a") == TdaConfig().views_for("imagenet-sketch") == 63
+    assert TdaConfig().views_for("imagenet") == TdaConfig().views_for("caltech101") == 0
+    assert TdaConfig(views=8).views_for("caltech101") == 8 and TdaConfig(views=0).views_for("imagenet-r") == 0
+    with pytest.raises(ConfigError, match="tda.views must be -1"):
+        TdaConfig(views=-2).check()
+    with pytest.raises(ConfigError, match="tda.selection must keep at least one of the 4 views"):
+        TdaConfig(views=3, selection=0.1).check()
 
 
 def test_tda_with_empty_caches_is_zero_shot():

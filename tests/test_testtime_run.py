@@ -43,12 +43,13 @@ def test_a_test_time_run_is_labelled_and_records_its_stream(method, tiny_clip_di
     assert [r["position"] for r in predictions(other.dir)] != [r["position"] for r in rows]
 
 
-@pytest.mark.parametrize("method", ["tda", "tpt"])
-def test_the_labels_never_reach_the_method(method, tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("method", "settings"), [("tda", []), ("tda", ["tda.views=3", "tda.selection=0.5"]),
+                                                  ("tpt", [])], ids=["tda", "tda-views", "tpt"])
+def test_the_labels_never_reach_the_method(method, settings, tiny_clip_dir, colour_folder, tmp_path, monkeypatch):
     """The same stream with its labels scrambled gives the same predictions: the labels are read only to score."""
     import clipadapt.classification.testtime_run as testtime_run
 
-    first = run(method, tiny_clip_dir, colour_folder, tmp_path / "true")
+    first = run(method, tiny_clip_dir, colour_folder, tmp_path / "true", *settings)
     encode = testtime_run.encode_split
 
     def scrambled(*args, **kwargs):
@@ -57,8 +58,11 @@ def test_the_labels_never_reach_the_method(method, tiny_clip_dir, colour_folder,
         return encoded
 
     monkeypatch.setattr(testtime_run, "encode_split", scrambled)
-    second = run(method, tiny_clip_dir, colour_folder, tmp_path / "scrambled", "run.feature_cache=false")
+    second = run(method, tiny_clip_dir, colour_folder, tmp_path / "scrambled", "run.feature_cache=false", *settings)
     assert predictions(second.dir) == predictions(first.dir)
+    if method == "tda":  # the views it ran with are recorded, resolved (-1 is the reference's choice by dataset)
+        views = 3 if settings else 0
+        assert first.record["stream"]["views"] == first.record["config"]["tda"]["views"] == views
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_clip_dir, colour_folder, tmp_path):

@@ -23,24 +23,36 @@ github.com/kdiAAA/TDA at e697fb0, ``tda_runner.py`` and ``utils.py``): training-
   every dataset; the reference sets alpha and beta per dataset (``configs/*.yaml``, e.g. caltech101 alpha 5.0,
   dtd beta 3.0), chosen on those datasets' test results: we do not tune on test, so one setting serves all.
 * Stream order: the reference shuffles the test loader under ``torch.manual_seed(1)`` (``tda_runner.py:116``,
-  ``utils.py:130-139``); ours is ``numpy.random.default_rng(seed).permutation`` with ``seed`` recorded. On ImageNet's
-  shifts (A, V, R, Sketch) the reference averages the 10% most confident of 63 AugMix views (``utils.py:76-85``);
-  on ImageNet and the ten cross-domain datasets it uses one view, as here.
+  ``utils.py:130-139``); ours is ``numpy.random.default_rng(seed).permutation`` with ``seed`` recorded.
+* Views: on ImageNet's shifts (A, V2, R, Sketch) the reference classifies each image through itself and 63 AugMix
+  views (``get_ood_preprocess``, ``utils.py:88-99``, for those four only, ``utils.py:127-130``): the 10% with the
+  lowest entropy (6 of 64) give the mean of their normalised features (not normalised again) as the image's feature,
+  their mean logits as its logits, and the entropy of their mean probabilities (``avg_entropy``) and those mean
+  probabilities to the caches (``get_clip_logits``, ``utils.py:64-85``). On ImageNet and the ten cross-domain
+  datasets it uses the image alone. ``tda.views=-1`` (default) follows that choice by dataset; ``0`` is the image
+  alone, ``63`` the views anywhere. Ours seed each image's views by (``tda.seed``, its position in the split), so its
+  feature does not depend on the stream's order; the reference draws from NumPy's global generator.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipadapt.config import option
+from clipadapt.data.augmix import augmented_views
 from clipadapt.errors import ConfigError
 
 PROTOCOL_LABEL = "test-time (unlabelled test stream)"
+# the datasets the reference classifies through AugMix views (its 'A', 'V', 'R', 'S': kdiAAA/TDA utils.py:127-130)
+VIEW_DATASETS = ("imagenet-a", "imagenet-v2", "imagenet-r", "imagenet-sketch")
+REFERENCE_VIEWS = 63  # get_ood_preprocess's n_views (utils.py:97)
 
 
 def stream_order(count: int, seed: int) -> np.ndarray:
@@ -65,14 +77,30 @@ class TdaConfig:
     entropy_upper: float = option(0.5, help="normalised entropy below which an image may enter the negative cache")
     mask_lower: float = option(0.03, help="class probabilities above this are the negative cache's values")
     mask_upper: float = option(1.0, help="class probabilities below this are the negative cache's values")
+    views: int = option(-1, help="AugMix views per image besides itself (-1: as the reference, 63 on ImageNet-A, "
+                                 "-V2, -R and -Sketch and none elsewhere; 0: the image alone)")
+    selection: float = option(0.1, help="with views: the fraction of the most confident ones averaged")
+    seed: int = option(0, help="with views: seed of every image's views (with its position in the split)")
 
     def check(self) -> None:
         for name in ("positive_capacity", "negative_capacity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"tda.{name} must be 0 or more, got {getattr(self, name)}")
+        if self.views < -1:
+            raise ConfigError(f"tda.views must be -1 (the reference's choice by dataset), 0 or more, got {self.views}")
+        if self.views > 0 and (not 0 < self.selection <= 1 or int((self.views + 1) * self.selection) < 1):
+            raise ConfigError(f"tda.selection must keep at least one of the {self.views + 1} views, got "
+                              f"{self.selection}")
         if not self.entropy_lower <= self.entropy_upper:
             raise ConfigError(f"tda.entropy_lower ({self.entropy_lower}) must not exceed tda.entropy_upper "
                               f"({self.entropy_upper})")
+
+
+    def views_for(self, dataset: str) -> int:
+        """The views TDA classifies each image of ``dataset`` through (``-1`` resolved as the reference does)."""
+        if self.views >= 0:
+            return self.views
+        return REFERENCE_VIEWS if dataset in VIEW_DATASETS else 0
 
 
 def _entropy(logits: torch.Tensor) -> float:
@@ -124,11 +152,46 @@ class TdaState:
     negative: Cache
 
 
+def choose_views(found: torch.Tensor, head: torch.Tensor, scale: float, selection: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's normalised view features (V, D): the ``selection`` of them with the lowest entropy give its
+    feature (their mean) and its probabilities (their mean probabilities)."""
+    logits = scale * found @ head.T
+    entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+    chosen = torch.argsort(entropy, descending=False)[: int(len(logits) * selection)]
+    return found[chosen].mean(0), logits[chosen].softmax(1).mean(0)
+
+
+@torch.no_grad()
+def view_features(bundle, head: torch.Tensor, scale: float, load: Callable[[int], Image.Image], count: int,
+                  views: int, selection: float, seed: int, on_image: Callable[[], None] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image ``load(i)``: itself and ``views`` AugMix views, of which the ``selection`` with the lowest entropy
+    give the image's feature (their mean normalised feature, not normalised again) and its probabilities (their mean
+    probabilities), as the reference's ``get_clip_logits`` (``utils.py:64-85``). Returns (count, D) and (count, C)
+    in the split's order; images only reach it, no label."""
+    features = probabilities = None
+    head = head.to(bundle.device).float()
+    for position in range(count):
+        rng = np.random.default_rng([seed, position])
+        batch = augmented_views(load(position), bundle.preprocess, views, True, rng).to(bundle.device)
+        found = torch.nn.functional.normalize(bundle.encode_image(batch).float(), dim=-1)
+        feature, probability = choose_views(found, head, scale, selection)
+        if features is None:
+            features, probabilities = torch.empty(count, found.shape[1]), torch.empty(count, head.shape[0])
+        features[position], probabilities[position] = feature.cpu(), probability.cpu()
+        if on_image is not None:
+            on_image()
+    return features, probabilities
+
+
 @torch.no_grad()
 def tda_stream(features: torch.Tensor, head: torch.Tensor, scale: float, config: TdaConfig,
-               order: np.ndarray) -> tuple[torch.Tensor, TdaState]:
+               order: np.ndarray, probabilities: torch.Tensor | None = None) -> tuple[torch.Tensor, TdaState]:
     """TDA over the stream ``order`` of normalised image ``features`` (N, D) with the zero-shot ``head`` (C, D):
-    returns the adapted logits (N, C) in the split's own order (row i answers image i), and the final caches."""
+    returns the adapted logits (N, C) in the split's own order (row i answers image i), and the final caches.
+    ``probabilities`` (N, C), from ``view_features``: the images' mean probabilities over their chosen views, whose
+    entropy and values go to the caches in place of the softmax of the logits (the reference's multi-view path)."""
     config.check()
     classes = head.shape[0]
     max_entropy = math.log2(classes)
@@ -136,12 +199,16 @@ def tda_stream(features: torch.Tensor, head: torch.Tensor, scale: float, config:
     out = torch.empty(len(features), classes, dtype=torch.float64)
     for index in np.asarray(order, dtype=np.int64):
         feature = features[int(index)].double()
-        logits = scale * feature @ head.double().T
-        predicted, entropy = int(logits.argmax()), _entropy(logits)
-        probabilities = logits.softmax(-1)
-        positive.add(predicted, feature, entropy, probabilities)
+        logits = scale * feature @ head.double().T  # with views: the mean of the chosen views' logits
+        predicted = int(logits.argmax())
+        if probabilities is None:
+            entropy, values = _entropy(logits), logits.softmax(-1)
+        else:
+            values = probabilities[int(index)].double()
+            entropy = float(-(values * values.clamp_min(torch.finfo(torch.float64).tiny).log()).sum())
+        positive.add(predicted, feature, entropy, values)
         if config.entropy_lower < entropy / max_entropy < config.entropy_upper:
-            negative.add(predicted, feature, entropy, probabilities)
+            negative.add(predicted, feature, entropy, values)
         adapted = logits.clone()
         if len(positive):
             adapted += positive.logits(feature, classes, config.positive_alpha, config.positive_beta)

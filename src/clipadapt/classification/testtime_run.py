@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipadapt.classification import testtime
 from clipadapt.classification.artifacts import write_evaluation_artifacts
 from clipadapt.classification.testtime import PROTOCOL_LABEL, TdaConfig, order_digest, stream_order, tda_stream
 from clipadapt.classification.tpt import TptConfig, tpt_stream
@@ -88,6 +89,8 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, method)
     check_run_dir(run_dir, cfg.run.overwrite)
     dataset = load_dataset(cfg.data)
+    # the record says what ran: tda.views=-1 (the reference's choice by dataset) is saved resolved
+    cfg = dataclasses.replace(cfg, tda=dataclasses.replace(cfg.tda, views=cfg.tda.views_for(dataset.name)))
     # the classifier each method starts from: TDA's reference builds it from CoOp's prompt of each dataset
     # (kdiAAA/TDA utils.py:44-61 with the CoOp dataset classes' templates); TPT's is its initial prompt
     start = [dataset.coop_template_set] if method == "tda" else [f"{cfg.tpt.init.strip()} {{}}."]
@@ -102,12 +105,19 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     zero_shot = zero_shot_logits(bundle, encoded.features, head)
     order = stream_order(len(encoded.features), cfg.stream.seed)
     start = time.perf_counter()
+    positions = encoded.positions  # readable images only, in the split's order
     if method == "tda":
-        logits, state = tda_stream(encoded.features, head, float(bundle.logit_scale.detach().float()), cfg.tda, order)
-        kept = {"positive_cache": len(state.positive), "negative_cache": len(state.negative)}
+        scale, features, probabilities = float(bundle.logit_scale.detach().float()), encoded.features, None
+        if cfg.tda.views:
+            with progress_bar(f"tda ({cfg.tda.views} views per image)", len(positions)) as advance:
+                features, probabilities = testtime.view_features(
+                    bundle, head, scale, lambda i: split.load(int(positions[i])), len(positions), cfg.tda.views,
+                    cfg.tda.selection, cfg.tda.seed, on_image=advance)
+        logits, state = tda_stream(features, head, scale, cfg.tda, order, probabilities)
+        kept = {"positive_cache": len(state.positive), "negative_cache": len(state.negative),
+                "views": cfg.tda.views}
         trainable = 0
     else:
-        positions = encoded.positions  # readable images only, in the split's order
         with progress_bar("tpt (prompt tuned per image)", len(order)) as advance:
             logits, trainable = tpt_stream(bundle, dataset.classnames, lambda i: split.load(int(positions[i])),
                                            len(positions), order, cfg.tpt, on_image=advance)

@@ -5,14 +5,14 @@ Protocols (``--protocol``, several at once share their runs):
 
 * ``few-shot``: K-shot training sets (K = 1, 2, 4, 8, 16) drawn per class with seeds 1, 2, 3 as CoOp's code draws
   them (``data.sampler=coop``: validation min(K, 4) per class, K for prolip-val as ProLIP's code; a class with fewer
-  images keeps them all), test on the full test split; accuracy as mean ± std
-  over seeds per dataset and the average over datasets, and the accuracy-against-shots curve.
+  images keeps them all), test on the full test split; accuracy as mean ± std over seeds per dataset and the average
+  over datasets, and the accuracy-against-shots curve.
 * ``base-to-novel`` (CoCoOp): classes sorted by label, the first half is base (``data.subsample=base``); train on
   base (16 shots), test on base and on the novel half (relabelled from 0, the classifier built from their names).
 * ``cross-dataset``: train on the source (ImageNet in coop11), test on every other dataset's classes.
 * ``domain-shift``: train on the source, test on its shifted versions (ImageNet-V2, -Sketch, -A, -R).
 * ``test-time`` (not in ``all``): zero-shot and tda, tpt on the source, its shifts and the other datasets, each test
-  split an unlabelled stream per seed (order; TPT's views) in ``OUT/runs/<dataset>/<method>/stream-seed<S>``.
+  split an unlabelled stream per seed (order; TPT's, TDA's views) in ``OUT/runs/<dataset>/<method>/stream-seed<S>``.
 
 Every cell is a normal run directory, ``OUT/runs/<dataset>[-base]/<method>/<K>shot-seed<S>`` (zero-shot:
 ``OUT/runs/<dataset>[-base|-new]/zeroshot``), so a 16-shot ImageNet run serves few-shot, cross-dataset and
@@ -22,8 +22,7 @@ datasets) and nothing chosen. Model selection of the methods stays on the few-sh
 is evaluated once per run. An oracle (chosen on test: ``--set zeroshot.select_on=test``, or a kept run directory
 that is one) is refused before anything runs. ``benchmark.csv``, ``benchmark.md`` and ``report.html`` are written
 from the run directories (experiments.benchmark_report), whichever executor ran them, so ``--skip-existing`` after
-an interruption runs exactly the cells without results and rebuilds the same tables.
-"""
+an interruption runs exactly the cells without results and rebuilds the same tables."""
 
 from __future__ import annotations
 
@@ -305,7 +304,8 @@ def train_cell(cell: BenchCell, resume: bool) -> None:
         from clipadapt.classification.testtime_run import TestTimeExperiment, run_test_time
 
         run_test_time(apply_overrides(TestTimeExperiment(), common + cell.overrides + format_overrides(
-            {"stream.method": cell.method, "stream.seed": cell.seed, "tpt.seed": cell.seed}) + ["run.overwrite=true"]))
+            {"stream.method": cell.method, "stream.seed": cell.seed, "tpt.seed": cell.seed, "tda.seed": cell.seed,
+             "run.overwrite": True})))
         return
     flags = format_overrides({"data.shots": cell.shots, "data.sampler": "coop", "data.seed": cell.seed,
                               "run.seed": cell.seed})
