@@ -251,3 +251,14 @@ def test_tpt_refuses_a_model_whose_text_tower_it_cannot_prompt_and_bad_settings(
                               ({"init": " "}, "tpt.init must be a phrase")]:
         with pytest.raises(ConfigError, match=message):
             Tpt(tiny_bundle, ["red", "green"], TptConfig(**settings))
+
+
+def test_tpt_augmix_defaults_to_the_reference_s_choice_by_dataset():
+    """The reference: ``augmix=len(set_id) > 1``, off on ImageNet (I) and its variants (A, V, R, K)."""
+    from clipadapt.classification.tpt import TptConfig
+
+    for name in ("imagenet", "imagenet-a", "imagenet-v2", "imagenet-r", "imagenet-sketch"):
+        assert TptConfig().augmix_for(name) is False
+    assert TptConfig().augmix_for("caltech101") is TptConfig().augmix_for("world:shapes") is True
+    assert TptConfig(augmix=True).augmix_for("imagenet") is True
+    assert TptConfig(augmix=False).augmix_for("dtd") is False

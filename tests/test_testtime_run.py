@@ -63,6 +63,7 @@ def test_the_labels_never_reach_the_method(method, settings, tiny_clip_dir, colo
     if method == "tda":  # the views it ran with are recorded, resolved (-1 is the reference's choice by dataset)
         views = 3 if settings else 0
         assert first.record["stream"]["views"] == first.record["config"]["tda"]["views"] == views
+    assert first.record["config"]["tpt"]["augmix"] is True  # unset: AugMix off on ImageNet's family only
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_clip_dir, colour_folder, tmp_path):

@@ -89,8 +89,9 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg.model.spec, cfg.data.dataset, method)
     check_run_dir(run_dir, cfg.run.overwrite)
     dataset = load_dataset(cfg.data)
-    # the record says what ran: tda.views=-1 (the reference's choice by dataset) is saved resolved
-    cfg = dataclasses.replace(cfg, tda=dataclasses.replace(cfg.tda, views=cfg.tda.views_for(dataset.name)))
+    # the record says what ran: tda.views=-1 and an unset tpt.augmix (the references' choices by dataset) resolved
+    cfg = dataclasses.replace(cfg, tda=dataclasses.replace(cfg.tda, views=cfg.tda.views_for(dataset.name)),
+                              tpt=dataclasses.replace(cfg.tpt, augmix=cfg.tpt.augmix_for(dataset.name)))
     # the classifier each method starts from: TDA's reference builds it from CoOp's prompt of each dataset
     # (kdiAAA/TDA utils.py:44-61 with the CoOp dataset classes' templates); TPT's is its initial prompt
     start = [dataset.coop_template_set] if method == "tda" else [f"{cfg.tpt.init.strip()} {{}}."]

@@ -7,7 +7,8 @@ Per image of the stream, with no label (``tpt_classification.py:237-310``):
    four context vectors from those words, CoOp's prompt learner: ``methods.coop.PromptLearner``), and so is the
    optimizer's state (``optimizer.load_state_dict(optim_state)``, line 275): each image starts from the same place;
 2. the image and 63 augmented views (``batch_size 64``, line 322, minus one; ``data.augmix.augmented_views``: AugMix
-   on the fine-grained datasets, plain random resized crops on ImageNet and its variants, lines 171-172);
+   on the fine-grained datasets, plain random resized crops on ImageNet and its variants, lines 171-172: ``tpt.augmix``
+   unset makes the same choice by dataset and the run records it);
 3. ``tta_steps`` (1, line 331) AdamW steps (lr 5e-3, line 323; torch's defaults otherwise, line 145) minimising the
    entropy of the mean probability (``avg_entropy``, lines 46-51) of the ``selection_p`` (0.1, line 330) most
    confident views (lowest entropy, ``select_confident_samples``, lines 41-44);
@@ -29,12 +30,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipadapt.classification.testtime import VIEW_DATASETS
 from clipadapt.config import option
 from clipadapt.data.augmix import augmented_views
 from clipadapt.errors import ConfigError
 from clipadapt.methods.coop import CoOpConfig, PromptLearner
 from clipadapt.methods.towers import text_token_embedding
 from clipadapt.models.bundle import ClipBundle
+
+IMAGENET_FAMILY = ("imagenet", *VIEW_DATASETS)  # the reference's one-letter set_ids: I, A, V, R, K
 
 
 @dataclass
@@ -45,8 +49,8 @@ class TptConfig:
     selection: float = option(0.1, help="fraction of the most confident views the entropy is taken over "
                                         "(selection_p)")
     init: str = option("a photo of a", help="the prompt's initial context, one vector per token (ctx_init)")
-    augmix: bool = option(True, help="AugMix views (the reference: on for the fine-grained datasets, off for "
-                                     "ImageNet and its variants)")
+    augmix: bool | None = option(None, help="AugMix views (default, null: as the reference, off on ImageNet and "
+                                            "its variants, on elsewhere)")
     seed: int = option(0, help="seed of every image's views (with its position in the split)")
 
     def check(self) -> None:
@@ -59,6 +63,14 @@ class TptConfig:
                               f"{self.selection}")
         if not self.init.strip():
             raise ConfigError("tpt.init must be a phrase (the reference's 'a photo of a')")
+
+
+    def augmix_for(self, dataset: str) -> bool:
+        """Whether the views of ``dataset``'s images are AugMix'd (unset: the reference's ``augmix=len(set_id) > 1``,
+        ``tpt_classification.py:171-172``, off on ImageNet and its variants A, V2, R, Sketch)."""
+        if self.augmix is not None:
+            return self.augmix
+        return dataset not in IMAGENET_FAMILY
 
 
 def average_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -99,7 +111,7 @@ class Tpt:
         with torch.no_grad():
             self.learner.ctx.copy_(self.initial)
         rng = np.random.default_rng([config.seed, position])
-        views = augmented_views(image, self.bundle.preprocess, config.views, config.augmix, rng)
+        views = augmented_views(image, self.bundle.preprocess, config.views, config.augmix is not False, rng)
         with torch.no_grad():
             features = torch.nn.functional.normalize(self.bundle.encode_image(views.to(self.bundle.device)).float(),
                                                      dim=-1)
