@@ -98,6 +98,19 @@ def colour_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def four_colour_folder(tmp_path_factory) -> Path:
+    """Four classes, so that base and new (CoOp's halves) have two each; six images per class."""
+    from tests.helpers import FOUR_COLOURS, coloured_image
+
+    root = tmp_path_factory.mktemp("four-colours")
+    for name, colour in FOUR_COLOURS.items():
+        (root / name).mkdir()
+        for i in range(6):
+            coloured_image(colour, (40, 30), seed=i).save(root / name / f"img_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
 def world_home(tmp_path_factory) -> Path:
     """A $CLIPADAPT_HOME holding world:tiny, built once per test session with the default recipe.
 

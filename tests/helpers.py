@@ -44,6 +44,9 @@ def require_ray() -> None:
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 
 
+FOUR_COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 210, 40)}
+
+
 def coloured_image(colour: tuple[int, int, int], size=(40, 30), seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     base = np.array(colour, dtype=np.int16)[None, None, :]

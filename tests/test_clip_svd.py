@@ -27,20 +27,6 @@ from tests.test_export import clipadapt_top1, images, pipeline_top1, train
 DECOMPOSED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
-@pytest.fixture(scope="module")
-def four_colours(tmp_path_factory):
-    """Four classes, so that base and new (CoOp's halves) have two each."""
-    from tests.helpers import coloured_image
-    from tests.test_cocoop_maple import FOUR_COLOURS
-
-    root = tmp_path_factory.mktemp("four-colours")
-    for name, colour in FOUR_COLOURS.items():
-        (root / name).mkdir()
-        for i in range(6):
-            coloured_image(colour, (40, 30), seed=i).save(root / name / f"img_{i}.png")
-    return root
-
-
 @pytest.fixture
 def dataset(colour_folder):
     return load_dataset(DataConfig(dataset=f"imagefolder:{colour_folder}", num_workers=0))
@@ -167,12 +153,12 @@ def test_export_is_the_rebuilt_weights_and_gives_its_predictions(tiny_clip_dir, 
     assert json.loads((run.dir / "metrics.json").read_text())["selection"]["on"] == "none"  # val-free
 
 
-def test_base_to_novel_classifies_the_new_classes_with_the_trained_values(tiny_clip_dir, four_colours, tmp_path):
+def test_base_to_novel_classifies_the_new_classes_with_the_trained_values(tiny_clip_dir, four_colour_folder, tmp_path):
     from clipadapt.classification.evaluation import evaluate_run, load_run
     from clipadapt.classification.training import run_training
 
     output = run_training(load_experiment("clip-svd", None, [
-        f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{four_colours}",
+        f"model.spec={tiny_clip_dir}", "model.device=cpu", f"data.dataset=imagefolder:{four_colour_folder}",
         "data.num_workers=0", "data.subsample=base", "train.epochs=2", "train.batch_size=4", "clip_svd.lr=0.05",
         f"run.out={tmp_path / 'run'}"]))
     result = evaluate_run(output.run_dir, "test", data=["data.subsample=new"])

@@ -18,7 +18,6 @@ from clipadapt.data import DataConfig, load_dataset
 from clipadapt.errors import ConfigError
 from clipadapt.methods import METHODS
 from clipadapt.models import load_model
-from tests.helpers import coloured_image
 
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2])
 
@@ -186,20 +185,6 @@ def test_maple_leaves_other_text_encodings_alone(tiny_clip_dir, dataset):
 
 
 # -- both -----------------------------------------------------------------------------------------------------
-
-
-FOUR_COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 210, 40)}
-
-
-@pytest.fixture(scope="module")
-def four_colour_folder(tmp_path_factory):
-    """Four classes, so that base and new (CoOp's halves) have two each."""
-    root = tmp_path_factory.mktemp("four-colours")
-    for name, colour in FOUR_COLOURS.items():
-        (root / name).mkdir()
-        for i in range(6):
-            coloured_image(colour, (40, 30), seed=i).save(root / name / f"img_{i}.png")
-    return root
 
 
 @pytest.mark.parametrize("name, settings", [("cocoop", ["train.batch_size=4"]), ("maple", [])])
