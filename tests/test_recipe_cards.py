@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from clipadapt.classification import testtime_run
 from clipadapt.classification.experiment import experiment_class
+from clipadapt.classification.testtime_run import TEST_TIME_METHODS
 from clipadapt.cli import app
 from clipadapt.config import to_dict
 from clipadapt.errors import ConfigError
@@ -17,18 +19,17 @@ from clipadapt.methods import METHODS
 from clipadapt.methods.recipe_cards import BEGIN, END, card_names, load_card, parse_card, render_cards
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
-OWN = sorted(n for n in METHODS.names() if METHODS.get(n).method_class.__module__.startswith("clipadapt."))
+TRAINED = sorted(n for n in METHODS.names() if METHODS.get(n).method_class.__module__.startswith("clipadapt."))
+OWN = sorted([*TRAINED, *TEST_TIME_METHODS])  # test-time methods have cards; keys: TestTimeExperiment's
 
 
 def effective(method: str, key: str):
     """What ``key`` of a card resolves to for ``method``'s default run (recipe_cards' docstring)."""
     kind, _, name = key.partition(".")
-    method_class = METHODS.get(method).method_class
-    if kind == "class":
-        return getattr(method_class, name)
-    if kind == "module":
-        return getattr(importlib.import_module(method_class.__module__), name)
-    node = to_dict(experiment_class(method)())
+    if kind in ("class", "module"):
+        method_class = METHODS.get(method).method_class
+        return getattr(method_class if kind == "class" else importlib.import_module(method_class.__module__), name)
+    node = to_dict(testtime_run.TestTimeExperiment() if method in TEST_TIME_METHODS else experiment_class(method)())
     for part in key.split("."):
         assert isinstance(node, dict) and part in node, f"{method}: card key '{key}' is not in its config"
         node = node[part]

@@ -26,7 +26,7 @@ def stream(n=120, classes=6, dim=16, seed=0):
 
 
 def get_clip_logits(image_features, scale, clip_weights):
-    """kdiAAA/TDA utils.py:64-85 after the image encoder (its features normalised), with avg_entropy (lines 28-33)."""
+    """kdiAAA/TDA utils.py:64-91 after the image encoder (its features normalised), with avg_entropy (lines 28-33)."""
     clip_logits = scale * image_features @ clip_weights
     if image_features.size(0) > 1:
         batch_entropy = -(clip_logits.softmax(1) * clip_logits.log_softmax(1)).sum(1)

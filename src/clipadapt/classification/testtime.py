@@ -23,15 +23,15 @@ github.com/kdiAAA/TDA at e697fb0, ``tda_runner.py`` and ``utils.py``): training-
   every dataset; the reference sets alpha and beta per dataset (``configs/*.yaml``, e.g. caltech101 alpha 5.0,
   dtd beta 3.0), chosen on those datasets' test results: we do not tune on test, so one setting serves all.
 * Stream order: the reference shuffles the test loader under ``torch.manual_seed(1)`` (``tda_runner.py:116``,
-  ``utils.py:130-139``); ours is ``numpy.random.default_rng(seed).permutation`` with ``seed`` recorded.
+  ``utils.py:127-140``); ours is ``numpy.random.default_rng(seed).permutation`` with ``seed`` recorded.
 * Views: on ImageNet's shifts (A, V2, R, Sketch) the reference classifies each image through itself and 63 AugMix
-  views (``get_ood_preprocess``, ``utils.py:88-99``, for those four only, ``utils.py:127-130``): the 10% with the
+  views (``get_ood_preprocess``, ``utils.py:94-105``, for those four only, ``utils.py:132-135``): the 10% with the
   lowest entropy (6 of 64) give the mean of their normalised features (not normalised again) as the image's feature,
-  their mean logits as its logits, and the entropy of their mean probabilities (``avg_entropy``) and those mean
-  probabilities to the caches (``get_clip_logits``, ``utils.py:64-85``). On ImageNet and the ten cross-domain
-  datasets it uses the image alone. ``tda.views=-1`` (default) follows that choice by dataset; ``0`` is the image
-  alone, ``63`` the views anywhere. Ours seed each image's views by (``tda.seed``, its position in the split), so its
-  feature does not depend on the stream's order; the reference draws from NumPy's global generator.
+  their mean logits as its logits, and the entropy of their mean probabilities (``avg_entropy``, ``utils.py:28-33``)
+  and those mean probabilities to the caches (``get_clip_logits``, ``utils.py:64-91``). On ImageNet and the ten
+  cross-domain datasets it uses the image alone. ``tda.views=-1`` (default) follows that choice by dataset; ``0`` is
+  the image alone, ``63`` the views anywhere. Ours seed each image's views by (``tda.seed``, its position in the
+  split), so its feature does not depend on the stream's order; the reference draws from NumPy's global generator.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from clipadapt.data.augmix import augmented_views
 from clipadapt.errors import ConfigError
 
 PROTOCOL_LABEL = "test-time (unlabelled test stream)"
-# the datasets the reference classifies through AugMix views (its 'A', 'V', 'R', 'S': kdiAAA/TDA utils.py:127-130)
+# the datasets the reference classifies through AugMix views (its 'A', 'V', 'R', 'S': kdiAAA/TDA utils.py:132-135)
 VIEW_DATASETS = ("imagenet-a", "imagenet-v2", "imagenet-r", "imagenet-sketch")
-REFERENCE_VIEWS = 63  # get_ood_preprocess's n_views (utils.py:97)
+REFERENCE_VIEWS = 63  # get_ood_preprocess's n_views (utils.py:103)
 
 
 def stream_order(count: int, seed: int) -> np.ndarray:
@@ -168,7 +168,7 @@ def view_features(bundle, head: torch.Tensor, scale: float, load: Callable[[int]
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image ``load(i)``: itself and ``views`` AugMix views, of which the ``selection`` with the lowest entropy
     give the image's feature (their mean normalised feature, not normalised again) and its probabilities (their mean
-    probabilities), as the reference's ``get_clip_logits`` (``utils.py:64-85``). Returns (count, D) and (count, C)
+    probabilities), as the reference's ``get_clip_logits`` (``utils.py:76-85``). Returns (count, D) and (count, C)
     in the split's order; images only reach it, no label."""
     features = probabilities = None
     head = head.to(bundle.device).float()
