@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["CLIPADAPT_PROGRESS"] = "0"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["COLUMNS"] = "200"  # rich tables are not wrapped in captured output
+# module- and session-scoped fixtures run before the per-test home (isolated_home) is set: they get a home of the
+# session's, never the user's ~/.cache/clipadapt (removed at the end, pytest_unconfigure)
+_SESSION_HOME = tempfile.mkdtemp(prefix="clipadapt-tests-home-")
+os.environ["CLIPADAPT_HOME"] = _SESSION_HOME
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each (and in their subprocesses), or OpenMP's spinning
     # threads oversubscribe the cores and the suite runs slower in parallel than serially
@@ -23,6 +29,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 FIRST = "tests/test_world_slow.py"  # builds the world, then runs the world tests and the demo (one unit of work)
 LATE = ("tests/test_benchmark_slow.py", "tests/test_executors_slurm.py")  # need the world too: start once it is built
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

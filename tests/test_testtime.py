@@ -135,6 +135,29 @@ def test_tda_views_default_to_the_reference_s_choice_by_dataset():
         TdaConfig(views=-2).check()
     with pytest.raises(ConfigError, match="tda.selection must keep at least one of the 4 views"):
         TdaConfig(views=3, selection=0.1).check()
+    with pytest.raises(ConfigError, match="tda.selection must keep at least one of the 64 views"):
+        TdaConfig(selection=0.01).check()  # -1 may become the reference's 63 views: refused before any encoding
+
+
+def test_view_features_are_seeded_per_image_and_average_the_chosen_views(tiny_bundle, colour_images):
+    from clipadapt.classification.testtime import view_features
+    from clipadapt.engine.zeroshot import build_zero_shot_head
+
+    head = build_zero_shot_head(tiny_bundle, ["red", "green", "blue"], ["a photo of a {}."]).clone()
+    images = colour_images[:3]
+
+    def run(seed):
+        return view_features(tiny_bundle, head, 10.0, lambda i: images[i], 3, 7, 0.25, seed)
+
+    features, probabilities = run(0)
+    assert features.shape == (3, head.shape[1]) and probabilities.shape == (3, 3)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(3))
+    norms = features.norm(dim=-1)
+    assert torch.all(norms <= 1 + 1e-5) and torch.all(norms > 0.5)  # a mean of two unit vectors, not renormalised
+    again, _ = run(0)
+    assert torch.equal(features, again)  # seeded
+    other, _ = run(1)
+    assert not torch.allclose(features, other)  # another seed, other views
 
 
 def test_tda_with_empty_caches_is_zero_shot():

@@ -14,10 +14,11 @@ from clipadapt.version import __version__
 add_plugin("clipadapt.world.plugin:register")
 
 _API = (
-    "Run", "advise", "advise_table", "app", "bench", "benchmark", "caption_methods", "compare", "compare_captions",
-    "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict",
-    "recipe_card", "register_dataset", "register_method", "register_model", "register_template_set", "report",
-    "robustness", "space", "sweep", "template_sets", "testtime", "train", "wise", "zeroshot",
+    "Run", "advise", "advise_table", "app", "bench", "benchmark", "cache", "caption_methods", "compare",
+    "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run", "methods",
+    "models", "predict", "prune_cache", "recipe_card", "register_dataset", "register_method", "register_model",
+    "register_template_set", "report", "robustness", "space", "sweep", "template_sets", "testtime", "train", "wise",
+    "zeroshot",
 )
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         advise_table,
         app,
         bench,
+        cache,
         caption_methods,
         compare,
         compare_captions,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
         methods,
         models,
         predict,
+        prune_cache,
         recipe_card,
         register_dataset,
         register_method,

@@ -9,6 +9,7 @@ docs/python.md has an example for every function.
 """
 
 from clipadapt.api.advise import advise, advise_table
+from clipadapt.api.cache import cache, prune_cache
 from clipadapt.api.listing import (
     caption_methods,
     datasets,
@@ -46,9 +47,8 @@ from clipadapt.errors import ClipAdaptError, ConfigError, DataError, NameTakenEr
 
 __all__ = [
     "ClipAdaptError", "ConfigError", "DataError", "NameTakenError", "Run", "UnknownNameError", "advise",
-    "advise_table", "app", "bench", "benchmark",
-    "caption_methods", "compare", "compare_captions", "coop_words", "datasets", "demo", "ensemble", "evaluate",
-    "export", "load_run", "methods", "models", "predict", "recipe_card", "register_dataset", "register_method",
-    "register_model", "register_template_set", "report", "robustness", "space", "sweep", "template_sets", "testtime",
-    "train", "wise", "zeroshot",
+    "advise_table", "app", "bench", "benchmark", "cache", "caption_methods", "compare", "compare_captions",
+    "coop_words", "datasets", "demo", "ensemble", "evaluate", "export", "load_run", "methods", "models", "predict",
+    "prune_cache", "recipe_card", "register_dataset", "register_method", "register_model", "register_template_set",
+    "report", "robustness", "space", "sweep", "template_sets", "testtime", "train", "wise", "zeroshot",
 ]

@@ -22,7 +22,7 @@ github.com/kdiAAA/TDA at e697fb0, ``tda_runner.py`` and ``utils.py``): training-
 * Defaults: the reference's ImageNet configuration (``configs/imagenet.yaml``: positive alpha 2.0, beta 5.0) for
   every dataset; the reference sets alpha and beta per dataset (``configs/*.yaml``, e.g. caltech101 alpha 5.0,
   dtd beta 3.0), chosen on those datasets' test results: we do not tune on test, so one setting serves all.
-* Stream order: the reference shuffles the test loader under ``torch.manual_seed(1)`` (``tda_runner.py:116``,
+* Stream order: the reference shuffles the test loader under ``torch.manual_seed(1)`` (``tda_runner.py:116-117``,
   ``utils.py:127-140``); ours is ``numpy.random.default_rng(seed).permutation`` with ``seed`` recorded.
 * Views: on ImageNet's shifts (A, V2, R, Sketch) the reference classifies each image through itself and 63 AugMix
   views (``get_ood_preprocess``, ``utils.py:94-105``, for those four only, ``utils.py:132-135``): the 10% with the
@@ -80,7 +80,8 @@ class TdaConfig:
     views: int = option(-1, help="AugMix views per image besides itself (-1: as the reference, 63 on ImageNet-A, "
                                  "-V2, -R and -Sketch and none elsewhere; 0: the image alone)")
     selection: float = option(0.1, help="with views: the fraction of the most confident ones averaged")
-    seed: int = option(0, help="with views: seed of every image's views (with its position in the split)")
+    seed: int = option(0, help="with views: seed of every image's views (with its place among the split's "
+                                "readable images)")
 
     def check(self) -> None:
         for name in ("positive_capacity", "negative_capacity"):
@@ -88,13 +89,13 @@ class TdaConfig:
                 raise ConfigError(f"tda.{name} must be 0 or more, got {getattr(self, name)}")
         if self.views < -1:
             raise ConfigError(f"tda.views must be -1 (the reference's choice by dataset), 0 or more, got {self.views}")
-        if self.views > 0 and (not 0 < self.selection <= 1 or int((self.views + 1) * self.selection) < 1):
-            raise ConfigError(f"tda.selection must keep at least one of the {self.views + 1} views, got "
+        views = REFERENCE_VIEWS if self.views == -1 else self.views  # -1 may resolve to the reference's 63
+        if views > 0 and (not 0 < self.selection <= 1 or int((views + 1) * self.selection) < 1):
+            raise ConfigError(f"tda.selection must keep at least one of the {views + 1} views, got "
                               f"{self.selection}")
         if not self.entropy_lower <= self.entropy_upper:
             raise ConfigError(f"tda.entropy_lower ({self.entropy_lower}) must not exceed tda.entropy_upper "
                               f"({self.entropy_upper})")
-
 
     def views_for(self, dataset: str) -> int:
         """The views TDA classifies each image of ``dataset`` through (``-1`` resolved as the reference does)."""

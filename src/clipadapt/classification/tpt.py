@@ -50,7 +50,8 @@ class TptConfig:
                                         "(selection_p)")
     init: str = option("a photo of a", help="the prompt's initial context, one vector per token (ctx_init)")
     augmix: bool | None = option(None, help="AugMix views (default, null: as the reference, off on ImageNet and "
-                                            "its variants, on elsewhere)")
+                                            "its variants, on elsewhere; resolved by run_test_time, on when a "
+                                            "Tpt is built with it unresolved)")
     seed: int = option(0, help="seed of every image's views (with its position in the split)")
 
     def check(self) -> None:
@@ -63,7 +64,6 @@ class TptConfig:
                               f"{self.selection}")
         if not self.init.strip():
             raise ConfigError("tpt.init must be a phrase (the reference's 'a photo of a')")
-
 
     def augmix_for(self, dataset: str) -> bool:
         """Whether the views of ``dataset``'s images are AugMix'd (unset: the reference's ``augmix=len(set_id) > 1``,

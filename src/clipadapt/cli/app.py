@@ -10,6 +10,7 @@ from clipadapt.cli import (
     advise,
     bench,
     benchmark,
+    cache,
     combine,
     compare,
     demo,
@@ -50,6 +51,7 @@ for name, command in [
     ("advise", advise.advise_command),
     ("demo", demo.demo_command),
     ("app", web.app_command),
+    ("cache", cache.cache_command),
 ]:
     app.command(name)(command)
 

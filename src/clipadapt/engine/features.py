@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipadapt.data.base import Split
 from clipadapt.data.images import ImageLoadError
+from clipadapt.engine.cachedir import touch
 from clipadapt.errors import DataError
 from clipadapt.io import atomic_path
 from clipadapt.models.bundle import ClipBundle
@@ -203,7 +204,9 @@ class SplitCache:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
             skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
-            return self.from_file(tensors, meta, skipped, float(meta.get("encode_time_s", 0.0)))
+            found = self.from_file(tensors, meta, skipped, float(meta.get("encode_time_s", 0.0)))
+            touch(path)  # its last use, for `clipadapt cache --max-size` (least recently used go first)
+            return found
         except Exception:  # a corrupt cache entry is recomputed, never trusted
             log.warning("ignoring unreadable %s entry %s", self.description, path)
             return None

@@ -34,6 +34,7 @@ import torch
 from clipadapt.config import option
 from clipadapt.data.base import Split
 from clipadapt.data.transforms import TrainAugment
+from clipadapt.engine.cachedir import touch
 from clipadapt.engine.features import (
     EncodedSplit,
     SkippedImage,
@@ -228,10 +229,12 @@ class ViewCache(SplitCache):
             store = np.load(entry / STORE, mmap_mode="r")
             if store.shape[:2] != (spec.count, len(split)) or store.dtype != np.float16:
                 raise ValueError(f"shape {store.shape}")
-            return FeatureViews(store, np.asarray(meta["labels"], dtype=np.int64),
-                                np.asarray(meta["positions"], dtype=np.int64), spec,
-                                [SkippedImage(**s) for s in meta["skipped"]], float(meta["encode_time_s"]),
-                                from_cache=True)
+            found = FeatureViews(store, np.asarray(meta["labels"], dtype=np.int64),
+                                 np.asarray(meta["positions"], dtype=np.int64), spec,
+                                 [SkippedImage(**s) for s in meta["skipped"]], float(meta["encode_time_s"]),
+                                 from_cache=True)
+            touch(entry / META)  # its last use (engine.cachedir)
+            return found
         except Exception:  # a corrupt entry is encoded again, never trusted
             log.warning("ignoring unreadable %s entry %s", self.description, entry)
             return None

@@ -62,6 +62,8 @@ def write_space(run_dirs: list[Path], out: str | Path, overwrite: bool = False, 
     from clipadapt.classification.export import export_run
 
     out = Path(out)
+    if out.exists() and not overwrite:  # check_space said so before any model loaded; a direct call gets it here
+        raise ConfigError(f"'{out}' already exists; pass --overwrite to replace it")
     gradio_version = _gradio_version()
     models = []
     with staged_directory(out, overwrite=overwrite) as stage:
