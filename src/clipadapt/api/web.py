@@ -47,7 +47,7 @@ def space(runs: PathLike | Sequence[PathLike] | Any, out: PathLike, *, overwrite
     from clipadapt.webapp.space import check_space, write_space
 
     run_dirs = _run_paths(runs)
-    check_space(run_dirs, out, overwrite)
+    check_space(run_dirs, Path(out), overwrite)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="clipadapt-space-") as scratch:
