@@ -65,6 +65,9 @@ def test_entries_are_listed_by_kind_model_and_split_and_a_read_marks_one_used(en
     assert by_kind["features"]["bytes"] == path.stat().st_size
     assert info["bytes"] == sum(e["bytes"] for e in info["entries"])
     assert clipadapt.cache(["views"])["kinds"] == {"views": {"entries": 1, "bytes": by_kind["views"]["bytes"]}}
+    models = {m["model"]: m for m in info["models"]}
+    assert models["world:tiny"]["entries"] == {"views": 1, "captions": 1}
+    assert models[bundle.spec]["bytes"] == path.stat().st_size
 
     aged(path, 10)
     hit = encode_split(bundle, split, num_workers=0, cache=FeatureCache())
@@ -104,8 +107,17 @@ def test_an_entry_in_use_is_kept():
     assert [r["path"] for r in result["removed"]] == [str(idle)] and not idle.exists()
 
 
+def test_the_listing_reads_the_folders_the_caches_write():
+    from clipadapt.captioning.encoder import EncoderCache
+    from clipadapt.engine.cachedir import SUBFOLDERS
+    from clipadapt.engine.views import ViewCache
+
+    assert {"views": ViewCache.folder, "captions": EncoderCache.folder} == SUBFOLDERS and FeatureCache.folder == ""
+
+
 def test_sizes_parse_and_bad_input_is_one_line_exit_2():
     assert parse_size("5GB") == 5 * 1024 ** 3 and parse_size("1.5 mb") == int(1.5 * 1024 ** 2)
+    assert parse_size("44.0 KiB") == 44 * 1024  # what format_bytes prints reads back
     assert parse_size("123") == 123 and parse_size("2k") == 2048
     entry = caption_entry("e" * 24)
     for args, message in [(["--max-size", "lots"], "bad size 'lots'; give a number with an optional unit"),

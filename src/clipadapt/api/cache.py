@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,13 @@ PathLike = str | Path
 
 
 def _row(entry) -> dict[str, Any]:
-    return {"kind": entry.kind, "path": str(entry.path), "bytes": entry.bytes, "last_used": entry.last_used,
-            "model": entry.model, "split": entry.split}
+    return {**dataclasses.asdict(entry), "path": str(entry.path)}
 
 
 def cache(kinds: Sequence[str] | None = None, root: PathLike | None = None) -> dict[str, Any]:
     """The feature caches (``features``, ``views``, ``captions``; default all): ``{"root", "bytes", "kinds":
-    {kind: {"entries", "bytes"}}, "entries": [...]}``, entries most recently used first."""
+    {kind: {"entries", "bytes"}}, "models": [{"model", "entries": {kind: n}, "bytes", "last_used"}] (largest
+    first), "entries": [...]}``, entries most recently used first."""
     from clipadapt.engine.cachedir import cache_entries, check_kinds
     from clipadapt.paths import feature_cache_dir
 
@@ -25,8 +26,15 @@ def cache(kinds: Sequence[str] | None = None, root: PathLike | None = None) -> d
     entries = cache_entries(chosen, root)
     per_kind = {kind: {"entries": sum(e.kind == kind for e in entries),
                        "bytes": sum(e.bytes for e in entries if e.kind == kind)} for kind in chosen}
+    models: dict[str, dict[str, Any]] = {}
+    for entry in entries:  # most recently used first: a model's first entry is its last use
+        model = models.setdefault(entry.model, {"model": entry.model, "entries": {}, "bytes": 0,
+                                                "last_used": entry.last_used})
+        model["entries"][entry.kind] = model["entries"].get(entry.kind, 0) + 1
+        model["bytes"] += entry.bytes
     return {"root": str(Path(root) if root is not None else feature_cache_dir()),
-            "bytes": sum(e.bytes for e in entries), "kinds": per_kind, "entries": [_row(e) for e in entries]}
+            "bytes": sum(e.bytes for e in entries), "kinds": per_kind,
+            "models": sorted(models.values(), key=lambda m: -m["bytes"]), "entries": [_row(e) for e in entries]}
 
 
 def prune_cache(*, older_than_days: float | None = None, max_size: int | str | None = None, clear: bool = False,

@@ -29,8 +29,14 @@ from clipadapt.paths import feature_cache_dir
 
 KINDS = ("features", "views", "captions")
 SUBFOLDERS = {"views": "views", "captions": "captioning"}
-UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024 ** 2, "mb": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3,
-         "t": 1024 ** 4, "tb": 1024 ** 4}
+# binary units, as errors.format_bytes prints them (KiB, ...), with the short spellings people type (5GB, 2g)
+UNITS = {"": 1, "b": 1, **{f"{p}{s}": 1024 ** (i + 1) for i, p in enumerate("kmgt") for s in ("", "b", "ib")}}
+
+
+def lock_path(entry: Path) -> Path:
+    """The lock file beside a cache entry: the process encoding it holds it (``SplitCache.through``,
+    ``ViewCache.through``), and pruning takes it without waiting."""
+    return entry.with_name(entry.name + ".lock")
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,6 @@ class CacheEntry:
     last_used: float  # seconds since the epoch
     model: str  # the model spec that wrote it ("?" when unreadable)
     split: str
-
-    @property
-    def lock(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
 
 
 @dataclass
@@ -60,11 +62,12 @@ class PruneResult:
 
 
 def parse_size(text: str) -> int:
-    """``"500MB"``, ``"2g"``, ``"1.5 GB"``, ``"123"`` (bytes) -> bytes; binary units (1 GB = 1024^3 bytes)."""
+    """``"500MB"``, ``"2g"``, ``"1.5 GiB"``, ``"123"`` (bytes) -> bytes; binary units (1 GB = 1 GiB = 1024^3)."""
     found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     unit = found.group(2).lower() if found else None
     if found is None or unit not in UNITS:
-        raise ConfigError(f"bad size '{text}'; give a number with an optional unit: B, KB, MB, GB, TB (e.g. 5GB)")
+        raise ConfigError(f"bad size '{text}'; give a number with an optional unit: B, KB, MB, GB, TB or KiB ... "
+                          f"(e.g. 5GB)")
     return int(float(found.group(1)) * UNITS[unit])
 
 
@@ -160,7 +163,7 @@ def prune_cache(kinds: list[str] | tuple[str, ...] | None = None, older_than_day
         if dry_run:
             result.removed.append(entry)
             continue
-        lock = FileLock(str(entry.lock))
+        lock = FileLock(str(lock_path(entry.path)))
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -175,5 +178,5 @@ def prune_cache(kinds: list[str] | tuple[str, ...] | None = None, older_than_day
             result.removed.append(entry)
         finally:
             lock.release()
-        entry.lock.unlink(missing_ok=True)
+        lock_path(entry.path).unlink(missing_ok=True)
     return result

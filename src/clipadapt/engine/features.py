@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipadapt.data.base import Split
 from clipadapt.data.images import ImageLoadError
-from clipadapt.engine.cachedir import touch
+from clipadapt.engine.cachedir import lock_path, touch
 from clipadapt.errors import DataError
 from clipadapt.io import atomic_path
 from clipadapt.models.bundle import ClipBundle
@@ -243,7 +243,7 @@ class SplitCache:
             return hit
         path = self.path(bundle, split, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
+        with FileLock(str(lock_path(path))):
             hit = self._hit(bundle, split, strict, kind)  # written while this process waited
             if hit is not None:
                 return hit

@@ -34,7 +34,7 @@ import torch
 from clipadapt.config import option
 from clipadapt.data.base import Split
 from clipadapt.data.transforms import TrainAugment
-from clipadapt.engine.cachedir import touch
+from clipadapt.engine.cachedir import lock_path, touch
 from clipadapt.engine.features import (
     EncodedSplit,
     SkippedImage,
@@ -246,7 +246,7 @@ class ViewCache(SplitCache):
 
         entry = self.entry(bundle, split, spec, kind)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(entry) + ".lock"):
+        with FileLock(str(lock_path(entry))):
             hit = self.load_views(bundle, split, spec, kind)
             if hit is None:
                 with staged_directory(entry, overwrite=True) as stage:
