@@ -63,6 +63,8 @@ def test_the_labels_never_reach_the_method(method, settings, tiny_clip_dir, colo
     if method == "tda":  # the views it ran with are recorded, resolved (-1 is the reference's choice by dataset)
         views = 3 if settings else 0
         assert first.record["stream"]["views"] == first.record["config"]["tda"]["views"] == views
+        # with views, the starting classifier through them is recorded beside the image-alone zeroshot_metrics
+        assert ("zeroshot_through_views" in first.record["stream"]) == bool(views)
     assert first.record["config"]["tpt"]["augmix"] is True  # unset: AugMix off on ImageNet's family only
 
 

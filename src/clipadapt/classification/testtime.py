@@ -153,13 +153,28 @@ class TdaState:
     negative: Cache
 
 
+def most_confident(logits: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The rows with the lowest entropy, the first ``int(rows * fraction)`` (TPT's ``select_confident_samples``,
+    tpt_classification.py:41-44; TDA's views, utils.py:77-78)."""
+    entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+    return torch.argsort(entropy, descending=False)[: int(logits.shape[0] * fraction)]
+
+
+@torch.no_grad()
+def encoded_views(bundle, image: Image.Image, views: int, augmix: bool, seed: int, position: int) -> torch.Tensor:
+    """The normalised image features of ``image`` (row 0) and ``views`` augmented views of it, drawn from a
+    generator seeded by (``seed``, ``position``): an image's views do not depend on the images before it."""
+    rng = np.random.default_rng([seed, position])
+    batch = augmented_views(image, bundle.preprocess, views, augmix, rng).to(bundle.device)
+    return torch.nn.functional.normalize(bundle.encode_image(batch).float(), dim=-1)
+
+
 def choose_views(found: torch.Tensor, head: torch.Tensor, scale: float, selection: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's normalised view features (V, D): the ``selection`` of them with the lowest entropy give its
     feature (their mean) and its probabilities (their mean probabilities)."""
     logits = scale * found @ head.T
-    entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-    chosen = torch.argsort(entropy, descending=False)[: int(len(logits) * selection)]
+    chosen = most_confident(logits, selection)
     return found[chosen].mean(0), logits[chosen].softmax(1).mean(0)
 
 
@@ -174,9 +189,7 @@ def view_features(bundle, head: torch.Tensor, scale: float, load: Callable[[int]
     features = probabilities = None
     head = head.to(bundle.device).float()
     for position in range(count):
-        rng = np.random.default_rng([seed, position])
-        batch = augmented_views(load(position), bundle.preprocess, views, True, rng).to(bundle.device)
-        found = torch.nn.functional.normalize(bundle.encode_image(batch).float(), dim=-1)
+        found = encoded_views(bundle, load(position), views, True, seed, position)
         feature, probability = choose_views(found, head, scale, selection)
         if features is None:
             features, probabilities = torch.empty(count, found.shape[1]), torch.empty(count, head.shape[0])

@@ -107,6 +107,7 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     order = stream_order(len(encoded.features), cfg.stream.seed)
     start = time.perf_counter()
     positions = encoded.positions  # readable images only, in the split's order
+    through_views = None  # TDA's starting classifier when it classifies through views
     if method == "tda":
         scale, features, probabilities = float(bundle.logit_scale.detach().float()), encoded.features, None
         if cfg.tda.views:
@@ -114,6 +115,7 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
                 features, probabilities = testtime.view_features(
                     bundle, head, scale, lambda i: split.load(int(positions[i])), len(positions), cfg.tda.views,
                     cfg.tda.selection, cfg.tda.seed, on_image=advance)
+            through_views = zero_shot_logits(bundle, features, head)
         logits, state = tda_stream(features, head, scale, cfg.tda, order, probabilities)
         kept = {"positive_cache": len(state.positive), "negative_cache": len(state.negative),
                 "views": cfg.tda.views}
@@ -126,6 +128,8 @@ def run_test_time(experiment: TestTimeExperiment) -> RunOutput:
     seconds = time.perf_counter() - start
     labels = encoded.labels  # read now, after the stream
     metrics = classification_metrics(logits, labels)
+    if through_views is not None:  # zeroshot_metrics is the image alone; this, the same head through the views
+        kept["zeroshot_through_views"] = classification_metrics(through_views, labels)
     resolved = to_dict(cfg)
     resolved["run"]["out"] = str(run_dir)
     record = build_metrics_record(

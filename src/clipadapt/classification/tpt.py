@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipadapt.classification.testtime import VIEW_DATASETS
+from clipadapt.classification.testtime import VIEW_DATASETS, encoded_views, most_confident
 from clipadapt.config import option
-from clipadapt.data.augmix import augmented_views
 from clipadapt.errors import ConfigError
 from clipadapt.methods.coop import CoOpConfig, PromptLearner
 from clipadapt.methods.towers import text_token_embedding
@@ -110,18 +109,13 @@ class Tpt:
         config = self.config
         with torch.no_grad():
             self.learner.ctx.copy_(self.initial)
-        rng = np.random.default_rng([config.seed, position])
-        views = augmented_views(image, self.bundle.preprocess, config.views, config.augmix is not False, rng)
-        with torch.no_grad():
-            features = torch.nn.functional.normalize(self.bundle.encode_image(views.to(self.bundle.device)).float(),
-                                                     dim=-1)
+        features = encoded_views(self.bundle, image, config.views, config.augmix is not False, config.seed, position)
         optimizer = torch.optim.AdamW([self.learner.ctx], lr=config.lr)  # a fresh state per image
         selected: torch.Tensor | None = None
         for _ in range(config.steps):
             logits = self.logits(features)
             if selected is None:  # the views are chosen at the first step and kept (lines 68-71)
-                entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-                selected = torch.argsort(entropy, descending=False)[: int(logits.shape[0] * config.selection)]
+                selected = most_confident(logits, config.selection)
             loss = average_entropy(logits[selected])
             # the gradient of the context only: the model's own parameters (shared, maybe trainable elsewhere)
             # neither receive a .grad nor need freezing
